@@ -1,0 +1,1 @@
+"""Console scripts: each module parses arguments and calls into the package."""

@@ -1,0 +1,41 @@
+"""nnkd_make_synthetic: write a synthetic nnU-Net raw dataset to $nnUNet_raw."""
+
+from nnkd.cli._common import ArgumentParser, add_verbose, run
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="nnkd_make_synthetic",
+                       description="Write a synthetic nnU-Net raw dataset (dataset.json, imagesTr, labelsTr, "
+                                   "imagesTs, labelsTs) to $nnUNet_raw/DatasetXXX_<name>.")
+    p.add_argument("-d", type=int, required=True, metavar="ID", help="dataset ID, e.g. 990")
+    p.add_argument("--cases", type=int, default=12, help="training cases (default 12)")
+    p.add_argument("--test-cases", type=int, default=None, help="test cases (default max(2, cases/4))")
+    p.add_argument("--channels", type=int, default=1, help="input channels (default 1)")
+    p.add_argument("--dim", type=int, default=3, choices=(2, 3), help="3 (volumes) or 2 (single-slice images)")
+    p.add_argument("--shape", type=int, nargs="+", default=None, metavar="N",
+                   help="median case shape: Z Y X for 3D (default 48 64 64), Y X for 2D (default 128 128)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
+    p.add_argument("--name", default="Synthetic", help="dataset name after the ID (default Synthetic)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    add_verbose(p)
+    return p
+
+
+def _make(args) -> None:
+    from nnkd.datasets.synthetic import SyntheticSpec, write_synthetic_dataset
+    from nnkd.nnunet_env import require_env
+
+    raw = require_env("nnUNet_raw")["nnUNet_raw"]
+    spec = SyntheticSpec(dataset_id=args.d, cases=args.cases, channels=args.channels, dim=args.dim,
+                         shape=tuple(args.shape) if args.shape else None, seed=args.seed, name=args.name,
+                         test_cases=args.test_cases)
+    target = write_synthetic_dataset(spec, raw, overwrite=args.overwrite)
+    print(f"Wrote {spec.cases} training and {spec.n_test_cases} test cases to {target}")
+
+
+def main(argv=None) -> None:
+    run(_make, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""nnkd_plan_and_preprocess: nnU-Net's fingerprint, plans and preprocessing, plus budget student plans."""
+
+from nnkd.cli._common import ArgumentParser, add_verbose, run
+from nnkd.planners.budget import PRESETS
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="nnkd_plan_and_preprocess",
+        description="Run nnU-Net's fingerprinting, planning and preprocessing (skipping what is done) and write "
+                    "nnKDPlans_<budget>.json: the teacher plans with a student architecture sized to the budget.")
+    p.add_argument("-d", required=True, metavar="DATASET", help="dataset ID or name, e.g. 990")
+    p.add_argument("-c", nargs="+", default=None, metavar="CONFIG",
+                   help="configurations to preprocess (default: 3d_fullres and 2d where planned); "
+                        "the student is planned for every configuration of the teacher plans")
+    budget = p.add_argument_group("budget (one of)")
+    budget.add_argument("--budget", choices=sorted(PRESETS), default=None,
+                        help="fraction of the teacher plan's parameters and GFLOPs: "
+                             + ", ".join(f"{k} ≤ 1/{round(1 / v)}" for k, v in PRESETS.items()))
+    budget.add_argument("--max-params", type=int, default=None, metavar="N", help="absolute parameter limit")
+    budget.add_argument("--max-gflops", type=float, default=None, metavar="G",
+                        help="absolute limit on GFLOPs per patch (may be combined with --max-params)")
+    p.add_argument("--teacher-plans", default="nnUNetPlans",
+                   help="plans the student pairs with (default nnUNetPlans; ResEnc plans such as "
+                        "nnUNetResEncUNetMPlans work too)")
+    p.add_argument("-np", type=int, default=None, metavar="N",
+                   help="processes for fingerprinting and preprocessing (default: nnU-Net's)")
+    p.add_argument("--verify_dataset_integrity", action="store_true", help="run nnU-Net's dataset check first")
+    p.add_argument("--no_pp", action="store_true", help="plan only, do not preprocess")
+    add_verbose(p)
+    return p
+
+
+def _plan(args) -> None:
+    from nnkd.planners.budget import Budget
+    from nnkd.planners.plan_and_preprocess import plan_and_preprocess
+
+    budget = Budget(preset=args.budget, max_params=args.max_params, max_gflops=args.max_gflops)
+    if args.np is None:
+        from nnunetv2.configuration import default_num_processes
+        args.np = default_num_processes
+    plan_and_preprocess(args.d, budget, configurations=args.c, teacher_plans=args.teacher_plans,
+                        num_processes=args.np, verify_integrity=args.verify_dataset_integrity,
+                        preprocess=not args.no_pp)
+
+
+def main(argv=None) -> None:
+    run(_plan, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    main()

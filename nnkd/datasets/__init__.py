@@ -1,0 +1,1 @@
+"""Datasets nnkd writes itself: the synthetic generator, converters for benchmark data."""

@@ -1,0 +1,1 @@
+"""Student planning: nnU-Net plans whose architecture is sized to a budget."""

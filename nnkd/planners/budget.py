@@ -1,0 +1,68 @@
+"""Budgets: how large a student may be, relative to its teacher plan or in absolute numbers."""
+
+import re
+from dataclasses import dataclass
+
+from nnkd.errors import NnkdError
+from nnkd.planners.network_cost import NetworkCost
+
+# A preset allows this fraction of the teacher plan's parameters and of its GFLOPs per patch.
+PRESETS = {"tiny": 1 / 16, "small": 1 / 6, "medium": 1 / 2}
+_ABSOLUTE_NAME = re.compile(r"^(?:params(\d+))?-?(?:gflops(\d+(?:\.\d+)?))?$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    preset: str | None = None
+    max_params: int | None = None
+    max_gflops: float | None = None
+
+    def __post_init__(self):
+        if self.preset is not None:
+            if self.preset not in PRESETS:
+                raise NnkdError(f"unknown budget '{self.preset}'",
+                                f"use one of {', '.join(PRESETS)} or --max-params/--max-gflops")
+            if self.max_params is not None or self.max_gflops is not None:
+                raise NnkdError("a preset budget and --max-params/--max-gflops were both given", "give one of them")
+        elif self.max_params is None and self.max_gflops is None:
+            raise NnkdError("no budget given", f"pass --budget {'|'.join(PRESETS)}, --max-params N or --max-gflops G")
+        if self.max_params is not None and self.max_params <= 0:
+            raise NnkdError(f"--max-params {self.max_params} is not positive", "give a parameter count like 1000000")
+        if self.max_gflops is not None and not self.max_gflops > 0:
+            raise NnkdError(f"--max-gflops {self.max_gflops} is not positive", "give GFLOPs per patch like 5")
+
+    @property
+    def name(self) -> str:
+        """The part of the plans identifier after nnKDPlans_ (no '__', which nnU-Net uses as a separator)."""
+        if self.preset:
+            return self.preset
+        parts = []
+        if self.max_params is not None:
+            parts.append(f"params{self.max_params}")
+        if self.max_gflops is not None:
+            parts.append("gflops" + format(self.max_gflops, "f").rstrip("0").rstrip("."))
+        return "-".join(parts)
+
+    @classmethod
+    def from_name(cls, name: str) -> "Budget":
+        """Inverse of `name`, for commands that take `--budget` after planning."""
+        if name in PRESETS:
+            return cls(preset=name)
+        match = _ABSOLUTE_NAME.match(name)
+        if not name or not match or not any(match.groups()):
+            raise NnkdError(f"unknown budget '{name}'",
+                            f"use one of {', '.join(PRESETS)} or a planned name like params2000000")
+        params, gflops = match.groups()
+        return cls(max_params=int(params) if params else None, max_gflops=float(gflops) if gflops else None)
+
+    def limits(self, teacher: NetworkCost) -> tuple[float, float]:
+        """(max parameters, max GFLOPs per patch) for a student of this teacher; inf where unbounded."""
+        if self.preset:
+            fraction = PRESETS[self.preset]
+            return teacher.params * fraction, teacher.gflops * fraction
+        return (float(self.max_params) if self.max_params is not None else float("inf"),
+                float(self.max_gflops) if self.max_gflops is not None else float("inf"))
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "preset": self.preset, "fraction_of_teacher": PRESETS.get(self.preset),
+                "max_params": self.max_params, "max_gflops": self.max_gflops}

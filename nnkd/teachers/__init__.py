@@ -1,0 +1,1 @@
+"""Teachers: the Teacher interface, its registry and one builder per model family."""
