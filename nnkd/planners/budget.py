@@ -2,9 +2,12 @@
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nnkd.errors import NnkdError
-from nnkd.planners.network_cost import NetworkCost
+
+if TYPE_CHECKING:  # keeps the console scripts' argument parsing free of torch imports
+    from nnkd.planners.network_cost import NetworkCost
 
 # A preset allows this fraction of the teacher plan's parameters and of its GFLOPs per patch.
 PRESETS = {"tiny": 1 / 16, "small": 1 / 6, "medium": 1 / 2}
@@ -55,7 +58,7 @@ class Budget:
         params, gflops = match.groups()
         return cls(max_params=int(params) if params else None, max_gflops=float(gflops) if gflops else None)
 
-    def limits(self, teacher: NetworkCost) -> tuple[float, float]:
+    def limits(self, teacher: "NetworkCost") -> tuple[float, float]:
         """(max parameters, max GFLOPs per patch) for a student of this teacher; inf where unbounded."""
         if self.preset:
             fraction = PRESETS[self.preset]

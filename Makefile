@@ -1,0 +1,29 @@
+# `make demo` and `make test` each set everything up on a fresh Python 3.11 machine first.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# nnkd's data for the demo when the nnU-Net variables are not set already
+DEMO_DATA ?= $(CURDIR)/nnkd_data
+export nnUNet_raw ?= $(DEMO_DATA)/nnUNet_raw
+export nnUNet_preprocessed ?= $(DEMO_DATA)/nnUNet_preprocessed
+export nnUNet_results ?= $(DEMO_DATA)/nnUNet_results
+
+.PHONY: setup demo test
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+# The main job on the embedded default: make the synthetic dataset, plan a tiny student, preprocess.
+demo: setup
+	$(BIN)/nnkd_make_synthetic -d 990 --overwrite
+	$(BIN)/nnkd_plan_and_preprocess -d 990 -c 3d_fullres --budget tiny -np 2
+
+# pytest's exit code 5 (no tests collected) counts as a failure.
+test: setup
+	$(BIN)/python -m pytest tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc

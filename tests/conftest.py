@@ -1,0 +1,56 @@
+"""Shared fixtures: private nnU-Net folders and one small planned synthetic dataset per test session."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+SMALL = ["--cases", "8", "--shape", "32", "32", "32"]  # fast: 8 cases of about 32³
+PLANNED_ID = 991
+
+
+def run_cli(name: str, *args, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    """Run an installed console script the way a user does; return its output."""
+    result = subprocess.run([str(BIN / name), *map(str, args)], env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{name} {' '.join(map(str, args))} failed ({result.returncode}):\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def tree_digest(root: Path) -> dict:
+    """sha256 and mtime of every file under root, to prove nothing was touched."""
+    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def make_env(root: Path) -> dict:
+    env = dict(os.environ)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        env[name] = str(root / name)
+    env.update(nnUNet_n_proc_DA="1", OMP_NUM_THREADS="2", nnUNet_def_n_proc="1")
+    return env
+
+
+@pytest.fixture
+def nnunet_env(tmp_path) -> dict:
+    """Empty nnU-Net folders of this test only."""
+    return make_env(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def planned(tmp_path_factory):
+    """Dataset 991 (8 cases of ~32³) planned with a tiny budget and preprocessed for 3d_fullres."""
+    env = make_env(tmp_path_factory.mktemp("planned"))
+    run_cli("nnkd_make_synthetic", "-d", PLANNED_ID, *SMALL, env=env)
+    raw = Path(env["nnUNet_raw"])
+    before = tree_digest(raw)
+    result = run_cli("nnkd_plan_and_preprocess", "-d", PLANNED_ID, "-c", "3d_fullres", "--budget", "tiny",
+                     "-np", "1", "--verify_dataset_integrity", env=env)
+    return {"env": env, "raw_before": before, "stdout": result.stdout,
+            "preprocessed": Path(env["nnUNet_preprocessed"]) / "Dataset991_Synthetic"}
