@@ -1,0 +1,74 @@
+"""nnkd_train: train a budget student with nnU-Net's pipeline plus distillation from a teacher."""
+
+from nnkd.cli._common import ArgumentParser, add_verbose, run
+from nnkd.errors import NnkdError
+
+METHOD_NAMES = ("none", "logit", "feature")
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="nnkd_train",
+                       description="Train the budget student of a dataset as nnUNetv2_train does, distilling a "
+                                   "frozen teacher. Output: $nnUNet_results/DatasetXXX/"
+                                   "nnKDTrainer_<Method>__nnKDPlans_<budget>__<configuration>/fold_X")
+    p.add_argument("dataset", help="dataset ID or name")
+    p.add_argument("configuration", help="e.g. 3d_fullres or 2d")
+    p.add_argument("fold", help="0-4 or all")
+    p.add_argument("--budget", default=None, help="student plans nnKDPlans_<budget> (tiny, small, medium, …)")
+    p.add_argument("--teacher-plans", default="nnUNetPlans",
+                   help="teacher plans the student was planned from (default nnUNetPlans)")
+    p.add_argument("-p", dest="plans", default=None, help="name the student plans directly instead of --budget")
+    p.add_argument("--method", default=None, help=f"distillation method: {', '.join(METHOD_NAMES)}")
+    p.add_argument("-tr", dest="trainer", default=None,
+                   help="an nnKDTrainer subclass by class name (found via nnUNet_extTrainer), instead of --method")
+    p.add_argument("--teacher", default=None, metavar="SPEC",
+                   help="teacher spec, e.g. nnunet:$nnUNet_results/Dataset990_Synthetic/"
+                        "nnUNetTrainer__nnUNetPlans__3d_fullres[?fold=all&checkpoint=checkpoint_best.pth]")
+    p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a method hyper-parameter, e.g. --hp kd_temperature=4 (repeatable)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (nnU-Net default 1000)")
+    p.add_argument("--iterations-per-epoch", type=int, default=None, help="training iterations per epoch (250)")
+    p.add_argument("--val-iterations-per-epoch", type=int, default=None,
+                   help="validation iterations per epoch (50)")
+    p.add_argument("--device", "-device", dest="device", default=None, choices=("cpu", "cuda", "mps"),
+                   help="default: cuda if available, else cpu")
+    p.add_argument("--c", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--val", action="store_true", help="only run the final validation")
+    p.add_argument("--npz", action="store_true", help="also save validation softmax outputs")
+    p.add_argument("-num_gpus", type=int, default=1, help="GPUs for DDP training (nnU-Net's launcher)")
+    add_verbose(p)
+    return p
+
+
+def _hyperparameters(pairs: list[str]) -> dict:
+    values = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise NnkdError(f"--hp {pair} is not NAME=VALUE", "e.g. --hp kd_temperature=4")
+        values[name.strip()] = value.strip()
+    return values
+
+
+def _train(args) -> None:
+    from nnkd.trainers.train import TrainRequest, train
+
+    for name, value in (("--epochs", args.epochs), ("--iterations-per-epoch", args.iterations_per_epoch),
+                        ("--val-iterations-per-epoch", args.val_iterations_per_epoch), ("-num_gpus", args.num_gpus)):
+        if value is not None and value < 1:
+            raise NnkdError(f"{name} {value} must be at least 1", f"give a positive {name}")
+    train(TrainRequest(
+        dataset=args.dataset, configuration=args.configuration, fold=args.fold, method=args.method,
+        trainer=args.trainer, budget=args.budget, plans=args.plans, teacher_plans=args.teacher_plans,
+        teacher=args.teacher, hyperparameters=_hyperparameters(args.hp), num_epochs=args.epochs,
+        num_iterations_per_epoch=args.iterations_per_epoch,
+        num_val_iterations_per_epoch=args.val_iterations_per_epoch, device=args.device,
+        continue_training=args.c, validation_only=args.val, npz=args.npz, num_gpus=args.num_gpus))
+
+
+def main(argv=None) -> None:
+    run(_train, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""nnKDTrainer: nnU-Net's training pipeline with a frozen teacher and distillation terms.
+
+Everything that exists only for training (teacher, projectors) lives outside `self.network`, so the
+student checkpoint's `network_weights` load strictly into the stock architecture. Trainable helpers
+join the optimizer as a second parameter group (nnU-Net's poly LR drives both) and are saved under the
+checkpoint's `nnkd` key.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import autocast, nn
+from torch._dynamo import OptimizedModule
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+from nnkd.errors import NnkdError
+from nnkd.teachers.base import Teacher, TeacherOutput
+from nnkd.teachers.registry import create_teacher
+from nnkd.trainers.run_config import SCHEDULE_KEYS, RunConfig
+
+GRADIENT_CLIP = 12  # nnU-Net's value
+
+
+@dataclass
+class KDStep:
+    """What one training step hands to a method's distillation terms."""
+    data: torch.Tensor
+    target: torch.Tensor | list[torch.Tensor]
+    outputs: torch.Tensor | list[torch.Tensor]  # student output, a list under deep supervision
+    student_features: list[torch.Tensor] | None  # encoder stages, when the method asks for them
+    teacher: TeacherOutput | None
+
+    @property
+    def student_logits(self) -> torch.Tensor:
+        """Full-resolution student logits (outputs[0] under deep supervision)."""
+        return self.outputs[0] if isinstance(self.outputs, (list, tuple)) else self.outputs
+
+
+class nnKDTrainer(nnUNetTrainer):
+    """Base class of every nnkd method. Subclasses set the flags below and implement
+    `distillation_terms` (and `build_kd_helpers` when they train modules of their own)."""
+
+    method = "base"
+    needs_teacher = True
+    needs_teacher_logits = False
+    needs_student_features = False
+    hyperparameters: tuple[str, ...] = ()  # attribute names a run may set through teacher.json / --hp
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.teacher: Teacher | None = None
+        self.kd_helpers: nn.Module | None = None
+        self.kd_log: dict[str, list[float]] = {}
+        self.run_config = RunConfig.load(self.output_folder)
+        if self.run_config is not None:
+            for key, value in self.run_config.schedule.items():
+                if key in SCHEDULE_KEYS and value is not None:
+                    setattr(self, key, int(value))
+            for key, value in self.run_config.hyperparameters.items():
+                setattr(self, key, coerce_hyperparameter(self, key, value))
+
+    # ----------------------------------------------------------------- set-up
+    def initialize(self):
+        if not self.was_initialized and self.needs_teacher:
+            self.teacher = self.build_teacher()
+            self.check_teacher(self.teacher)
+        if not self.was_initialized:
+            helpers = self.build_kd_helpers()
+            self.kd_helpers = helpers.to(self.device) if helpers is not None else None
+        super().initialize()
+        if self.is_ddp and self.kd_helpers is not None:
+            for tensor in self.kd_helpers.state_dict().values():
+                dist.broadcast(tensor, src=0)  # every rank starts from rank 0's helpers
+        self.print_to_log_file(f"nnkd method: {self.method}; hyper-parameters: "
+                               f"{ {k: getattr(self, k) for k in self.hyperparameters} }")
+
+    def build_teacher(self) -> Teacher:
+        teacher_entry = (self.run_config.teacher if self.run_config else None) or {}
+        if not teacher_entry.get("spec"):
+            raise NnkdError(f"{type(self).__name__} needs a teacher but {self.output_folder}/teacher.json names none",
+                            "start the run with nnkd_train --teacher SPEC")
+        teacher = create_teacher(teacher_entry["spec"], fold=self.fold, device=self.device)
+        recorded = teacher_entry.get("sha256")
+        if recorded and teacher.checkpoint_sha256 and recorded != teacher.checkpoint_sha256:
+            raise NnkdError(f"the teacher checkpoint {teacher.checkpoint_path} changed since this run started "
+                            f"(sha256 {teacher.checkpoint_sha256[:12]}… ≠ {recorded[:12]}…)",
+                            "restore the original teacher or start a new run without --c")
+        if not recorded and self.local_rank == 0:
+            teacher_entry.update(checkpoint=teacher.checkpoint_path, sha256=teacher.checkpoint_sha256)
+            self.run_config.save(self.output_folder)
+        self.print_to_log_file(f"Teacher: {teacher.spec} (checkpoint sha256 {teacher.checkpoint_sha256})")
+        return teacher
+
+    def check_teacher(self, teacher: Teacher) -> None:
+        """Stop before the first step if the teacher cannot teach this student."""
+        channels = determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json)
+        if teacher.in_channels != channels:
+            raise NnkdError(f"the teacher takes {teacher.in_channels} input channel(s), the dataset has {channels}",
+                            "use a teacher trained on images with the same channels")
+        dims = len(self.configuration_manager.patch_size)
+        if teacher.spatial_dims != dims:
+            raise NnkdError(f"the teacher is {teacher.spatial_dims}D, configuration {self.configuration_name} is "
+                            f"{dims}D", "pick a teacher and configuration of the same dimensionality")
+        if self.needs_teacher_logits:
+            if not teacher.has_logits:
+                raise NnkdError(f"method {self.method} needs teacher logits, but {teacher.spec} has none",
+                                "use a segmentation teacher or a feature method")
+            if {k: v for k, v in teacher.labels.items()} != dict(self.dataset_json["labels"]):
+                raise NnkdError(f"teacher labels {teacher.labels} differ from the dataset's "
+                                f"{self.dataset_json['labels']}", "logit KD needs the same label set; use a "
+                                                                   "feature method instead")
+        expected = teacher.plans_configuration
+        if expected is not None:
+            mine = self.configuration_manager
+            if not np.allclose(expected["spacing"], mine.spacing, rtol=1e-3) \
+                    or list(expected["transpose_forward"]) != list(self.plans_manager.transpose_forward):
+                raise NnkdError(f"the teacher expects spacing {expected['spacing']} (transpose "
+                                f"{expected['transpose_forward']}), the student's data has {list(mine.spacing)} "
+                                f"(transpose {list(self.plans_manager.transpose_forward)})",
+                                "plan the student from the teacher's plans (--teacher-plans)")
+            if list(expected["normalization_schemes"]) != list(mine.normalization_schemes) or (
+                    "CTNormalization" in mine.normalization_schemes and expected["intensity_properties"] !=
+                    self.plans_manager.plans["foreground_intensity_properties_per_channel"]):
+                raise NnkdError(f"the teacher expects {expected['normalization_schemes']} normalization, the "
+                                f"student's data uses {mine.normalization_schemes}",
+                                "plan the student from the teacher's plans (--teacher-plans)")
+
+    def build_kd_helpers(self) -> nn.Module | None:
+        """Trainable modules of the method (projectors, adaptors); None if it has none."""
+        return None
+
+    def configure_optimizers(self):
+        optimizer, lr_scheduler = super().configure_optimizers()
+        if self.kd_helpers is not None and any(True for _ in self.kd_helpers.parameters()):
+            optimizer.add_param_group({"params": list(self.kd_helpers.parameters())})
+        return optimizer, lr_scheduler
+
+    # ------------------------------------------------------------------ step
+    def student_network(self) -> nn.Module:
+        """The plain student (no DDP or torch.compile wrapper), to call encoder and decoder separately."""
+        module = self.network.module if self.is_ddp else self.network
+        return module._orig_mod if isinstance(module, OptimizedModule) else module
+
+    def student_forward(self, data: torch.Tensor):
+        """(encoder stage features or None, outputs). Without features this is nnU-Net's own call."""
+        if not self.needs_student_features:
+            return None, self.network(data)
+        network = self.student_network()
+        skips = network.encoder(data)
+        return skips, network.decoder(skips)
+
+    def distillation_terms(self, step: KDStep) -> dict[str, torch.Tensor]:
+        """Weighted loss terms added to nnU-Net's segmentation loss, by name (shown in the log)."""
+        return {}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = list(self.network.parameters())
+        return params + (list(self.kd_helpers.parameters()) if self.kd_helpers is not None else [])
+
+    def _sync_gradients(self) -> None:
+        """DDP only reduces gradients of calls through its own forward; reduce the rest by hand."""
+        if not self.is_ddp:
+            return
+        params = list(self.kd_helpers.parameters()) if self.kd_helpers is not None else []
+        if self.needs_student_features:
+            params += list(self.network.parameters())
+        world = dist.get_world_size()
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= world
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        if self.kd_helpers is not None:
+            self.kd_helpers.train()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            features, outputs = self.student_forward(data)
+            seg_loss = self.loss(outputs, target)
+            teacher_output = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_output = self.teacher(data)
+            terms = self.distillation_terms(KDStep(data, target, outputs, features, teacher_output))
+            total = seg_loss + sum(terms.values()) if terms else seg_loss
+
+        params = self.trainable_parameters()
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(total).backward()
+            self._sync_gradients()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, GRADIENT_CLIP)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            total.backward()
+            self._sync_gradients()
+            torch.nn.utils.clip_grad_norm_(params, GRADIENT_CLIP)
+            self.optimizer.step()
+        result = {"loss": total.detach().cpu().numpy(), "seg_loss": seg_loss.detach().cpu().numpy()}
+        result.update({f"kd_{name}": value.detach().cpu().numpy() for name, value in terms.items()})
+        return result
+
+    # ------------------------------------------------------- logging, plots
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        super().on_train_epoch_end(train_outputs)
+        names = [k for k in train_outputs[0] if k == "seg_loss" or k.startswith("kd_")]
+        means = torch.tensor([float(np.mean([o[k] for o in train_outputs])) for k in names], dtype=torch.float64)
+        if self.is_ddp:
+            means = means.to(self.device)
+            dist.all_reduce(means)
+            means = means.cpu() / dist.get_world_size()
+        for name, value in zip(names, means.tolist()):
+            values = self.kd_log.setdefault(name, [])
+            del values[self.current_epoch:]  # a resumed epoch replaces its old entry
+            values.append(value)
+        self.print_to_log_file("distillation: " + ", ".join(f"{n} {v:.4f}" for n, v in zip(names, means.tolist())))
+
+    def on_epoch_end(self):
+        if self.local_rank == 0 and self.kd_log:
+            plot_kd_terms(self.kd_log, Path(self.output_folder) / "progress_kd.png", self.method)
+        super().on_epoch_end()
+
+    # ----------------------------------------------------------- checkpoints
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint plus the `nnkd` entry, written to a temp file and renamed."""
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        checkpoint = {
+            "network_weights": self.student_network().state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            "nnkd": {
+                "method": self.method,
+                "helpers": self.kd_helpers.state_dict() if self.kd_helpers is not None else None,
+                "kd_log": self.kd_log,
+                "hyperparameters": {k: getattr(self, k) for k in self.hyperparameters},
+            },
+        }
+        tmp = f"{filename}.tmp-{os.getpid()}"
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
+            torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        state = checkpoint.get("nnkd") or {}
+        if self.kd_helpers is not None:
+            if state.get("helpers") is None:
+                raise NnkdError(f"{filename_or_checkpoint} holds no {self.method} helper weights",
+                                "it was not written by this method; start a new run without --c")
+            self.kd_helpers.load_state_dict(state["helpers"])
+        self.kd_log = {k: list(v) for k, v in (state.get("kd_log") or {}).items()}
+
+
+def coerce_hyperparameter(trainer_or_class, name: str, value):
+    """Convert a --hp value to the type of the trainer's default for that attribute."""
+    if name not in trainer_or_class.hyperparameters:
+        raise NnkdError(f"{getattr(trainer_or_class, '__name__', type(trainer_or_class).__name__)} has no "
+                        f"hyper-parameter '{name}'",
+                        f"it takes {', '.join(trainer_or_class.hyperparameters) or 'none'}")
+    default = getattr(trainer_or_class, name)
+    try:
+        if isinstance(default, bool):
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        if isinstance(default, (tuple, list)) or default is None:
+            return value if not isinstance(value, str) else tuple(int(v) for v in value.split(",") if v)
+        return type(default)(value)
+    except (TypeError, ValueError) as e:
+        raise NnkdError(f"hyper-parameter {name}={value!r} is not a valid {type(default).__name__}",
+                        f"give a value like {default!r}") from e
+
+
+def plot_kd_terms(kd_log: dict[str, list[float]], path: Path, method: str) -> None:
+    """The segmentation loss and each distillation term per epoch, beside nnU-Net's progress.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, values in kd_log.items():
+        ax.plot(range(len(values)), values, marker="o" if len(values) < 30 else None, label=name)
+    ax.set(xlabel="epoch", ylabel="loss term (weighted)", title=f"nnkd {method}: training loss terms")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,38 @@
+"""teacher.json: what a distillation run was started with, kept in its fold folder.
+
+The trainer reads it at construction, so a run configures itself the same way whether it is started by
+nnkd_train, resumed with --c, spawned per GPU by nnU-Net's DDP launcher, or run by stock nnUNetv2_train.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from nnkd.atomic import write_json_atomic
+from nnkd.errors import NnkdError
+
+RUN_FILE = "teacher.json"
+SCHEDULE_KEYS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch")
+
+
+@dataclass
+class RunConfig:
+    method: str
+    trainer: str
+    teacher: dict | None = None  # {"spec": ..., "checkpoint": ..., "sha256": ...}
+    hyperparameters: dict = field(default_factory=dict)
+    schedule: dict = field(default_factory=dict)
+
+    def save(self, fold_folder: Path) -> None:
+        write_json_atomic(Path(fold_folder) / RUN_FILE, asdict(self))
+
+    @classmethod
+    def load(cls, fold_folder: Path) -> "RunConfig | None":
+        path = Path(fold_folder) / RUN_FILE
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            return cls(**data)
+        except (ValueError, TypeError) as e:
+            raise NnkdError(f"{path} is corrupt ({e})", "delete it and start the run again without --c") from e

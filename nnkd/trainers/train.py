@@ -1,0 +1,171 @@
+"""What nnkd_train does: resolve the student plans and trainer, record teacher.json, then hand over to
+nnU-Net's own `run_training` (single process or DDP, `--c`, `--val`, `--npz`, final validation)."""
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nnkd.errors import NnkdError
+from nnkd.nnunet_env import find_dataset_name, require_env
+from nnkd.planners.budget import Budget
+from nnkd.planners.student_planner import DEFAULT_TEACHER_PLANS, student_plans_identifier
+from nnkd.trainers import EXT_TRAINER_FOLDER
+from nnkd.trainers.run_config import RunConfig
+
+CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+
+
+@dataclass
+class TrainRequest:
+    dataset: str
+    configuration: str
+    fold: str
+    method: str | None = None
+    trainer: str | None = None
+    budget: str | None = None
+    plans: str | None = None
+    teacher_plans: str = DEFAULT_TEACHER_PLANS
+    teacher: str | None = None
+    hyperparameters: dict = field(default_factory=dict)
+    num_epochs: int | None = None
+    num_iterations_per_epoch: int | None = None
+    num_val_iterations_per_epoch: int | None = None
+    device: str | None = None
+    continue_training: bool = False
+    validation_only: bool = False
+    npz: bool = False
+    num_gpus: int = 1
+
+
+def use_nnkd_trainers() -> None:
+    """Put nnkd's trainer folder on nnUNet_extTrainer (kept for DDP workers, which inherit it)."""
+    current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    if EXT_TRAINER_FOLDER not in current:
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join([EXT_TRAINER_FOLDER, *current])
+
+
+def resolve_trainer_class(method: str | None, trainer: str | None):
+    from nnkd.trainers.methods import METHODS
+    from nnkd.trainers.nnkd_trainer import nnKDTrainer
+
+    if (method is None) == (trainer is None):
+        raise NnkdError("give exactly one of --method and -tr", f"methods: {', '.join(METHODS)}")
+    if method is not None:
+        if method not in METHODS:
+            raise NnkdError(f"unknown method '{method}'", f"use one of {', '.join(METHODS)} (or -tr CLASS)")
+        return METHODS[method]
+    use_nnkd_trainers()
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    try:
+        cls = recursive_find_trainer_class_by_name(trainer)
+    except (RuntimeError, AssertionError) as e:
+        raise NnkdError(f"trainer class '{trainer}' not found", "put its folder on nnUNet_extTrainer") from e
+    if not issubclass(cls, nnKDTrainer):
+        raise NnkdError(f"{trainer} is not an nnKDTrainer subclass", "use nnUNetv2_train for stock trainers")
+    return cls
+
+
+def _parse_fold(fold: str):
+    if fold == "all":
+        return fold
+    if fold.isdigit():
+        return int(fold)
+    raise NnkdError(f"fold '{fold}' is invalid", "use 0-4 or all")
+
+
+def _device(name: str | None):
+    import torch
+
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda", "mps"):
+        raise NnkdError(f"unknown device '{name}'", "use cpu, cuda or mps")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NnkdError("--device cuda but no CUDA GPU is visible", "use --device cpu")
+    if name == "cpu":
+        import multiprocessing
+        torch.set_num_threads(multiprocessing.cpu_count())
+    return torch.device(name)
+
+
+def fold_folder(results: Path, dataset_name: str, trainer_name: str, plans: str, configuration: str, fold) -> Path:
+    return results / dataset_name / f"{trainer_name}__{plans}__{configuration}" / f"fold_{fold}"
+
+
+def train(request: TrainRequest) -> Path:
+    """Train (or resume, or validate) one fold; return its output folder."""
+    paths = require_env("nnUNet_preprocessed", "nnUNet_results")
+    dataset_name = find_dataset_name(request.dataset)
+    fold = _parse_fold(str(request.fold))
+    if request.plans and request.budget:
+        raise NnkdError("both -p and --budget given", "give one of them")
+    if not request.plans and not request.budget:
+        raise NnkdError("no student plans given", "pass --budget tiny|small|medium (or -p PLANS)")
+    plans = request.plans or student_plans_identifier(Budget.from_name(request.budget), request.teacher_plans)
+    plans_file = paths["nnUNet_preprocessed"] / dataset_name / f"{plans}.json"
+    if not plans_file.is_file():
+        budget_hint = f"--budget {request.budget}" if request.budget else "--budget …"
+        raise NnkdError(f"plans {plans_file} not found",
+                        f"plan first: nnkd_plan_and_preprocess -d {request.dataset} {budget_hint}")
+    configurations = json.loads(plans_file.read_text())["configurations"]
+    if request.configuration not in configurations:
+        raise NnkdError(f"unknown configuration '{request.configuration}'",
+                        f"{plans} has {', '.join(configurations)}")
+    if request.continue_training and request.validation_only:
+        raise NnkdError("--c and --val together", "use --c to resume training or --val to only validate")
+
+    cls = resolve_trainer_class(request.method, request.trainer)
+    folder = fold_folder(paths["nnUNet_results"], dataset_name, cls.__name__, plans, request.configuration, fold)
+    hyperparameters = {}
+    from nnkd.trainers.nnkd_trainer import coerce_hyperparameter
+    for name, value in request.hyperparameters.items():
+        hyperparameters[name] = coerce_hyperparameter(cls, name, value)
+    schedule = {k: getattr(request, k) for k in ("num_epochs", "num_iterations_per_epoch",
+                                                    "num_val_iterations_per_epoch") if getattr(request, k)}
+
+    existing = RunConfig.load(folder)
+    if request.continue_training or request.validation_only:
+        wanted = CHECKPOINTS if request.continue_training else CHECKPOINTS[:1]
+        if not any((folder / c).is_file() for c in wanted):
+            raise NnkdError(f"nothing to {'resume' if request.continue_training else 'validate'} in {folder}",
+                            "start the training without --c/--val" if request.continue_training
+                            else "finish the training first")
+        if existing is None:
+            existing = RunConfig(method=cls.method, trainer=cls.__name__)
+        recorded = (existing.teacher or {}).get("spec")
+        if request.teacher and recorded and request.teacher != recorded:
+            raise NnkdError(f"this run was started with teacher {recorded}, not {request.teacher}",
+                            "drop --teacher when resuming, or start a new run")
+        existing.schedule.update(schedule)
+        existing.hyperparameters.update(hyperparameters)
+        existing.save(folder)
+    else:
+        if cls.needs_teacher and not request.teacher:
+            raise NnkdError(f"method {cls.method} needs a teacher", "pass --teacher nnunet:MODEL_FOLDER")
+        teacher = None
+        if request.teacher:
+            from nnkd.teachers.registry import TeacherSpec, list_teachers
+            spec = TeacherSpec.parse(request.teacher)
+            if spec.family not in list_teachers():
+                raise NnkdError(f"unknown teacher family '{spec.family}'", f"use one of {', '.join(list_teachers())}")
+            teacher = {"spec": request.teacher} if cls.needs_teacher else None
+            if not cls.needs_teacher:
+                print(f"note: method {cls.method} trains without a teacher; --teacher is ignored")
+        RunConfig(method=cls.method, trainer=cls.__name__, teacher=teacher, hyperparameters=hyperparameters,
+                  schedule=schedule).save(folder)
+
+    device = _device(request.device)
+    use_nnkd_trainers()
+    from nnunetv2.run.run_training import run_training
+
+    run_training(dataset_name, request.configuration, fold, cls.__name__, plans, num_gpus=request.num_gpus,
+                 export_validation_probabilities=request.npz, continue_training=request.continue_training,
+                 only_run_validation=request.validation_only, device=device)
+    summary = folder / "validation" / "summary.json"
+    if summary.is_file():
+        dice = json.loads(summary.read_text())["foreground_mean"]["Dice"]
+        print(f"nnkd: {cls.__name__} {plans} {request.configuration} fold {fold}: validation Dice {dice:.4f} "
+              f"({summary})")
+    return folder
