@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--cases", "8", "--shape", "32", "32", "32"]  # fast: 8 cases of about 32³
 PLANNED_ID = 991
 
@@ -54,3 +55,38 @@ def planned(tmp_path_factory):
                      "-np", "1", "--verify_dataset_integrity", env=env)
     return {"env": env, "raw_before": before, "stdout": result.stdout,
             "preprocessed": Path(env["nnUNet_preprocessed"]) / "Dataset991_Synthetic"}
+
+
+# One epoch of two iterations, one validation iteration: enough to run every part of nnU-Net's loop.
+QUICK_TRAINING = ["--epochs", "1", "--iterations-per-epoch", "2", "--val-iterations-per-epoch", "1",
+                  "--device", "cpu"]
+
+
+def training_env(env: dict, **extra) -> dict:
+    """Single-threaded data augmentation (nnU-Net's planner needs nnUNet_n_proc_DA > 0, training not)."""
+    return {**env, "nnUNet_n_proc_DA": "0", **extra}
+
+
+@pytest.fixture(scope="session")
+def teacher(planned):
+    """A real nnU-Net teacher: stock nnUNetv2_train with a 2-iteration trainer nnkd never imports."""
+    env = training_env(planned["env"])
+    run_cli("nnUNetv2_train", PLANNED_ID, "3d_fullres", "0", "-tr", "nnUNetTrainer_Tiny", "-device", "cpu",
+            env={**env, "nnUNet_extTrainer": str(ROOT / "tests" / "ext_trainers")})
+    folder = Path(env["nnUNet_results"]) / "Dataset991_Synthetic" / "nnUNetTrainer_Tiny__nnUNetPlans__3d_fullres"
+    return {"env": env, "folder": folder, "spec": f"nnunet:{folder}"}
+
+
+@pytest.fixture(scope="session")
+def trained(teacher):
+    """The tiny student trained once with each built-in method; method -> (fold folder, stdout)."""
+    runs = {}
+    for method in ("none", "logit", "feature"):
+        teacher_args = [] if method == "none" else ["--teacher", teacher["spec"]]
+        result = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", method,
+                         *teacher_args, *QUICK_TRAINING, env=teacher["env"])
+        trainer = {"none": "NoKD", "logit": "Logit", "feature": "Feature"}[method]
+        folder = (Path(teacher["env"]["nnUNet_results"]) / "Dataset991_Synthetic" /
+                  f"nnKDTrainer_{trainer}__nnKDPlans_tiny__3d_fullres" / "fold_0")
+        runs[method] = (folder, result.stdout)
+    return runs

@@ -3,6 +3,7 @@
 import argparse
 import sys
 import traceback
+import warnings
 from typing import Callable, Sequence
 
 from nnkd.errors import NnkdError
@@ -31,6 +32,9 @@ def run(entry: Callable[[argparse.Namespace], None], parser: argparse.ArgumentPa
         argv: Sequence[str] | None = None) -> None:
     """Parse `argv`, call `entry`, and turn an NnkdError into one line and a non-zero exit."""
     args = parser.parse_args(argv)
+    if not args.verbose:  # library deprecation chatter would bury nnkd's own messages
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         entry(args)
     except NnkdError as e:

@@ -8,10 +8,14 @@ import torch
 
 from nnkd.errors import NnkdError
 
-# Plain data nnU-Net checkpoints hold besides tensors (numpy scalars and arrays in the training log).
-_SAFE_GLOBALS = [np.core.multiarray.scalar if hasattr(np, "core") else None, np.dtype, np.ndarray,
-                 np.core.multiarray._reconstruct if hasattr(np, "core") else None]
-_SAFE_GLOBALS += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+_multiarray = (np._core if hasattr(np, "_core") else np.core).multiarray
+# Plain data nnU-Net checkpoints hold besides tensors (numpy scalars and arrays in the training log),
+# under numpy 2's and numpy 1's module names.
+_SAFE_GLOBALS = [np.ndarray, np.dtype, _multiarray.scalar, _multiarray._reconstruct,
+                 (_multiarray.scalar, "numpy.core.multiarray.scalar"),
+                 (_multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
+_SAFE_GLOBALS += [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "int16", "uint8",
+                                               "bool")]
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -28,10 +32,11 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise NnkdError(f"checkpoint {path} not found", "check the path or the fold")
     try:
-        with torch.serialization.safe_globals([g for g in _SAFE_GLOBALS if g is not None]):
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated, foreign or unsafe files
-        raise NnkdError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+        reason = str(e).strip().splitlines()[0].split(". ")[0][:160] if str(e).strip() else type(e).__name__
+        raise NnkdError(f"cannot load checkpoint {path}: {reason}",
                         "the file is truncated, corrupt, not a PyTorch checkpoint or holds non-tensor code") from e
     if not isinstance(checkpoint, dict):
         raise NnkdError(f"{path} is not an nnU-Net checkpoint (no dict inside)", "point to a checkpoint_*.pth file")

@@ -1,0 +1,104 @@
+"""nnkd_train end to end: a real nnU-Net teacher, the tiny student, nnU-Net's whole pipeline."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import PLANNED_ID, QUICK_TRAINING, ROOT, run_cli
+from nnkd.teachers.checkpoint import sha256_of
+
+
+def _student_network(fold_folder: Path):
+    """The stock architecture from the run's own plans.json, as nnU-Net's predictor builds it."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = json.loads((fold_folder.parent / "plans.json").read_text())
+    dataset_json = json.loads((fold_folder.parent / "dataset.json").read_text())
+    manager = PlansManager(plans)
+    cm = manager.get_configuration("3d_fullres")
+    return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                  cm.network_arch_init_kwargs_req_import,
+                                  determine_num_input_channels(manager, cm, dataset_json),
+                                  manager.get_label_manager(dataset_json).num_segmentation_heads,
+                                  deep_supervision=True)
+
+
+@pytest.mark.parametrize("method, term", [("none", None), ("logit", "kd_logit"), ("feature", "kd_feature")])
+def test_each_method_trains_through_nnunets_pipeline(trained, teacher, method, term):
+    folder, stdout = trained[method]
+    for name in ("checkpoint_final.pth", "progress.png", "progress_kd.png", "validation/summary.json"):
+        assert (folder / name).is_file(), name
+    assert (folder.parent / "plans.json").is_file() and (folder.parent / "dataset.json").is_file()
+    dice = json.loads((folder / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"]
+    assert 0 <= dice <= 1 and "validation Dice" in stdout
+
+    log = next(folder.glob("training_log_*.txt")).read_text()
+    line = next(line for line in log.splitlines() if "distillation:" in line)
+    assert "seg_loss" in line and (term is None or term in line)
+
+    record = json.loads((folder / "teacher.json").read_text())
+    assert record["method"] == method and record["schedule"]["num_iterations_per_epoch"] == 2
+    if method == "none":
+        assert record["teacher"] is None
+    else:
+        checkpoint = teacher["folder"] / "fold_0" / "checkpoint_final.pth"
+        assert record["teacher"]["spec"] == teacher["spec"]
+        assert record["teacher"]["sha256"] == sha256_of(checkpoint)
+
+
+@pytest.mark.parametrize("method", ["none", "logit", "feature"])
+def test_student_checkpoint_loads_strictly_into_the_plan_architecture(trained, method):
+    folder, _ = trained[method]
+    checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    network = _student_network(folder)
+    network.load_state_dict(checkpoint["network_weights"], strict=True)
+    assert checkpoint["nnkd"]["method"] == method
+    has_helpers = checkpoint["nnkd"]["helpers"] is not None
+    assert has_helpers == (method == "feature")
+
+
+def test_resume_continues_from_the_saved_epoch_with_identical_helpers(trained, teacher, monkeypatch):
+    from nnkd.trainers.methods import nnKDTrainer_Feature
+
+    folder, _ = trained["feature"]
+    saved = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, teacher["env"][name])
+    plans = json.loads((folder.parent / "plans.json").read_text())
+    plans["continue_training"] = True
+    trainer = nnKDTrainer_Feature(plans, "3d_fullres", 0, json.loads((folder.parent / "dataset.json").read_text()),
+                                  device=torch.device("cpu"))
+    trainer.load_checkpoint(str(folder / "checkpoint_final.pth"))
+    assert trainer.current_epoch == saved["current_epoch"] == 1
+    restored = trainer.kd_helpers.state_dict()
+    assert restored.keys() == saved["nnkd"]["helpers"].keys()
+    assert all(torch.equal(restored[k], saved["nnkd"]["helpers"][k]) for k in restored)
+    assert len(trainer.optimizer.param_groups) == 2  # student + projectors
+    assert trainer.kd_log == saved["nnkd"]["kd_log"]
+
+    logs_before = set(folder.glob("training_log_*.txt"))
+    run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "feature", "--c",
+            "--epochs", "2", "--device", "cpu", env=teacher["env"])
+    resumed = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert resumed["current_epoch"] == 2
+    assert [len(v) for v in resumed["nnkd"]["kd_log"].values()] == [2, 2]
+    new_log = "".join(p.read_text() for p in set(folder.glob("training_log_*.txt")) - logs_before)
+    assert "Epoch 1" in new_log and "Epoch 0\n" not in new_log
+
+
+def test_a_custom_method_from_the_docs_trains(teacher):
+    """The worked example in docs/training.md, run as a user would."""
+    example = ROOT / "docs" / "examples" / "my_methods" / "probability_mse.py"
+    assert example.read_text().strip() in (ROOT / "docs" / "training.md").read_text()
+    env = {**teacher["env"], "nnUNet_extTrainer": str(example.parent)}
+    result = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "-tr", "nnKDTrainer_ProbMSE",
+                     "--teacher", teacher["spec"], "--hp", "kd_weight=2", *QUICK_TRAINING, env=env)
+    folder = Path(teacher["env"]["nnUNet_results"]) / "Dataset991_Synthetic" / \
+        "nnKDTrainer_ProbMSE__nnKDPlans_tiny__3d_fullres" / "fold_0"
+    log = next(folder.glob("training_log_*.txt")).read_text()
+    assert "kd_prob_mse" in log and "'kd_weight': 2.0" in log
+    assert "validation Dice" in result.stdout
