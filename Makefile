@@ -19,10 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
-# The main job on the embedded default: make the synthetic dataset, plan a tiny student, preprocess.
+# The main job on the embedded default: synthetic dataset, plans, a brief teacher, a distilled tiny student.
 demo: setup
-	$(BIN)/nnkd_make_synthetic -d 990 --overwrite
-	$(BIN)/nnkd_plan_and_preprocess -d 990 -c 3d_fullres --budget tiny -np 2
+	BIN=$(BIN) bash scripts/demo.sh
 
 # pytest's exit code 5 (no tests collected) counts as a failure.
 test: setup

@@ -6,6 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import PLANNED_ID, run_cli, tree_digest
+from nnkd.plans import network_from_plans, num_input_channels
 from nnkd.planners.architecture_search import StudentSearch
 from nnkd.planners.budget import PRESETS, Budget
 from nnkd.planners.student_planner import STUDENT_KEY, nnKDStudentPlanner
@@ -18,21 +19,14 @@ def _plans(planned, name):
 
 
 def _instantiate(plans: dict, configuration: str, dataset_json: dict):
-    """The network exactly as a stock nnU-Net builds it from the plans, on the CPU."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    """The network exactly as a stock nnU-Net builds it from the plans, on the CPU, and its cost."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    manager = PlansManager(plans)
-    cm = manager.get_configuration(configuration)
-    channels = determine_num_input_channels(manager, cm, dataset_json)
-    network = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
-                                     cm.network_arch_init_kwargs_req_import, channels,
-                                     manager.get_label_manager(dataset_json).num_segmentation_heads,
-                                     deep_supervision=False)
+    network = network_from_plans(plans, configuration, dataset_json)
+    channels = num_input_channels(plans, configuration, dataset_json)
     params = sum(p.numel() for p in network.parameters())
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        network(torch.zeros(1, channels, *cm.patch_size))
+        network(torch.zeros(1, channels, *PlansManager(plans).get_configuration(configuration).patch_size))
     return network, params, counter.get_total_flops() / 1e9
 
 

@@ -7,24 +7,15 @@ import pytest
 import torch
 
 from conftest import PLANNED_ID, QUICK_TRAINING, ROOT, run_cli
+from nnkd.plans import network_from_plans
 from nnkd.teachers.checkpoint import sha256_of
 
 
 def _student_network(fold_folder: Path):
     """The stock architecture from the run's own plans.json, as nnU-Net's predictor builds it."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     plans = json.loads((fold_folder.parent / "plans.json").read_text())
     dataset_json = json.loads((fold_folder.parent / "dataset.json").read_text())
-    manager = PlansManager(plans)
-    cm = manager.get_configuration("3d_fullres")
-    return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
-                                  cm.network_arch_init_kwargs_req_import,
-                                  determine_num_input_channels(manager, cm, dataset_json),
-                                  manager.get_label_manager(dataset_json).num_segmentation_heads,
-                                  deep_supervision=True)
+    return network_from_plans(plans, "3d_fullres", dataset_json, deep_supervision=True)
 
 
 @pytest.mark.parametrize("method, term", [("none", None), ("logit", "kd_logit"), ("feature", "kd_feature")])
@@ -42,6 +33,9 @@ def test_each_method_trains_through_nnunets_pipeline(trained, teacher, method, t
 
     record = json.loads((folder / "teacher.json").read_text())
     assert record["method"] == method and record["schedule"]["num_iterations_per_epoch"] == 2
+    expected = {"none": {}, "logit": {"kd_temperature": 3.0, "kd_weight": 1.0},
+                "feature": {"feature_loss": "mse", "feature_weight": 1.0, "feature_stages": None}}[method]
+    assert record["hyperparameters"] == expected
     if method == "none":
         assert record["teacher"] is None
     else:

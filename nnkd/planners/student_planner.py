@@ -14,6 +14,7 @@ from pathlib import Path
 from nnkd import __version__
 from nnkd.atomic import write_json_atomic
 from nnkd.errors import NnkdError
+from nnkd.plans import num_input_channels, num_segmentation_heads
 from nnkd.planners.architecture_search import StudentArchitecture, StudentSearch
 from nnkd.planners.budget import Budget
 from nnkd.planners.network_cost import NetworkCost
@@ -42,20 +43,6 @@ def _load_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise NnkdError(f"cannot read {path}: {e}", "re-run nnU-Net planning for this dataset") from e
-
-
-def _num_segmentation_heads(plans: dict, dataset_json: dict) -> int:
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    return PlansManager(plans).get_label_manager(dataset_json).num_segmentation_heads
-
-
-def _num_input_channels(plans: dict, configuration: str, dataset_json: dict) -> int:
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    manager = PlansManager(plans)
-    return determine_num_input_channels(manager, manager.get_configuration(configuration), dataset_json)
 
 
 class nnKDStudentPlanner:
@@ -89,13 +76,13 @@ class nnKDStudentPlanner:
         plans["nnkd"] = {"version": __version__, "budget": self.budget.to_json(),
                          "teacher_plans": self.teacher_plans_identifier,
                          "teacher_planner": self.teacher_plans.get("experiment_planner_used")}
-        num_classes = _num_segmentation_heads(plans, self.dataset_json)
+        num_classes = num_segmentation_heads(plans, self.dataset_json)
         planned = []
         for name, configuration in list(plans["configurations"].items()):
             if name not in plans["configurations"] or "architecture" not in configuration:
                 continue  # inherits its architecture (e.g. 3d_cascade_fullres from 3d_fullres)
             search = StudentSearch(configuration["architecture"],
-                                   _num_input_channels(self.teacher_plans, name, self.dataset_json),
+                                   num_input_channels(self.teacher_plans, name, self.dataset_json),
                                    num_classes, configuration["patch_size"])
             teacher = search.teacher_cost()
             param_limit, gflop_limit = self.budget.limits(teacher)

@@ -80,9 +80,9 @@ class NnUNetTeacher(Teacher):
 
 @register_teacher("nnunet")
 def nnunet_teacher(path: str, options: dict, fold=None, device="cpu", **_) -> NnUNetTeacher:
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnkd.plans import network_from_plans
 
     unknown = set(options) - KNOWN_OPTIONS
     if unknown:
@@ -110,12 +110,7 @@ def nnunet_teacher(path: str, options: dict, fold=None, device="cpu", **_) -> Nn
     if configuration not in manager.available_configurations:
         raise NnkdError(f"teacher configuration '{configuration}' not in its plans.json",
                         f"add ?configuration= one of {', '.join(manager.available_configurations)}")
-    cm = manager.get_configuration(configuration)
-    network = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
-                                     cm.network_arch_init_kwargs_req_import,
-                                     determine_num_input_channels(manager, cm, dataset_json),
-                                     manager.get_label_manager(dataset_json).num_segmentation_heads,
-                                     allow_init=False, deep_supervision=False)
+    network = network_from_plans(plans, configuration, dataset_json, allow_init=False)
     weights = {k[len("module."):] if k.startswith("module.") else k: v
                for k, v in checkpoint["network_weights"].items()}
     try:

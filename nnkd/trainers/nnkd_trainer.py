@@ -101,37 +101,7 @@ class nnKDTrainer(nnUNetTrainer):
 
     def check_teacher(self, teacher: Teacher) -> None:
         """Stop before the first step if the teacher cannot teach this student."""
-        channels = determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json)
-        if teacher.in_channels != channels:
-            raise NnkdError(f"the teacher takes {teacher.in_channels} input channel(s), the dataset has {channels}",
-                            "use a teacher trained on images with the same channels")
-        dims = len(self.configuration_manager.patch_size)
-        if teacher.spatial_dims != dims:
-            raise NnkdError(f"the teacher is {teacher.spatial_dims}D, configuration {self.configuration_name} is "
-                            f"{dims}D", "pick a teacher and configuration of the same dimensionality")
-        if self.needs_teacher_logits:
-            if not teacher.has_logits:
-                raise NnkdError(f"method {self.method} needs teacher logits, but {teacher.spec} has none",
-                                "use a segmentation teacher or a feature method")
-            if {k: v for k, v in teacher.labels.items()} != dict(self.dataset_json["labels"]):
-                raise NnkdError(f"teacher labels {teacher.labels} differ from the dataset's "
-                                f"{self.dataset_json['labels']}", "logit KD needs the same label set; use a "
-                                                                   "feature method instead")
-        expected = teacher.plans_configuration
-        if expected is not None:
-            mine = self.configuration_manager
-            if not np.allclose(expected["spacing"], mine.spacing, rtol=1e-3) \
-                    or list(expected["transpose_forward"]) != list(self.plans_manager.transpose_forward):
-                raise NnkdError(f"the teacher expects spacing {expected['spacing']} (transpose "
-                                f"{expected['transpose_forward']}), the student's data has {list(mine.spacing)} "
-                                f"(transpose {list(self.plans_manager.transpose_forward)})",
-                                "plan the student from the teacher's plans (--teacher-plans)")
-            if list(expected["normalization_schemes"]) != list(mine.normalization_schemes) or (
-                    "CTNormalization" in mine.normalization_schemes and expected["intensity_properties"] !=
-                    self.plans_manager.plans["foreground_intensity_properties_per_channel"]):
-                raise NnkdError(f"the teacher expects {expected['normalization_schemes']} normalization, the "
-                                f"student's data uses {mine.normalization_schemes}",
-                                "plan the student from the teacher's plans (--teacher-plans)")
+        check_teacher_fits(teacher, type(self), self.plans_manager, self.configuration_name, self.dataset_json)
 
     def build_kd_helpers(self) -> nn.Module | None:
         """Trainable modules of the method (projectors, adaptors); None if it has none."""
@@ -274,6 +244,38 @@ class nnKDTrainer(nnUNetTrainer):
                                 "it was not written by this method; start a new run without --c")
             self.kd_helpers.load_state_dict(state["helpers"])
         self.kd_log = {k: list(v) for k, v in (state.get("kd_log") or {}).items()}
+
+
+def check_teacher_fits(teacher: Teacher, trainer_class, plans_manager, configuration: str, dataset_json: dict) -> None:
+    """Channels, dimensionality, labels (for logit methods), spacing and normalization must fit."""
+    cm = plans_manager.get_configuration(configuration)
+    channels = determine_num_input_channels(plans_manager, cm, dataset_json)
+    if teacher.in_channels != channels:
+        raise NnkdError(f"the teacher takes {teacher.in_channels} input channel(s), the dataset has {channels}",
+                        "use a teacher trained on images with the same channels")
+    if teacher.spatial_dims != len(cm.patch_size):
+        raise NnkdError(f"the teacher is {teacher.spatial_dims}D, configuration {configuration} is "
+                        f"{len(cm.patch_size)}D", "pick a teacher and configuration of the same dimensionality")
+    if trainer_class.needs_teacher_logits:
+        if not teacher.has_logits:
+            raise NnkdError(f"method {trainer_class.method} needs teacher logits, but {teacher.spec} has none",
+                            "use a segmentation teacher or a feature method")
+        if dict(teacher.labels) != dict(dataset_json["labels"]):
+            raise NnkdError(f"teacher labels {teacher.labels} differ from the dataset's {dataset_json['labels']}",
+                            "logit KD needs the same label set; use a feature method instead")
+    expected = teacher.plans_configuration
+    if expected is None:
+        return
+    transpose = list(plans_manager.transpose_forward)
+    if not np.allclose(expected["spacing"], cm.spacing, rtol=1e-3) or list(expected["transpose_forward"]) != transpose:
+        raise NnkdError(f"the teacher expects spacing {expected['spacing']} (transpose {expected['transpose_forward']}),"
+                        f" the student's data has {list(cm.spacing)} (transpose {transpose})",
+                        "plan the student from the teacher's plans (--teacher-plans)")
+    intensities = plans_manager.plans["foreground_intensity_properties_per_channel"]
+    if list(expected["normalization_schemes"]) != list(cm.normalization_schemes) or (
+            "CTNormalization" in cm.normalization_schemes and expected["intensity_properties"] != intensities):
+        raise NnkdError(f"the teacher expects {expected['normalization_schemes']} normalization, the student's data "
+                        f"uses {cm.normalization_schemes}", "plan the student from the teacher's plans (--teacher-plans)")
 
 
 def coerce_hyperparameter(trainer_or_class, name: str, value):

@@ -90,6 +90,19 @@ def _device(name: str | None):
     return torch.device(name)
 
 
+def checked_teacher_record(spec: str, cls, plans_file: Path, configuration: str, fold) -> dict:
+    """Load the teacher once on the CPU and check it fits, before anything is written for the run."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnkd.teachers.registry import create_teacher
+    from nnkd.trainers.nnkd_trainer import check_teacher_fits
+
+    dataset_json = json.loads((plans_file.parent / "dataset.json").read_text())
+    teacher = create_teacher(spec, fold=fold, device="cpu")
+    check_teacher_fits(teacher, cls, PlansManager(str(plans_file)), configuration, dataset_json)
+    return {"spec": spec, "checkpoint": teacher.checkpoint_path, "sha256": teacher.checkpoint_sha256}
+
+
 def fold_folder(results: Path, dataset_name: str, trainer_name: str, plans: str, configuration: str, fold) -> Path:
     return results / dataset_name / f"{trainer_name}__{plans}__{configuration}" / f"fold_{fold}"
 
@@ -118,10 +131,8 @@ def train(request: TrainRequest) -> Path:
 
     cls = resolve_trainer_class(request.method, request.trainer)
     folder = fold_folder(paths["nnUNet_results"], dataset_name, cls.__name__, plans, request.configuration, fold)
-    hyperparameters = {}
     from nnkd.trainers.nnkd_trainer import coerce_hyperparameter
-    for name, value in request.hyperparameters.items():
-        hyperparameters[name] = coerce_hyperparameter(cls, name, value)
+    given = {name: coerce_hyperparameter(cls, name, value) for name, value in request.hyperparameters.items()}
     schedule = {k: getattr(request, k) for k in ("num_epochs", "num_iterations_per_epoch",
                                                     "num_val_iterations_per_epoch") if getattr(request, k)}
 
@@ -139,21 +150,18 @@ def train(request: TrainRequest) -> Path:
             raise NnkdError(f"this run was started with teacher {recorded}, not {request.teacher}",
                             "drop --teacher when resuming, or start a new run")
         existing.schedule.update(schedule)
-        existing.hyperparameters.update(hyperparameters)
+        existing.hyperparameters.update(given)
         existing.save(folder)
     else:
         if cls.needs_teacher and not request.teacher:
             raise NnkdError(f"method {cls.method} needs a teacher", "pass --teacher nnunet:MODEL_FOLDER")
         teacher = None
-        if request.teacher:
-            from nnkd.teachers.registry import TeacherSpec, list_teachers
-            spec = TeacherSpec.parse(request.teacher)
-            if spec.family not in list_teachers():
-                raise NnkdError(f"unknown teacher family '{spec.family}'", f"use one of {', '.join(list_teachers())}")
-            teacher = {"spec": request.teacher} if cls.needs_teacher else None
-            if not cls.needs_teacher:
-                print(f"note: method {cls.method} trains without a teacher; --teacher is ignored")
-        RunConfig(method=cls.method, trainer=cls.__name__, teacher=teacher, hyperparameters=hyperparameters,
+        if request.teacher and not cls.needs_teacher:
+            print(f"note: method {cls.method} trains without a teacher; --teacher is ignored")
+        elif request.teacher:
+            teacher = checked_teacher_record(request.teacher, cls, plans_file, request.configuration, fold)
+        effective = {name: getattr(cls, name) for name in cls.hyperparameters} | given  # defaults on record too
+        RunConfig(method=cls.method, trainer=cls.__name__, teacher=teacher, hyperparameters=effective,
                   schedule=schedule).save(folder)
 
     device = _device(request.device)

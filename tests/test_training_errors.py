@@ -1,0 +1,181 @@
+"""nnkd_train stops before the first step with one `nnkd: error:` line for each kind of bad input."""
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import PLANNED_ID, QUICK_TRAINING, run_cli
+from nnkd.plans import network_from_plans
+
+TRAIN = [str(PLANNED_ID), "3d_fullres", "0"]
+
+
+def _error_line(result) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("nnkd: error:")]
+    assert len(lines) == 1 and result.stderr.strip().splitlines()[-1] == lines[0], result.stderr[-3000:]
+    return lines[0]
+
+
+def fake_teacher(teacher_folder: Path, target: Path, configuration="3d_fullres", edit_plans=None,
+                 edit_dataset=None) -> str:
+    """An nnU-Net model folder whose network is built from (edited) copies of the real teacher's files."""
+    plans = json.loads((teacher_folder / "plans.json").read_text())
+    dataset = json.loads((teacher_folder / "dataset.json").read_text())
+    if edit_plans:
+        edit_plans(plans)
+    if edit_dataset:
+        edit_dataset(dataset)
+    folder = target / f"nnUNetTrainer__nnUNetPlans__{configuration}"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    network = network_from_plans(plans, configuration, dataset)
+    torch.save({"network_weights": network.state_dict(), "init_args": {"configuration": configuration}},
+               folder / "fold_0" / "checkpoint_final.pth")
+    return f"nnunet:{folder}"
+
+
+def _two_channels(dataset):
+    dataset["channel_names"] = {"0": "T1", "1": "T2"}
+
+
+def _extra_label(dataset):
+    dataset["labels"] = {**dataset["labels"], "tumour": 4}
+
+
+def _other_spacing(plans):
+    plans["configurations"]["3d_fullres"]["spacing"] = [3.0, 1.0, 1.0]
+
+
+def _ct_normalization(plans):
+    plans["configurations"]["3d_fullres"]["normalization_schemes"] = ["CTNormalization"]
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda t, p: fake_teacher(t, p, edit_dataset=_two_channels), "2 input channel(s), the dataset has 1"),
+    (lambda t, p: fake_teacher(t, p, edit_dataset=_extra_label), "teacher labels"),
+    (lambda t, p: fake_teacher(t, p, edit_plans=_other_spacing), "expects spacing [3.0, 1.0, 1.0]"),
+    (lambda t, p: fake_teacher(t, p, edit_plans=_ct_normalization), "expects ['CTNormalization'] normalization"),
+    (lambda t, p: fake_teacher(t, p, configuration="2d"), "the teacher is 2D, configuration 3d_fullres is 3D"),
+], ids=["channels", "labels", "spacing", "normalization", "dimensionality"])
+def test_teacher_that_cannot_teach_this_student(teacher, tmp_path, make, fragment):
+    spec = make(teacher["folder"], tmp_path)
+    result = run_cli("nnkd_train", *TRAIN, "--budget", "tiny", "--method", "logit", "--teacher", spec,
+                     *QUICK_TRAINING, env=teacher["env"], check=False)
+    assert fragment in _error_line(result)
+
+
+def _truncated(folder: Path, tmp: Path) -> str:
+    copy_ = tmp / folder.name
+    shutil.copytree(folder, copy_)
+    ckpt = copy_ / "fold_0" / "checkpoint_final.pth"
+    ckpt.write_bytes(ckpt.read_bytes()[:2000])
+    return f"nnunet:{copy_}"
+
+
+def _not_a_checkpoint(folder: Path, tmp: Path) -> str:
+    copy_ = tmp / folder.name
+    shutil.copytree(folder, copy_)
+    (copy_ / "fold_0" / "checkpoint_final.pth").write_text("this is not a checkpoint\n")
+    return f"nnunet:{copy_}"
+
+
+@pytest.mark.parametrize("spec, args, fragment", [
+    (None, ["--method", "distil"], "unknown method 'distil'"),
+    (None, ["--method", "logit"], "needs a teacher"),
+    ("foo:/nowhere", ["--method", "logit"], "unknown teacher family 'foo'"),
+    ("nnunet:/nowhere/at/all", ["--method", "logit"], "teacher folder /nowhere/at/all not found"),
+    ("{t}?color=red", ["--method", "logit"], "unknown option(s) color"),
+    ("{t}?fold=3", ["--method", "logit"], "teacher fold 3 not found"),
+    ("{t}?checkpoint=checkpoint_latest.pth", ["--method", "logit"], "checkpoint_latest.pth not found"),
+    ("nnunet-no-colon", ["--method", "logit"], "is not of the form family:PATH"),
+    (_truncated, ["--method", "logit"], "cannot load checkpoint"),
+    (_not_a_checkpoint, ["--method", "logit"], "cannot load checkpoint"),
+    ("{t}", ["--method", "logit", "--hp", "temperature=4"], "has no hyper-parameter 'temperature'"),
+    ("{t}", ["--method", "logit", "--hp", "kd_temperature=hot"], "kd_temperature='hot' is not a valid float"),
+    ("{t}", ["--method", "logit", "--hp", "kd_temperature"], "is not NAME=VALUE"),
+], ids=["method", "no-teacher", "family", "folder", "option", "fold", "checkpoint-file", "spec-syntax",
+        "truncated", "not-a-checkpoint", "hp-name", "hp-value", "hp-syntax"])
+def test_bad_method_teacher_or_options(teacher, tmp_path, spec, args, fragment):
+    if callable(spec):
+        spec = spec(teacher["folder"], tmp_path)
+    elif spec:
+        spec = spec.replace("{t}", teacher["spec"])
+    teacher_args = ["--teacher", spec] if spec else []
+    result = run_cli("nnkd_train", *TRAIN, "--budget", "tiny", *args, *teacher_args, *QUICK_TRAINING,
+                     env=teacher["env"], check=False)
+    assert fragment in _error_line(result)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--budget", "huge", "--method", "none"], "unknown budget 'huge'"),
+    (["--budget", "medium", "--method", "none"], "plan first"),
+    (["--method", "none"], "no student plans given"),
+    (["--budget", "tiny", "--method", "none", "--c"], "nothing to resume"),
+    (["--budget", "tiny", "--method", "none", "--val"], "nothing to validate"),
+], ids=["budget", "unplanned", "no-plans", "resume", "validate"])
+def test_bad_plans_or_run_state(teacher, args, fragment):
+    result = run_cli("nnkd_train", *TRAIN[:2], "3", *args, "--device", "cpu", env=teacher["env"], check=False)
+    assert fragment in _error_line(result)
+
+
+def test_unknown_configuration_and_dataset(teacher):
+    bad_config = run_cli("nnkd_train", PLANNED_ID, "3d_lowres", "0", "--budget", "tiny", "--method", "none",
+                         env=teacher["env"], check=False)
+    assert "unknown configuration '3d_lowres'" in _error_line(bad_config)
+    bad_dataset = run_cli("nnkd_train", "555", "3d_fullres", "0", "--budget", "tiny", "--method", "none",
+                          env=teacher["env"], check=False)
+    assert "dataset 555 not found" in _error_line(bad_dataset)
+
+
+def test_resuming_with_another_teacher_is_refused(trained, teacher, tmp_path):
+    other = fake_teacher(teacher["folder"], tmp_path)
+    result = run_cli("nnkd_train", *TRAIN, "--budget", "tiny", "--method", "logit", "--teacher", other, "--c",
+                     "--device", "cpu", env=teacher["env"], check=False)
+    assert "this run was started with teacher" in _error_line(result)
+
+
+def test_changed_teacher_checkpoint_is_refused_on_resume(trained, teacher, tmp_path):
+    """teacher.json keeps the sha256; a teacher replaced under the same path stops the resume."""
+    folder, _ = trained["logit"]
+    record = json.loads((folder / "teacher.json").read_text())
+    changed = copy.deepcopy(record)
+    changed["teacher"]["sha256"] = "0" * 64
+    (folder / "teacher.json").write_text(json.dumps(changed))
+    try:
+        result = run_cli("nnkd_train", *TRAIN, "--budget", "tiny", "--method", "logit", "--c", "--epochs", "2",
+                         "--device", "cpu", env=teacher["env"], check=False)
+        assert "changed since this run started" in _error_line(result)
+    finally:
+        (folder / "teacher.json").write_text(json.dumps(record))
+
+
+def test_teacher_falls_back_to_fold_all_and_otherwise_names_its_folds(teacher, tmp_path):
+    from nnkd.errors import NnkdError
+    from nnkd.teachers.registry import create_teacher
+
+    spec = fake_teacher(teacher["folder"], tmp_path)
+    folder = Path(spec.split(":", 1)[1])
+    (folder / "fold_0").rename(folder / "fold_all")
+    loaded = create_teacher(spec, fold=0)
+    assert loaded.checkpoint_path.endswith("fold_all/checkpoint_final.pth")
+    assert not loaded.training and all(not p.requires_grad for p in loaded.parameters())
+    (folder / "fold_all").rename(folder / "fold_2")
+    with pytest.raises(NnkdError, match="neither fold 0 nor fold all.*fold_2"):
+        create_teacher(spec, fold=0)
+
+
+def test_teacher_pads_patches_its_strides_do_not_divide(teacher, tmp_path):
+    from nnkd.teachers.registry import create_teacher
+
+    loaded = create_teacher(fake_teacher(teacher["folder"], tmp_path), fold=0)
+    with torch.no_grad():
+        out = loaded(torch.randn(1, 1, 19, 30, 26))
+    assert out.logits.shape == (1, 4, 19, 30, 26)
+    assert [f.shape[1] for f in out.features] == loaded.feature_channels
