@@ -1,0 +1,38 @@
+"""nnkd_export: write a trained student as a stock nnU-Net model folder, optionally zipped and as ONNX."""
+
+from nnkd.cli._common import ArgumentParser, add_verbose, run
+from nnkd.cli.predict import add_student_arguments
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="nnkd_export",
+                       description="Export a trained student as a stock nnU-Net model folder (trainer "
+                                   "nnUNetTrainer, student weights only) that runs where nnkd is not installed.")
+    add_student_arguments(p)
+    p.add_argument("-o", required=True, metavar="OUT", help="the model folder to write")
+    p.add_argument("--zip", action="store_true",
+                   help="also write OUT.zip for nnUNetv2_install_pretrained_model_from_zip")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write student.onnx (dynamic batch and spatial axes) and its preprocessing JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty OUT")
+    add_verbose(p)
+    return p
+
+
+def _export(args) -> None:
+    from pathlib import Path
+
+    from nnkd.inference.export import ExportRequest, export
+
+    export(ExportRequest(dataset=args.d, configuration=args.c, output=Path(args.o), folds=args.f,
+                         budget=args.budget, plans=args.plans, teacher_plans=args.teacher_plans, method=args.method,
+                         trainer=args.trainer, checkpoint=args.checkpoint, zip=args.zip, onnx=args.onnx,
+                         overwrite=args.overwrite))
+
+
+def main(argv=None) -> None:
+    run(_export, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    main()

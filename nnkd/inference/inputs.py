@@ -1,0 +1,53 @@
+"""Checking a folder of images before prediction: one clear error instead of a dead worker."""
+
+import re
+from pathlib import Path
+
+from nnkd.errors import NnkdError
+
+
+def check_folders(input_folder: Path, output_folder: Path) -> tuple[Path, Path]:
+    input_folder, output_folder = Path(input_folder).resolve(), Path(output_folder).resolve()
+    if not input_folder.is_dir():
+        raise NnkdError(f"input folder {input_folder} not found", "give the folder with your images")
+    if output_folder == input_folder or input_folder in output_folder.parents:
+        raise NnkdError(f"output folder {output_folder} is (inside) the input folder",
+                        "write predictions elsewhere: the input folder is never modified")
+    return input_folder, output_folder
+
+
+def check_complete(path: str) -> None:
+    """Fully decode NIfTI files: SimpleITK silently fills a truncated .nii.gz with garbage."""
+    if path.endswith((".nii", ".nii.gz")):
+        import nibabel
+        import numpy as np
+
+        np.asanyarray(nibabel.load(path).dataobj)
+
+
+def collect_cases(input_folder: Path, file_ending: str, num_channels: int, reader) -> dict[str, list[str]]:
+    """case id -> its channel files, every file read once to catch corrupt or unreadable images."""
+    pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(file_ending) + "$")
+    cases: dict[str, dict[int, str]] = {}
+    for path in sorted(input_folder.iterdir()):
+        match = pattern.match(path.name)
+        if match and path.is_file():
+            cases.setdefault(match.group(1), {})[int(match.group(2))] = str(path)
+    if not cases:
+        raise NnkdError(f"no images named CASE_XXXX{file_ending} in {input_folder}",
+                        "name images as nnU-Net expects, e.g. case_000_0000" + file_ending)
+    for case, channels in cases.items():
+        if sorted(channels) != list(range(num_channels)):
+            found = ", ".join(f"_{c:04d}" for c in sorted(channels))
+            raise NnkdError(f"case {case} has channel files {found}, the model needs {num_channels} "
+                            f"(_0000 to _{num_channels - 1:04d})", "give every case all of the model's channels")
+        files = [channels[c] for c in range(num_channels)]
+        try:
+            for f in files:
+                check_complete(f)
+            reader.read_images(files)
+        except Exception as e:  # readers raise anything from RuntimeError to EOFError on broken files
+            raise NnkdError(f"cannot read case {case} ({', '.join(Path(f).name for f in files)}): "
+                            f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}",
+                            "replace the corrupt or unreadable image") from e
+    return {case: [channels[c] for c in range(num_channels)] for case, channels in cases.items()}

@@ -1,0 +1,84 @@
+"""ONNX export of a student, its sidecar JSON, and an ONNX Runtime module nnU-Net's predictor can drive."""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnkd.errors import NnkdError
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise NnkdError("onnxruntime is not installed", 'pip install "nnkd[onnx]"') from e
+    return onnxruntime
+
+
+def export_onnx(network: nn.Module, input_channels: int, patch_size, path: Path) -> float:
+    """Write `path` with dynamic batch and spatial axes; return the max |ONNX − torch| on a random patch."""
+    ort = _onnxruntime()
+    network = network.eval().cpu()
+    spatial = {i + 2: f"spatial_{i}" for i in range(len(patch_size))}
+    example = torch.randn(1, input_channels, *patch_size)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings():  # "instance_norm exported with train=True": right, it always uses input stats
+        warnings.simplefilter("ignore", UserWarning)
+        torch.onnx.export(network, (example,), str(tmp), input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch", **spatial}, "logits": {0: "batch", **spatial}},
+                          opset_version=17, dynamo=False)
+    tmp.replace(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    check = torch.randn(2, input_channels, *patch_size)
+    with torch.no_grad():
+        expected = network(check).numpy()
+    got = session.run(None, {"input": check.numpy()})[0]
+    return float(np.abs(got - expected).max())
+
+
+def onnx_sidecar(plans: dict, configuration: str, dataset_json: dict, input_channels: int) -> dict:
+    """What a runtime must feed the ONNX model: nnU-Net's preprocessing of this configuration."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    manager = PlansManager(plans)
+    cm = manager.get_configuration(configuration)
+    return {
+        "input_name": "input", "output_name": "logits",
+        "input_channels": input_channels,
+        "channel_names": dataset_json["channel_names"],
+        "labels": dataset_json["labels"],
+        "intensity_normalization": cm.normalization_schemes,
+        "foreground_intensity_properties_per_channel": plans["foreground_intensity_properties_per_channel"],
+        "spacing": list(cm.spacing),
+        "transpose_forward": list(manager.transpose_forward),
+        "patch_size": list(cm.patch_size),
+        "spatial_size_divisible_by": [int(s) for s in np.prod(np.array(cm.pool_op_kernel_sizes), axis=0)],
+        "output": "logits (batch, classes, *spatial); softmax over classes, argmax = label",
+    }
+
+
+class OnnxNetwork(nn.Module):
+    """Runs an exported student in ONNX Runtime behind the nn.Module call nnU-Net's predictor makes."""
+
+    def __init__(self, path: Path, input_channels: int):
+        super().__init__()
+        ort = _onnxruntime()
+        path = Path(path)
+        if not path.is_file():
+            raise NnkdError(f"ONNX file {path} not found", "export it with nnkd_export --onnx")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise NnkdError(f"cannot load ONNX model {path}: {str(e).splitlines()[0][:160]}",
+                            "export it again with nnkd_export --onnx") from e
+        expected = self.session.get_inputs()[0].shape[1]
+        if isinstance(expected, int) and expected != input_channels:
+            raise NnkdError(f"{path} takes {expected} channel(s), the model's dataset has {input_channels}",
+                            "use the ONNX file exported from this student")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {"input": x.detach().float().cpu().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)

@@ -1,0 +1,110 @@
+"""nnkd_predict: nnU-Net's predictor on the student alone (or on its ONNX export)."""
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nnkd.errors import NnkdError
+from nnkd.inference.inputs import check_folders, collect_cases
+from nnkd.inference.students import (find_model_folder, fold_checkpoints, load_student_weights,
+                                     read_model_folder, student_plans)
+
+
+@dataclass
+class PredictRequest:
+    input_folder: Path
+    output_folder: Path
+    dataset: str
+    configuration: str
+    folds: list[str] | None = None
+    budget: str | None = None
+    plans: str | None = None
+    teacher_plans: str = "nnUNetPlans"
+    method: str | None = None
+    trainer: str | None = None
+    checkpoint: str = "checkpoint_final.pth"
+    onnx: Path | None = None
+    device: str | None = None
+    step_size: float = 0.5
+    disable_tta: bool = False
+    save_probabilities: bool = False
+    continue_prediction: bool = False
+    num_processes_preprocessing: int = 3
+    num_processes_export: int = 3
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NnkdError("-device cuda but no CUDA GPU is visible", "use -device cpu")
+    return torch.device(name)
+
+
+def make_predictor(plans: dict, configuration: str, dataset_json: dict, weights: list[dict], network,
+                   mirror_axes, device: torch.device, step_size: float = 0.5, use_mirroring: bool = True,
+                   trainer_name: str = "nnUNetTrainer"):
+    """An nnUNetPredictor around `network` (the student, or its ONNX session) without importing a trainer."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
+                                perform_everything_on_device=device.type == "cuda", device=device,
+                                verbose=False, allow_tqdm=True)
+    manager = PlansManager(plans)
+    network = network.to(device).eval()
+    network.load_state_dict(weights[0])
+    predictor.manual_initialization(network, manager, manager.get_configuration(configuration), weights,
+                                    dataset_json, trainer_name, mirror_axes)
+    return predictor
+
+
+def predict(request: PredictRequest) -> Path:
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnkd.plans import network_from_plans, num_input_channels
+
+    input_folder, output_folder = check_folders(request.input_folder, request.output_folder)
+    plans_name = student_plans(request.budget, request.plans, request.teacher_plans)
+    _, model_folder = find_model_folder(request.dataset, request.configuration, plans_name, request.method,
+                                        request.trainer)
+    plans, dataset_json = read_model_folder(model_folder)
+    checkpoints = fold_checkpoints(model_folder, request.folds, request.checkpoint)
+    weights, first = load_student_weights(checkpoints)
+    manager = PlansManager(plans)
+    channels = num_input_channels(plans, request.configuration, dataset_json)
+    cases = collect_cases(input_folder, dataset_json["file_ending"], channels, manager.image_reader_writer_class())
+    if request.continue_prediction:
+        endings = [dataset_json["file_ending"]] + ([".npz"] if request.save_probabilities else [])
+        cases = {c: f for c, f in cases.items() if not all((output_folder / (c + e)).is_file() for e in endings)}
+        print(f"--continue_prediction: {len(cases)} case(s) left to predict")
+    device = _device(request.device)
+    if request.onnx is not None:
+        from nnkd.inference.onnx_export import OnnxNetwork
+
+        network, weights = OnnxNetwork(request.onnx, channels), [{}]
+    else:
+        network = network_from_plans(plans, request.configuration, dataset_json, allow_init=False)
+    predictor = make_predictor(plans, request.configuration, dataset_json, weights, network,
+                               first.get("inference_allowed_mirroring_axes"), device, request.step_size,
+                               not request.disable_tta, first.get("trainer_name", "nnUNetTrainer"))
+    print(f"Predicting {len(cases)} case(s) with {model_folder.name}, folds {', '.join(checkpoints)}"
+          f"{' through ONNX Runtime' if request.onnx else ''}")
+    output_folder.mkdir(parents=True, exist_ok=True)
+    if not cases:
+        return output_folder
+    staging = output_folder / f".nnkd-predict-{os.getpid()}"
+    try:
+        predictor.predict_from_files([cases[c] for c in cases], [str(staging / c) for c in cases],
+                                     save_probabilities=request.save_probabilities, overwrite=True,
+                                     num_processes_preprocessing=request.num_processes_preprocessing,
+                                     num_processes_segmentation_export=request.num_processes_export)
+        for item in sorted(staging.iterdir()):  # whole files appear in the output folder, nothing partial
+            os.replace(item, output_folder / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"Wrote {len(cases)} prediction(s) to {output_folder}")
+    return output_folder
