@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,3 +26,15 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 def write_json_atomic(path: Path, obj) -> None:
     """JSON as nnU-Net writes plans (indent 4, key order kept), atomically."""
     write_bytes_atomic(path, (json.dumps(obj, indent=4, sort_keys=False) + "\n").encode())
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Move a fully written `staging` folder to `target`, replacing an old `target` (kept until the swap)."""
+    staging, target = Path(staging), Path(target)
+    if target.exists():
+        retired = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.rename(target, retired)
+        os.rename(staging, target)
+        shutil.rmtree(retired)
+    else:
+        os.rename(staging, target)

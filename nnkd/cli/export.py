@@ -1,7 +1,7 @@
 """nnkd_export: write a trained student as a stock nnU-Net model folder, optionally zipped and as ONNX."""
 
 from nnkd.cli._common import ArgumentParser, add_verbose, run
-from nnkd.cli.predict import add_student_arguments
+from nnkd.cli.predict import add_student_arguments, student_from_args
 
 
 def build_parser() -> ArgumentParser:
@@ -24,9 +24,7 @@ def _export(args) -> None:
 
     from nnkd.inference.export import ExportRequest, export
 
-    export(ExportRequest(dataset=args.d, configuration=args.c, output=Path(args.o), folds=args.f,
-                         budget=args.budget, plans=args.plans, teacher_plans=args.teacher_plans, method=args.method,
-                         trainer=args.trainer, checkpoint=args.checkpoint, zip=args.zip, onnx=args.onnx,
+    export(ExportRequest(student=student_from_args(args), output=Path(args.o), zip=args.zip, onnx=args.onnx,
                          overwrite=args.overwrite))
 
 

@@ -18,6 +18,14 @@ def add_student_arguments(p: ArgumentParser) -> None:
     p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
 
 
+def student_from_args(args):
+    from nnkd.inference.students import StudentRef
+
+    return StudentRef(dataset=args.d, configuration=args.c, folds=args.f, budget=args.budget, plans=args.plans,
+                      teacher_plans=args.teacher_plans, method=args.method, trainer=args.trainer,
+                      checkpoint=args.checkpoint)
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="nnkd_predict",
                        description="Predict with a trained student through nnU-Net's nnUNetPredictor (the teacher "
@@ -48,9 +56,7 @@ def _predict(args) -> None:
     if not 0 < args.step_size <= 1:
         raise NnkdError(f"-step_size {args.step_size} is out of range", "use a value in (0, 1], e.g. 0.5")
     predict(PredictRequest(
-        input_folder=Path(args.i), output_folder=Path(args.o), dataset=args.d, configuration=args.c, folds=args.f,
-        budget=args.budget, plans=args.plans, teacher_plans=args.teacher_plans, method=args.method,
-        trainer=args.trainer, checkpoint=args.checkpoint, onnx=Path(args.onnx) if args.onnx else None,
+        input_folder=Path(args.i), output_folder=Path(args.o), student=student_from_args(args), onnx=Path(args.onnx) if args.onnx else None,
         device=args.device, step_size=args.step_size, disable_tta=args.disable_tta,
         save_probabilities=args.save_probabilities, continue_prediction=args.continue_prediction,
         num_processes_preprocessing=args.npp, num_processes_export=args.nps))

@@ -19,6 +19,7 @@ from scipy.ndimage import distance_transform_edt, gaussian_filter
 from tqdm import tqdm
 
 from nnkd import __version__
+from nnkd.atomic import replace_folder
 from nnkd.errors import NnkdError
 from nnkd.nnunet_env import datasets_with_id
 
@@ -224,13 +225,7 @@ def write_synthetic_dataset(spec: SyntheticSpec, raw_root: Path, overwrite: bool
             _write_nifti(label, spec.spacing, staging / f"labels{split}" / f"{case}.nii.gz")
         (staging / "dataset.json").write_text(json.dumps(dataset_json(spec), indent=4) + "\n")
 
-        if target.exists():
-            retired = raw_root / f".{spec.folder_name}.old-{os.getpid()}"
-            os.rename(target, retired)
-            os.rename(staging, target)
-            shutil.rmtree(retired)
-        else:
-            os.rename(staging, target)
+        replace_folder(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from nnkd.atomic import write_json_atomic
+from nnkd.atomic import replace_folder, write_json_atomic
 from nnkd.errors import NnkdError
-from nnkd.inference.students import find_model_folder, fold_checkpoints, read_model_folder, student_plans
+from nnkd.inference.students import StudentRef, locate
 from nnkd.teachers.checkpoint import load_checkpoint
 
 STOCK_TRAINER = "nnUNetTrainer"
@@ -20,16 +20,8 @@ STOCK_TRAINER = "nnUNetTrainer"
 
 @dataclass
 class ExportRequest:
-    dataset: str
-    configuration: str
+    student: StudentRef
     output: Path
-    folds: list[str] | None = None
-    budget: str | None = None
-    plans: str | None = None
-    teacher_plans: str = "nnUNetPlans"
-    method: str | None = None
-    trainer: str | None = None
-    checkpoint: str = "checkpoint_final.pth"
     zip: bool = False
     onnx: bool = False
     overwrite: bool = False
@@ -59,11 +51,9 @@ def _zip_folder(folder: Path, zip_path: Path, arcroot: str) -> None:
 def export(request: ExportRequest) -> Path:
     from nnkd.plans import network_from_plans, num_input_channels
 
-    plans_name = student_plans(request.budget, request.plans, request.teacher_plans)
-    dataset_name, model_folder = find_model_folder(request.dataset, request.configuration, plans_name,
-                                                   request.method, request.trainer)
-    plans, dataset_json = read_model_folder(model_folder)
-    checkpoints = fold_checkpoints(model_folder, request.folds, request.checkpoint)
+    student = locate(request.student)
+    plans, dataset_json, checkpoints = student.plans, student.dataset_json, student.checkpoints
+    model_folder, configuration = student.model_folder, request.student.configuration
     output = Path(request.output).resolve()
     if output.exists() and any(output.iterdir()) and not request.overwrite:
         raise NnkdError(f"{output} exists and is not empty", "choose another -o or pass --overwrite")
@@ -71,7 +61,7 @@ def export(request: ExportRequest) -> Path:
     method = json.loads(next(model_folder.glob("fold_*/teacher.json")).read_text())["method"]
     exported = copy.deepcopy(plans)
     exported["plans_name"] = f"{plans['plans_name']}-{method}"
-    channels = num_input_channels(plans, request.configuration, dataset_json)
+    channels = num_input_channels(plans, configuration, dataset_json)
     staging = output.parent / f".{output.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -79,31 +69,25 @@ def export(request: ExportRequest) -> Path:
         write_json_atomic(staging / "plans.json", exported)
         write_json_atomic(staging / "dataset.json", dataset_json)
         shutil.copyfile(model_folder / "dataset_fingerprint.json", staging / "dataset_fingerprint.json")
-        network = network_from_plans(plans, request.configuration, dataset_json, allow_init=False)
+        network = network_from_plans(plans, configuration, dataset_json, allow_init=False)
         for fold, path in checkpoints.items():
             source = load_checkpoint(path)
             network.load_state_dict(source["network_weights"], strict=True)  # student keys only, exactly
             (staging / f"fold_{fold}").mkdir()
-            torch.save(stock_checkpoint(source, exported, request.configuration, fold, dataset_json),
+            torch.save(stock_checkpoint(source, exported, configuration, fold, dataset_json),
                        staging / f"fold_{fold}" / "checkpoint_final.pth")
             if request.onnx:
                 from nnkd.inference.onnx_export import export_onnx, onnx_sidecar
 
                 name = "student.onnx" if len(checkpoints) == 1 else f"student_fold{fold}.onnx"
-                error = export_onnx(network, channels, network_patch_size(plans, request.configuration),
+                error = export_onnx(network, channels, network_patch_size(plans, configuration),
                                     staging / name)
                 write_json_atomic(staging / f"{name}.json",
-                                  onnx_sidecar(plans, request.configuration, dataset_json, channels))
+                                  onnx_sidecar(plans, configuration, dataset_json, channels))
                 print(f"{name}: max |ONNX Runtime − torch| on a random batch of two patches: {error:.2e}")
                 if error > 1e-3:
                     print(f"warning: {name} differs from torch by {error:.2e}")
-        if output.exists():
-            retired = output.parent / f".{output.name}.old-{os.getpid()}"
-            os.rename(output, retired)
-            os.rename(staging, output)
-            shutil.rmtree(retired)
-        else:
-            os.rename(staging, output)
+        replace_folder(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"Exported {model_folder.name} folds {', '.join(checkpoints)} to {output} (plans {exported['plans_name']}, "
@@ -111,7 +95,7 @@ def export(request: ExportRequest) -> Path:
     if request.zip:
         zip_path = output.with_suffix(".zip")
         _zip_folder(output, zip_path,
-                    f"{dataset_name}/{STOCK_TRAINER}__{exported['plans_name']}__{request.configuration}")
+                    f"{student.dataset_name}/{STOCK_TRAINER}__{exported['plans_name']}__{configuration}")
         print(f"Wrote {zip_path}; install with nnUNetv2_install_pretrained_model_from_zip {zip_path}")
     return output
 

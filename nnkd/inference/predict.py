@@ -9,23 +9,14 @@ import torch
 
 from nnkd.errors import NnkdError
 from nnkd.inference.inputs import check_folders, collect_cases
-from nnkd.inference.students import (find_model_folder, fold_checkpoints, load_student_weights,
-                                     read_model_folder, student_plans)
+from nnkd.inference.students import StudentRef, load_student_weights, locate
 
 
 @dataclass
 class PredictRequest:
     input_folder: Path
     output_folder: Path
-    dataset: str
-    configuration: str
-    folds: list[str] | None = None
-    budget: str | None = None
-    plans: str | None = None
-    teacher_plans: str = "nnUNetPlans"
-    method: str | None = None
-    trainer: str | None = None
-    checkpoint: str = "checkpoint_final.pth"
+    student: StudentRef
     onnx: Path | None = None
     device: str | None = None
     step_size: float = 0.5
@@ -68,14 +59,11 @@ def predict(request: PredictRequest) -> Path:
     from nnkd.plans import network_from_plans, num_input_channels
 
     input_folder, output_folder = check_folders(request.input_folder, request.output_folder)
-    plans_name = student_plans(request.budget, request.plans, request.teacher_plans)
-    _, model_folder = find_model_folder(request.dataset, request.configuration, plans_name, request.method,
-                                        request.trainer)
-    plans, dataset_json = read_model_folder(model_folder)
-    checkpoints = fold_checkpoints(model_folder, request.folds, request.checkpoint)
-    weights, first = load_student_weights(checkpoints)
+    student = locate(request.student)
+    plans, dataset_json, configuration = student.plans, student.dataset_json, request.student.configuration
+    weights, first = load_student_weights(student.checkpoints)
     manager = PlansManager(plans)
-    channels = num_input_channels(plans, request.configuration, dataset_json)
+    channels = num_input_channels(plans, configuration, dataset_json)
     cases = collect_cases(input_folder, dataset_json["file_ending"], channels, manager.image_reader_writer_class())
     if request.continue_prediction:
         endings = [dataset_json["file_ending"]] + ([".npz"] if request.save_probabilities else [])
@@ -87,11 +75,11 @@ def predict(request: PredictRequest) -> Path:
 
         network, weights = OnnxNetwork(request.onnx, channels), [{}]
     else:
-        network = network_from_plans(plans, request.configuration, dataset_json, allow_init=False)
-    predictor = make_predictor(plans, request.configuration, dataset_json, weights, network,
+        network = network_from_plans(plans, configuration, dataset_json, allow_init=False)
+    predictor = make_predictor(plans, configuration, dataset_json, weights, network,
                                first.get("inference_allowed_mirroring_axes"), device, request.step_size,
                                not request.disable_tta, first.get("trainer_name", "nnUNetTrainer"))
-    print(f"Predicting {len(cases)} case(s) with {model_folder.name}, folds {', '.join(checkpoints)}"
+    print(f"Predicting {len(cases)} case(s) with {student.model_folder.name}, folds {', '.join(student.checkpoints)}"
           f"{' through ONNX Runtime' if request.onnx else ''}")
     output_folder.mkdir(parents=True, exist_ok=True)
     if not cases:

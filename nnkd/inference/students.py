@@ -1,21 +1,13 @@
 """Finding a trained student's model folder and loading its folds safely."""
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from nnkd.errors import NnkdError
 from nnkd.nnunet_env import find_dataset_name, require_env
-from nnkd.planners.budget import Budget
-from nnkd.planners.student_planner import DEFAULT_TEACHER_PLANS, student_plans_identifier
+from nnkd.planners.student_planner import DEFAULT_TEACHER_PLANS, resolve_student_plans
 from nnkd.teachers.checkpoint import load_checkpoint
-
-
-def student_plans(budget: str | None, plans: str | None, teacher_plans: str = DEFAULT_TEACHER_PLANS) -> str:
-    if plans and budget:
-        raise NnkdError("both -p and --budget given", "give one of them")
-    if not plans and not budget:
-        raise NnkdError("no student plans given", "pass --budget tiny|small|medium (or -p PLANS)")
-    return plans or student_plans_identifier(Budget.from_name(budget), teacher_plans)
 
 
 def find_model_folder(dataset, configuration: str, plans: str, method: str | None = None,
@@ -68,3 +60,35 @@ def load_student_weights(checkpoints: dict) -> tuple[list[dict], dict]:
     """Student weights of each fold (weights_only load) and the first fold's checkpoint."""
     loaded = [load_checkpoint(path) for path in checkpoints.values()]
     return [c["network_weights"] for c in loaded], loaded[0]
+
+
+@dataclass
+class StudentRef:
+    """Which trained student a command is pointed at (nnkd_predict, nnkd_export)."""
+    dataset: str
+    configuration: str
+    folds: list[str] | None = None
+    budget: str | None = None
+    plans: str | None = None
+    teacher_plans: str = DEFAULT_TEACHER_PLANS
+    method: str | None = None
+    trainer: str | None = None
+    checkpoint: str = "checkpoint_final.pth"
+
+
+@dataclass
+class LocatedStudent:
+    dataset_name: str
+    model_folder: Path
+    plans: dict
+    dataset_json: dict
+    checkpoints: dict  # fold -> checkpoint path
+
+
+def locate(ref: StudentRef) -> LocatedStudent:
+    """Resolve plans, model folder and fold checkpoints, with one clear error for each missing piece."""
+    plans_name = resolve_student_plans(ref.budget, ref.plans, ref.teacher_plans)
+    dataset_name, folder = find_model_folder(ref.dataset, ref.configuration, plans_name, ref.method, ref.trainer)
+    plans, dataset_json = read_model_folder(folder)
+    return LocatedStudent(dataset_name, folder, plans, dataset_json,
+                          fold_checkpoints(folder, ref.folds, ref.checkpoint))

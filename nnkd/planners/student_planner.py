@@ -29,6 +29,15 @@ def student_plans_identifier(budget: Budget, teacher_plans: str = DEFAULT_TEACHE
     return f"nnKDPlans_{budget.name}{suffix}"
 
 
+def resolve_student_plans(budget: str | None, plans: str | None, teacher_plans: str = DEFAULT_TEACHER_PLANS) -> str:
+    """The plans identifier named by --budget (with --teacher-plans) or given directly with -p."""
+    if plans and budget:
+        raise NnkdError("both -p and --budget given", "give one of them")
+    if not plans and not budget:
+        raise NnkdError("no student plans given", "pass --budget tiny|small|medium (or -p PLANS)")
+    return plans or student_plans_identifier(Budget.from_name(budget), teacher_plans)
+
+
 @dataclass(frozen=True)
 class PlannedConfiguration:
     name: str

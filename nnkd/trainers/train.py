@@ -8,8 +8,7 @@ from pathlib import Path
 
 from nnkd.errors import NnkdError
 from nnkd.nnunet_env import find_dataset_name, require_env
-from nnkd.planners.budget import Budget
-from nnkd.planners.student_planner import DEFAULT_TEACHER_PLANS, student_plans_identifier
+from nnkd.planners.student_planner import DEFAULT_TEACHER_PLANS, resolve_student_plans
 from nnkd.trainers import EXT_TRAINER_FOLDER
 from nnkd.trainers.run_config import RunConfig
 
@@ -112,11 +111,7 @@ def train(request: TrainRequest) -> Path:
     paths = require_env("nnUNet_preprocessed", "nnUNet_results")
     dataset_name = find_dataset_name(request.dataset)
     fold = _parse_fold(str(request.fold))
-    if request.plans and request.budget:
-        raise NnkdError("both -p and --budget given", "give one of them")
-    if not request.plans and not request.budget:
-        raise NnkdError("no student plans given", "pass --budget tiny|small|medium (or -p PLANS)")
-    plans = request.plans or student_plans_identifier(Budget.from_name(request.budget), request.teacher_plans)
+    plans = resolve_student_plans(request.budget, request.plans, request.teacher_plans)
     plans_file = paths["nnUNet_preprocessed"] / dataset_name / f"{plans}.json"
     if not plans_file.is_file():
         budget_hint = f"--budget {request.budget}" if request.budget else "--budget …"
