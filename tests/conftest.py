@@ -1,12 +1,14 @@
 """Shared fixtures: private nnU-Net folders and one small planned synthetic dataset per test session."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,3 +92,24 @@ def trained(teacher):
                   f"nnKDTrainer_{trainer}__nnKDPlans_tiny__3d_fullres" / "fold_0")
         runs[method] = (folder, result.stdout)
     return runs
+
+
+def fake_teacher(teacher_folder: Path, target: Path, configuration="3d_fullres", edit_plans=None,
+                 edit_dataset=None) -> str:
+    """An nnU-Net model folder whose network is built from (edited) copies of the real teacher's files."""
+    plans = json.loads((teacher_folder / "plans.json").read_text())
+    dataset = json.loads((teacher_folder / "dataset.json").read_text())
+    if edit_plans:
+        edit_plans(plans)
+    if edit_dataset:
+        edit_dataset(dataset)
+    folder = target / f"nnUNetTrainer__nnUNetPlans__{configuration}"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    from nnkd.plans import network_from_plans
+
+    network = network_from_plans(plans, configuration, dataset)
+    torch.save({"network_weights": network.state_dict(), "init_args": {"configuration": configuration}},
+               folder / "fold_0" / "checkpoint_final.pth")
+    return f"nnunet:{folder}"

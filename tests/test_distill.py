@@ -51,3 +51,56 @@ def test_projectors_map_student_channels_to_teacher_channels_and_resize():
     out = projectors([torch.randn(1, 8, 8, 8, 8), torch.randn(1, 16, 4, 4, 4)])
     assert [o.shape[1] for o in out] == [32, 64]
     assert resize_to(out[1], (8, 8, 8)).shape == (1, 64, 8, 8, 8)
+
+
+def _naive_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The textbook n×n form: HSIC with the centring matrix H."""
+    n = x.shape[0]
+    h = torch.eye(n, dtype=torch.float64) - 1.0 / n
+    k, l_ = x.double() @ x.double().T, y.double() @ y.double().T
+    hsic = lambda a, b: torch.trace(a @ h @ b @ h)  # noqa: E731
+    return hsic(k, l_) / torch.sqrt(hsic(k, k) * hsic(l_, l_))
+
+
+def test_cka_matches_the_naive_formula_and_is_one_for_itself():
+    from nnkd.distill.cka import linear_cka
+
+    torch.manual_seed(0)
+    x, y = torch.randn(300, 16), torch.randn(300, 40)
+    y[:, :16] += 2 * x  # partly related
+    assert abs(linear_cka(x, y).item() - _naive_cka(x, y).item()) <= 1e-4
+    assert linear_cka(x, x).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cka_is_invariant_to_rotation_and_isotropic_scaling():
+    from nnkd.distill.cka import linear_cka
+
+    torch.manual_seed(1)
+    x, y = torch.randn(200, 12), torch.randn(200, 20)
+    rotation, _ = torch.linalg.qr(torch.randn(12, 12))
+    base = linear_cka(x, y)
+    assert linear_cka(x @ rotation, y).item() == pytest.approx(base.item(), abs=1e-5)
+    assert linear_cka(7.5 * x, 0.01 * y).item() == pytest.approx(base.item(), abs=1e-5)
+
+
+def test_cka_is_finite_for_constant_features_and_float32_under_autocast():
+    from nnkd.distill.cka import linear_cka
+
+    constant = torch.ones(50, 8)
+    value = linear_cka(constant, torch.randn(50, 4))
+    assert torch.isfinite(value) and value.item() == 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert linear_cka(torch.randn(64, 8), torch.randn(64, 8)).dtype == torch.float32
+
+
+def test_cka_rows_share_voxel_positions_and_stay_bounded():
+    from nnkd.distill.cka import cka_per_stage, feature_rows
+
+    student = torch.randn(2, 8, 8, 16, 16)
+    teacher = torch.randn(2, 32, 4, 8, 8)  # a coarser grid: the student is pooled to it
+    s, t = feature_rows(student, teacher, max_rows=10_000)
+    assert s.shape == (2 * 4 * 8 * 8, 8) and t.shape == (2 * 4 * 8 * 8, 32)
+    s, t = feature_rows(student, teacher, max_rows=100)
+    assert s.shape == (100, 8) and t.shape == (100, 32)
+    same = cka_per_stage([(teacher[:, :8], teacher[:, :8]), (student, teacher)], max_rows=512)
+    assert same.shape == (2,) and same[0].item() == pytest.approx(1.0, abs=1e-5)

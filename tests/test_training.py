@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PLANNED_ID, QUICK_TRAINING, ROOT, run_cli
+from conftest import PLANNED_ID, QUICK_TRAINING, ROOT, fake_teacher, run_cli
 from nnkd.plans import network_from_plans
 from nnkd.teachers.checkpoint import sha256_of
 
@@ -96,3 +96,20 @@ def test_a_custom_method_from_the_docs_trains(teacher):
     log = next(folder.glob("training_log_*.txt")).read_text()
     assert "kd_prob_mse" in log and "'kd_weight': 2.0" in log
     assert "validation Dice" in result.stdout
+
+
+def test_cka_distils_a_teacher_of_another_task_without_projectors(teacher, tmp_path):
+    """CKA needs stage features only: a teacher with a different label set (no logit KD possible) teaches."""
+    spec = fake_teacher(teacher["folder"], tmp_path,
+                        edit_dataset=lambda d: d.update(labels={**d["labels"], "tumour": 4}))
+    result = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "cka",
+                     "--teacher", spec, "--hp", "cka_max_rows=512", *QUICK_TRAINING, env=teacher["env"])
+    folder = Path(teacher["env"]["nnUNet_results"]) / "Dataset991_Synthetic" / \
+        "nnKDTrainer_CKA__nnKDPlans_tiny__3d_fullres" / "fold_0"
+    log = next(folder.glob("training_log_*.txt")).read_text()
+    line = next(x for x in log.splitlines() if "distillation:" in x)
+    cka_loss = float(line.split("kd_cka")[1].split(",")[0])
+    assert 0 <= cka_loss <= 3  # three distilled stages, each 1 − CKA in [0, 1]
+    checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    _student_network(folder).load_state_dict(checkpoint["network_weights"], strict=True)
+    assert checkpoint["nnkd"]["helpers"] is None and "validation Dice" in result.stdout

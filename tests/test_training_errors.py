@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PLANNED_ID, QUICK_TRAINING, run_cli
-from nnkd.plans import network_from_plans
+from conftest import PLANNED_ID, QUICK_TRAINING, fake_teacher, run_cli
 
 TRAIN = [str(PLANNED_ID), "3d_fullres", "0"]
 
@@ -20,25 +19,6 @@ def _error_line(result) -> str:
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("nnkd: error:")]
     assert len(lines) == 1 and result.stderr.strip().splitlines()[-1] == lines[0], result.stderr[-3000:]
     return lines[0]
-
-
-def fake_teacher(teacher_folder: Path, target: Path, configuration="3d_fullres", edit_plans=None,
-                 edit_dataset=None) -> str:
-    """An nnU-Net model folder whose network is built from (edited) copies of the real teacher's files."""
-    plans = json.loads((teacher_folder / "plans.json").read_text())
-    dataset = json.loads((teacher_folder / "dataset.json").read_text())
-    if edit_plans:
-        edit_plans(plans)
-    if edit_dataset:
-        edit_dataset(dataset)
-    folder = target / f"nnUNetTrainer__nnUNetPlans__{configuration}"
-    (folder / "fold_0").mkdir(parents=True)
-    (folder / "plans.json").write_text(json.dumps(plans))
-    (folder / "dataset.json").write_text(json.dumps(dataset))
-    network = network_from_plans(plans, configuration, dataset)
-    torch.save({"network_weights": network.state_dict(), "init_args": {"configuration": configuration}},
-               folder / "fold_0" / "checkpoint_final.pth")
-    return f"nnunet:{folder}"
 
 
 def _two_channels(dataset):

@@ -1,11 +1,11 @@
 """The distillation methods: one thin nnKDTrainer subclass each, mechanics in nnkd.distill."""
 
-import numpy as np
 import torch
 from torch import nn
 
 from nnkd.errors import NnkdError
-from nnkd.distill.feature import FeatureProjectors, feature_distance, pair_stages_by_resolution, resize_to
+from nnkd.distill.cka import cka_per_stage
+from nnkd.distill.feature import FeatureProjectors, feature_distance, resize_to
 from nnkd.distill.logits import kd_kl_loss
 from nnkd.trainers.nnkd_trainer import KDStep, nnKDTrainer
 
@@ -43,20 +43,11 @@ class nnKDTrainer_Feature(nnKDTrainer):
     feature_stages: tuple[int, ...] | None = None  # student stages to distil; None = all but the first
     hyperparameters = ("feature_loss", "feature_weight", "feature_stages")
 
-    def _student_stage_layout(self) -> tuple[list[int], list[tuple[int, ...]]]:
-        kwargs = self.configuration_manager.network_arch_init_kwargs
-        strides = np.cumprod(np.array(kwargs["strides"]), axis=0)
-        return list(kwargs["features_per_stage"]), [tuple(int(s) for s in row) for row in strides]
-
     def build_kd_helpers(self) -> nn.Module:
         if self.feature_loss not in ("mse", "cosine"):
             raise NnkdError(f"feature_loss '{self.feature_loss}' is unknown", "use mse or cosine")
-        channels, strides = self._student_stage_layout()
-        stages = list(self.feature_stages) if self.feature_stages is not None else list(range(1, len(channels)))
-        self.distilled_stages = stages
-        pairing = pair_stages_by_resolution(strides, self.teacher.feature_strides)
-        self.teacher_stages = [pairing[s] for s in stages]
-        self.print_to_log_file(f"feature KD: student stages {stages} ← teacher stages {self.teacher_stages}")
+        channels, _ = self.student_stage_layout()
+        stages = self.pair_stages(self.feature_stages)
         return FeatureProjectors([channels[s] for s in stages],
                                  [self.teacher.feature_channels[t] for t in self.teacher_stages],
                                  len(self.configuration_manager.patch_size))
@@ -68,4 +59,31 @@ class nnKDTrainer_Feature(nnKDTrainer):
         return {"feature": self.feature_weight * torch.stack(losses).mean()}
 
 
-METHODS = {cls.method: cls for cls in (nnKDTrainer_NoKD, nnKDTrainer_Logit, nnKDTrainer_Feature)}
+class nnKDTrainer_CKA(nnKDTrainer):
+    """DRD's CKA distillation: Σ_stage w_i (1 − linear CKA) between student and teacher stage features at
+    the same voxel positions. No projector: widths may differ, and the teacher needs no logits."""
+
+    method = "cka"
+    needs_student_features = True
+    cka_stages: tuple[int, ...] | None = None  # student stages; None = all but the first
+    cka_weights: tuple[float, ...] | None = None  # one per distilled stage; None = 1 each
+    cka_max_rows = 4096  # voxel positions (rows) per stage and step, after pooling to the coarser grid
+    hyperparameters = ("cka_stages", "cka_weights", "cka_max_rows")
+
+    def build_kd_helpers(self) -> None:
+        stages = self.pair_stages(self.cka_stages)
+        weights = [1.0] * len(stages) if self.cka_weights is None else [float(w) for w in self.cka_weights]
+        if len(weights) != len(stages):
+            raise NnkdError(f"cka_weights has {len(weights)} value(s) for {len(stages)} distilled stage(s)",
+                            "give one weight per stage in cka_stages")
+        self.stage_weights = torch.tensor(weights, device=self.device)
+        return None
+
+    def distillation_terms(self, step: KDStep) -> dict[str, torch.Tensor]:
+        pairs = [(step.student_features[s], step.teacher.features[t])
+                 for s, t in zip(self.distilled_stages, self.teacher_stages)]
+        cka = cka_per_stage(pairs, self.cka_max_rows)
+        return {"cka": (self.stage_weights * (1 - cka)).sum()}
+
+
+METHODS = {cls.method: cls for cls in (nnKDTrainer_NoKD, nnKDTrainer_Logit, nnKDTrainer_Feature, nnKDTrainer_CKA)}

@@ -20,6 +20,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
+from nnkd.distill.feature import pair_stages_by_resolution
 from nnkd.errors import NnkdError
 from nnkd.teachers.base import Teacher, TeacherOutput
 from nnkd.teachers.registry import create_teacher
@@ -106,6 +107,23 @@ class nnKDTrainer(nnUNetTrainer):
     def build_kd_helpers(self) -> nn.Module | None:
         """Trainable modules of the method (projectors, adaptors); None if it has none."""
         return None
+
+    def student_stage_layout(self) -> tuple[list[int], list[tuple[int, ...]]]:
+        """Channels and cumulative strides of the student's encoder stages, from the plans."""
+        kwargs = self.configuration_manager.network_arch_init_kwargs
+        strides = np.cumprod(np.array(kwargs["strides"]), axis=0)
+        return list(kwargs["features_per_stage"]), [tuple(int(s) for s in row) for row in strides]
+
+    def pair_stages(self, stages) -> list[int]:
+        """Set `distilled_stages` (default: all but the full-resolution first) and `teacher_stages`, the
+        teacher stage of closest resolution for each; return the student stages."""
+        channels, strides = self.student_stage_layout()
+        self.distilled_stages = list(stages) if stages is not None else list(range(1, len(channels)))
+        pairing = pair_stages_by_resolution(strides, self.teacher.feature_strides)
+        self.teacher_stages = [pairing[s] for s in self.distilled_stages]
+        self.print_to_log_file(f"{self.method}: student stages {self.distilled_stages} ← teacher stages "
+                               f"{self.teacher_stages}")
+        return self.distilled_stages
 
     def configure_optimizers(self):
         optimizer, lr_scheduler = super().configure_optimizers()
@@ -289,7 +307,10 @@ def coerce_hyperparameter(trainer_or_class, name: str, value):
         if isinstance(default, bool):
             return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
         if isinstance(default, (tuple, list)) or default is None:
-            return value if not isinstance(value, str) else tuple(int(v) for v in value.split(",") if v)
+            if not isinstance(value, str):
+                return value
+            items = [v.strip() for v in value.split(",") if v.strip()]
+            return tuple(int(v) if v.lstrip("-").isdigit() else float(v) for v in items)
         return type(default)(value)
     except (TypeError, ValueError) as e:
         raise NnkdError(f"hyper-parameter {name}={value!r} is not a valid {type(default).__name__}",
