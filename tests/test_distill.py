@@ -104,3 +104,36 @@ def test_cka_rows_share_voxel_positions_and_stay_bounded():
     assert s.shape == (100, 8) and t.shape == (100, 32)
     same = cka_per_stage([(teacher[:, :8], teacher[:, :8]), (student, teacher)], max_rows=512)
     assert same.shape == (2,) and same[0].item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_hybrid_path_with_the_students_own_stage_is_the_students_forward():
+    """Called stage by stage, the student's later stages and decoder reproduce its own forward pass."""
+    from nnkd.distill.reprogramming import hybrid_outputs
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    torch.manual_seed(0)
+    net = PlainConvUNet(1, 4, (8, 16, 32, 32), torch.nn.Conv3d, 3, (1, 2, 2, 2), 2, 3, (2, 2, 2), True,
+                        torch.nn.InstanceNorm3d, {"affine": True}, nonlin=torch.nn.LeakyReLU).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        skips = net.encoder(x)
+        for stage in range(4):
+            assert torch.allclose(hybrid_outputs(net, skips, stage, skips[stage]), net(x), atol=1e-6)
+
+
+def test_reprogramming_maps_teacher_stages_to_student_shapes():
+    from nnkd.distill.reprogramming import Reprogramming
+
+    module = Reprogramming([64, 128], [8, 16], spatial_dims=3)
+    out = module([torch.randn(2, 64, 4, 4, 4), torch.randn(2, 128, 2, 2, 2)], [(8, 8, 8), (4, 4, 4)])
+    assert [o.shape for o in out] == [(2, 8, 8, 8, 8), (2, 16, 4, 4, 4)]
+
+
+@pytest.mark.parametrize("epoch, expected", [(0, (1.0, 0.5)), (5, (0.5, 0.25)), (10, (0.0, 0.0))])
+def test_drd_alpha_and_beta_decay_linearly_to_zero(epoch, expected):
+    from types import SimpleNamespace
+
+    from nnkd.trainers.methods import nnKDTrainer_DRD
+
+    trainer = SimpleNamespace(current_epoch=epoch, num_epochs=11, drd_alpha=1.0, drd_beta=0.5)
+    assert nnKDTrainer_DRD.loss_weights(trainer) == pytest.approx(expected)

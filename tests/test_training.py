@@ -113,3 +113,20 @@ def test_cka_distils_a_teacher_of_another_task_without_projectors(teacher, tmp_p
     checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     _student_network(folder).load_state_dict(checkpoint["network_weights"], strict=True)
     assert checkpoint["nnkd"]["helpers"] is None and "validation Dice" in result.stdout
+
+
+def test_drd_trains_and_its_export_holds_no_projector(teacher, tmp_path):
+    result = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "drd",
+                     "--teacher", teacher["spec"], *QUICK_TRAINING, env=teacher["env"])
+    folder = Path(teacher["env"]["nnUNet_results"]) / "Dataset991_Synthetic" / \
+        "nnKDTrainer_DRD__nnKDPlans_tiny__3d_fullres" / "fold_0"
+    line = next(x for x in next(folder.glob("training_log_*.txt")).read_text().splitlines() if "distillation:" in x)
+    assert all(term in line for term in ("kd_cka", "kd_hybrid_seg", "kd_hybrid_kl")) and "validation Dice" in result.stdout
+    checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert any(k.startswith("projectors.") for k in checkpoint["nnkd"]["helpers"])
+
+    run_cli("nnkd_export", "-d", PLANNED_ID, "-c", "3d_fullres", "-f", "0", "--budget", "tiny", "--method", "drd",
+            "-o", tmp_path / "drd_model", env=teacher["env"])
+    exported = torch.load(tmp_path / "drd_model" / "fold_0" / "checkpoint_final.pth", map_location="cpu",
+                          weights_only=True)
+    assert set(exported["network_weights"]) == set(_student_network(folder).state_dict())

@@ -3,7 +3,7 @@
 from nnkd.cli._common import ArgumentParser, add_verbose, run
 from nnkd.errors import NnkdError
 
-METHOD_NAMES = ("none", "logit", "feature", "cka")
+METHOD_NAMES = ("none", "logit", "feature", "cka", "drd")
 
 
 def build_parser() -> ArgumentParser:

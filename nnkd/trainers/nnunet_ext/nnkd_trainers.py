@@ -4,6 +4,6 @@ To run them with stock `nnUNetv2_train -tr nnKDTrainer_Logit`, add this folder t
 yourself (`python -c "import nnkd.trainers, os; print(nnkd.trainers.EXT_TRAINER_FOLDER)"`).
 """
 
-from nnkd.trainers.methods import (nnKDTrainer_CKA, nnKDTrainer_Feature, nnKDTrainer_Logit,  # noqa: F401
-                                   nnKDTrainer_NoKD)
+from nnkd.trainers.methods import (nnKDTrainer_CKA, nnKDTrainer_DRD, nnKDTrainer_Feature,  # noqa: F401
+                                   nnKDTrainer_Logit, nnKDTrainer_NoKD)
 from nnkd.trainers.nnkd_trainer import nnKDTrainer  # noqa: F401
