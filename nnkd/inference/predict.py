@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from nnkd.errors import NnkdError
+from nnkd.devices import resolve_device
 from nnkd.inference.inputs import check_folders, collect_cases
 from nnkd.inference.students import StudentRef, load_student_weights, locate
 
@@ -25,14 +25,6 @@ class PredictRequest:
     continue_prediction: bool = False
     num_processes_preprocessing: int = 3
     num_processes_export: int = 3
-
-
-def _device(name: str | None) -> torch.device:
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise NnkdError("-device cuda but no CUDA GPU is visible", "use -device cpu")
-    return torch.device(name)
 
 
 def make_predictor(plans: dict, configuration: str, dataset_json: dict, weights: list[dict], network,
@@ -69,7 +61,7 @@ def predict(request: PredictRequest) -> Path:
         endings = [dataset_json["file_ending"]] + ([".npz"] if request.save_probabilities else [])
         cases = {c: f for c, f in cases.items() if not all((output_folder / (c + e)).is_file() for e in endings)}
         print(f"--continue_prediction: {len(cases)} case(s) left to predict")
-    device = _device(request.device)
+    device = resolve_device(request.device)
     if request.onnx is not None:
         from nnkd.inference.onnx_export import OnnxNetwork
 

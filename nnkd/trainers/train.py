@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nnkd.devices import resolve_device
 from nnkd.errors import NnkdError
 from nnkd.nnunet_env import find_dataset_name, require_env
 from nnkd.planners.student_planner import DEFAULT_TEACHER_PLANS, resolve_student_plans
@@ -72,21 +73,6 @@ def _parse_fold(fold: str):
     if fold.isdigit():
         return int(fold)
     raise NnkdError(f"fold '{fold}' is invalid", "use 0-4 or all")
-
-
-def _device(name: str | None):
-    import torch
-
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in ("cpu", "cuda", "mps"):
-        raise NnkdError(f"unknown device '{name}'", "use cpu, cuda or mps")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise NnkdError("--device cuda but no CUDA GPU is visible", "use --device cpu")
-    if name == "cpu":
-        import multiprocessing
-        torch.set_num_threads(multiprocessing.cpu_count())
-    return torch.device(name)
 
 
 def checked_teacher_record(spec: str, cls, plans_file: Path, configuration: str, fold) -> dict:
@@ -159,7 +145,7 @@ def train(request: TrainRequest) -> Path:
         RunConfig(method=cls.method, trainer=cls.__name__, teacher=teacher, hyperparameters=effective,
                   schedule=schedule).save(folder)
 
-    device = _device(request.device)
+    device = resolve_device(request.device)
     use_nnkd_trainers()
     from nnunetv2.run.run_training import run_training
 
