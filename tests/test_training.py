@@ -121,7 +121,8 @@ def test_drd_trains_and_its_export_holds_no_projector(teacher, tmp_path):
     folder = Path(teacher["env"]["nnUNet_results"]) / "Dataset991_Synthetic" / \
         "nnKDTrainer_DRD__nnKDPlans_tiny__3d_fullres" / "fold_0"
     line = next(x for x in next(folder.glob("training_log_*.txt")).read_text().splitlines() if "distillation:" in x)
-    assert all(term in line for term in ("kd_cka", "kd_hybrid_seg", "kd_hybrid_kl")) and "validation Dice" in result.stdout
+    assert all(term in line for term in ("kd_cka", "kd_hybrid_seg", "kd_hybrid_kl"))
+    assert "validation Dice" in result.stdout
     checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert any(k.startswith("projectors.") for k in checkpoint["nnkd"]["helpers"])
 

@@ -56,7 +56,8 @@ def _predict(args) -> None:
     if not 0 < args.step_size <= 1:
         raise NnkdError(f"-step_size {args.step_size} is out of range", "use a value in (0, 1], e.g. 0.5")
     predict(PredictRequest(
-        input_folder=Path(args.i), output_folder=Path(args.o), student=student_from_args(args), onnx=Path(args.onnx) if args.onnx else None,
+        input_folder=Path(args.i), output_folder=Path(args.o), student=student_from_args(args),
+        onnx=Path(args.onnx) if args.onnx else None,
         device=args.device, step_size=args.step_size, disable_tta=args.disable_tta,
         save_probabilities=args.save_probabilities, continue_prediction=args.continue_prediction,
         num_processes_preprocessing=args.npp, num_processes_export=args.nps))

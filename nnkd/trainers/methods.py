@@ -106,7 +106,8 @@ class nnKDTrainer_DRD(nnKDTrainer_CKA):
         pairing = pair_stages_by_resolution(strides, self.teacher.feature_strides)
         self.reprogram_sources = [pairing[s] for s in self.reprogrammed_stages]
         return Reprogramming([self.teacher.feature_channels[t] for t in self.reprogram_sources],
-                             [channels[s] for s in self.reprogrammed_stages], len(self.configuration_manager.patch_size))
+                             [channels[s] for s in self.reprogrammed_stages],
+                             len(self.configuration_manager.patch_size))
 
     def loss_weights(self) -> tuple[float, float]:
         """(α, β) of the current epoch."""

@@ -286,14 +286,16 @@ def check_teacher_fits(teacher: Teacher, trainer_class, plans_manager, configura
         return
     transpose = list(plans_manager.transpose_forward)
     if not np.allclose(expected["spacing"], cm.spacing, rtol=1e-3) or list(expected["transpose_forward"]) != transpose:
-        raise NnkdError(f"the teacher expects spacing {expected['spacing']} (transpose {expected['transpose_forward']}),"
+        raise NnkdError(f"the teacher expects spacing {expected['spacing']} "
+                        f"(transpose {expected['transpose_forward']}),"
                         f" the student's data has {list(cm.spacing)} (transpose {transpose})",
                         "plan the student from the teacher's plans (--teacher-plans)")
     intensities = plans_manager.plans["foreground_intensity_properties_per_channel"]
     if list(expected["normalization_schemes"]) != list(cm.normalization_schemes) or (
             "CTNormalization" in cm.normalization_schemes and expected["intensity_properties"] != intensities):
         raise NnkdError(f"the teacher expects {expected['normalization_schemes']} normalization, the student's data "
-                        f"uses {cm.normalization_schemes}", "plan the student from the teacher's plans (--teacher-plans)")
+                        f"uses {cm.normalization_schemes}",
+                        "plan the student from the teacher's plans (--teacher-plans)")
 
 
 def coerce_hyperparameter(trainer_or_class, name: str, value):
