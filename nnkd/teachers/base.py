@@ -1,5 +1,6 @@
 """The Teacher interface every model family implements."""
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +13,7 @@ class TeacherOutput:
     logits: torch.Tensor | None  # full-resolution segmentation logits, None for feature-only teachers
 
 
-class Teacher(nn.Module):
+class Teacher(nn.Module, ABC):
     """A frozen model that sees the student's nnU-Net-normalized patch.
 
     Subclasses set, before the first step: `spatial_dims`, `in_channels`, `feature_channels` (one per
@@ -44,5 +45,6 @@ class Teacher(nn.Module):
     def train(self, mode: bool = True) -> "Teacher":
         return super().train(False)  # a teacher never leaves eval mode (dropout, norm statistics)
 
+    @abstractmethod
     def forward(self, x: torch.Tensor) -> TeacherOutput:
-        raise NotImplementedError
+        """Stage features and logits for a batch of normalized patches."""

@@ -5,7 +5,7 @@ from torch import nn
 
 from nnkd.errors import NnkdError
 from nnkd.distill.cka import cka_per_stage
-from nnkd.distill.feature import FeatureProjectors, feature_distance, pair_stages_by_resolution, resize_to
+from nnkd.distill.feature import FeatureProjectors, feature_distance, resize_to
 from nnkd.distill.reprogramming import Reprogramming, hybrid_outputs, linear_decay
 from nnkd.distill.logits import kd_kl_loss
 from nnkd.trainers.nnkd_trainer import KDStep, nnKDTrainer
@@ -101,10 +101,9 @@ class nnKDTrainer_DRD(nnKDTrainer_CKA):
 
     def build_kd_helpers(self) -> nn.Module:
         super().build_kd_helpers()
-        channels, strides = self.student_stage_layout()
+        channels, _ = self.student_stage_layout()
         self.reprogrammed_stages = list(self.drd_stages) if self.drd_stages is not None else self.distilled_stages
-        pairing = pair_stages_by_resolution(strides, self.teacher.feature_strides)
-        self.reprogram_sources = [pairing[s] for s in self.reprogrammed_stages]
+        self.reprogram_sources = self.teacher_stages_for(self.reprogrammed_stages)
         return Reprogramming([self.teacher.feature_channels[t] for t in self.reprogram_sources],
                              [channels[s] for s in self.reprogrammed_stages],
                              len(self.configuration_manager.patch_size))

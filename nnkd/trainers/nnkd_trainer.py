@@ -114,13 +114,18 @@ class nnKDTrainer(nnUNetTrainer):
         strides = np.cumprod(np.array(kwargs["strides"]), axis=0)
         return list(kwargs["features_per_stage"]), [tuple(int(s) for s in row) for row in strides]
 
+    def teacher_stages_for(self, student_stages) -> list[int]:
+        """The teacher stage of closest resolution for each student stage."""
+        _, strides = self.student_stage_layout()
+        pairing = pair_stages_by_resolution(strides, self.teacher.feature_strides)
+        return [pairing[s] for s in student_stages]
+
     def pair_stages(self, stages) -> list[int]:
         """Set `distilled_stages` (default: all but the full-resolution first) and `teacher_stages`, the
         teacher stage of closest resolution for each; return the student stages."""
-        channels, strides = self.student_stage_layout()
+        channels, _ = self.student_stage_layout()
         self.distilled_stages = list(stages) if stages is not None else list(range(1, len(channels)))
-        pairing = pair_stages_by_resolution(strides, self.teacher.feature_strides)
-        self.teacher_stages = [pairing[s] for s in self.distilled_stages]
+        self.teacher_stages = self.teacher_stages_for(self.distilled_stages)
         self.print_to_log_file(f"{self.method}: student stages {self.distilled_stages} ← teacher stages "
                                f"{self.teacher_stages}")
         return self.distilled_stages
