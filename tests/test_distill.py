@@ -39,6 +39,15 @@ def test_same_strides_pair_identically_and_coarser_teachers_pair_by_resolution()
     assert pair_stages_by_resolution(strides, teacher) == [0, 0, 1, 2]
 
 
+def test_2d_teacher_stages_pair_in_plane_and_equal_resolution_blocks_spread_in_depth_order():
+    student = [(1, 1, 1), (1, 2, 2), (2, 4, 4), (4, 8, 8), (8, 16, 16)]
+    swin = [(4, 4), (8, 8), (16, 16), (32, 32)]
+    assert pair_stages_by_resolution(student, swin) == [0, 0, 0, 1, 2]
+    vit_blocks = [(16, 16)] * 4
+    assert pair_stages_by_resolution(student[1:], vit_blocks) == [0, 1, 2, 3]
+    assert pair_stages_by_resolution(student[3:], vit_blocks) == [0, 3]
+
+
 @pytest.mark.parametrize("kind", ["mse", "cosine"])
 def test_feature_distance_zero_for_equal_features(kind):
     x = torch.randn(2, 5, 4, 4, 4)

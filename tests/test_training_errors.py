@@ -74,7 +74,7 @@ def _not_a_checkpoint(folder: Path, tmp: Path) -> str:
     ("{t}?color=red", ["--method", "logit"], "unknown option(s) color"),
     ("{t}?fold=3", ["--method", "logit"], "teacher fold 3 not found"),
     ("{t}?checkpoint=checkpoint_latest.pth", ["--method", "logit"], "checkpoint_latest.pth not found"),
-    ("nnunet-no-colon", ["--method", "logit"], "is not of the form family:PATH"),
+    ("nnunet:", ["--method", "logit"], "is not of the form family:PATH"),
     (_truncated, ["--method", "logit"], "cannot load checkpoint"),
     (_not_a_checkpoint, ["--method", "logit"], "cannot load checkpoint"),
     ("{t}", ["--method", "logit", "--hp", "temperature=4"], "has no hyper-parameter 'temperature'"),

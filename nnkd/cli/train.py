@@ -23,7 +23,9 @@ def build_parser() -> ArgumentParser:
                    help="an nnKDTrainer subclass by class name (found via nnUNet_extTrainer), instead of --method")
     p.add_argument("--teacher", default=None, metavar="SPEC",
                    help="teacher spec, e.g. nnunet:$nnUNet_results/Dataset990_Synthetic/"
-                        "nnUNetTrainer__nnUNetPlans__3d_fullres[?fold=all&checkpoint=checkpoint_best.pth]")
+                        "nnUNetTrainer__nnUNetPlans__3d_fullres[?fold=all&checkpoint=checkpoint_best.pth], "
+                        "deepbet, sam:/ckpt/sam_vit_b_01ec64.pth?slices=8 (families: nnkd_teachers; "
+                        "see docs/teachers.md)")
     p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
                    help="set a method hyper-parameter, e.g. --hp kd_temperature=4 (repeatable)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (nnU-Net default 1000)")

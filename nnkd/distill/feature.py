@@ -10,16 +10,25 @@ from torch import nn
 def pair_stages_by_resolution(student_strides, teacher_strides) -> list[int]:
     """For each student stage, the teacher stage whose cumulative stride is closest (log scale).
 
-    Strides are per-axis tuples; ties go to the deeper teacher stage. With the same plans this is the
+    Strides are per-axis tuples; a 2D teacher's in-plane strides are compared with the student's last two
+    axes; ties go to the deeper stage. Student stages that land on a resolution several teacher stages
+    share (a ViT's blocks) are spread over those stages in depth order. With the same plans this is the
     identity pairing.
     """
     def distance(a, b):
-        return sum(abs(math.log2(x) - math.log2(y)) for x, y in zip(a, b))
+        n = min(len(a), len(b))
+        return sum(abs(math.log2(x) - math.log2(y)) for x, y in zip(a[-n:], b[-n:]))
 
-    pairs = []
+    nearest = []
     for s in student_strides:
-        scores = [(distance(s, t), -j) for j, t in enumerate(teacher_strides)]
-        pairs.append(-min(scores)[1])
+        deepest_best = -min((distance(s, t), -j) for j, t in enumerate(teacher_strides))[1]
+        nearest.append(tuple(j for j, t in enumerate(teacher_strides)
+                             if tuple(t) == tuple(teacher_strides[deepest_best])))
+    pairs = []
+    for i, group in enumerate(nearest):
+        sharing = [k for k, g in enumerate(nearest) if g == group]
+        rank, count = sharing.index(i), len(sharing)
+        pairs.append(group[-1] if count == 1 else group[round(rank * (len(group) - 1) / (count - 1))])
     return pairs
 
 

@@ -2,6 +2,7 @@
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,10 +17,11 @@ class TeacherOutput:
 class Teacher(nn.Module, ABC):
     """A frozen model that sees the student's nnU-Net-normalized patch.
 
-    Subclasses set, before the first step: `spatial_dims`, `in_channels`, `feature_channels` (one per
-    stage), `feature_strides` (cumulative downsampling per stage and axis), `labels` (dict like
-    dataset.json's, or None without logits), and optionally `plans_configuration` (the nnU-Net plans
-    configuration whose preprocessing the teacher expects).
+    Subclasses set, before the first step: `spatial_dims` (of the model itself), `in_channels`,
+    `feature_channels` (one per stage), `feature_strides` (cumulative downsampling per stage and axis of
+    the model's own input; a 2D model states in-plane strides), `labels` (dict like dataset.json's, or
+    None without logits), and optionally `plans_configuration` (the nnU-Net plans configuration whose
+    preprocessing the teacher expects). Features come back with the patch's dimensionality.
     """
 
     spatial_dims: int
@@ -35,6 +37,26 @@ class Teacher(nn.Module, ABC):
     @property
     def has_logits(self) -> bool:
         return self.labels is not None
+
+    @property
+    def serves_dims(self) -> tuple[int, ...]:
+        """Patch dimensionalities the teacher can take; image encoders also take 3D patches slice by slice."""
+        return (self.spatial_dims,)
+
+    def set_checkpoint(self, path: str | Path) -> None:
+        """Record the weights file, so a run can tell when it changes under it."""
+        from nnkd.teachers.checkpoint import sha256_of
+
+        self.checkpoint_path = str(path)
+        self.checkpoint_sha256 = sha256_of(Path(path))
+
+    def describe(self) -> dict:
+        """What a user must know before training: dimensionality, channels, stages, logits."""
+        return {"spec": self.spec, "spatial_dims": self.spatial_dims, "serves_dims": list(self.serves_dims),
+                "in_channels": self.in_channels, "parameters": sum(p.numel() for p in self.parameters()),
+                "stages": [{"channels": c, "stride": list(s)}
+                           for c, s in zip(self.feature_channels, self.feature_strides)],
+                "logits": self.has_logits, "labels": self.labels, "checkpoint": self.checkpoint_path}
 
     def freeze(self) -> "Teacher":
         self.eval()

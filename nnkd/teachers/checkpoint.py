@@ -26,18 +26,28 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """torch.load with weights_only=True (no arbitrary unpickling), with one clear error for bad files."""
+def _failure_reason(error: Exception) -> str:
+    """The line of torch's message that says what is wrong (for refused globals: which one)."""
+    text = str(error).strip()
+    refused = next((line.strip() for line in text.splitlines() if "Unsupported global" in line), None)
+    if refused:
+        return refused.split(" was not an allowed global")[0][:200]
+    return text.splitlines()[0].split(". ")[0][:160] if text else type(error).__name__
+
+
+def load_checkpoint(path: Path, map_location="cpu", allowed_globals=()) -> dict:
+    """torch.load with weights_only=True (no arbitrary unpickling), with one clear error for bad files.
+    `allowed_globals` adds plain-data classes a format is known to carry (e.g. argparse.Namespace)."""
     path = Path(path)
     if not path.is_file():
         raise NnkdError(f"checkpoint {path} not found", "check the path or the fold")
     try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+        with torch.serialization.safe_globals(_SAFE_GLOBALS + list(allowed_globals)):
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated, foreign or unsafe files
-        reason = str(e).strip().splitlines()[0].split(". ")[0][:160] if str(e).strip() else type(e).__name__
-        raise NnkdError(f"cannot load checkpoint {path}: {reason}",
+        raise NnkdError(f"cannot load checkpoint {path}: {_failure_reason(e)}",
                         "the file is truncated, corrupt, not a PyTorch checkpoint or holds non-tensor code") from e
     if not isinstance(checkpoint, dict):
-        raise NnkdError(f"{path} is not an nnU-Net checkpoint (no dict inside)", "point to a checkpoint_*.pth file")
+        raise NnkdError(f"{path} holds a {type(checkpoint).__name__}, not a dict of weights",
+                        "point to a checkpoint file saved with torch.save(state_dict or {…: state_dict})")
     return checkpoint

@@ -2,23 +2,26 @@
 
 The network is rebuilt from the folder's plans.json with dynamic_network_architectures (no trainer
 class is imported) and the fold's checkpoint is loaded with weights_only=True.
-Options: `fold` (default: the student's fold if the teacher has it, else `all`), `checkpoint`
-(default checkpoint_final.pth), `configuration` (default: from the folder name Trainer__Plans__config).
+Options: `fold` (default: the student's fold if the teacher has it, else `all`), `folds` (an ensemble,
+e.g. `folds=0,1,2,3,4`: the folds' logits are averaged, the stage features are the first fold's, since
+each fold learns its own feature space), `checkpoint` (default checkpoint_final.pth), `configuration`
+(default: from the folder name Trainer__Plans__config).
 """
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from nnkd.errors import NnkdError
 from nnkd.teachers.base import Teacher, TeacherOutput
+from nnkd.teachers.bridge import crop_to_input, pad_to_multiple
 from nnkd.teachers.checkpoint import load_checkpoint, sha256_of
-from nnkd.teachers.registry import register_teacher
+from nnkd.teachers.registry import parse_options, register_teacher
 
-KNOWN_OPTIONS = {"fold", "checkpoint", "configuration"}
+DEFAULTS = {"fold": "", "folds": (), "checkpoint": "checkpoint_final.pth", "configuration": ""}
 
 
 def _read_json(path: Path) -> dict:
@@ -46,14 +49,14 @@ def _choose_fold_folder(folder: Path, fold, student_fold) -> Path:
 
 
 class NnUNetTeacher(Teacher):
-    def __init__(self, network: torch.nn.Module, plans: dict, configuration: str, dataset_json: dict):
+    def __init__(self, networks: list[torch.nn.Module], plans: dict, configuration: str, dataset_json: dict):
         super().__init__()
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        self.network = network
+        self.networks = torch.nn.ModuleList(networks)
         manager = PlansManager(plans)
         cm = manager.get_configuration(configuration)
-        encoder = network.encoder
+        encoder = networks[0].encoder
         self.spatial_dims = len(cm.patch_size)
         self.in_channels = sum(1 for _ in dataset_json["channel_names"])
         self.feature_channels = list(encoder.output_channels)
@@ -67,35 +70,19 @@ class NnUNetTeacher(Teacher):
 
     def forward(self, x: torch.Tensor) -> TeacherOutput:
         size = x.shape[2:]
-        pad = [(-s) % d for s, d in zip(size, self.divisible_by)]
-        if any(pad):  # the teacher's own strides may not divide the student's patch
-            x = F.pad(x, [v for p in reversed(pad) for v in (0, p)])
-        skips = self.network.encoder(x)
-        logits = self.network.decoder(skips)
-        if isinstance(logits, (list, tuple)):
-            logits = logits[0]
-        logits = logits[(slice(None), slice(None), *[slice(0, s) for s in size])]
-        return TeacherOutput(list(skips), logits)
+        x = pad_to_multiple(x, self.divisible_by)  # the teacher's own strides may not divide the student's patch
+        features, logits = None, 0
+        for network in self.networks:
+            skips = network.encoder(x)
+            output = network.decoder(skips)
+            logits = logits + (output[0] if isinstance(output, (list, tuple)) else output)
+            features = features or skips
+        logits = logits[(slice(None), slice(None), *[slice(0, s) for s in size])] / len(self.networks)
+        return TeacherOutput(crop_to_input(features, self.feature_strides, size), logits)
 
 
-@register_teacher("nnunet")
-def nnunet_teacher(path: str, options: dict, fold=None, device="cpu", **_) -> NnUNetTeacher:
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from nnkd.plans import network_from_plans
-
-    unknown = set(options) - KNOWN_OPTIONS
-    if unknown:
-        raise NnkdError(f"unknown option(s) {', '.join(sorted(unknown))} for nnunet teacher",
-                        f"nnunet teachers take {', '.join(sorted(KNOWN_OPTIONS))}")
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise NnkdError(f"teacher folder {folder} not found", "give the nnU-Net model folder, e.g. "
-                        "$nnUNet_results/DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__3d_fullres")
-    plans = _read_json(folder / "plans.json")
-    dataset_json = _read_json(folder / "dataset.json")
-    fold_folder = _choose_fold_folder(folder, options.get("fold"), fold)
-    checkpoint_file = fold_folder / options.get("checkpoint", "checkpoint_final.pth")
+def _load_fold(fold_folder: Path, checkpoint_name: str) -> tuple[Path, dict]:
+    checkpoint_file = fold_folder / checkpoint_name
     if not checkpoint_file.is_file():
         present = sorted(p.name for p in fold_folder.glob("checkpoint_*.pth"))
         raise NnkdError(f"teacher checkpoint {checkpoint_file} not found (present: {', '.join(present) or 'none'})",
@@ -103,22 +90,49 @@ def nnunet_teacher(path: str, options: dict, fold=None, device="cpu", **_) -> Nn
     checkpoint = load_checkpoint(checkpoint_file)
     if "network_weights" not in checkpoint:
         raise NnkdError(f"{checkpoint_file} has no network_weights", "it is not an nnU-Net checkpoint")
+    return checkpoint_file, checkpoint
 
-    configuration = options.get("configuration") or (checkpoint.get("init_args") or {}).get("configuration") \
-        or folder.name.split("__")[-1]
+
+@register_teacher("nnunet")
+def nnunet_teacher(path: str, options: dict, fold=None, device="cpu", **_) -> NnUNetTeacher:
+    """A trained nnU-Net model folder (any trainer and plans: default, ResEnc, …), one fold or an ensemble."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnkd.plans import network_from_plans
+
+    options = parse_options("nnunet", options, DEFAULTS)
+    folder = Path(path).expanduser()
+    if not path or not folder.is_dir():
+        raise NnkdError(f"teacher folder {folder} not found", "give the nnU-Net model folder, e.g. "
+                        "$nnUNet_results/DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__3d_fullres")
+    plans = _read_json(folder / "plans.json")
+    dataset_json = _read_json(folder / "dataset.json")
+    if options["folds"]:
+        fold_folders = [_choose_fold_folder(folder, f, fold) for f in options["folds"]]
+    else:
+        fold_folders = [_choose_fold_folder(folder, options["fold"] or None, fold)]
+    loaded = [_load_fold(f, options["checkpoint"]) for f in fold_folders]
+
+    init_args = loaded[0][1].get("init_args") or {}
+    configuration = options["configuration"] or init_args.get("configuration") or folder.name.split("__")[-1]
     manager = PlansManager(plans)
     if configuration not in manager.available_configurations:
         raise NnkdError(f"teacher configuration '{configuration}' not in its plans.json",
                         f"add ?configuration= one of {', '.join(manager.available_configurations)}")
-    network = network_from_plans(plans, configuration, dataset_json, allow_init=False)
-    weights = {k[len("module."):] if k.startswith("module.") else k: v
-               for k, v in checkpoint["network_weights"].items()}
-    try:
-        network.load_state_dict(weights)
-    except RuntimeError as e:
-        raise NnkdError(f"{checkpoint_file} does not match the architecture in {folder / 'plans.json'}: "
-                        f"{str(e).splitlines()[0]}", "use the plans.json the checkpoint was trained with") from e
-    teacher = NnUNetTeacher(network, plans, configuration, dataset_json).to(device)
-    teacher.checkpoint_sha256 = sha256_of(checkpoint_file)
-    teacher.checkpoint_path = str(checkpoint_file)
+    networks = []
+    for checkpoint_file, checkpoint in loaded:
+        network = network_from_plans(plans, configuration, dataset_json, allow_init=False)
+        weights = {k.removeprefix("module."): v
+                   for k, v in checkpoint["network_weights"].items()}
+        try:
+            network.load_state_dict(weights)
+        except RuntimeError as e:
+            raise NnkdError(f"{checkpoint_file} does not match the architecture in {folder / 'plans.json'}: "
+                            f"{str(e).splitlines()[0]}", "use the plans.json the checkpoint was trained with") from e
+        networks.append(network)
+    teacher = NnUNetTeacher(networks, plans, configuration, dataset_json).to(device)
+    teacher.set_checkpoint(loaded[0][0])
+    if len(loaded) > 1:  # one fingerprint for the whole ensemble
+        teacher.checkpoint_path = ";".join(str(f) for f, _ in loaded)
+        teacher.checkpoint_sha256 = hashlib.sha256("".join(sha256_of(f) for f, _ in loaded).encode()).hexdigest()
     return teacher

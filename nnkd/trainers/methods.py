@@ -3,11 +3,11 @@
 import torch
 from torch import nn
 
-from nnkd.errors import NnkdError
 from nnkd.distill.cka import cka_per_stage
 from nnkd.distill.feature import FeatureProjectors, feature_distance, resize_to
-from nnkd.distill.reprogramming import Reprogramming, hybrid_outputs, linear_decay
 from nnkd.distill.logits import kd_kl_loss
+from nnkd.distill.reprogramming import Reprogramming, hybrid_outputs, linear_decay
+from nnkd.errors import NnkdError
 from nnkd.trainers.nnkd_trainer import KDStep, nnKDTrainer
 
 
@@ -78,7 +78,6 @@ class nnKDTrainer_CKA(nnKDTrainer):
             raise NnkdError(f"cka_weights has {len(weights)} value(s) for {len(stages)} distilled stage(s)",
                             "give one weight per stage in cka_stages")
         self.stage_weights = torch.tensor(weights, device=self.device)
-        return None
 
     def distillation_terms(self, step: KDStep) -> dict[str, torch.Tensor]:
         pairs = [(step.student_features[s], step.teacher.features[t])

@@ -98,6 +98,10 @@ class nnKDTrainer(nnUNetTrainer):
             teacher_entry.update(checkpoint=teacher.checkpoint_path, sha256=teacher.checkpoint_sha256)
             self.run_config.save(self.output_folder)
         self.print_to_log_file(f"Teacher: {teacher.spec} (checkpoint sha256 {teacher.checkpoint_sha256})")
+        stages = ", ".join(f"{c}@{'×'.join(map(str, s))}" for c, s in zip(teacher.feature_channels,
+                                                                          teacher.feature_strides))
+        self.print_to_log_file(f"Teacher: {teacher.spatial_dims}D model, {teacher.in_channels} input channel(s), "
+                               f"stages (channels@stride) {stages}, logits {'yes' if teacher.has_logits else 'no'}")
         return teacher
 
     def check_teacher(self, teacher: Teacher) -> None:
@@ -276,9 +280,12 @@ def check_teacher_fits(teacher: Teacher, trainer_class, plans_manager, configura
     if teacher.in_channels != channels:
         raise NnkdError(f"the teacher takes {teacher.in_channels} input channel(s), the dataset has {channels}",
                         "use a teacher trained on images with the same channels")
-    if teacher.spatial_dims != len(cm.patch_size):
+    if len(cm.patch_size) not in teacher.serves_dims:
+        served = " or ".join(f"{d}D" for d in teacher.serves_dims)
         raise NnkdError(f"the teacher is {teacher.spatial_dims}D, configuration {configuration} is "
-                        f"{len(cm.patch_size)}D", "pick a teacher and configuration of the same dimensionality")
+                        f"{len(cm.patch_size)}D, and the teacher takes only {served} patches",
+                        f"pick a {served} configuration, or a teacher that serves {len(cm.patch_size)}D patches "
+                        "(2D image encoders such as sam run on 3D patches slice by slice)")
     if trainer_class.needs_teacher_logits:
         if not teacher.has_logits:
             raise NnkdError(f"method {trainer_class.method} needs teacher logits, but {teacher.spec} has none",
