@@ -12,6 +12,7 @@ from torch import nn
 class TeacherOutput:
     features: list[torch.Tensor]  # stage features, coarsest last
     logits: torch.Tensor | None  # full-resolution segmentation logits, None for feature-only teachers
+    valid: torch.Tensor | None = None  # (N, *spatial) voxels where the logits are known; None: everywhere
 
 
 class Teacher(nn.Module, ABC):
@@ -43,12 +44,12 @@ class Teacher(nn.Module, ABC):
         """Patch dimensionalities the teacher can take; image encoders also take 3D patches slice by slice."""
         return (self.spatial_dims,)
 
-    def set_checkpoint(self, path: str | Path) -> None:
-        """Record the weights file, so a run can tell when it changes under it."""
-        from nnkd.teachers.checkpoint import sha256_of
+    def set_checkpoint(self, *paths: str | Path) -> None:
+        """Record the weights file(s) (`;`-joined for an ensemble), so a run can tell when they change."""
+        from nnkd.teachers.checkpoint import fingerprint
 
-        self.checkpoint_path = str(path)
-        self.checkpoint_sha256 = sha256_of(Path(path))
+        self.checkpoint_path = ";".join(str(p) for p in paths)
+        self.checkpoint_sha256 = fingerprint([Path(p) for p in paths])
 
     def describe(self) -> dict:
         """What a user must know before training: dimensionality, channels, stages, logits."""

@@ -26,6 +26,12 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def fingerprint(paths: list[Path]) -> str:
+    """sha256 of one checkpoint file, or of the files' digests for an ensemble of several."""
+    digests = [sha256_of(Path(p)) for p in paths]
+    return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
 def _failure_reason(error: Exception) -> str:
     """The line of torch's message that says what is wrong (for refused globals: which one)."""
     text = str(error).strip()

@@ -8,7 +8,6 @@ each fold learns its own feature space), `checkpoint` (default checkpoint_final.
 (default: from the folder name Trainer__Plans__config).
 """
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 from nnkd.errors import NnkdError
 from nnkd.teachers.base import Teacher, TeacherOutput
 from nnkd.teachers.bridge import crop_to_input, pad_to_multiple
-from nnkd.teachers.checkpoint import load_checkpoint, sha256_of
+from nnkd.teachers.checkpoint import load_checkpoint
 from nnkd.teachers.registry import parse_options, register_teacher
 
 DEFAULTS = {"fold": "", "folds": (), "checkpoint": "checkpoint_final.pth", "configuration": ""}
@@ -131,8 +130,5 @@ def nnunet_teacher(path: str, options: dict, fold=None, device="cpu", **_) -> Nn
                             f"{str(e).splitlines()[0]}", "use the plans.json the checkpoint was trained with") from e
         networks.append(network)
     teacher = NnUNetTeacher(networks, plans, configuration, dataset_json).to(device)
-    teacher.set_checkpoint(loaded[0][0])
-    if len(loaded) > 1:  # one fingerprint for the whole ensemble
-        teacher.checkpoint_path = ";".join(str(f) for f, _ in loaded)
-        teacher.checkpoint_sha256 = hashlib.sha256("".join(sha256_of(f) for f, _ in loaded).encode()).hexdigest()
+    teacher.set_checkpoint(*[f for f, _ in loaded])
     return teacher

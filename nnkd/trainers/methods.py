@@ -23,13 +23,14 @@ class nnKDTrainer_Logit(nnKDTrainer):
 
     method = "logit"
     needs_teacher_logits = True
+    needs_teacher_features = False
     kd_temperature = 3.0
     kd_weight = 1.0
     hyperparameters = ("kd_temperature", "kd_weight")
 
     def distillation_terms(self, step: KDStep) -> dict[str, torch.Tensor]:
         loss = kd_kl_loss(step.student_logits, step.teacher.logits, self.kd_temperature,
-                          regions=self.label_manager.has_regions)
+                          regions=self.label_manager.has_regions, mask=step.teacher.valid)
         return {"logit": self.kd_weight * loss}
 
 

@@ -20,7 +20,10 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
+from nnkd.cache.loading import CachedTeacherDataset, SoftLabelAugmentation, split_soft_labels
+from nnkd.cache.store import TeacherCache
 from nnkd.distill.feature import pair_stages_by_resolution
+from nnkd.distill.logits import logits_from_probabilities
 from nnkd.errors import NnkdError
 from nnkd.teachers.base import Teacher, TeacherOutput
 from nnkd.teachers.registry import create_teacher
@@ -51,6 +54,7 @@ class nnKDTrainer(nnUNetTrainer):
     method = "base"
     needs_teacher = True
     needs_teacher_logits = False
+    needs_teacher_features = True  # False: only teacher logits are read, so a teacher cache can serve them
     needs_student_features = False
     hyperparameters: tuple[str, ...] = ()  # attribute names a run may set through teacher.json / --hp
 
@@ -58,6 +62,9 @@ class nnKDTrainer(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.teacher: Teacher | None = None
+        self.teacher_cache: TeacherCache | None = None
+        self.image_channels = determine_num_input_channels(self.plans_manager, self.configuration_manager,
+                                                           dataset_json)
         self.kd_helpers: nn.Module | None = None
         self.kd_log: dict[str, list[float]] = {}
         self.run_config = RunConfig.load(self.output_folder)
@@ -71,8 +78,11 @@ class nnKDTrainer(nnUNetTrainer):
     # ----------------------------------------------------------------- set-up
     def initialize(self):
         if not self.was_initialized and self.needs_teacher:
-            self.teacher = self.build_teacher()
-            self.check_teacher(self.teacher)
+            if (self.run_config.teacher or {}).get("cache") if self.run_config else False:
+                self.teacher_cache = self.open_teacher_cache()
+            else:
+                self.teacher = self.build_teacher()
+                self.check_teacher(self.teacher)
         if not self.was_initialized:
             helpers = self.build_kd_helpers()
             self.kd_helpers = helpers.to(self.device) if helpers is not None else None
@@ -103,6 +113,29 @@ class nnKDTrainer(nnUNetTrainer):
         self.print_to_log_file(f"Teacher: {teacher.spatial_dims}D model, {teacher.in_channels} input channel(s), "
                                f"stages (channels@stride) {stages}, logits {'yes' if teacher.has_logits else 'no'}")
         return teacher
+
+    def open_teacher_cache(self) -> TeacherCache:
+        """The stored teacher probabilities of this fold's training cases, checked; the teacher is never built."""
+        entry = self.run_config.teacher
+        cache = TeacherCache(Path(entry["cache"]))
+        training_cases, _ = self.do_split()
+        cache.check(list(training_cases), entry["spec"])
+        self.print_to_log_file(f"Teacher: {entry['spec']} from its cache {cache.folder} "
+                               f"(settings {cache.manifest['settings']}); the teacher itself is not loaded")
+        return cache
+
+    def get_tr_and_val_datasets(self):
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        if self.teacher_cache is not None:
+            dataset_tr = CachedTeacherDataset(dataset_tr, self.teacher_cache)
+        return dataset_tr, dataset_val
+
+    def get_training_transforms(self, *args, **kwargs):
+        """nnU-Net's training transforms; with a teacher cache they also carry the soft labels."""
+        transforms = super().get_training_transforms(*args, **kwargs)
+        if self.teacher_cache is None:
+            return transforms
+        return SoftLabelAugmentation(transforms, self.image_channels)
 
     def check_teacher(self, teacher: Teacher) -> None:
         """Stop before the first step if the teacher cannot teach this student."""
@@ -177,6 +210,11 @@ class nnKDTrainer(nnUNetTrainer):
 
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
+        cached = None
+        if self.teacher_cache is not None:
+            data, probabilities, valid = split_soft_labels(data, self.image_channels, self.label_manager.has_regions)
+            cached = TeacherOutput([], logits_from_probabilities(probabilities, self.label_manager.has_regions),
+                                   valid)
         target = batch["target"]
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
@@ -187,7 +225,7 @@ class nnKDTrainer(nnUNetTrainer):
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             features, outputs = self.student_forward(data)
             seg_loss = self.loss(outputs, target)
-            teacher_output = None
+            teacher_output = cached
             if self.teacher is not None:
                 with torch.no_grad():
                     teacher_output = self.teacher(data)

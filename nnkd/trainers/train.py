@@ -27,6 +27,7 @@ class TrainRequest:
     plans: str | None = None
     teacher_plans: str = DEFAULT_TEACHER_PLANS
     teacher: str | None = None
+    teacher_cache: bool = False
     hyperparameters: dict = field(default_factory=dict)
     num_epochs: int | None = None
     num_iterations_per_epoch: int | None = None
@@ -67,7 +68,7 @@ def resolve_trainer_class(method: str | None, trainer: str | None):
     return cls
 
 
-def _parse_fold(fold: str):
+def parse_fold(fold: str):
     if fold == "all":
         return fold
     if fold.isdigit():
@@ -88,6 +89,28 @@ def checked_teacher_record(spec: str, cls, plans_file: Path, configuration: str,
     return {"spec": spec, "checkpoint": teacher.checkpoint_path, "sha256": teacher.checkpoint_sha256}
 
 
+def cached_teacher_record(spec: str, cls, plans_file: Path, configuration: str, fold) -> dict:
+    """The run's teacher as its stored predictions: the cache must exist and fit; the teacher is not loaded."""
+    from nnkd.cache.store import TeacherCache, cache_folder
+
+    if cls.needs_teacher_features:
+        raise NnkdError(f"method {cls.method} needs live teacher features; a teacher cache holds only the "
+                        "teacher's predictions", "drop --teacher-cache, or use a logit-based method (logit)")
+    plans = json.loads(plans_file.read_text())
+    data_identifier = plans["configurations"][configuration]["data_identifier"]
+    cache = TeacherCache(cache_folder(plans_file.parent, data_identifier, fold, spec))
+    if not cache.manifest.get("cases"):
+        raise NnkdError(f"no teacher cache of {spec} for fold {fold} in {cache.folder}",
+                        f"run nnkd_cache_teacher -d {plans_file.parent.name} -c {configuration} -f {fold} "
+                        f"--teacher '{spec}' first")
+    labels = json.loads((plans_file.parent / "dataset.json").read_text())["labels"]
+    if cache.manifest["labels"] != labels:
+        raise NnkdError(f"the teacher cache in {cache.folder} holds labels {cache.manifest['labels']}, the dataset "
+                        f"has {labels}", "cache a teacher of this dataset's labels")
+    return {"spec": spec, "cache": str(cache.folder), "checkpoint": cache.manifest.get("checkpoint"),
+            "sha256": cache.manifest.get("teacher_sha256")}
+
+
 def fold_folder(results: Path, dataset_name: str, trainer_name: str, plans: str, configuration: str, fold) -> Path:
     return results / dataset_name / f"{trainer_name}__{plans}__{configuration}" / f"fold_{fold}"
 
@@ -96,7 +119,7 @@ def train(request: TrainRequest) -> Path:
     """Train (or resume, or validate) one fold; return its output folder."""
     paths = require_env("nnUNet_preprocessed", "nnUNet_results")
     dataset_name = find_dataset_name(request.dataset)
-    fold = _parse_fold(str(request.fold))
+    fold = parse_fold(str(request.fold))
     plans = resolve_student_plans(request.budget, request.plans, request.teacher_plans)
     plans_file = paths["nnUNet_preprocessed"] / dataset_name / f"{plans}.json"
     if not plans_file.is_file():
@@ -130,15 +153,23 @@ def train(request: TrainRequest) -> Path:
         if request.teacher and recorded and request.teacher != recorded:
             raise NnkdError(f"this run was started with teacher {recorded}, not {request.teacher}",
                             "drop --teacher when resuming, or start a new run")
+        if request.teacher_cache and recorded and not existing.teacher.get("cache"):
+            raise NnkdError("this run was started with the live teacher, not --teacher-cache",
+                            "drop --teacher-cache when resuming, or start a new run")
         existing.schedule.update(schedule)
         existing.hyperparameters.update(given)
         existing.save(folder)
     else:
+        if request.teacher_cache and not request.teacher:
+            raise NnkdError("--teacher-cache needs --teacher SPEC, the spec the cache was made for",
+                            "pass the same --teacher as to nnkd_cache_teacher")
         if cls.needs_teacher and not request.teacher:
             raise NnkdError(f"method {cls.method} needs a teacher", "pass --teacher nnunet:MODEL_FOLDER")
         teacher = None
         if request.teacher and not cls.needs_teacher:
             print(f"note: method {cls.method} trains without a teacher; --teacher is ignored")
+        elif request.teacher and request.teacher_cache:
+            teacher = cached_teacher_record(request.teacher, cls, plans_file, request.configuration, fold)
         elif request.teacher:
             teacher = checked_teacher_record(request.teacher, cls, plans_file, request.configuration, fold)
         effective = {name: getattr(cls, name) for name in cls.hyperparameters} | given  # defaults on record too

@@ -1,0 +1,138 @@
+"""nnkd_cache_teacher: run the teacher once over a fold's training cases, as nnU-Net predicts (sliding
+window, Gaussian weighting, no mirroring), and store its probabilities."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from nnkd.cache.store import CacheSettings, TeacherCache, cache_folder
+from nnkd.devices import resolve_device
+from nnkd.errors import NnkdError
+from nnkd.nnunet_env import find_dataset_name, require_env
+from nnkd.planners.student_planner import DEFAULT_TEACHER_PLANS
+
+
+@dataclass
+class CacheRequest:
+    dataset: str
+    configuration: str
+    fold: str
+    teacher: str
+    plans: str = DEFAULT_TEACHER_PLANS
+    settings: CacheSettings = CacheSettings()
+    device: str | None = None
+    step_size: float = 0.5
+
+
+class TeacherLogits(nn.Module):
+    """The teacher as nnU-Net's predictor wants a network: patch in, full-resolution logits out."""
+
+    def __init__(self, teacher):
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, x):
+        return self.teacher(x).logits
+
+
+def fold_training_cases(preprocessed_dataset: Path, data_folder: Path, fold) -> list[str]:
+    """The fold's training cases exactly as nnU-Net's trainer splits them (splits_final.json, created with
+    nnU-Net's seeded 5-fold split if missing)."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    identifiers = sorted(infer_dataset_class(str(data_folder)).get_identifiers(str(data_folder)))
+    if not identifiers:
+        raise NnkdError(f"no preprocessed cases in {data_folder}", "run nnkd_plan_and_preprocess first")
+    if fold == "all":
+        return identifiers
+    splits_file = preprocessed_dataset / "splits_final.json"
+    if splits_file.is_file():
+        splits = json.loads(splits_file.read_text())
+    else:
+        from nnkd.atomic import write_json_atomic
+
+        splits = generate_crossval_split(identifiers, seed=12345, n_splits=5)
+        write_json_atomic(splits_file, splits)
+    if fold >= len(splits):
+        raise NnkdError(f"fold {fold} is not in {splits_file} ({len(splits)} folds)", "use a fold the split defines")
+    return list(splits[fold]["train"])
+
+
+def probabilities_of(logits: torch.Tensor, regions: bool) -> np.ndarray:
+    probabilities = torch.sigmoid(logits.float()) if regions else torch.softmax(logits.float(), 0)
+    return probabilities.cpu().numpy()
+
+
+def cache_teacher(request: CacheRequest) -> Path:
+    """Compute the missing or stale cases of the cache; return its folder."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnkd.teachers.registry import create_teacher
+    from nnkd.trainers.methods import nnKDTrainer_Logit
+    from nnkd.trainers.nnkd_trainer import check_teacher_fits
+    from nnkd.trainers.train import parse_fold
+
+    paths = require_env("nnUNet_preprocessed")
+    dataset_name = find_dataset_name(request.dataset)
+    preprocessed = paths["nnUNet_preprocessed"] / dataset_name
+    plans_file = preprocessed / f"{request.plans}.json"
+    if not plans_file.is_file():
+        raise NnkdError(f"plans {plans_file} not found", f"plan first: nnkd_plan_and_preprocess -d {request.dataset}")
+    manager = PlansManager(str(plans_file))
+    if request.configuration not in manager.available_configurations:
+        raise NnkdError(f"unknown configuration '{request.configuration}'",
+                        f"{request.plans} has {', '.join(manager.available_configurations)}")
+    cm = manager.get_configuration(request.configuration)
+    data_folder = preprocessed / cm.data_identifier
+    if not data_folder.is_dir():
+        raise NnkdError(f"preprocessed data {data_folder} not found",
+                        f"run nnkd_plan_and_preprocess -d {request.dataset} -c {request.configuration}")
+    fold = parse_fold(str(request.fold))
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    label_manager = manager.get_label_manager(dataset_json)
+    if request.settings.topk and label_manager.has_regions:
+        raise NnkdError("--topk needs mutually exclusive classes, this dataset trains regions",
+                        "leave --topk out for region-based datasets")
+
+    device = resolve_device(request.device)
+    teacher = create_teacher(request.teacher, fold=fold, device=device)
+    check_teacher_fits(teacher, nnKDTrainer_Logit, manager, request.configuration, dataset_json)
+    cases = fold_training_cases(preprocessed, data_folder, fold)
+    cache = TeacherCache(cache_folder(preprocessed, cm.data_identifier, fold, request.teacher))
+    cache.start(teacher, request.settings, dict(dataset_json["labels"]), label_manager.has_regions, cm.patch_size,
+                request.configuration)
+    todo = [c for c in cases if not cache.is_current(c, teacher.checkpoint_sha256)]
+
+    dataset = infer_dataset_class(str(data_folder))(str(data_folder), identifiers=todo)
+    classes = label_manager.num_segmentation_heads
+    voxels = sum(int(np.prod(dataset.load_case(c)[0].shape[1:])) for c in todo)
+    print(f"nnkd: caching {teacher.spec} for {len(todo)} of {len(cases)} training case(s) of fold {fold} in "
+          f"{cache.folder}; at most {estimated_bytes(voxels, classes, request.settings, len(cm.patch_size)) / 1e9:.2f}"
+          f" GB before compression")
+
+    predictor = nnUNetPredictor(tile_step_size=request.step_size, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=False)
+    predictor.manual_initialization(TeacherLogits(teacher), manager, cm, None, dataset_json, "nnKDTeacher", None)
+    for case in tqdm(todo, desc="teacher cache", unit="case"):
+        data = torch.from_numpy(np.asarray(dataset.load_case(case)[0][:], dtype=np.float32))
+        with torch.no_grad():
+            logits = predictor.predict_sliding_window_return_logits(data)
+        cache.write_case(case, probabilities_of(logits, label_manager.has_regions), teacher.checkpoint_sha256)
+    cache.record_size()
+    print(f"nnkd: teacher cache complete: {len(cases)} case(s), {cache.manifest['bytes'] / 1e6:.1f} MB on disk")
+    return cache.folder
+
+
+def estimated_bytes(voxels: int, classes: int, settings: CacheSettings, patch_axes: int) -> int:
+    """Uncompressed size of the stored arrays."""
+    per_voxel = (settings.topk or classes) * (2 if settings.dtype == "float16" else 4) + (settings.topk or 0)
+    return int(voxels * per_voxel / (2 ** patch_axes if settings.resolution == "half" else 1))

@@ -1,0 +1,43 @@
+"""nnkd_cache_teacher: run a teacher once over a fold's training cases and store its soft predictions."""
+
+from nnkd.cli._common import ArgumentParser, add_verbose, run
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="nnkd_cache_teacher",
+                       description="Run the teacher once over every training case of a fold (nnU-Net's sliding "
+                                   "window, Gaussian weighting) and store its probabilities beside the "
+                                   "preprocessed data, so nnkd_train --teacher-cache never loads it. Resumable: "
+                                   "cases already cached with the same checkpoint and settings are skipped.")
+    p.add_argument("-d", required=True, metavar="DATASET", help="dataset ID or name")
+    p.add_argument("-c", required=True, metavar="CONFIGURATION", help="e.g. 3d_fullres")
+    p.add_argument("-f", required=True, metavar="FOLD", help="the student's fold (0-4 or all)")
+    p.add_argument("--teacher", required=True, metavar="SPEC", help="teacher spec with logits (nnkd_teachers)")
+    p.add_argument("-p", default="nnUNetPlans", metavar="PLANS",
+                   help="plans whose preprocessed data is used (default nnUNetPlans; students share it)")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored precision")
+    p.add_argument("--resolution", default="full", choices=["full", "half"],
+                   help="half: 2× average-pooled along the patch axes, upsampled linearly when read")
+    p.add_argument("--topk", type=int, default=0, metavar="K",
+                   help="keep the K most probable classes per voxel (the rest share the remaining mass)")
+    p.add_argument("--step_size", type=float, default=0.5, help="sliding-window step as a patch fraction")
+    p.add_argument("--device", "-device", default=None, help="cpu, cuda or mps (default: cuda if visible)")
+    add_verbose(p)
+    return p
+
+
+def _cache(args) -> None:
+    from nnkd.cache.compute import CacheRequest, cache_teacher
+    from nnkd.cache.store import CacheSettings
+
+    cache_teacher(CacheRequest(dataset=args.d, configuration=args.c, fold=args.f, teacher=args.teacher,
+                               plans=args.p, settings=CacheSettings(args.dtype, args.resolution, args.topk),
+                               device=args.device, step_size=args.step_size))
+
+
+def main(argv=None) -> None:
+    run(_cache, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    main()

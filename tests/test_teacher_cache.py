@@ -1,0 +1,183 @@
+"""nnkd_cache_teacher and nnkd_train --teacher-cache: exact soft labels, aligned through augmentation,
+no teacher at training time, corrupt and stale entries detected."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PLANNED_ID, QUICK_TRAINING, fake_teacher, run_cli
+from nnkd.cache.store import CacheSettings, TeacherCache, cache_folder
+from nnkd.distill.logits import kd_kl_loss, logits_from_probabilities
+
+CACHE = ["-d", str(PLANNED_ID), "-c", "3d_fullres", "-f", "0", "--device", "cpu"]
+
+
+class _Teacher:
+    spec, checkpoint_path, checkpoint_sha256 = "test", None, "sha"
+
+
+@pytest.mark.parametrize("settings, tolerance", [(CacheSettings(dtype="float32"), 1e-6), (CacheSettings(), 1e-3),
+                                                 (CacheSettings(topk=2), 0.3), (CacheSettings(resolution="half"), 0.2)])
+def test_stored_probabilities_read_back_lazily_by_region(tmp_path, settings, tolerance):
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in (9, 12, 14)], indexing="ij"))
+    probabilities = torch.softmax(torch.from_numpy(np.concatenate([grid, -grid.sum(0, keepdims=True)]) * 3), 0).numpy()
+    cache = TeacherCache(tmp_path / "cache")
+    cache.start(_Teacher(), settings, {"a": 0, "b": 1, "c": 2, "d": 3}, False, (8, 8, 8), "3d_fullres")
+    cache.write_case("case_000", probabilities.astype(np.float32), "sha")
+    reopened = TeacherCache(tmp_path / "cache")
+    assert reopened.is_current("case_000", "sha") and not reopened.is_current("case_000", "other")
+    region = reopened.open_case("case_000")[:, 2:7, 3:12, 1:14]
+    expected = probabilities[:, 2:7, 3:12, 1:14]
+    assert region.shape == expected.shape
+    assert np.abs(region - expected).max() < tolerance
+    assert np.abs(region.sum(0) - 1).max() < 1e-2
+    assert (region.argmax(0) == expected.argmax(0)).mean() > 0.95
+
+
+def test_log_probabilities_teach_exactly_like_the_logits_they_came_from():
+    teacher, student = torch.randn(2, 4, 5, 6, 7) * 3, torch.randn(2, 4, 5, 6, 7)
+    stored = logits_from_probabilities(torch.softmax(teacher, 1))
+    for temperature in (1.0, 3.0, 10.0):
+        assert torch.allclose(kd_kl_loss(student, stored, temperature), kd_kl_loss(student, teacher, temperature),
+                              rtol=1e-4)
+    regions = logits_from_probabilities(torch.sigmoid(teacher), regions=True)
+    assert torch.allclose(kd_kl_loss(student, regions, 3.0, regions=True),
+                          kd_kl_loss(student, teacher, 3.0, regions=True), rtol=1e-3)
+    mask = torch.zeros(2, 5, 6, 7, dtype=torch.bool)
+    mask[:, :2] = True
+    assert torch.allclose(kd_kl_loss(student, teacher, 2.0, mask=mask),
+                          kd_kl_loss(student[:, :, :2], teacher[:, :, :2], 2.0))
+
+
+def _cache_of(teacher_spec: str, env: dict) -> TeacherCache:
+    preprocessed = Path(env["nnUNet_preprocessed"]) / "Dataset991_Synthetic"
+    return TeacherCache(cache_folder(preprocessed, "nnUNetPlans_3d_fullres", 0, teacher_spec))
+
+
+@pytest.fixture(scope="module")
+def cached(teacher, tmp_path_factory):
+    """A copy of the session's nnU-Net teacher, cached for fold 0 (the copy can be changed or removed)."""
+    copy = tmp_path_factory.mktemp("teacher_copy") / teacher["folder"].name
+    shutil.copytree(teacher["folder"], copy)
+    spec = f"nnunet:{copy}"
+    result = run_cli("nnkd_cache_teacher", *CACHE, "--teacher", spec, env=teacher["env"])
+    return {"spec": spec, "folder": copy, "env": teacher["env"], "stdout": result.stdout,
+            "cache": _cache_of(spec, teacher["env"])}
+
+
+def test_cache_holds_the_online_teachers_softmax_of_each_training_case(cached):
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    from nnkd.teachers.registry import create_teacher
+
+    cache = cached["cache"]
+    splits = json.loads((cache.folder.parents[1] / "splits_final.json").read_text())
+    assert sorted(cache.manifest["cases"]) == sorted(splits[0]["train"])
+    assert "GB before compression" in cached["stdout"] and cache.manifest["bytes"] > 0
+    patch = cache.manifest["patch_size"]
+    data_folder = cache.folder.parents[1] / "nnUNetPlans_3d_fullres"
+    dataset = infer_dataset_class(str(data_folder))(str(data_folder))
+    single_tile = [c for c in cache.manifest["cases"]
+                   if all(s <= p for s, p in zip(dataset.load_case(c)[0].shape[1:], patch))]
+    assert single_tile, "the test dataset should have a case no larger than the patch"
+    teacher = create_teacher(cached["spec"], fold=0)
+    for case in single_tile[:2]:
+        image = np.asarray(dataset.load_case(case)[0][:], dtype=np.float32)
+        padded, slicer = pad_nd_image(image, patch, "constant", {"value": 0}, True)
+        with torch.no_grad():
+            online = torch.softmax(teacher(torch.from_numpy(padded)[None]).logits[0], 0)[slicer[1:]]
+        stored = cache.open_case(case)[:, :, :, :]
+        assert stored.shape == tuple(online.shape)
+        assert np.abs(stored - online.numpy()).max() < 2e-3  # float16
+
+
+def test_augmented_soft_labels_stay_aligned_with_their_image(planned, tmp_path):
+    """A cache whose soft labels are the one-hot ground truth goes through nnU-Net's own training transforms
+    (rotation, scaling, mirroring, intensity changes): its argmax must follow the augmented label map."""
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnkd.cache.loading import CachedTeacherDataset, SoftLabelAugmentation, split_soft_labels
+
+    preprocessed = planned["preprocessed"]
+    manager = PlansManager(str(preprocessed / "nnUNetPlans.json"))
+    cm = manager.get_configuration("3d_fullres")
+    labels = manager.get_label_manager(json.loads((preprocessed / "dataset.json").read_text()))
+    data_folder = preprocessed / cm.data_identifier
+    dataset = infer_dataset_class(str(data_folder))(str(data_folder))
+    cache = TeacherCache(tmp_path / "one_hot")
+    cache.start(_Teacher(), CacheSettings(), {}, False, cm.patch_size, "3d_fullres")
+    for case in dataset.identifiers:
+        seg = np.asarray(dataset.load_case(case)[1][0])
+        cache.write_case(case, np.stack([(seg == c) for c in range(labels.num_segmentation_heads)]).astype(np.float32),
+                         "sha")
+    transforms = nnUNetTrainer.get_training_transforms(cm.patch_size, (-0.5, 0.5), None, (0, 1, 2), False)
+    loader = nnUNetDataLoader(CachedTeacherDataset(dataset, cache), 4, cm.patch_size, cm.patch_size, labels,
+                              oversample_foreground_percent=0.33, transforms=SoftLabelAugmentation(transforms, 1))
+    torch.manual_seed(0)
+    np.random.seed(0)
+    agreement = []
+    for _ in range(6):
+        batch = next(loader)
+        image, probabilities, valid = split_soft_labels(batch["data"], 1, regions=False)
+        assert image.shape[1] == 1 and probabilities.shape[1] == labels.num_segmentation_heads
+        raw = batch["data"][:, 1:]
+        assert raw.min() >= -1e-4 and raw.max() <= 1 + 1e-4  # intensity transforms never touched them
+        target = batch["target"][:, 0]
+        agreement.append((probabilities.argmax(1) == target)[valid].float().mean().item())
+    assert min(agreement) > 0.97, agreement
+
+
+def test_training_from_the_cache_never_builds_the_teacher(cached, tmp_path):
+    hidden = cached["folder"].with_name(cached["folder"].name + ".away")
+    cached["folder"].rename(hidden)  # no teacher to build: only the cache can teach
+    try:
+        env = {**cached["env"], "nnUNet_results": str(tmp_path / "results"), "nnUNet_n_proc_DA": "0"}
+        result = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "logit",
+                         "--teacher", cached["spec"], "--teacher-cache", *QUICK_TRAINING, env=env)
+    finally:
+        hidden.rename(cached["folder"])
+    fold = tmp_path / "results" / "Dataset991_Synthetic" / "nnKDTrainer_Logit__nnKDPlans_tiny__3d_fullres" / "fold_0"
+    record = json.loads((fold / "teacher.json").read_text())["teacher"]
+    assert record["cache"] == str(cached["cache"].folder) and record["spec"] == cached["spec"]
+    log = next(fold.glob("training_log_*.txt")).read_text()
+    assert "the teacher itself is not loaded" in log and "kd_logit" in log
+    assert "validation Dice" in result.stdout
+
+
+def test_feature_methods_refuse_the_cache(cached, tmp_path):
+    env = {**cached["env"], "nnUNet_results": str(tmp_path / "results")}
+    result = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "feature",
+                     "--teacher", cached["spec"], "--teacher-cache", *QUICK_TRAINING, env=env, check=False)
+    assert result.returncode != 0 and "method feature needs live teacher features" in result.stderr
+
+
+def test_corrupt_and_stale_entries_are_detected_and_recomputed(teacher, tmp_path):
+    spec = fake_teacher(teacher["folder"], tmp_path)
+    env = {**teacher["env"], "nnUNet_results": str(tmp_path / "results")}
+    run_cli("nnkd_cache_teacher", *CACHE, "--teacher", spec, env=env)
+    cache = _cache_of(spec, env)
+    victim = sorted(cache.folder.glob("*.b2nd"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])
+    train = ["nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "logit", "--teacher", spec,
+             "--teacher-cache", *QUICK_TRAINING]
+    corrupt = run_cli(*train, env=env, check=False)
+    assert corrupt.returncode != 0 and "corrupt entries for 1 case(s)" in corrupt.stderr
+    assert "for 1 of" in run_cli("nnkd_cache_teacher", *CACHE, "--teacher", spec, env=env).stdout
+
+    checkpoint = Path(spec.split(":", 1)[1]) / "fold_0" / "checkpoint_final.pth"
+    state = torch.load(checkpoint, weights_only=True)
+    state["network_weights"] = {k: v + 0.01 if v.is_floating_point() else v
+                                for k, v in state["network_weights"].items()}
+    torch.save(state, checkpoint)
+    stale = run_cli(*train, env=env, check=False)
+    assert stale.returncode != 0 and "changed since the cache" in stale.stderr
+    cases = len(cache.manifest["cases"])
+    assert f"for {cases} of {cases}" in run_cli("nnkd_cache_teacher", *CACHE, "--teacher", spec, env=env).stdout
