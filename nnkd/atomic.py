@@ -1,8 +1,10 @@
 """Write files so that a kill leaves the old file or the new one, never a partial one."""
 
+import ctypes
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -28,10 +30,27 @@ def write_json_atomic(path: Path, obj) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=4, sort_keys=False) + "\n").encode())
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def replace_folder(staging: Path, target: Path) -> None:
-    """Move a fully written `staging` folder to `target`, replacing an old `target` (kept until the swap)."""
+    """Move a fully written `staging` folder to `target`, replacing an old `target`. On Linux the two are
+    swapped in one step, so `target` is always the old folder or the new one; elsewhere the old one is
+    renamed aside first (for an instant `target` is absent, the old folder kept under a hidden name)."""
     staging, target = Path(staging), Path(target)
-    if target.exists():
+    if target.exists() and _exchange(staging, target):
+        shutil.rmtree(staging)  # now the old folder
+    elif target.exists():
         retired = target.parent / f".{target.name}.old-{os.getpid()}"
         os.rename(target, retired)
         os.rename(staging, target)

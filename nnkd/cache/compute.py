@@ -1,13 +1,13 @@
 """nnkd_cache_teacher: run the teacher once over a fold's training cases, as nnU-Net predicts (sliding
 window, Gaussian weighting, no mirroring), and store its probabilities."""
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from nnkd.cache.store import CacheSettings, TeacherCache, cache_folder
@@ -29,15 +29,33 @@ class CacheRequest:
     step_size: float = 0.5
 
 
-class TeacherLogits(nn.Module):
-    """The teacher as nnU-Net's predictor wants a network: patch in, full-resolution logits out."""
+def sliding_window_logits(teacher, data: torch.Tensor, patch_size, step_size: float, device) -> torch.Tensor:
+    """The teacher's logits for a whole preprocessed case (C, *spatial), as nnU-Net predicts: the case padded
+    to at least one patch, nnU-Net's tile positions and Gaussian weights (a 2D configuration goes slice by
+    slice). Accumulated in float32, where nnU-Net's predictor uses float16, which loses the logits' precision
+    where the Gaussian weights are small."""
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
 
-    def __init__(self, teacher):
-        super().__init__()
-        self.teacher = teacher
-
-    def forward(self, x):
-        return self.teacher(x).logits
+    patch_size = tuple(int(p) for p in patch_size)
+    padded, revert = pad_nd_image(data, patch_size, "constant", {"value": 0}, True, None)
+    spatial = padded.shape[1:]
+    steps = compute_steps_for_sliding_window(spatial[-len(patch_size):], patch_size, step_size)
+    gaussian = compute_gaussian(patch_size, sigma_scale=1. / 8, value_scaling_factor=10, device=torch.device("cpu"))
+    gaussian = gaussian.float()
+    logits, weights = None, torch.zeros(spatial)
+    outer = [(z,) for z in range(spatial[0])] if len(patch_size) < len(spatial) else [()]
+    for prefix in outer:
+        for corner in itertools.product(*steps):
+            region = prefix + tuple(slice(c, c + p) for c, p in zip(corner, patch_size))
+            tile = padded[(slice(None), *region)][None].to(device)
+            with torch.no_grad():
+                out = teacher(tile).logits[0].float().cpu()
+            if logits is None:
+                logits = torch.zeros((out.shape[0], *spatial))
+            logits[(slice(None), *region)] += out * gaussian
+            weights[region] += gaussian
+    return (logits / weights)[(slice(None), *revert[1:])]
 
 
 def fold_training_cases(preprocessed_dataset: Path, data_folder: Path, fold) -> list[str]:
@@ -71,7 +89,6 @@ def probabilities_of(logits: torch.Tensor, regions: bool) -> np.ndarray:
 
 def cache_teacher(request: CacheRequest) -> Path:
     """Compute the missing or stale cases of the cache; return its folder."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -118,14 +135,9 @@ def cache_teacher(request: CacheRequest) -> Path:
           f"{cache.folder}; at most {estimated_bytes(voxels, classes, request.settings, len(cm.patch_size)) / 1e9:.2f}"
           f" GB before compression")
 
-    predictor = nnUNetPredictor(tile_step_size=request.step_size, use_gaussian=True, use_mirroring=False,
-                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=False)
-    predictor.manual_initialization(TeacherLogits(teacher), manager, cm, None, dataset_json, "nnKDTeacher", None)
     for case in tqdm(todo, desc="teacher cache", unit="case"):
         data = torch.from_numpy(np.asarray(dataset.load_case(case)[0][:], dtype=np.float32))
-        with torch.no_grad():
-            logits = predictor.predict_sliding_window_return_logits(data)
+        logits = sliding_window_logits(teacher, data, cm.patch_size, request.step_size, device)
         cache.write_case(case, probabilities_of(logits, label_manager.has_regions), teacher.checkpoint_sha256)
     cache.record_size()
     print(f"nnkd: teacher cache complete: {len(cases)} case(s), {cache.manifest['bytes'] / 1e6:.1f} MB on disk")

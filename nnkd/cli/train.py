@@ -29,6 +29,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--teacher-cache", action="store_true",
                    help="train from the teacher's stored predictions (nnkd_cache_teacher) instead of running it; "
                         "logit-based methods only")
+    p.add_argument("--labeled", type=int, default=None, metavar="N",
+                   help="keep only N labelled training cases of the fold (a seeded choice, written to "
+                        "labeled_cases.json); validation cases are unchanged")
     p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
                    help="set a method hyper-parameter, e.g. --hp kd_temperature=4 (repeatable)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (nnU-Net default 1000)")
@@ -65,8 +68,9 @@ def _train(args) -> None:
     train(TrainRequest(
         dataset=args.dataset, configuration=args.configuration, fold=args.fold, method=args.method,
         trainer=args.trainer, budget=args.budget, plans=args.plans, teacher_plans=args.teacher_plans,
-        teacher=args.teacher, teacher_cache=args.teacher_cache, hyperparameters=_hyperparameters(args.hp), num_epochs=args.epochs,
-        num_iterations_per_epoch=args.iterations_per_epoch,
+        teacher=args.teacher, teacher_cache=args.teacher_cache, labeled=args.labeled,
+        hyperparameters=_hyperparameters(args.hp),
+        num_epochs=args.epochs, num_iterations_per_epoch=args.iterations_per_epoch,
         num_val_iterations_per_epoch=args.val_iterations_per_epoch, device=args.device,
         continue_training=args.c, validation_only=args.val, npz=args.npz, num_gpus=args.num_gpus))
 

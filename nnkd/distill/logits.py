@@ -28,8 +28,9 @@ def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     return per_voxel.mean() * temperature ** 2
 
 
-def logits_from_probabilities(probabilities: torch.Tensor, regions: bool = False, eps: float = 1e-6) -> torch.Tensor:
+def logits_from_probabilities(probabilities: torch.Tensor, regions: bool = False, eps: float = 1e-8) -> torch.Tensor:
     """Logits whose softmax (sigmoid for regions) gives back `probabilities`: the log for classes (exact up
-    to a per-voxel constant, which softmax ignores, at any temperature), the logit for regions."""
+    to a per-voxel constant, which softmax ignores, at any temperature), the logit for regions. Probabilities
+    below `eps` (float16 stores nothing below 6e-8) are read as `eps`."""
     p = probabilities.float().clamp(eps, 1 - eps if regions else 1)
     return torch.log(p) - torch.log1p(-p) if regions else torch.log(p)

@@ -55,6 +55,12 @@ def export(request: ExportRequest) -> Path:
     plans, dataset_json, checkpoints = student.plans, student.dataset_json, student.checkpoints
     model_folder, configuration = student.model_folder, request.student.configuration
     output = Path(request.output).resolve()
+    if output.exists() and not output.is_dir():
+        raise NnkdError(f"{output} is a file", "give a folder for -o")
+    source = model_folder.resolve()
+    if output == source or source in output.parents or output in source.parents:
+        raise NnkdError(f"{output} is (inside) or holds the trained student's folder {source}",
+                        "export elsewhere: the training results are never modified")
     if output.exists() and any(output.iterdir()) and not request.overwrite:
         raise NnkdError(f"{output} exists and is not empty", "choose another -o or pass --overwrite")
 

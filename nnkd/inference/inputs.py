@@ -13,6 +13,8 @@ def check_folders(input_folder: Path, output_folder: Path) -> tuple[Path, Path]:
     if output_folder == input_folder or input_folder in output_folder.parents:
         raise NnkdError(f"output folder {output_folder} is (inside) the input folder",
                         "write predictions elsewhere: the input folder is never modified")
+    if output_folder.exists() and not output_folder.is_dir():
+        raise NnkdError(f"output folder {output_folder} is a file", "give a folder (new or existing) for -o")
     return input_folder, output_folder
 
 

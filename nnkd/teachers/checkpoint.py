@@ -1,6 +1,7 @@
 """Loading checkpoints without running code hidden in them, and fingerprinting them."""
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +33,16 @@ def fingerprint(paths: list[Path]) -> str:
     return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
-def _failure_reason(error: Exception) -> str:
-    """The line of torch's message that says what is wrong (for refused globals: which one)."""
+def _failure_reason(error: Exception) -> tuple[str, bool]:
+    """The part of torch's message that says what is wrong, and whether a pickled global (code or a class
+    that is not plain data) was refused. torch words it `Unsupported global: GLOBAL x.y was not an allowed
+    global …` or, for modules such as os and subprocess, `… unsupported GLOBAL posix.system whose module
+    posix is blocked`."""
     text = str(error).strip()
-    refused = next((line.strip() for line in text.splitlines() if "Unsupported global" in line), None)
+    refused = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]*\w)", text, flags=re.IGNORECASE)
     if refused:
-        return refused.split(" was not an allowed global")[0][:200]
-    return text.splitlines()[0].split(". ")[0][:160] if text else type(error).__name__
+        return f"Unsupported global: GLOBAL {refused.group(1)} (pickled code or a class, not weights)", True
+    return (text.splitlines()[0].split(". ")[0][:160] if text else type(error).__name__), False
 
 
 def load_checkpoint(path: Path, map_location="cpu", allowed_globals=()) -> dict:
@@ -51,8 +55,12 @@ def load_checkpoint(path: Path, map_location="cpu", allowed_globals=()) -> dict:
         with torch.serialization.safe_globals(_SAFE_GLOBALS + list(allowed_globals)):
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated, foreign or unsafe files
-        raise NnkdError(f"cannot load checkpoint {path}: {_failure_reason(e)}",
-                        "the file is truncated, corrupt, not a PyTorch checkpoint or holds non-tensor code") from e
+        reason, refused = _failure_reason(e)
+        raise NnkdError(f"cannot load checkpoint {path}: {reason}",
+                        "nnkd never runs code from a checkpoint: use one that holds only weights, e.g. saved with "
+                        "torch.save(model.state_dict(), …)" if refused else
+                        "the file is truncated, corrupt or not a PyTorch checkpoint; restore it from its source"
+                        ) from e
     if not isinstance(checkpoint, dict):
         raise NnkdError(f"{path} holds a {type(checkpoint).__name__}, not a dict of weights",
                         "point to a checkpoint file saved with torch.save(state_dict or {…: state_dict})")

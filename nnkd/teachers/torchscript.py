@@ -3,9 +3,14 @@ package ships.
 
 Scripted modules take no forward hooks, so stage features from named child modules (option
 `features=down0,down1`) are read by copying the scripted forward graph and returning those children's
-outputs beside the model's own output. The output gives the logits (a softmax output is turned back
-into logits by its log) once `labels=` names its channels. Channels and strides of every stage are
-measured on a probe input when the teacher is built.
+outputs beside the model's own output. `axes` permutes the patch's spatial axes into the model's order
+(deepbet expects RAS x, y, z; nnU-Net arrays read by SimpleITK are z, y, x: `axes=2,1,0`) and `zoom`
+resamples the patch by a factor before the model (e.g. 1.6 for a model trained at 1 mm on 1.6 mm data);
+features and logits come back in the patch's axis order, logits at the patch's size (nnU-Net's
+transpose_forward decides the patch's order: for deepbet on data nnU-Net transposed by [1, 0, 2],
+`axes=2,0,1`). The output gives the logits (a softmax output is turned back into logits by its log) once
+`labels=` names its channels. Channels and strides of every stage are measured on a probe input when the
+teacher is built.
 """
 
 import importlib.util
@@ -20,7 +25,7 @@ from nnkd.teachers.bridge import InputBridge, crop_to_input, pad_to_multiple
 from nnkd.teachers.registry import parse_options, register_teacher
 
 DEFAULTS = {"features": "", "labels": "", "dims": 3, "channels": 1, "output": "auto", "intensity": "none",
-            "mean": 0.0, "std": 1.0, "size": (), "probe": 64}
+            "mean": 0.0, "std": 1.0, "size": (), "zoom": 1.0, "axes": (), "probe": 64}
 # deepbet's own `normalize`: the 0.5–99.5 percentile window onto [0, 1], standardised, then × 0.226 + 0.449
 DEEPBET = {"features": "down0,down1,down2,down3", "labels": "background,brain", "output": "softmax",
            "intensity": "unit-zscore", "mean": -0.449 / 0.226, "std": 1 / 0.226}
@@ -65,6 +70,11 @@ class TorchScriptTeacher(Teacher):
         self.in_channels = options["channels"]
         self.bridge = InputBridge(channels=self.in_channels, size=options["size"] or None,
                                   scale=options["intensity"], mean=(options["mean"],), std=(options["std"],))
+        self.zoom = options["zoom"]
+        self.axes = tuple(options["axes"]) or tuple(range(self.spatial_dims))
+        if sorted(self.axes) != list(range(self.spatial_dims)) or self.zoom <= 0:
+            raise NnkdError(f"axes={','.join(map(str, options['axes']))} or zoom={self.zoom} is not valid",
+                            f"axes is a permutation of 0…{self.spatial_dims - 1} (e.g. 2,1,0), zoom a positive factor")
         self.feature_names = [n for n in options["features"].split(",") if n]
         self._forward = forward_with_children(model, self.feature_names)
         self.output_kind = options["output"]
@@ -100,16 +110,25 @@ class TorchScriptTeacher(Teacher):
         if self.output_kind not in ("logits", "softmax"):
             raise NnkdError(f"output={self.output_kind} is not a known output kind", "use auto, logits or softmax")
 
+    def _to_model_axes(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 1, *[a + 2 for a in self.axes])
+
+    def _to_patch_axes(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 1, *[self.axes.index(a) + 2 for a in range(self.spatial_dims)])
+
     def forward(self, x: torch.Tensor) -> TeacherOutput:
         size = x.shape[2:]
         x = self.bridge(x)
+        if self.zoom != 1:
+            x = F.interpolate(x, scale_factor=self.zoom, mode="trilinear" if x.ndim == 5 else "bilinear")
+        x = self._to_model_axes(x)
         model_size = x.shape[2:]
         output, features = self._run(pad_to_multiple(x, self.divisible_by))
-        features = crop_to_input(features, self.feature_strides, model_size)
+        features = [self._to_patch_axes(f) for f in crop_to_input(features, self.feature_strides, model_size)]
         if not self.has_logits:
             return TeacherOutput(features, None)
         logits = torch.log(output.float().clamp_min(1e-6)) if self.output_kind == "softmax" else output
-        logits = logits[(slice(None), slice(None), *[slice(0, s) for s in model_size])]
+        logits = self._to_patch_axes(logits[(slice(None), slice(None), *[slice(0, s) for s in model_size])])
         if tuple(logits.shape[2:]) != tuple(size):
             logits = F.interpolate(logits, size=tuple(size), mode="trilinear" if logits.ndim == 5 else "bilinear")
         return TeacherOutput(features, logits)
@@ -152,7 +171,7 @@ def deepbet_teacher(path: str, options: dict, device="cpu", **_) -> TorchScriptT
     """deepbet's pretrained 3D brain-extraction U-Net for T1 MRI (2.1 M parameters, from the deepbet package).
 
     Its own intensity mapping, labels background/brain; `path` may point to another copy of model.pt."""
-    allowed = {k: v for k, v in DEFAULTS.items() if k in ("size", "probe")}
+    allowed = {k: v for k, v in DEFAULTS.items() if k in ("size", "zoom", "axes", "probe")}
     chosen = parse_options("deepbet", options, allowed)
     return _build("deepbet", Path(path).expanduser() if path else deepbet_model_file(),
                   DEFAULTS | DEEPBET | chosen, device)

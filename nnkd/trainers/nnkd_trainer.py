@@ -20,13 +20,16 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
+from nnkd.atomic import write_json_atomic
 from nnkd.cache.loading import CachedTeacherDataset, SoftLabelAugmentation, split_soft_labels
 from nnkd.cache.store import TeacherCache
 from nnkd.distill.feature import pair_stages_by_resolution
 from nnkd.distill.logits import logits_from_probabilities
 from nnkd.errors import NnkdError
 from nnkd.teachers.base import Teacher, TeacherOutput
+from nnkd.teachers.checkpoint import load_checkpoint as read_checkpoint
 from nnkd.teachers.registry import create_teacher
+from nnkd.trainers.labeled import LABELED_FILE, choose_labeled_cases
 from nnkd.trainers.run_config import SCHEDULE_KEYS, RunConfig
 
 GRADIENT_CLIP = 12  # nnU-Net's value
@@ -61,6 +64,7 @@ class nnKDTrainer(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.save_every = 1  # checkpoint_latest.pth after every epoch (nnU-Net: 50), a kill loses at most one epoch
         self.teacher: Teacher | None = None
         self.teacher_cache: TeacherCache | None = None
         self.image_channels = determine_num_input_channels(self.plans_manager, self.configuration_manager,
@@ -123,6 +127,18 @@ class nnKDTrainer(nnUNetTrainer):
         self.print_to_log_file(f"Teacher: {entry['spec']} from its cache {cache.folder} "
                                f"(settings {cache.manifest['settings']}); the teacher itself is not loaded")
         return cache
+
+    def do_split(self):
+        """nnU-Net's split; with `labeled` in teacher.json only that many of the fold's training cases are
+        kept (a seeded choice, recorded in labeled_cases.json); the validation cases stay the same."""
+        training_cases, validation_cases = super().do_split()
+        labeled = self.run_config.labeled if self.run_config else None
+        if labeled is None:
+            return training_cases, validation_cases
+        chosen = choose_labeled_cases(training_cases, labeled, self.fold)
+        if self.local_rank == 0:
+            write_json_atomic(Path(self.output_folder) / LABELED_FILE, {"labeled": labeled, "cases": chosen})
+        return chosen, validation_cases
 
     def get_tr_and_val_datasets(self):
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
@@ -299,9 +315,11 @@ class nnKDTrainer(nnUNetTrainer):
         os.replace(tmp, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
+        """nnU-Net's loading, after reading the file with weights_only=True: a truncated file is one clear error,
+        and pickled code in it is refused before nnU-Net's own torch.load(weights_only=False) could run it."""
         checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
-            torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+            read_checkpoint(filename_or_checkpoint, map_location=self.device)
+        super().load_checkpoint(filename_or_checkpoint)
         state = checkpoint.get("nnkd") or {}
         if self.kd_helpers is not None:
             if state.get("helpers") is None:

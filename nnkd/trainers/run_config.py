@@ -22,6 +22,7 @@ class RunConfig:
     teacher: dict | None = None  # {"spec": ..., "checkpoint": ..., "sha256": ...}
     hyperparameters: dict = field(default_factory=dict)
     schedule: dict = field(default_factory=dict)
+    labeled: int | None = None  # keep only this many labelled training cases of the fold
 
     def save(self, fold_folder: Path) -> None:
         write_json_atomic(Path(fold_folder) / RUN_FILE, asdict(self))

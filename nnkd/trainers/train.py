@@ -28,6 +28,7 @@ class TrainRequest:
     teacher_plans: str = DEFAULT_TEACHER_PLANS
     teacher: str | None = None
     teacher_cache: bool = False
+    labeled: int | None = None
     hyperparameters: dict = field(default_factory=dict)
     num_epochs: int | None = None
     num_iterations_per_epoch: int | None = None
@@ -153,6 +154,9 @@ def train(request: TrainRequest) -> Path:
         if request.teacher and recorded and request.teacher != recorded:
             raise NnkdError(f"this run was started with teacher {recorded}, not {request.teacher}",
                             "drop --teacher when resuming, or start a new run")
+        if request.labeled is not None and request.labeled != existing.labeled:
+            raise NnkdError(f"this run was started with --labeled {existing.labeled}, not {request.labeled}",
+                            "drop --labeled when resuming, or start a new run")
         if request.teacher_cache and recorded and not existing.teacher.get("cache"):
             raise NnkdError("this run was started with the live teacher, not --teacher-cache",
                             "drop --teacher-cache when resuming, or start a new run")
@@ -173,8 +177,10 @@ def train(request: TrainRequest) -> Path:
         elif request.teacher:
             teacher = checked_teacher_record(request.teacher, cls, plans_file, request.configuration, fold)
         effective = {name: getattr(cls, name) for name in cls.hyperparameters} | given  # defaults on record too
+        if request.labeled is not None and request.labeled < 1:
+            raise NnkdError(f"--labeled {request.labeled} keeps no labelled case", "give --labeled 1 or more")
         RunConfig(method=cls.method, trainer=cls.__name__, teacher=teacher, hyperparameters=effective,
-                  schedule=schedule).save(folder)
+                  schedule=schedule, labeled=request.labeled).save(folder)
 
     device = resolve_device(request.device)
     use_nnkd_trainers()

@@ -1,0 +1,92 @@
+"""What a benchmark measures per model, the same way for the teacher and every student: nnU-Net's whole
+per-case prediction of the validation cases (preprocessing, sliding window, resampling back; no mirroring)
+timed in torch and in ONNX Runtime, and nnU-Net's own evaluation of those predictions."""
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nnkd.inference.onnx_export import OnnxNetwork, export_onnx
+from nnkd.inference.predict import make_predictor
+
+
+class TeacherLogits(nn.Module):
+    """A teacher as nnU-Net's predictor wants a network: patch in, logits out."""
+
+    def __init__(self, teacher):
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, x):
+        return self.teacher(x).logits
+
+
+def validation_images(raw_dataset: Path, cases: list[str], dataset_json: dict) -> list[tuple]:
+    """(case, image, properties) of the validation cases, read as nnU-Net reads them."""
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    channels = len(dataset_json["channel_names"])
+    ending = dataset_json["file_ending"]
+    reader = determine_reader_writer_from_dataset_json(dataset_json, None)()
+    return [(case, *reader.read_images([str(raw_dataset / "imagesTr" / f"{case}_{c:04d}{ending}")
+                                        for c in range(channels)])) for case in cases]
+
+
+def predict_and_time(predictor, images: list[tuple], output: Path | None, writer, ending: str,
+                     progress=None) -> float:
+    """Median seconds per case after one warm-up case; segmentations written to `output` if given."""
+    seconds = []
+    for i, (case, image, properties) in enumerate([images[0]] + images):
+        start = time.perf_counter()
+        segmentation = predictor.predict_single_npy_array(image, properties)
+        if i:
+            seconds.append(time.perf_counter() - start)
+            if output is not None:
+                writer.write_seg(segmentation, str(output / f"{case}{ending}"), properties)
+            if progress is not None:
+                progress.update()
+    return statistics.median(seconds)
+
+
+def measure_model(network: nn.Module, weights: dict, plans: dict, configuration: str, dataset_json: dict,
+                  images: list[tuple], output: Path, device: torch.device, onnx: bool, progress=None) -> dict:
+    """Torch latency with predictions saved to `output`, then ONNX Runtime latency (when `onnx`)."""
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    from nnkd.plans import num_input_channels
+
+    writer = determine_reader_writer_from_dataset_json(dataset_json, None)()
+    ending = dataset_json["file_ending"]
+    output.mkdir(parents=True, exist_ok=True)
+    predictor = make_predictor(plans, configuration, dataset_json, [weights], network, None, device,
+                               use_mirroring=False)
+    predictor.allow_tqdm = False
+    result = {"seconds_per_case_torch": predict_and_time(predictor, images, output, writer, ending, progress),
+              "seconds_per_case_onnx": None}
+    if onnx:
+        channels = num_input_channels(plans, configuration, dataset_json)
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_file = Path(tmp) / "model.onnx"
+            export_onnx(network.cpu().eval(), channels, plans["configurations"][configuration]["patch_size"],
+                        onnx_file)
+            predictor = make_predictor(plans, configuration, dataset_json, [{}], OnnxNetwork(onnx_file, channels),
+                                       None, torch.device("cpu"), use_mirroring=False)
+            predictor.allow_tqdm = False
+            result["seconds_per_case_onnx"] = predict_and_time(predictor, images, None, writer, ending, progress)
+    return result
+
+
+def evaluate(predictions: Path, raw_dataset: Path, dataset_json_file: Path, plans_file: Path) -> dict:
+    """nnU-Net's evaluation of a folder of predictions against labelsTr: mean foreground Dice and per class."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2
+
+    compute_metrics_on_folder2(str(raw_dataset / "labelsTr"), str(predictions), str(dataset_json_file),
+                               str(plans_file), str(predictions / "summary.json"), num_processes=1, chill=True)
+    summary = json.loads((predictions / "summary.json").read_text())
+    return {"dice": summary["foreground_mean"]["Dice"],
+            "dice_per_class": {str(k): v["Dice"] for k, v in summary["mean"].items()}}

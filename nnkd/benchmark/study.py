@@ -1,0 +1,233 @@
+"""One benchmark: plan every budget, train every method on it (and logit KD from a cached teacher), then
+measure the teacher and each student the same way on the fold's validation cases."""
+
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from nnkd.atomic import write_json_atomic
+from nnkd.benchmark.measure import TeacherLogits, evaluate, measure_model, validation_images
+from nnkd.benchmark.runs import Run, TRAINERS, check, train
+from nnkd.errors import NnkdError
+from nnkd.nnunet_env import find_dataset_name, require_env
+
+QUICK_DATASET = 999
+
+
+@dataclass
+class BenchmarkRequest:
+    output: Path
+    dataset: str | None = None
+    configuration: str = "3d_fullres"
+    teacher: str | None = None
+    methods: tuple[str, ...] = ("none", "logit", "feature", "cka", "drd")
+    budgets: tuple[str, ...] = ("tiny", "small")
+    fold: str = "0"
+    labeled: int | None = None
+    epochs: int = 100
+    iterations: int = 250
+    device: str = "cpu"
+    cached: bool = True
+    onnx: bool = True
+    quick: bool = False
+    num_processes: int = 2
+
+
+def _quick_setup(request: BenchmarkRequest, env: dict, output: Path) -> None:
+    """A minutes-long smoke run: a small synthetic dataset, a briefly trained nnU-Net teacher, 2 iterations."""
+    request.dataset = request.dataset or str(QUICK_DATASET)
+    request.epochs, request.iterations = 1, 2
+    if not any(Path(env["nnUNet_raw"]).glob(f"Dataset{int(request.dataset):03d}_*")):
+        check(["nnkd_make_synthetic", "-d", request.dataset, "--cases", 8, "--shape", 32, 32, 32], env,
+              output / "logs" / "make_synthetic.log")
+
+
+def _plan(request: BenchmarkRequest, env: dict, output: Path) -> dict[str, str]:
+    """Student plans per budget (planned and preprocessed once; nnkd skips what is done)."""
+    from nnkd.planners.budget import Budget
+    from nnkd.planners.student_planner import student_plans_identifier
+
+    plans = {}
+    for budget in request.budgets:
+        parsed = Budget.from_name(budget)
+        limits = ["--budget", budget] if parsed.preset else (
+            (["--max-params", parsed.max_params] if parsed.max_params else []) +
+            (["--max-gflops", parsed.max_gflops] if parsed.max_gflops else []))
+        check(["nnkd_plan_and_preprocess", "-d", request.dataset, "-c", request.configuration, *limits, "-np",
+               request.num_processes], env, output / "logs" / f"plan_{budget}.log")
+        plans[budget] = student_plans_identifier(parsed)
+    return plans
+
+
+def _quick_teacher(request: BenchmarkRequest, dataset_name: str, env: dict, output: Path) -> str:
+    results = output / "runs" / "teacher"
+    folder = results / dataset_name / f"nnKDTrainer_NoKD__nnUNetPlans__{request.configuration}"
+    if not (folder / f"fold_{request.fold}" / "checkpoint_final.pth").is_file():
+        check(["nnkd_train", dataset_name, request.configuration, request.fold, "-p", "nnUNetPlans", "--method",
+               "none", "--epochs", 1, "--iterations-per-epoch", 4, "--val-iterations-per-epoch", 1, "--device",
+               request.device], {**env, "nnUNet_results": str(results)}, output / "logs" / "teacher.log")
+    return f"nnunet:{folder}"
+
+
+def _runs(request: BenchmarkRequest, teacher_has_logits: bool) -> list[Run]:
+    unknown = [m for m in request.methods if m not in TRAINERS]
+    if unknown:
+        raise NnkdError(f"unknown method(s) {', '.join(unknown)}", f"use some of {', '.join(TRAINERS)}")
+    runs = []
+    for budget in request.budgets:
+        for method in request.methods:
+            if method == "logit" and not teacher_has_logits:
+                print(f"note: {request.teacher} has no logits for this dataset; logit KD is left out")
+                continue
+            runs.append(Run(budget, method))
+            if method == "logit" and request.cached:
+                runs.append(Run(budget, method, cached=True))
+    return runs
+
+
+def _validation_cases(preprocessed: Path, fold) -> list[str]:
+    splits = json.loads((preprocessed / "splits_final.json").read_text())
+    if fold == "all":
+        return sorted({c for s in splits for c in s["val"]})
+    return list(splits[int(fold)]["val"])
+
+
+def _teacher_measurements(teacher, request, dataset_name, plans_file, dataset_json, images, output, device,
+                          progress) -> dict:
+    """The teacher measured like a student when it predicts this dataset's labels; its size otherwise."""
+    from nnkd.planners.network_cost import count_gflops
+    from nnkd.teachers.nnunet import NnUNetTeacher
+
+    patch = json.loads(plans_file.read_text())["configurations"][request.configuration]["patch_size"]
+    try:
+        gflops = count_gflops(teacher, teacher.in_channels, patch)
+    except Exception:  # some scripted or foreign models hide their operations from FlopCounterMode
+        gflops = None
+    info = {"spec": request.teacher, "parameters": sum(p.numel() for p in teacher.parameters()),
+            "gflops_per_patch": gflops or None, "logits": teacher.has_logits}
+    if not teacher.has_logits or dict(teacher.labels) != dict(dataset_json["labels"]):
+        return info
+    folder = output / "predictions" / "teacher"
+    raw = Path(os.environ["nnUNet_raw"]) / dataset_name
+    if isinstance(teacher, NnUNetTeacher) and len(teacher.networks) == 1:
+        teacher_folder = Path(request.teacher.split(":", 1)[1].split("?")[0])
+        plans = json.loads((teacher_folder / "plans.json").read_text())
+        network = teacher.networks[0]
+        info |= measure_model(network, network.state_dict(), plans, teacher.configuration, dataset_json,
+                              images, folder, device, request.onnx, progress)
+        info |= evaluate(folder, raw, teacher_folder / "dataset.json", teacher_folder / "plans.json")
+    else:
+        network = TeacherLogits(teacher)
+        plans = json.loads(plans_file.read_text())
+        info |= measure_model(network, network.state_dict(), plans, request.configuration, dataset_json, images,
+                              folder, device, False, progress)
+        info |= evaluate(folder, raw, plans_file.parent / "dataset.json", plans_file)
+    return info
+
+
+def _student_measurements(record: dict, request, dataset_name, dataset_json, images, output, device,
+                          progress) -> dict:
+    from nnkd.plans import network_from_plans
+    from nnkd.teachers.checkpoint import load_checkpoint
+
+    folder = output / "predictions" / record["run"]
+    done = folder / "measure.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    fold_dir = Path(record["fold_folder"])
+    plans = json.loads((fold_dir.parent / "plans.json").read_text())
+    network = network_from_plans(plans, request.configuration, dataset_json)
+    weights = load_checkpoint(fold_dir / "checkpoint_final.pth")["network_weights"]
+    result = measure_model(network, weights, plans, request.configuration, dataset_json, images, folder, device,
+                           request.onnx, progress)
+    result |= evaluate(folder, Path(os.environ["nnUNet_raw"]) / dataset_name, fold_dir.parent / "dataset.json",
+                       fold_dir.parent / "plans.json")
+    student = plans["configurations"][request.configuration].get("nnkd_student", {})
+    result |= {"parameters": student.get("params"), "gflops_per_patch": student.get("gflops_per_patch")}
+    write_json_atomic(done, result)
+    return result
+
+
+def run_benchmark(request: BenchmarkRequest) -> dict:
+    """Plan, train, measure; write results.json, report.md and the plots to request.output."""
+    from nnkd.benchmark.report import write_report
+    from nnkd.devices import resolve_device
+    from nnkd.teachers.registry import create_teacher
+
+    output = Path(request.output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    paths = require_env("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+    env = {**os.environ, "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", str(request.num_processes))}
+    if request.quick:
+        _quick_setup(request, env, output)
+    if request.dataset is None:
+        raise NnkdError("no dataset given", "pass -d DATASET_ID (or --quick for the synthetic smoke run)")
+    dataset_name = find_dataset_name(request.dataset)
+    device = resolve_device(request.device)
+    request.device = device.type
+
+    steps = tqdm(total=3, desc="benchmark: plan, teacher, runs", unit="step")
+    plans = _plan(request, env, output)
+    steps.update()
+    if request.teacher is None:
+        if not request.quick:
+            raise NnkdError("no teacher given", "pass --teacher SPEC (nnkd_teachers lists the families)")
+        request.teacher = _quick_teacher(request, dataset_name, env, output)
+    fold = request.fold if request.fold == "all" else int(request.fold)
+    teacher = create_teacher(request.teacher, fold=fold, device=device)
+    preprocessed = paths["nnUNet_preprocessed"] / dataset_name
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    has_logits = teacher.has_logits and dict(teacher.labels) == dict(dataset_json["labels"])
+    runs = _runs(request, has_logits)
+    if any(r.cached for r in runs):
+        check(["nnkd_cache_teacher", "-d", dataset_name, "-c", request.configuration, "-f", request.fold,
+               "--teacher", request.teacher, "--device", request.device], env, output / "logs" / "cache.log")
+    steps.update()
+    records = []
+    for run in tqdm(runs, desc="training runs", unit="run"):
+        records.append(train(run, plans[run.budget], request, dataset_name, env, output))
+    steps.update()
+    steps.close()
+
+    cases = _validation_cases(preprocessed, request.fold)
+    images = validation_images(paths["nnUNet_raw"] / dataset_name, cases, dataset_json)
+    models = len(records) + 1
+    progress = tqdm(total=models * len(images) * (2 if request.onnx else 1), desc="validation cases predicted")
+    teacher_info = _teacher_measurements(teacher, request, dataset_name,
+                                         preprocessed / f"{plans[request.budgets[0]]}.json", dataset_json, images,
+                                         output, device, progress)
+    del teacher
+    for record in records:
+        record |= _student_measurements(record, request, dataset_name, dataset_json, images, output, device,
+                                        progress)
+    progress.close()
+
+    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                          f"{torch.get_num_threads()} torch threads, device {device.type}, torch {torch.__version__}",
+               "dataset": dataset_name, "configuration": request.configuration, "fold": request.fold,
+               "labeled": request.labeled, "validation_cases": cases,
+               "schedule": {"epochs": request.epochs, "iterations_per_epoch": request.iterations},
+               "teacher": teacher_info, "runs": derived_ratios(records, teacher_info)}
+    write_json_atomic(output / "results.json", results)
+    write_report(results, output)
+    return results
+
+
+def derived_ratios(records: list[dict], teacher: dict) -> list[dict]:
+    """Each run against the teacher and against the no-KD run of its budget."""
+    plain = {r["budget"]: r for r in records if r["method"] == "none"}
+    for r in records:
+        base = plain.get(r["budget"])
+        r["step_vs_none"] = r["seconds_per_iteration"] / base["seconds_per_iteration"] if base else None
+        r["dice_vs_none"] = r["dice"] - base["dice"] if base else None
+        r["dice_vs_teacher"] = r["dice"] - teacher["dice"] if "dice" in teacher else None
+        r["param_ratio"] = r["parameters"] / teacher["parameters"] if r.get("parameters") else None
+        for runtime in ("torch", "onnx"):
+            mine, theirs = r.get(f"seconds_per_case_{runtime}"), teacher.get(f"seconds_per_case_{runtime}")
+            r[f"speedup_{runtime}"] = theirs / mine if mine and theirs else None
+    return records

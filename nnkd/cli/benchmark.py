@@ -1,0 +1,51 @@
+"""nnkd_benchmark: train every method × budget, measure teacher and students side by side, and report."""
+
+from nnkd.cli._common import ArgumentParser, add_verbose, run
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="nnkd_benchmark",
+                       description="Plan each budget, train each method (and logit KD from a cached teacher), "
+                                   "predict the fold's validation cases with the teacher and every student, and "
+                                   "write results.json, report.md and plots. Finished runs are skipped on rerun.")
+    p.add_argument("-d", metavar="DATASET", help="dataset ID or name (default with --quick: a synthetic one)")
+    p.add_argument("-c", default="3d_fullres", metavar="CONFIGURATION")
+    p.add_argument("--teacher", metavar="SPEC", help="teacher spec (with --quick: a briefly trained nnU-Net)")
+    p.add_argument("--methods", default="none,logit,feature,cka,drd", help="comma-separated methods")
+    p.add_argument("--budgets", default="tiny,small", help="comma-separated budgets (tiny, small, medium, "
+                                                           "params200000, gflops5, …)")
+    p.add_argument("-f", default="0", metavar="FOLD")
+    p.add_argument("--labeled", type=int, metavar="N", help="keep N labelled training cases in every run")
+    p.add_argument("--epochs", type=int, default=100, help="epochs per run (default 100)")
+    p.add_argument("--iterations", type=int, default=250, help="training iterations per epoch (default 250)")
+    p.add_argument("--no-cache", action="store_true", help="skip the cached-teacher logit run")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime latency")
+    p.add_argument("--device", "-device", default="cpu", help="training device (latency is measured on it too)")
+    p.add_argument("-np", type=int, default=2, help="processes for preprocessing and data augmentation")
+    p.add_argument("--quick", action="store_true",
+                   help="minutes-long smoke run: a small synthetic dataset, 1 epoch × 2 iterations")
+    p.add_argument("-o", required=True, metavar="OUT", help="output folder (runs, predictions, report)")
+    add_verbose(p)
+    return p
+
+
+def _benchmark(args) -> None:
+    from pathlib import Path
+
+    from nnkd.benchmark.study import BenchmarkRequest, run_benchmark
+
+    split = lambda text: tuple(v for v in text.split(",") if v)  # noqa: E731
+    run_benchmark(BenchmarkRequest(
+        output=Path(args.o), dataset=args.d, configuration=args.c, teacher=args.teacher,
+        methods=split(args.methods), budgets=split(args.budgets), fold=args.f, labeled=args.labeled,
+        epochs=args.epochs, iterations=args.iterations, device=args.device, cached=not args.no_cache,
+        onnx=not args.no_onnx, quick=args.quick, num_processes=args.np))
+    print(f"nnkd: benchmark written to {Path(args.o) / 'report.md'} and results.json")
+
+
+def main(argv=None) -> None:
+    run(_benchmark, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,346 @@
+"""Reliability: one `nnkd: error: <what is wrong> — <what to do>` line for bad input in every console script,
+writes that a kill cannot leave half-done, a killed training that resumes, checkpoints that never run code, and
+an nnUNet_raw that no command writes.
+
+The rest of the error catalogue (docs/troubleshooting.md) is tested beside the feature it guards:
+test_errors.py (planning, nnUNet_* variables), test_training_errors.py (nnkd_train: methods, teachers, checkpoints,
+plans, resume), test_deploy.py (nnkd_predict, nnkd_export), test_synthetic.py, test_teacher_cache.py and the
+test_teachers*.py files (each teacher family's options and files)."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import BIN, PLANNED_ID, QUICK_TRAINING, run_cli, tree_digest
+from nnkd.teachers.checkpoint import load_checkpoint
+
+DATASET = "Dataset991_Synthetic"
+TRAIN = [str(PLANNED_ID), "3d_fullres", "0", "--budget", "tiny"]
+STUDENT = ["-d", str(PLANNED_ID), "-c", "3d_fullres", "--budget", "tiny", "-f", "0"]
+CACHE = ["-d", str(PLANNED_ID), "-c", "3d_fullres", "-f", "0", "--device", "cpu"]
+FAST = ["-device", "cpu", "-npp", "1", "-nps", "1"]
+
+
+def error_line(result) -> str:
+    """The run failed with exactly one `nnkd: error: <problem> — <remedy>` line, last on stderr, no traceback."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("nnkd: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-3000:]
+    assert " — " in errors[0], errors[0]  # what is wrong — what to do
+    return errors[0]
+
+
+def _images(env: dict) -> Path:
+    return Path(env["nnUNet_raw"]) / DATASET / "imagesTs"
+
+
+class _FeaturesOnly(nn.Module):
+    """A scripted 3D encoder without labelled outputs: a teacher with stage features but no logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv3d(1, 4, 3, stride=2, padding=1)
+        self.head = nn.Conv3d(4, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.stem(x))
+
+
+def _features_only_teacher(tmp: Path) -> str:
+    path = tmp / "encoder.pt"
+    torch.jit.save(torch.jit.script(_FeaturesOnly().eval()), str(path))
+    return f"torchscript:{path}?features=stem&probe=16"
+
+
+def _without(env: dict, name: str) -> dict:
+    return {k: v for k, v in env.items() if k != name}
+
+
+def _corrupt_run_record(env: dict, tmp: Path) -> dict:
+    results = tmp / "results"
+    fold = results / DATASET / "nnKDTrainer_NoKD__nnKDPlans_tiny__3d_fullres" / "fold_0"
+    fold.mkdir(parents=True)
+    (fold / "checkpoint_latest.pth").write_bytes(b"")
+    (fold / "teacher.json").write_text('{"method": "none", "trai')  # cut off mid-write by another tool
+    return {**env, "nnUNet_results": str(results)}
+
+
+# (command, arguments, environment change, fragment of the error line); "{t}" is the session teacher's spec,
+# "{tmp}" this test's folder, "{img}" the dataset's imagesTs, "{student}" the trained logit student's model folder.
+CATALOGUE = {
+    "train-3d-teacher-2d-configuration": (
+        "nnkd_train", [str(PLANNED_ID), "2d", "0", "--budget", "tiny", "--method", "logit", "--teacher", "{t}"],
+        None, "the teacher is 3D, configuration 2d is 2D"),
+    "train-results-unset": (
+        "nnkd_train", [*TRAIN, "--method", "none"], lambda env, tmp: _without(env, "nnUNet_results"),
+        "nnUNet_results is not set"),
+    "train-teacher-cache-without-cache": (
+        "nnkd_train", [*TRAIN, "--method", "logit", "--teacher", "{t}?fold=0", "--teacher-cache"], None,
+        "no teacher cache of"),
+    "train-teacher-cache-without-teacher": (
+        "nnkd_train", [*TRAIN, "--method", "logit", "--teacher-cache"], None, "--teacher-cache needs --teacher"),
+    "train-corrupt-run-record": (
+        "nnkd_train", [*TRAIN, "--method", "none", "--c"], _corrupt_run_record, "teacher.json is corrupt"),
+    "train-bad-epochs": ("nnkd_train", [*TRAIN, "--method", "none", "--epochs", "0"], None, "must be at least 1"),
+    "predict-results-unset": (
+        "nnkd_predict", ["-i", "{img}", "-o", "{tmp}/out", *STUDENT, "--method", "logit"],
+        lambda env, tmp: _without(env, "nnUNet_results"), "nnUNet_results is not set"),
+    "predict-output-is-a-file": (
+        "nnkd_predict", ["-i", "{img}", "-o", "{tmp}/file.txt", *STUDENT, "--method", "logit"], None,
+        "output folder {tmp}/file.txt is a file"),
+    "predict-missing-input-folder": (
+        "nnkd_predict", ["-i", "{tmp}/nowhere", "-o", "{tmp}/out", *STUDENT, "--method", "logit"], None,
+        "input folder {tmp}/nowhere not found"),
+    "predict-missing-onnx": (
+        "nnkd_predict", ["-i", "{img}", "-o", "{tmp}/out", *STUDENT, "--method", "logit", "--onnx",
+                         "{tmp}/student.onnx"], None, "ONNX file {tmp}/student.onnx not found"),
+    "predict-step-size": (
+        "nnkd_predict", ["-i", "{img}", "-o", "{tmp}/out", *STUDENT, "--method", "logit", "-step_size", "2"], None,
+        "-step_size 2.0 is out of range"),
+    "export-results-unset": (
+        "nnkd_export", [*STUDENT, "--method", "logit", "-o", "{tmp}/model"],
+        lambda env, tmp: _without(env, "nnUNet_results"), "nnUNet_results is not set"),
+    "export-unknown-dataset": (
+        "nnkd_export", ["-d", "555", "-c", "3d_fullres", "--budget", "tiny", "--method", "logit", "-o", "{tmp}/m"],
+        None, "dataset 555 not found"),
+    "export-missing-fold": (
+        "nnkd_export", [*STUDENT[:-2], "-f", "3", "--method", "logit", "-o", "{tmp}/model"], None,
+        "fold 3 of nnKDTrainer_Logit__nnKDPlans_tiny__3d_fullres has no checkpoint_final.pth"),
+    "export-into-the-student": (
+        "nnkd_export", [*STUDENT, "--method", "logit", "-o", "{student}", "--overwrite"], None,
+        "or holds the trained student's folder"),
+    "export-output-is-a-file": (
+        "nnkd_export", [*STUDENT, "--method", "logit", "-o", "{tmp}/file.txt"], None, "file.txt is a file"),
+    "teachers-describe-missing-file": (
+        "nnkd_teachers", ["describe", "torchscript:{tmp}/missing.pt"], None,
+        "TorchScript model {tmp}/missing.pt not found"),
+    "teachers-describe-missing-folder": (
+        "nnkd_teachers", ["describe", "nnunet:{tmp}/no_model"], None, "teacher folder {tmp}/no_model not found"),
+    "teachers-describe-without-spec": ("nnkd_teachers", ["describe"], None, "describe needs a teacher spec"),
+    "teachers-unknown-family": ("nnkd_teachers", ["describe", "vit:/x.pth"], None, "unknown teacher family 'vit'"),
+    "cache-unknown-dataset": ("nnkd_cache_teacher", ["-d", "555", *CACHE[2:], "--teacher", "{t}"], None,
+                              "dataset 555 not found"),
+    "cache-unknown-configuration": (
+        "nnkd_cache_teacher", [*CACHE[:2], "-c", "3d_lowres", *CACHE[4:], "--teacher", "{t}"], None,
+        "unknown configuration '3d_lowres'"),
+    "cache-preprocessed-unset": (
+        "nnkd_cache_teacher", [*CACHE, "--teacher", "{t}"], lambda env, tmp: _without(env, "nnUNet_preprocessed"),
+        "nnUNet_preprocessed is not set"),
+    "cache-teacher-without-logits": (
+        "nnkd_cache_teacher", [*CACHE, "--teacher", "{features_only}"], None, "needs teacher logits"),
+    "cache-bad-teacher-option": (
+        "nnkd_cache_teacher", [*CACHE, "--teacher", "{t}?fold=0&colour=red"], None,
+        "unknown option(s) colour for nnunet teacher"),
+    "cache-missing-fold": ("nnkd_cache_teacher", [*CACHE[:4], "-f", "7", *CACHE[6:], "--teacher", "{t}?fold=0"],
+                           None, "fold 7 is not in"),
+}
+
+
+@pytest.mark.parametrize("case", list(CATALOGUE))
+def test_bad_input_gives_one_error_line(case, trained, teacher, tmp_path):
+    command, args, edit_env, fragment = CATALOGUE[case]
+    env = teacher["env"]
+    (tmp_path / "file.txt").write_text("not a folder\n")
+    values = {"{t}": teacher["spec"], "{tmp}": str(tmp_path), "{img}": str(_images(env)),
+              "{student}": str(trained["logit"][0].parent)}
+    if "{features_only}" in str(args):
+        values["{features_only}"] = _features_only_teacher(tmp_path)
+
+    def fill(text: str) -> str:
+        for key, value in values.items():
+            text = text.replace(key, value)
+        return text
+
+    results_before = tree_digest(Path(env["nnUNet_results"]))
+    result = run_cli(command, *map(fill, args), env=edit_env(env, tmp_path) if edit_env else env, check=False)
+    assert fill(fragment) in error_line(result)
+    assert tree_digest(Path(env["nnUNet_results"])) == results_before  # a refused command writes nothing
+    assert not (tmp_path / "out").exists() and not (tmp_path / "model").exists()
+
+
+def test_verbose_adds_the_traceback_to_the_error_line(teacher):
+    result = run_cli("nnkd_train", *TRAIN, "--method", "distil", "--verbose", env=teacher["env"], check=False)
+    assert result.returncode != 0 and "Traceback" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("nnkd: error: unknown method 'distil'")
+
+
+# ------------------------------------------------------------------------------------- checkpoints never run code
+class _RunsCode:
+    """What a hostile checkpoint carries: unpickling it calls os.system (here: touch a marker file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def _plant_code(checkpoint: Path, marker: Path) -> None:
+    """Re-save a real checkpoint with pickled code beside its weights."""
+    state = load_checkpoint(checkpoint)
+    state["payload"] = _RunsCode(marker)
+    torch.save(state, checkpoint)
+
+
+def test_the_planted_code_runs_when_loaded_unsafely(teacher, tmp_path):
+    """The control: torch.load(weights_only=False) on such a file does run the code."""
+    checkpoint = tmp_path / "checkpoint.pth"
+    shutil.copy(teacher["folder"] / "fold_0" / "checkpoint_final.pth", checkpoint)
+    _plant_code(checkpoint, tmp_path / "control")
+    torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert (tmp_path / "control").exists()
+
+
+def _hostile_teacher(teacher: dict, tmp: Path, marker: Path) -> str:
+    copy = tmp / teacher["folder"].name
+    shutil.copytree(teacher["folder"], copy)
+    _plant_code(copy / "fold_0" / "checkpoint_final.pth", marker)
+    return f"nnunet:{copy}?fold=0"
+
+
+def _hostile_student(trained: dict, tmp: Path, marker: Path) -> Path:
+    """A private nnUNet_results holding a copy of the trained logit student whose fold 0 carries code."""
+    model = trained["logit"][0].parent
+    copy = tmp / "results" / DATASET / model.name
+    shutil.copytree(model, copy)
+    _plant_code(copy / "fold_0" / "checkpoint_final.pth", marker)
+    return tmp / "results"
+
+
+@pytest.mark.parametrize("command", ["nnkd_train", "nnkd_cache_teacher", "nnkd_teachers", "nnkd_predict",
+                                     "nnkd_export"])
+def test_a_checkpoint_carrying_code_is_refused_and_never_run(command, trained, teacher, tmp_path):
+    marker = tmp_path / "code_ran"
+    env = teacher["env"]
+    if command in ("nnkd_predict", "nnkd_export"):
+        env = {**env, "nnUNet_results": str(_hostile_student(trained, tmp_path, marker))}
+        args = {"nnkd_predict": ["-i", _images(env), "-o", tmp_path / "out", *STUDENT, "--method", "logit", *FAST],
+                "nnkd_export": [*STUDENT, "--method", "logit", "-o", tmp_path / "model"]}[command]
+    else:
+        spec = _hostile_teacher(teacher, tmp_path, marker)
+        args = {"nnkd_train": [*TRAIN, "--method", "logit", "--teacher", spec, *QUICK_TRAINING],
+                "nnkd_cache_teacher": [*CACHE, "--teacher", spec],
+                "nnkd_teachers": ["describe", spec]}[command]
+    result = run_cli(command, *args, env=env, check=False)
+    line = error_line(result)
+    assert "cannot load checkpoint" in line and "Unsupported global: GLOBAL posix.system" in line, line
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("damage", ["code", "truncated"])
+def test_resume_refuses_a_hostile_or_truncated_checkpoint(damage, trained, teacher, tmp_path):
+    model = trained["none"][0].parent
+    copy = tmp_path / "results" / DATASET / model.name
+    shutil.copytree(model, copy)
+    latest = copy / "fold_0" / "checkpoint_latest.pth"
+    os.rename(copy / "fold_0" / "checkpoint_final.pth", latest)  # as if killed before the last epoch ended
+    marker = tmp_path / "code_ran"
+    if damage == "code":
+        _plant_code(latest, marker)
+    else:
+        latest.write_bytes(latest.read_bytes()[:5000])
+    env = {**teacher["env"], "nnUNet_results": str(tmp_path / "results")}
+    result = run_cli("nnkd_train", *TRAIN, "--method", "none", "--c", "--device", "cpu", env=env, check=False)
+    assert not marker.exists()
+    assert "cannot load checkpoint" in error_line(result)
+
+
+# -------------------------------------------------------------------------- a kill during training, then --c
+def _epochs_started(log: str) -> list[int]:
+    return [int(n) for n in re.findall(r": Epoch (\d+) *$", log, flags=re.MULTILINE)]
+
+
+def test_a_training_killed_mid_epoch_resumes_from_its_last_epoch(teacher, tmp_path):
+    """SIGKILL in the middle of the second epoch (feature KD, so projectors and their optimizer state exist),
+    then --c: training goes on from checkpoint_latest.pth, written after every epoch, and ends complete."""
+    env = {**teacher["env"], "nnUNet_results": str(tmp_path / "results")}
+    epochs = 3
+    fold = tmp_path / "results" / DATASET / "nnKDTrainer_Feature__nnKDPlans_tiny__3d_fullres" / "fold_0"
+    start = [str(BIN / "nnkd_train"), *TRAIN, "--method", "feature", "--teacher", teacher["spec"], "--epochs",
+             str(epochs), "--iterations-per-epoch", "4", "--val-iterations-per-epoch", "1", "--device", "cpu"]
+    with open(tmp_path / "first_run.txt", "w") as output:
+        process = subprocess.Popen(start, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 150
+        while not (fold / "checkpoint_latest.pth").is_file() or 1 not in _epochs_started(
+                "".join(p.read_text() for p in fold.glob("training_log_*.txt"))):
+            assert process.poll() is None, (tmp_path / "first_run.txt").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(0.1)
+        time.sleep(0.5)  # into the next epoch's training iterations
+        assert process.poll() is None, "the run ended before it could be killed"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (fold / "checkpoint_final.pth").exists()
+    started = max(_epochs_started("".join(p.read_text() for p in fold.glob("training_log_*.txt"))))
+    saved = load_checkpoint(fold / "checkpoint_latest.pth")  # whole, never half-written
+    assert saved["current_epoch"] >= started  # at most the epoch that was running is lost
+    assert saved["nnkd"]["helpers"] is not None
+    record = (fold / "teacher.json").read_bytes()
+    logs_before = set(fold.glob("training_log_*.txt"))
+
+    result = run_cli("nnkd_train", *TRAIN, "--method", "feature", "--c", "--device", "cpu", env=env)
+    assert "validation Dice" in result.stdout
+    final = load_checkpoint(fold / "checkpoint_final.pth")
+    assert final["current_epoch"] == epochs and not (fold / "checkpoint_latest.pth").exists()
+    assert (fold / "teacher.json").read_bytes() == record
+    helpers = final["nnkd"]["helpers"]
+    assert helpers is not None and helpers.keys() == saved["nnkd"]["helpers"].keys()
+    assert len(final["optimizer_state"]["param_groups"]) == 2  # student + projectors, restored together
+    assert [len(v) for v in final["nnkd"]["kd_log"].values()] == [epochs, epochs]
+    resumed_log = "".join(p.read_text() for p in set(fold.glob("training_log_*.txt")) - logs_before)
+    assert _epochs_started(resumed_log) == list(range(saved["current_epoch"], epochs))
+
+
+# ----------------------------------------------------------------------------------------------- atomic writes
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    from nnkd import atomic
+
+    path = tmp_path / "plans.json"
+    atomic.write_json_atomic(path, {"version": 1})
+
+    def killed(*_):
+        raise KeyboardInterrupt  # stands in for a kill between writing the data and renaming it
+
+    monkeypatch.setattr(atomic.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_json_atomic(path, {"version": 2})
+    assert json.loads(path.read_text()) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["plans.json"]
+
+
+def test_a_replaced_folder_is_swapped_whole(tmp_path):
+    from nnkd.atomic import replace_folder
+
+    (tmp_path / "model" / "fold_0").mkdir(parents=True)
+    (tmp_path / "model" / "old.txt").write_text("old")
+    (tmp_path / ".model.tmp" / "fold_0").mkdir(parents=True)
+    (tmp_path / ".model.tmp" / "new.txt").write_text("new")
+    replace_folder(tmp_path / ".model.tmp", tmp_path / "model")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["fold_0", "new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+# ------------------------------------------------------------------------------------- nnUNet_raw is read-only
+def test_plan_train_predict_export_never_write_nnunet_raw(planned, trained, tmp_path):
+    """`planned` took the digest before planning; `trained` trained three students; predict and export here."""
+    env = {**planned["env"], "nnUNet_n_proc_DA": "0"}
+    run_cli("nnkd_predict", "-i", _images(env), "-o", tmp_path / "predictions", *STUDENT, "--method", "logit",
+            *FAST, env=env)
+    run_cli("nnkd_export", *STUDENT, "--method", "logit", "-o", tmp_path / "model", "--zip", env=env)
+    assert (tmp_path / "model.zip").is_file() and any((tmp_path / "predictions").glob("*.nii.gz"))
+    assert tree_digest(Path(env["nnUNet_raw"])) == planned["raw_before"]
