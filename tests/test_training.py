@@ -11,6 +11,11 @@ from nnkd.plans import network_from_plans
 from nnkd.teachers.checkpoint import sha256_of
 
 
+def training_log(fold_folder: Path) -> str:
+    """The run's training logs, joined (a refused --c leaves a log of its own beside the run's)."""
+    return "\n".join(p.read_text() for p in sorted(fold_folder.glob("training_log_*.txt")))
+
+
 def _student_network(fold_folder: Path):
     """The stock architecture from the run's own plans.json, as nnU-Net's predictor builds it."""
     plans = json.loads((fold_folder.parent / "plans.json").read_text())
@@ -27,7 +32,7 @@ def test_each_method_trains_through_nnunets_pipeline(trained, teacher, method, t
     dice = json.loads((folder / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"]
     assert 0 <= dice <= 1 and "validation Dice" in stdout
 
-    log = next(folder.glob("training_log_*.txt")).read_text()
+    log = training_log(folder)
     line = next(line for line in log.splitlines() if "distillation:" in line)
     assert "seg_loss" in line and (term is None or term in line)
 
@@ -93,7 +98,7 @@ def test_a_custom_method_from_the_docs_trains(teacher):
                      "--teacher", teacher["spec"], "--hp", "kd_weight=2", *QUICK_TRAINING, env=env)
     folder = Path(teacher["env"]["nnUNet_results"]) / "Dataset991_Synthetic" / \
         "nnKDTrainer_ProbMSE__nnKDPlans_tiny__3d_fullres" / "fold_0"
-    log = next(folder.glob("training_log_*.txt")).read_text()
+    log = training_log(folder)
     assert "kd_prob_mse" in log and "'kd_weight': 2.0" in log
     assert "validation Dice" in result.stdout
 
@@ -106,7 +111,7 @@ def test_cka_distils_a_teacher_of_another_task_without_projectors(teacher, tmp_p
                      "--teacher", spec, "--hp", "cka_max_rows=512", *QUICK_TRAINING, env=teacher["env"])
     folder = Path(teacher["env"]["nnUNet_results"]) / "Dataset991_Synthetic" / \
         "nnKDTrainer_CKA__nnKDPlans_tiny__3d_fullres" / "fold_0"
-    log = next(folder.glob("training_log_*.txt")).read_text()
+    log = training_log(folder)
     line = next(x for x in log.splitlines() if "distillation:" in x)
     cka_loss = float(line.split("kd_cka")[1].split(",")[0])
     assert 0 <= cka_loss <= 3  # three distilled stages, each 1 − CKA in [0, 1]
@@ -120,7 +125,7 @@ def test_drd_trains_and_its_export_holds_no_projector(teacher, tmp_path):
                      "--teacher", teacher["spec"], *QUICK_TRAINING, env=teacher["env"])
     folder = Path(teacher["env"]["nnUNet_results"]) / "Dataset991_Synthetic" / \
         "nnKDTrainer_DRD__nnKDPlans_tiny__3d_fullres" / "fold_0"
-    line = next(x for x in next(folder.glob("training_log_*.txt")).read_text().splitlines() if "distillation:" in x)
+    line = next(x for x in training_log(folder).splitlines() if "distillation:" in x)
     assert all(term in line for term in ("kd_cka", "kd_hybrid_seg", "kd_hybrid_kl"))
     assert "validation Dice" in result.stdout
     checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
