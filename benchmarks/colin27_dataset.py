@@ -65,9 +65,8 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 from tqdm import tqdm
 
-from nnkd.atomic import replace_folder
+from nnkd.datasets.raw import staged_raw_dataset
 from nnkd.errors import NnkdError
-from nnkd.nnunet_env import datasets_with_id
 
 PACKAGE = "mricron-data"
 HEAD, BRAIN = "ch2.nii.gz", "ch2bet.nii.gz"
@@ -381,18 +380,7 @@ def dataset_json(args, record: dict, n_test: int) -> dict:
 def write_dataset(args, src: Colin27, raw_root: Path, record: dict) -> Path:
     folder = f"Dataset{args.dataset_id:03d}_{NAME}"
     target = raw_root / folder
-    others = [n for n in datasets_with_id(raw_root, args.dataset_id) if n != folder]
-    if others:
-        raise NnkdError(f"dataset ID {args.dataset_id:03d} is already used by {others[0]}",
-                        "pick another -d or remove that dataset")
-    if target.exists() and not args.overwrite:
-        raise NnkdError(f"{target} already exists", "pass --overwrite to replace it")
-    raw_root.mkdir(parents=True, exist_ok=True)
-    staging = raw_root / f".{folder}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-            (staging / sub).mkdir(parents=True)
+    with staged_raw_dataset(raw_root, args.dataset_id, folder, args.overwrite) as staging:
         jobs = [("Tr", i) for i in range(args.cases)] + [("Ts", i) for i in range(args.test_cases)]
         cases = {}
         for split, i in tqdm(jobs, desc=f"Writing {folder}", unit="case"):
@@ -405,9 +393,6 @@ def write_dataset(args, src: Colin27, raw_root: Path, record: dict) -> Path:
         (staging / "dataset.json").write_text(json.dumps(dataset_json(args, record, args.test_cases), indent=4)
                                               + "\n")
         (staging / "colin27_cases.json").write_text(json.dumps(cases, indent=1) + "\n")
-        replace_folder(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

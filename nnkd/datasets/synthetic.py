@@ -8,8 +8,6 @@ grid, so nnU-Net plans it like a real scan.
 """
 
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +17,8 @@ from scipy.ndimage import distance_transform_edt, gaussian_filter
 from tqdm import tqdm
 
 from nnkd import __version__
-from nnkd.atomic import replace_folder
+from nnkd.datasets.raw import staged_raw_dataset
 from nnkd.errors import NnkdError
-from nnkd.nnunet_env import datasets_with_id
 
 LABELS = {"background": 0, "organ": 1, "lesion": 2, "vessel": 3}
 NEIGHBOUR = 4  # tissue index of the unlabelled touching structure
@@ -200,21 +197,8 @@ def dataset_json(spec: SyntheticSpec) -> dict:
 
 def write_synthetic_dataset(spec: SyntheticSpec, raw_root: Path, overwrite: bool = False) -> Path:
     """Write the dataset to raw_root/DatasetXXX_Name; the folder appears complete or not at all."""
-    raw_root = Path(raw_root)
-    target = raw_root / spec.folder_name
-    others = [n for n in datasets_with_id(raw_root, spec.dataset_id) if n != spec.folder_name]
-    if others:
-        raise NnkdError(f"dataset ID {spec.dataset_id:03d} is already used by {others[0]}",
-                        "pick another -d or remove that dataset")
-    if target.exists() and not overwrite:
-        raise NnkdError(f"{target} already exists", "pass --overwrite to replace it")
-
-    raw_root.mkdir(parents=True, exist_ok=True)
-    staging = raw_root / f".{spec.folder_name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-            (staging / sub).mkdir(parents=True)
+    target = Path(raw_root) / spec.folder_name
+    with staged_raw_dataset(raw_root, spec.dataset_id, spec.folder_name, overwrite) as staging:
         jobs = [("Tr", i) for i in range(spec.cases)] + [("Ts", i) for i in range(spec.n_test_cases)]
         for split, i in tqdm(jobs, desc=f"Writing {spec.folder_name}", unit="case"):
             rng = np.random.default_rng([spec.seed, 0 if split == "Tr" else 1, i])
@@ -224,8 +208,4 @@ def write_synthetic_dataset(spec: SyntheticSpec, raw_root: Path, overwrite: bool
                 _write_nifti(image, spec.spacing, staging / f"images{split}" / f"{case}_{c:04d}.nii.gz")
             _write_nifti(label, spec.spacing, staging / f"labels{split}" / f"{case}.nii.gz")
         (staging / "dataset.json").write_text(json.dumps(dataset_json(spec), indent=4) + "\n")
-
-        replace_folder(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
