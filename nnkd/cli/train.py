@@ -3,7 +3,7 @@
 from nnkd.cli._common import ArgumentParser, add_verbose, run
 from nnkd.errors import NnkdError
 
-METHOD_NAMES = ("none", "logit", "feature", "cka", "drd")
+METHOD_NAMES = ("none", "logit", "feature", "cka", "drd", "multiteacher")
 
 
 def build_parser() -> ArgumentParser:
@@ -21,9 +21,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--method", default=None, help=f"distillation method: {', '.join(METHOD_NAMES)}")
     p.add_argument("-tr", dest="trainer", default=None,
                    help="an nnKDTrainer subclass by class name (found via nnUNet_extTrainer), instead of --method")
-    p.add_argument("--teacher", default=None, metavar="SPEC",
-                   help="teacher spec, e.g. nnunet:$nnUNet_results/Dataset990_Synthetic/"
-                        "nnUNetTrainer__nnUNetPlans__3d_fullres[?fold=all&checkpoint=checkpoint_best.pth], "
+    p.add_argument("--teacher", action="append", default=[], metavar="SPEC",
+                   help="teacher spec (repeat it for --method multiteacher), e.g. "
+                        "nnunet:$nnUNet_results/Dataset990_Synthetic/nnUNetTrainer__nnUNetPlans__3d_fullres"
+                        "[?fold=all&checkpoint=checkpoint_best.pth], "
                         "deepbet, sam:/ckpt/sam_vit_b_01ec64.pth?slices=8 (families: nnkd_teachers; "
                         "see docs/teachers.md)")
     p.add_argument("--teacher-cache", action="store_true",
@@ -68,7 +69,7 @@ def _train(args) -> None:
     train(TrainRequest(
         dataset=args.dataset, configuration=args.configuration, fold=args.fold, method=args.method,
         trainer=args.trainer, budget=args.budget, plans=args.plans, teacher_plans=args.teacher_plans,
-        teacher=args.teacher, teacher_cache=args.teacher_cache, labeled=args.labeled,
+        teachers=tuple(args.teacher), teacher_cache=args.teacher_cache, labeled=args.labeled,
         hyperparameters=_hyperparameters(args.hp),
         num_epochs=args.epochs, num_iterations_per_epoch=args.iterations_per_epoch,
         num_val_iterations_per_epoch=args.val_iterations_per_epoch, device=args.device,

@@ -1,13 +1,20 @@
 """The distillation methods: one thin nnKDTrainer subclass each, mechanics in nnkd.distill."""
 
 import torch
-from torch import nn
+import torch.distributed as dist
+from torch import autocast, nn
+
+from nnunetv2.utilities.helpers import dummy_context
 
 from nnkd.distill.cka import cka_per_stage
-from nnkd.distill.feature import FeatureProjectors, feature_distance, resize_to
+from nnkd.distill.feature import FeatureProjectors, feature_distance, pair_stages_by_resolution, resize_to
 from nnkd.distill.logits import kd_kl_loss
+from nnkd.distill.multi_teacher import (BALANCE_MODES, STANDARDIZATIONS, FeatureStandardizer, LossBalancer,
+                                        TeacherAdaptor, adaptor_loss)
 from nnkd.distill.reprogramming import Reprogramming, hybrid_outputs, linear_decay
 from nnkd.errors import NnkdError
+from nnkd.teachers.base import TeacherOutput
+from nnkd.teachers.registry import TeacherSpec
 from nnkd.trainers.nnkd_trainer import KDStep, nnKDTrainer
 
 
@@ -133,5 +140,131 @@ class nnKDTrainer_DRD(nnKDTrainer_CKA):
         return terms
 
 
+class nnKDTrainer_MultiTeacher(nnKDTrainer):
+    """Several teachers at once (any mix of families, 2D and 3D). Per teacher k: a stage of its features
+    (default its last, the embedding), standardised with statistics of the first batches; an adaptor MLP on
+    the student stage of closest resolution, resized to that teacher's grid; L_k = cosine distance +
+    smooth-L1, plus logit KD when the teacher has logits for the dataset's labels. The L_k are combined by
+    fixed, uncertainty or learned weights (nnkd.distill.multi_teacher.LossBalancer)."""
+
+    method = "multiteacher"
+    needs_student_features = True
+    takes_several_teachers = True
+    balance = "fixed"  # fixed | uncertainty | learned
+    teacher_weights: tuple[float, ...] | None = None  # balance=fixed: one weight per teacher; None = 1 each
+    balance_temperature = 1.0  # balance=learned: τ of the entropy term
+    standardization = "phi-s"  # phi-s | channel | none
+    standardization_batches = 4  # batches whose teacher features give the statistics
+    teacher_stages: tuple[int, ...] | None = None  # one feature stage per teacher (negative from the end); None = last
+    cosine_weight = 1.0
+    smooth_l1_weight = 1.0
+    kd_temperature = 3.0  # logit KD, for teachers with logits of the dataset's labels
+    logit_weight = 1.0
+    hyperparameters = ("balance", "teacher_weights", "balance_temperature", "standardization",
+                       "standardization_batches", "teacher_stages", "cosine_weight", "smooth_l1_weight",
+                       "kd_temperature", "logit_weight")
+
+    def setup_teachers(self) -> None:
+        entries = (self.run_config.teachers if self.run_config else None) or []
+        if not entries:
+            raise NnkdError(f"{type(self).__name__} needs teachers but {self.output_folder}/teacher.json lists none",
+                            "start the run with nnkd_train --method multiteacher --teacher SPEC_A --teacher SPEC_B")
+        self.teachers = []
+        for entry in entries:
+            teacher = self.build_teacher(entry)
+            self.check_teacher(teacher)
+            self.teachers.append(teacher)
+        self.teacher_names = [f"t{i}_{TeacherSpec.parse(t.spec).family}" for i, t in enumerate(self.teachers)]
+        self.logit_teachers = [t.has_logits and dict(t.labels) == dict(self.dataset_json["labels"])
+                               for t in self.teachers]
+        for name, teacher, logits in zip(self.teacher_names, self.teachers, self.logit_teachers):
+            if teacher.has_logits and not logits:
+                self.print_to_log_file(f"multiteacher: {name} has logits for other labels; only its features are used")
+
+    def build_kd_helpers(self) -> nn.Module:
+        if self.balance not in BALANCE_MODES:
+            raise NnkdError(f"balance '{self.balance}' is unknown", f"use one of {', '.join(BALANCE_MODES)}")
+        if self.standardization not in STANDARDIZATIONS:
+            raise NnkdError(f"standardization '{self.standardization}' is unknown",
+                            f"use one of {', '.join(STANDARDIZATIONS)}")
+        count = len(self.teachers)
+        stages = [-1] * count if self.teacher_stages is None else [int(s) for s in self.teacher_stages]
+        if self.teacher_weights is not None and len(self.teacher_weights) != count:
+            raise NnkdError(f"teacher_weights has {len(self.teacher_weights)} value(s) for {count} teacher(s)",
+                            "give one weight per --teacher, in the same order")
+        if len(stages) != count:
+            raise NnkdError(f"teacher_stages has {len(stages)} value(s) for {count} teacher(s)",
+                            "give one stage index per --teacher, in the same order")
+        channels, strides = self.student_stage_layout()
+        self.chosen_teacher_stages, self.student_stages = [], []
+        standardizers, adaptors = [], []
+        for name, teacher, stage in zip(self.teacher_names, self.teachers, stages):
+            if not -len(teacher.feature_channels) <= stage < len(teacher.feature_channels):
+                raise NnkdError(f"teacher_stages: {name} has {len(teacher.feature_channels)} stage(s), not {stage}",
+                                "nnkd_teachers describe SPEC lists a teacher's stages")
+            stage %= len(teacher.feature_channels)
+            student_stage = pair_stages_by_resolution([teacher.feature_strides[stage]], strides)[0]
+            standardizer = FeatureStandardizer(teacher.feature_channels[stage], self.standardization)
+            standardizers.append(standardizer)
+            adaptors.append(TeacherAdaptor(channels[student_stage], standardizer.out_channels,
+                                           len(self.configuration_manager.patch_size)))
+            self.chosen_teacher_stages.append(stage)
+            self.student_stages.append(student_stage)
+            self.print_to_log_file(f"multiteacher: {name} ({teacher.spec}) stage {stage} "
+                                   f"({teacher.feature_channels[stage]} channels) ← student stage {student_stage} "
+                                   f"through an adaptor to {standardizer.out_channels} standardised channels"
+                                   f"{', plus logit KD' if self.teacher_has_logits(name) else ''}")
+        helpers = nn.Module()
+        helpers.standardizers = nn.ModuleList(standardizers)
+        helpers.adaptors = nn.ModuleList(adaptors)
+        helpers.balancer = LossBalancer(count, self.balance, self.teacher_weights, self.balance_temperature)
+        return helpers
+
+    def teacher_has_logits(self, name: str) -> bool:
+        return self.logit_teachers[self.teacher_names.index(name)]
+
+    def teach(self, data: torch.Tensor) -> list[TeacherOutput]:
+        """Every teacher in turn under no_grad, so only one teacher's activations are alive at a time."""
+        with torch.no_grad():
+            return [teacher(data) for teacher in self.teachers]
+
+    def on_train_start(self):
+        super().on_train_start()
+        standardizers = list(self.kd_helpers.standardizers)
+        if all(s.is_fitted for s in standardizers):
+            return  # statistics from the checkpoint (--c) or standardization "none"
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            for _ in range(self.standardization_batches):
+                outputs = self.teach(next(self.dataloader_train)["data"].to(self.device, non_blocking=True))
+                for standardizer, output, stage in zip(standardizers, outputs, self.chosen_teacher_stages):
+                    standardizer.accumulate(output.features[stage])
+        for name, standardizer in zip(self.teacher_names, standardizers):
+            if self.is_ddp:
+                for tensor in standardizer.accumulators():
+                    dist.all_reduce(tensor)
+            standardizer.fit()
+            self.print_to_log_file(f"multiteacher: {name} feature statistics ({self.standardization}) from "
+                                   f"{self.standardization_batches} batch(es), {int(standardizer.rows.item())} "
+                                   "positions")
+
+    def distillation_terms(self, step: KDStep) -> dict[str, torch.Tensor]:
+        helpers = self.kd_helpers
+        losses = []
+        for k, (name, output) in enumerate(zip(self.teacher_names, step.teacher)):
+            target = helpers.standardizers[k](output.features[self.chosen_teacher_stages[k]])
+            predicted = resize_to(helpers.adaptors[k](step.student_features[self.student_stages[k]]),
+                                  target.shape[2:])
+            loss = adaptor_loss(predicted, target, self.cosine_weight, self.smooth_l1_weight)
+            if self.logit_teachers[k]:
+                loss = loss + self.logit_weight * kd_kl_loss(step.student_logits, output.logits, self.kd_temperature,
+                                                              regions=self.label_manager.has_regions)
+            losses.append(loss)
+            step.log[f"kd_{name}"] = loss.detach()
+        weights = helpers.balancer.weights().detach()
+        for name, weight in zip(self.teacher_names, weights):
+            step.log[f"weight_{name}"] = weight
+        return {"teachers": helpers.balancer(torch.stack(losses))}
+
+
 METHODS = {cls.method: cls for cls in (nnKDTrainer_NoKD, nnKDTrainer_Logit, nnKDTrainer_Feature, nnKDTrainer_CKA,
-                                       nnKDTrainer_DRD)}
+                                       nnKDTrainer_DRD, nnKDTrainer_MultiTeacher)}

@@ -7,7 +7,7 @@ checkpoint's `nnkd` key.
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,8 @@ class KDStep:
     target: torch.Tensor | list[torch.Tensor]
     outputs: torch.Tensor | list[torch.Tensor]  # student output, a list under deep supervision
     student_features: list[torch.Tensor] | None  # encoder stages, when the method asks for them
-    teacher: TeacherOutput | None
+    teacher: TeacherOutput | list[TeacherOutput] | None  # what `teach` returned (a list with several teachers)
+    log: dict[str, torch.Tensor] = field(default_factory=dict)  # reported each epoch, not added to the loss
 
     @property
     def student_logits(self) -> torch.Tensor:
@@ -59,6 +60,7 @@ class nnKDTrainer(nnUNetTrainer):
     needs_teacher_logits = False
     needs_teacher_features = True  # False: only teacher logits are read, so a teacher cache can serve them
     needs_student_features = False
+    takes_several_teachers = False  # True: teacher.json lists every --teacher under "teachers"
     hyperparameters: tuple[str, ...] = ()  # attribute names a run may set through teacher.json / --hp
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -85,8 +87,7 @@ class nnKDTrainer(nnUNetTrainer):
             if (self.run_config.teacher or {}).get("cache") if self.run_config else False:
                 self.teacher_cache = self.open_teacher_cache()
             else:
-                self.teacher = self.build_teacher()
-                self.check_teacher(self.teacher)
+                self.setup_teachers()
         if not self.was_initialized:
             helpers = self.build_kd_helpers()
             self.kd_helpers = helpers.to(self.device) if helpers is not None else None
@@ -97,8 +98,13 @@ class nnKDTrainer(nnUNetTrainer):
         self.print_to_log_file(f"nnkd method: {self.method}; hyper-parameters: "
                                f"{ {k: getattr(self, k) for k in self.hyperparameters} }")
 
-    def build_teacher(self) -> Teacher:
-        teacher_entry = (self.run_config.teacher if self.run_config else None) or {}
+    def setup_teachers(self) -> None:
+        """Build the live teacher(s) of the run and check they fit; `teach` runs them."""
+        self.teacher = self.build_teacher((self.run_config.teacher if self.run_config else None) or {})
+        self.check_teacher(self.teacher)
+
+    def build_teacher(self, teacher_entry: dict) -> Teacher:
+        """The teacher of one teacher.json entry, its checkpoint checked against the recorded sha256."""
         if not teacher_entry.get("spec"):
             raise NnkdError(f"{type(self).__name__} needs a teacher but {self.output_folder}/teacher.json names none",
                             "start the run with nnkd_train --teacher SPEC")
@@ -203,6 +209,13 @@ class nnKDTrainer(nnUNetTrainer):
         skips = network.encoder(data)
         return skips, network.decoder(skips)
 
+    def teach(self, data: torch.Tensor) -> TeacherOutput | list[TeacherOutput] | None:
+        """The live teacher's output for the batch, without gradients (None when it comes from a cache)."""
+        if self.teacher is None:
+            return None
+        with torch.no_grad():
+            return self.teacher(data)
+
     def distillation_terms(self, step: KDStep) -> dict[str, torch.Tensor]:
         """Weighted loss terms added to nnU-Net's segmentation loss, by name (shown in the log)."""
         return {}
@@ -241,11 +254,8 @@ class nnKDTrainer(nnUNetTrainer):
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             features, outputs = self.student_forward(data)
             seg_loss = self.loss(outputs, target)
-            teacher_output = cached
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_output = self.teacher(data)
-            terms = self.distillation_terms(KDStep(data, target, outputs, features, teacher_output))
+            step = KDStep(data, target, outputs, features, cached if cached is not None else self.teach(data))
+            terms = self.distillation_terms(step)
             total = seg_loss + sum(terms.values()) if terms else seg_loss
 
         params = self.trainable_parameters()
@@ -263,12 +273,13 @@ class nnKDTrainer(nnUNetTrainer):
             self.optimizer.step()
         result = {"loss": total.detach().cpu().numpy(), "seg_loss": seg_loss.detach().cpu().numpy()}
         result.update({f"kd_{name}": value.detach().cpu().numpy() for name, value in terms.items()})
+        result.update({name: value.detach().float().cpu().numpy() for name, value in step.log.items()})
         return result
 
     # ------------------------------------------------------- logging, plots
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end(train_outputs)
-        names = [k for k in train_outputs[0] if k == "seg_loss" or k.startswith("kd_")]
+        names = [k for k in train_outputs[0] if k == "seg_loss" or k.startswith(("kd_", "weight_"))]
         means = torch.tensor([float(np.mean([o[k] for o in train_outputs])) for k in names], dtype=torch.float64)
         if self.is_ddp:
             means = means.to(self.device)
@@ -394,11 +405,16 @@ def plot_kd_terms(kd_log: dict[str, list[float]], path: Path, method: str) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, values in kd_log.items():
-        ax.plot(range(len(values)), values, marker="o" if len(values) < 30 else None, label=name)
-    ax.set(xlabel="epoch", ylabel="loss term (weighted)", title=f"nnkd {method}: training loss terms")
-    ax.legend()
+    weights = {n: v for n, v in kd_log.items() if n.startswith("weight_")}
+    fig, axes = plt.subplots(2 if weights else 1, 1, figsize=(8, 7.5 if weights else 4.5), squeeze=False)
+    panels = [({n: v for n, v in kd_log.items() if n not in weights}, "loss term", "training loss terms")]
+    if weights:
+        panels.append((weights, "weight", "teacher loss weights"))
+    for ax, (series, ylabel, title) in zip(axes[:, 0], panels):
+        for name, values in series.items():
+            ax.plot(range(len(values)), values, marker="o" if len(values) < 30 else None, label=name)
+        ax.set(xlabel="epoch", ylabel=ylabel, title=f"nnkd {method}: {title}")
+        ax.legend()
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=80)

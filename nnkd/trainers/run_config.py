@@ -20,6 +20,7 @@ class RunConfig:
     method: str
     trainer: str
     teacher: dict | None = None  # {"spec": ..., "checkpoint": ..., "sha256": ...}
+    teachers: list[dict] | None = None  # several such entries, for methods that distil several teachers
     hyperparameters: dict = field(default_factory=dict)
     schedule: dict = field(default_factory=dict)
     labeled: int | None = None  # keep only this many labelled training cases of the fold

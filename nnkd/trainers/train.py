@@ -26,7 +26,7 @@ class TrainRequest:
     budget: str | None = None
     plans: str | None = None
     teacher_plans: str = DEFAULT_TEACHER_PLANS
-    teacher: str | None = None
+    teachers: tuple[str, ...] = ()  # teacher specs; methods other than multiteacher take one
     teacher_cache: bool = False
     labeled: int | None = None
     hyperparameters: dict = field(default_factory=dict)
@@ -141,6 +141,13 @@ def train(request: TrainRequest) -> Path:
     schedule = {k: getattr(request, k) for k in ("num_epochs", "num_iterations_per_epoch",
                                                     "num_val_iterations_per_epoch") if getattr(request, k)}
 
+    if len(request.teachers) > 1 and not cls.takes_several_teachers:
+        raise NnkdError(f"method {cls.method} distils one teacher, {len(request.teachers)} --teacher were given",
+                        "give one --teacher, or use --method multiteacher for several")
+    if request.teacher_cache and len(request.teachers) > 1:
+        raise NnkdError("--teacher-cache serves one teacher's predictions, several --teacher were given",
+                        "give one --teacher with --teacher-cache")
+    spec = request.teachers[0] if request.teachers else None
     existing = RunConfig.load(folder)
     if request.continue_training or request.validation_only:
         wanted = CHECKPOINTS if request.continue_training else CHECKPOINTS[:1]
@@ -150,9 +157,9 @@ def train(request: TrainRequest) -> Path:
                             else "finish the training first")
         if existing is None:
             existing = RunConfig(method=cls.method, trainer=cls.__name__)
-        recorded = (existing.teacher or {}).get("spec")
-        if request.teacher and recorded and request.teacher != recorded:
-            raise NnkdError(f"this run was started with teacher {recorded}, not {request.teacher}",
+        recorded = [e["spec"] for e in existing.teachers or ([existing.teacher] if existing.teacher else [])]
+        if request.teachers and recorded and list(request.teachers) != recorded:
+            raise NnkdError(f"this run was started with teacher {' '.join(recorded)}, not {' '.join(request.teachers)}",
                             "drop --teacher when resuming, or start a new run")
         if request.labeled is not None and request.labeled != existing.labeled:
             raise NnkdError(f"this run was started with --labeled {existing.labeled}, not {request.labeled}",
@@ -164,23 +171,26 @@ def train(request: TrainRequest) -> Path:
         existing.hyperparameters.update(given)
         existing.save(folder)
     else:
-        if request.teacher_cache and not request.teacher:
+        if request.teacher_cache and not spec:
             raise NnkdError("--teacher-cache needs --teacher SPEC, the spec the cache was made for",
                             "pass the same --teacher as to nnkd_cache_teacher")
-        if cls.needs_teacher and not request.teacher:
+        if cls.needs_teacher and not spec:
             raise NnkdError(f"method {cls.method} needs a teacher", "pass --teacher nnunet:MODEL_FOLDER")
-        teacher = None
-        if request.teacher and not cls.needs_teacher:
+        teacher, teachers = None, None
+        if spec and not cls.needs_teacher:
             print(f"note: method {cls.method} trains without a teacher; --teacher is ignored")
-        elif request.teacher and request.teacher_cache:
-            teacher = cached_teacher_record(request.teacher, cls, plans_file, request.configuration, fold)
-        elif request.teacher:
-            teacher = checked_teacher_record(request.teacher, cls, plans_file, request.configuration, fold)
+        elif request.teacher_cache:
+            teacher = cached_teacher_record(spec, cls, plans_file, request.configuration, fold)
+        elif cls.takes_several_teachers:
+            teachers = [checked_teacher_record(s, cls, plans_file, request.configuration, fold)
+                        for s in request.teachers]
+        elif spec:
+            teacher = checked_teacher_record(spec, cls, plans_file, request.configuration, fold)
         effective = {name: getattr(cls, name) for name in cls.hyperparameters} | given  # defaults on record too
         if request.labeled is not None and request.labeled < 1:
             raise NnkdError(f"--labeled {request.labeled} keeps no labelled case", "give --labeled 1 or more")
-        RunConfig(method=cls.method, trainer=cls.__name__, teacher=teacher, hyperparameters=effective,
-                  schedule=schedule, labeled=request.labeled).save(folder)
+        RunConfig(method=cls.method, trainer=cls.__name__, teacher=teacher, teachers=teachers,
+                  hyperparameters=effective, schedule=schedule, labeled=request.labeled).save(folder)
 
     device = resolve_device(request.device)
     use_nnkd_trainers()
