@@ -33,6 +33,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--labeled", type=int, default=None, metavar="N",
                    help="keep only N labelled training cases of the fold (a seeded choice, written to "
                         "labeled_cases.json); validation cases are unchanged")
+    p.add_argument("--unlabeled", default=None, metavar="DIR",
+                   help="tskd: NIfTI images without labels (named like imagesTr) for the transfer set; preprocessed "
+                        "with the dataset's plans into nnkd's own folder")
+    p.add_argument("--synthetic", default=None, metavar="DIR",
+                   help="tskd: a transfer-set folder of synthetic cases (nnkd_synthesize)")
     p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
                    help="set a method hyper-parameter, e.g. --hp kd_temperature=4 (repeatable)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (nnU-Net default 1000)")
@@ -70,6 +75,7 @@ def _train(args) -> None:
         dataset=args.dataset, configuration=args.configuration, fold=args.fold, method=args.method,
         trainer=args.trainer, budget=args.budget, plans=args.plans, teacher_plans=args.teacher_plans,
         teachers=tuple(args.teacher), teacher_cache=args.teacher_cache, labeled=args.labeled,
+        unlabeled=args.unlabeled, synthetic=args.synthetic,
         hyperparameters=_hyperparameters(args.hp),
         num_epochs=args.epochs, num_iterations_per_epoch=args.iterations_per_epoch,
         num_val_iterations_per_epoch=args.val_iterations_per_epoch, device=args.device,

@@ -31,6 +31,7 @@ class Teacher(nn.Module, ABC):
     feature_strides: list[tuple[int, ...]]
     labels: dict | None = None
     plans_configuration: dict | None = None
+    lora_targets: tuple[str, ...] = ()  # module-name suffixes of the attention projections (LoRA tuning)
     spec: str = ""
     checkpoint_path: str | None = None
     checkpoint_sha256: str | None = None

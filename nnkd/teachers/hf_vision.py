@@ -106,6 +106,8 @@ def swin_input_side(family: str, size: int, config) -> int:
 class DinoV2Teacher(ImageEncoderTeacher):
     """Patch-token maps of chosen DINOv2 layers, all at the patch stride."""
 
+    lora_targets = ("attention.query", "attention.key", "attention.value", "attention.output.dense")
+
     def __init__(self, model: torch.nn.Module, bridge: InputBridge, layers: tuple[int, ...], max_slices: int):
         patch = model.config.patch_size
         super().__init__(bridge, [model.config.hidden_size] * len(layers), [(patch, patch)] * len(layers), max_slices)
@@ -123,6 +125,8 @@ class DinoV2Teacher(ImageEncoderTeacher):
 
 class SwinTeacher(ImageEncoderTeacher):
     """The hierarchical stage maps of a Swin transformer."""
+
+    lora_targets = ("self.query", "self.key", "self.value", "attention.output.dense")
 
     def __init__(self, model: torch.nn.Module, bridge: InputBridge, max_slices: int):
         config = model.config

@@ -17,7 +17,8 @@ from nnkd.teachers.base import Teacher
 
 ENTRY_POINT_GROUP = "nnkd.teachers"
 BUILTIN_MODULES = ("nnkd.teachers.nnunet", "nnkd.teachers.torchscript", "nnkd.teachers.sam",
-                   "nnkd.teachers.sam_med3d", "nnkd.teachers.hf_vision", "nnkd.teachers.medclip")
+                   "nnkd.teachers.sam_med3d", "nnkd.teachers.hf_vision", "nnkd.teachers.medclip",
+                   "nnkd.teachers.tuned")
 _BUILDERS: dict[str, Callable[..., Teacher]] = {}
 
 

@@ -121,6 +121,8 @@ def load_encoder_weights(encoder: nn.Module, state: dict, path: str) -> None:
 class SamEncoderTeacher(ImageEncoderTeacher):
     """A frozen SAM-style ImageEncoderViT: chosen block outputs, then the neck's image embedding."""
 
+    lora_targets = ("attn.qkv", "attn.proj")
+
     def __init__(self, encoder: nn.Module, blocks: tuple[int, ...], geometry: ViTGeometry, bridge: InputBridge,
                  max_slices: int):
         stride = (geometry.patch_size, geometry.patch_size)

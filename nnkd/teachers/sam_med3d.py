@@ -151,6 +151,7 @@ class ImageEncoderViT3D(nn.Module):
 class SamMed3DTeacher(Teacher):
     spatial_dims = 3
     in_channels = 1
+    lora_targets = ("attn.qkv", "attn.proj")
 
     def __init__(self, encoder: ImageEncoderViT3D, blocks: tuple[int, ...], geometry: sam.ViTGeometry):
         super().__init__()

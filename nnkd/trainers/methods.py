@@ -1,9 +1,12 @@
 """The distillation methods: one thin nnKDTrainer subclass each, mechanics in nnkd.distill."""
 
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
 from torch import autocast, nn
 
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnkd.distill.cka import cka_per_stage
@@ -16,6 +19,7 @@ from nnkd.errors import NnkdError
 from nnkd.teachers.base import TeacherOutput
 from nnkd.teachers.registry import TeacherSpec
 from nnkd.trainers.nnkd_trainer import KDStep, nnKDTrainer
+from nnkd.trainers.transfer_batches import MixedBatches, TransferDataset
 
 
 class nnKDTrainer_NoKD(nnKDTrainer):
@@ -266,5 +270,73 @@ class nnKDTrainer_MultiTeacher(nnKDTrainer):
         return {"teachers": helpers.balancer(torch.stack(losses))}
 
 
+class nnKDTrainer_TSKD(nnKDTrainer_Feature):
+    """TS-KD step 2: distil a task-tuned teacher (`tuned:FOLDER`, or any teacher with logits) on a transfer set.
+    Each step joins nnU-Net's labelled batch (segmentation + KD) with `transfer_ratio` × as many transfer cases
+    (unlabelled, synthetic: KD only, no segmentation term). KD = logit KL (T², as `logit`) + the FitNets feature
+    term (as `feature`; `feature_weight=0` drops it)."""
+
+    method = "tskd"
+    needs_teacher_logits = True
+    takes_transfer_set = True
+    kd_temperature = 3.0
+    kd_weight = 1.0
+    transfer_ratio = 1.0  # transfer samples per labelled sample in each step (rounded, at least 1 with a set)
+    hyperparameters = nnKDTrainer_Feature.hyperparameters + ("kd_temperature", "kd_weight", "transfer_ratio")
+
+    def transfer_folders(self) -> list[Path]:
+        return [Path(f) for f in (self.run_config.transfer if self.run_config else None) or []]
+
+    def get_tr_and_val_datasets(self):
+        if getattr(self, "_loading_transfer", False):
+            dataset = TransferDataset(self.transfer_folders())
+            return dataset, dataset
+        return super().get_tr_and_val_datasets()
+
+    def get_dataloaders(self):
+        """nnU-Net's loaders, plus a second training loader over the transfer set built by nnU-Net's own
+        get_dataloaders (same patch size and augmentation) with the transfer batch size and no foreground
+        oversampling (transfer cases have no labels)."""
+        labeled, validation = super().get_dataloaders()
+        folders = self.transfer_folders()
+        if not folders or self.transfer_ratio <= 0:
+            return labeled, validation
+        count = max(1, round(self.batch_size * self.transfer_ratio))
+        saved = self.batch_size, self.oversample_foreground_percent
+        self.batch_size, self.oversample_foreground_percent, self._loading_transfer = count, 0.0, True
+        try:
+            transfer, transfer_validation = nnUNetTrainer.get_dataloaders(self)
+        finally:
+            (self.batch_size, self.oversample_foreground_percent), self._loading_transfer = saved, False
+        if hasattr(transfer_validation, "_finish"):
+            transfer_validation._finish()
+        cases = len(TransferDataset(folders).identifiers)
+        self.print_to_log_file(f"tskd: each step {self.batch_size} labelled + {count} transfer sample(s); transfer "
+                               f"set: {cases} case(s) in {', '.join(str(f) for f in folders)}")
+        return MixedBatches(labeled, transfer), validation
+
+    def segmentation_loss(self, outputs, target, batch: dict) -> torch.Tensor:
+        """nnU-Net's loss on the labelled samples only: transfer samples carry no segmentation."""
+        count = batch.get("labeled_count")
+        if count is None:
+            return self.loss(outputs, target)
+        def labeled(x):
+            return [t[:count] for t in x] if isinstance(x, (list, tuple)) else x[:count]
+        return self.loss(labeled(outputs), labeled(target))
+
+    def distillation_terms(self, step: KDStep) -> dict[str, torch.Tensor]:
+        terms = {"logit": self.kd_weight * kd_kl_loss(step.student_logits, step.teacher.logits, self.kd_temperature,
+                                                      regions=self.label_manager.has_regions)}
+        if self.feature_weight:
+            terms.update(super().distillation_terms(step))
+        return terms
+
+    def on_train_end(self):
+        if isinstance(self.dataloader_train, MixedBatches):
+            self.dataloader_train.finish_transfer()
+            self.dataloader_train = self.dataloader_train.labeled  # nnU-Net shuts this one down
+        super().on_train_end()
+
+
 METHODS = {cls.method: cls for cls in (nnKDTrainer_NoKD, nnKDTrainer_Logit, nnKDTrainer_Feature, nnKDTrainer_CKA,
-                                       nnKDTrainer_DRD, nnKDTrainer_MultiTeacher)}
+                                       nnKDTrainer_DRD, nnKDTrainer_MultiTeacher, nnKDTrainer_TSKD)}

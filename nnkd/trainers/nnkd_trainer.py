@@ -61,6 +61,7 @@ class nnKDTrainer(nnUNetTrainer):
     needs_teacher_features = True  # False: only teacher logits are read, so a teacher cache can serve them
     needs_student_features = False
     takes_several_teachers = False  # True: teacher.json lists every --teacher under "teachers"
+    takes_transfer_set = False  # True: --unlabeled / --synthetic cases join the batches (KD only)
     hyperparameters: tuple[str, ...] = ()  # attribute names a run may set through teacher.json / --hp
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -209,6 +210,10 @@ class nnKDTrainer(nnUNetTrainer):
         skips = network.encoder(data)
         return skips, network.decoder(skips)
 
+    def segmentation_loss(self, outputs, target, batch: dict) -> torch.Tensor:
+        """nnU-Net's loss on the batch (methods with unlabelled samples restrict it to the labelled ones)."""
+        return self.loss(outputs, target)
+
     def teach(self, data: torch.Tensor) -> TeacherOutput | list[TeacherOutput] | None:
         """The live teacher's output for the batch, without gradients (None when it comes from a cache)."""
         if self.teacher is None:
@@ -253,7 +258,7 @@ class nnKDTrainer(nnUNetTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             features, outputs = self.student_forward(data)
-            seg_loss = self.loss(outputs, target)
+            seg_loss = self.segmentation_loss(outputs, target, batch)
             step = KDStep(data, target, outputs, features, cached if cached is not None else self.teach(data))
             terms = self.distillation_terms(step)
             total = seg_loss + sum(terms.values()) if terms else seg_loss

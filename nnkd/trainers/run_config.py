@@ -24,6 +24,7 @@ class RunConfig:
     hyperparameters: dict = field(default_factory=dict)
     schedule: dict = field(default_factory=dict)
     labeled: int | None = None  # keep only this many labelled training cases of the fold
+    transfer: list[str] | None = None  # transfer-set folders (unlabelled, synthetic cases) for KD-only samples
 
     def save(self, fold_folder: Path) -> None:
         write_json_atomic(Path(fold_folder) / RUN_FILE, asdict(self))

@@ -29,6 +29,8 @@ class TrainRequest:
     teachers: tuple[str, ...] = ()  # teacher specs; methods other than multiteacher take one
     teacher_cache: bool = False
     labeled: int | None = None
+    unlabeled: str | None = None  # a folder of NIfTI images for TS-KD's transfer set
+    synthetic: str | None = None  # a transfer-set folder (nnkd_synthesize)
     hyperparameters: dict = field(default_factory=dict)
     num_epochs: int | None = None
     num_iterations_per_epoch: int | None = None
@@ -112,6 +114,25 @@ def cached_teacher_record(spec: str, cls, plans_file: Path, configuration: str, 
             "sha256": cache.manifest.get("teacher_sha256")}
 
 
+def transfer_sets(request: TrainRequest, dataset_name: str, plans: str, plans_file: Path) -> list[str]:
+    """The run's transfer-set folders: `--unlabeled` images preprocessed into nnkd's own folder, and the
+    `--synthetic` set, each checked to hold cases with the dataset's channels."""
+    from nnkd.trainers.transfer_batches import check_transfer_set
+
+    channels = len(json.loads((plans_file.parent / "dataset.json").read_text())["channel_names"])
+    folders = []
+    if request.unlabeled:
+        from nnkd.datasets.transfer import add_unlabeled
+
+        folders.append(add_unlabeled(dataset_name, Path(request.unlabeled), plans=plans,
+                                     configuration=request.configuration))
+    if request.synthetic:
+        folders.append(Path(request.synthetic))
+    for folder in folders:
+        check_transfer_set(Path(folder), channels)
+    return [str(f) for f in folders]
+
+
 def fold_folder(results: Path, dataset_name: str, trainer_name: str, plans: str, configuration: str, fold) -> Path:
     return results / dataset_name / f"{trainer_name}__{plans}__{configuration}" / f"fold_{fold}"
 
@@ -147,6 +168,9 @@ def train(request: TrainRequest) -> Path:
     if request.teacher_cache and len(request.teachers) > 1:
         raise NnkdError("--teacher-cache serves one teacher's predictions, several --teacher were given",
                         "give one --teacher with --teacher-cache")
+    if (request.unlabeled or request.synthetic) and not cls.takes_transfer_set:
+        raise NnkdError(f"method {cls.method} has no transfer set; --unlabeled and --synthetic feed TS-KD's",
+                        "use --method tskd")
     spec = request.teachers[0] if request.teachers else None
     existing = RunConfig.load(folder)
     if request.continue_training or request.validation_only:
@@ -164,6 +188,9 @@ def train(request: TrainRequest) -> Path:
         if request.labeled is not None and request.labeled != existing.labeled:
             raise NnkdError(f"this run was started with --labeled {existing.labeled}, not {request.labeled}",
                             "drop --labeled when resuming, or start a new run")
+        if (request.unlabeled or request.synthetic) and not existing.transfer:
+            raise NnkdError("this run was started without a transfer set",
+                            "drop --unlabeled/--synthetic when resuming, or start a new run")
         if request.teacher_cache and recorded and not existing.teacher.get("cache"):
             raise NnkdError("this run was started with the live teacher, not --teacher-cache",
                             "drop --teacher-cache when resuming, or start a new run")
@@ -189,8 +216,10 @@ def train(request: TrainRequest) -> Path:
         effective = {name: getattr(cls, name) for name in cls.hyperparameters} | given  # defaults on record too
         if request.labeled is not None and request.labeled < 1:
             raise NnkdError(f"--labeled {request.labeled} keeps no labelled case", "give --labeled 1 or more")
+        transfer = transfer_sets(request, dataset_name, plans, plans_file) or None
         RunConfig(method=cls.method, trainer=cls.__name__, teacher=teacher, teachers=teachers,
-                  hyperparameters=effective, schedule=schedule, labeled=request.labeled).save(folder)
+                  hyperparameters=effective, schedule=schedule, labeled=request.labeled,
+                  transfer=transfer).save(folder)
 
     device = resolve_device(request.device)
     use_nnkd_trainers()

@@ -5,5 +5,6 @@ yourself (`python -c "import nnkd.trainers, os; print(nnkd.trainers.EXT_TRAINER_
 """
 
 from nnkd.trainers.methods import (nnKDTrainer_CKA, nnKDTrainer_DRD, nnKDTrainer_Feature,  # noqa: F401
-                                   nnKDTrainer_Logit, nnKDTrainer_MultiTeacher, nnKDTrainer_NoKD)
+                                   nnKDTrainer_Logit, nnKDTrainer_MultiTeacher, nnKDTrainer_NoKD,
+                                   nnKDTrainer_TSKD)
 from nnkd.trainers.nnkd_trainer import nnKDTrainer  # noqa: F401

@@ -1,0 +1,62 @@
+"""nnkd_tune_teacher: TS-KD step 1, a foundation teacher tuned to the task with LoRA and a light head."""
+
+from nnkd.cli._common import ArgumentParser, add_verbose, run
+from nnkd.errors import NnkdError
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="nnkd_tune_teacher",
+                       description="Tune a foundation teacher to a dataset with nnU-Net's training loop: peft LoRA "
+                                   "adapters on its attention projections plus a light segmentation head; only "
+                                   "those train. Output: $nnUNet_results/DatasetXXX/nnKDTeacherTuner__<plans>__"
+                                   "<configuration>/fold_X, loaded as a teacher with logits by tuned:<that folder>.")
+    p.add_argument("-d", required=True, metavar="DATASET", help="dataset ID or name")
+    p.add_argument("-c", dest="configuration", required=True, metavar="CONFIG",
+                   help="configuration, e.g. 3d_fullres or 2d")
+    p.add_argument("-f", required=True, metavar="FOLD", help="0-4 or all")
+    p.add_argument("--teacher", required=False, default=None, metavar="SPEC",
+                   help="the base teacher, e.g. sam:/ckpt/sam_vit_b_01ec64.pth?slices=8 (families with attention: "
+                        "sam, medsam, sam-med3d, dinov2, rad-dino, swin, medclip)")
+    p.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans whose preprocessed data to use")
+    p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r (default 8)")
+    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA α (scale α/r; default 16)")
+    p.add_argument("--head-hidden", type=int, default=32, help="channels of the segmentation head (default 32)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate, poly-decayed (default 1e-3)")
+    p.add_argument("--labeled", type=int, default=None, metavar="N",
+                   help="tune on N labelled training cases of the fold (the same seeded choice as nnkd_train)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (nnU-Net default 1000)")
+    p.add_argument("--iterations-per-epoch", type=int, default=None, help="training iterations per epoch (250)")
+    p.add_argument("--val-iterations-per-epoch", type=int, default=None, help="validation iterations per epoch")
+    p.add_argument("--device", "-device", dest="device", default=None, choices=("cpu", "cuda", "mps"))
+    p.add_argument("--c", dest="continue_training", action="store_true", help="continue from the latest checkpoint")
+    add_verbose(p)
+    return p
+
+
+def _tune(args) -> None:
+    from nnkd.trainers.tune import TuneRequest, tune
+
+    schedule = {}
+    for key, name, value in (("num_epochs", "--epochs", args.epochs),
+                             ("num_iterations_per_epoch", "--iterations-per-epoch", args.iterations_per_epoch),
+                             ("num_val_iterations_per_epoch", "--val-iterations-per-epoch",
+                              args.val_iterations_per_epoch)):
+        if value is not None:
+            if value < 1:
+                raise NnkdError(f"{name} {value} must be at least 1", f"give a positive {name}")
+            schedule[key] = value
+    if not args.teacher and not args.continue_training:
+        raise NnkdError("--teacher SPEC is required", "e.g. --teacher sam:/ckpt/sam_vit_b_01ec64.pth")
+    tune(TuneRequest(dataset=args.d, configuration=args.configuration, fold=args.f, teacher=args.teacher,
+                     plans=args.plans,
+                     lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, head_hidden=args.head_hidden,
+                     learning_rate=args.lr, labeled=args.labeled, schedule=schedule, device=args.device,
+                     continue_training=args.continue_training))
+
+
+def main(argv=None) -> None:
+    run(_tune, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    main()

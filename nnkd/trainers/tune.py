@@ -1,0 +1,237 @@
+"""TS-KD step 1: tune a foundation teacher to the task with nnU-Net's own training loop.
+
+`nnKDTeacherTuner` is an nnUNetTrainer whose network is the teacher with peft LoRA adapters on its attention
+projections plus a light segmentation head (nnkd.teachers.tuned). Only LoRA and the head train; data loading,
+augmentation, the Dice+CE loss, checkpoints, `--c` and the final validation are nnU-Net's. At the end it writes a
+tuned-teacher folder that `tuned:FOLDER` loads as a teacher with logits.
+"""
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch._dynamo import OptimizedModule
+
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnkd.atomic import replace_folder, write_json_atomic
+from nnkd.errors import NnkdError
+from nnkd.teachers.registry import create_teacher
+from nnkd.teachers.tuned import TUNED_FILE, TUNED_FOLDER, SegmentationHead, TunedSegmenter, add_lora
+from nnkd.trainers.labeled import LABELED_FILE, choose_labeled_cases
+
+TUNING_FILE = "tuning.json"
+
+
+@dataclass
+class TuningConfig:
+    """What a tuning run was started with, kept in its fold folder (read again by `--c`)."""
+    base_spec: str
+    base_checkpoint: str | None = None
+    base_sha256: str | None = None
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    head_hidden: int = 32
+    learning_rate: float = 1e-3
+    labeled: int | None = None
+    schedule: dict = field(default_factory=dict)
+
+    def save(self, fold_folder: Path) -> None:
+        write_json_atomic(Path(fold_folder) / TUNING_FILE, asdict(self))
+
+    @classmethod
+    def load(cls, fold_folder: Path) -> "TuningConfig | None":
+        path = Path(fold_folder) / TUNING_FILE
+        if not path.is_file():
+            return None
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as e:
+            raise NnkdError(f"{path} is corrupt ({e})", "delete the fold folder and tune again") from e
+
+
+class nnKDTeacherTuner(nnUNetTrainer):
+    """nnU-Net's loop around a LoRA-adapted foundation teacher and its segmentation head."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.enable_deep_supervision = False  # one head, one output
+        self.tuning = TuningConfig.load(self.output_folder)
+        if self.tuning is None:
+            raise NnkdError(f"{self.output_folder}/{TUNING_FILE} is missing",
+                            "start the tuning with nnkd_tune_teacher")
+        for key, value in self.tuning.schedule.items():
+            setattr(self, key, int(value))
+        self.initial_lr = self.tuning.learning_rate
+        self.weight_decay = 1e-4
+
+    def build_network_architecture(self, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = False):
+        """The base teacher from its spec, LoRA through peft, and the head (an instance method: it needs the
+        run's tuning record; nnU-Net calls it through the instance)."""
+        teacher = create_teacher(self.tuning.base_spec, fold=self.fold, device="cpu")
+        dims = len(configuration_manager.patch_size)
+        if teacher.in_channels != num_input_channels or dims not in teacher.serves_dims:
+            raise NnkdError(f"teacher {teacher.spec} takes {teacher.in_channels} channel(s) and "
+                            f"{'/'.join(f'{d}D' for d in teacher.serves_dims)} patches; the dataset has "
+                            f"{num_input_channels} channel(s) and {dims}D patches",
+                            "pick a teacher and configuration that fit")
+        if self.tuning.base_sha256 and teacher.checkpoint_sha256 != self.tuning.base_sha256:
+            raise NnkdError(f"the base checkpoint {teacher.checkpoint_path} changed since this tuning started",
+                            "restore it, or start a new tuning without --c")
+        adapted = add_lora(teacher, self.tuning.lora_rank, self.tuning.lora_alpha)
+        head = SegmentationHead(teacher.feature_channels[-1], num_output_channels, dims, self.tuning.head_hidden)
+        trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+        self.print_to_log_file(f"Tuning {teacher.spec}: LoRA rank {self.tuning.lora_rank} (α {self.tuning.lora_alpha}) "
+                               f"on {', '.join(teacher.lora_targets)}: {trainable} trainable of "
+                               f"{sum(p.numel() for p in adapted.parameters())} parameters; head "
+                               f"{sum(p.numel() for p in head.parameters())} parameters")
+        return TunedSegmenter(adapted, head)
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        """The tuned head has one output; nothing to switch."""
+
+    def configure_optimizers(self):
+        """AdamW on LoRA and the head only (the usual optimizer for LoRA), with nnU-Net's poly schedule."""
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def do_split(self):
+        training_cases, validation_cases = super().do_split()
+        if self.tuning.labeled is None:
+            return training_cases, validation_cases
+        chosen = choose_labeled_cases(training_cases, self.tuning.labeled, self.fold)
+        if self.local_rank == 0:
+            write_json_atomic(Path(self.output_folder) / LABELED_FILE, {"labeled": self.tuning.labeled,
+                                                                        "cases": chosen})
+        return chosen, validation_cases
+
+    def segmenter(self) -> TunedSegmenter:
+        module = self.network.module if self.is_ddp else self.network
+        return module._orig_mod if isinstance(module, OptimizedModule) else module
+
+    def on_train_end(self):
+        super().on_train_end()
+        if self.local_rank == 0:
+            self.write_tuned_teacher()
+
+    def write_tuned_teacher(self) -> Path:
+        """adapter/, head.pth and tuned_teacher.json in fold_X/tuned_teacher, swapped in whole."""
+        target = Path(self.output_folder) / TUNED_FOLDER
+        staging = target.with_name(f"{TUNED_FOLDER}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        segmenter = self.segmenter()
+        cm = self.configuration_manager
+        record = {
+            "base_spec": self.tuning.base_spec, "base_sha256": self.tuning.base_sha256,
+            "lora": {"rank": self.tuning.lora_rank, "alpha": self.tuning.lora_alpha,
+                     "targets": list(segmenter.teacher.base_model.model.lora_targets)},
+            "head": {"hidden": self.tuning.head_hidden, "spatial_dims": len(cm.patch_size),
+                     "outputs": self.label_manager.num_segmentation_heads},
+            "labels": self.dataset_json["labels"], "dataset": self.plans_manager.dataset_name,
+            "plans": self.plans_manager.plans_name, "configuration": self.configuration_name, "fold": self.fold,
+            "labeled": self.tuning.labeled, "epochs": self.num_epochs,
+            "plans_configuration": {"spacing": list(cm.spacing), "normalization_schemes": cm.normalization_schemes,
+                                    "transpose_forward": list(self.plans_manager.transpose_forward),
+                                    "intensity_properties":
+                                        self.plans_manager.plans["foreground_intensity_properties_per_channel"]},
+            "validation_dice": None,
+        }
+        segmenter.save(staging, record)
+        replace_folder(staging, target)
+        self.print_to_log_file(f"Tuned teacher written to {target} (load it as tuned:{self.output_folder})")
+        return target
+
+
+def record_validation_dice(fold_folder: Path, dice: float) -> None:
+    """Add the final validation Dice (nnU-Net's summary.json) to the tuned teacher's record."""
+    path = Path(fold_folder) / TUNED_FOLDER / TUNED_FILE
+    record = json.loads(path.read_text())
+    record["validation_dice"] = dice
+    write_json_atomic(path, record)
+
+
+@dataclass
+class TuneRequest:
+    dataset: str
+    configuration: str
+    fold: str
+    teacher: str | None  # None only with continue_training
+    plans: str = "nnUNetPlans"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    head_hidden: int = 32
+    learning_rate: float = 1e-3
+    labeled: int | None = None
+    schedule: dict = field(default_factory=dict)
+    device: str | None = None
+    continue_training: bool = False
+
+
+def tune(request: TuneRequest) -> Path:
+    """Check the request, record tuning.json, run nnU-Net's training and validation; return the fold folder."""
+    from nnkd.devices import resolve_device
+    from nnkd.nnunet_env import find_dataset_name, require_env
+    from nnkd.trainers.train import fold_folder, parse_fold, use_nnkd_trainers
+
+    paths = require_env("nnUNet_preprocessed", "nnUNet_results")
+    dataset_name = find_dataset_name(request.dataset)
+    fold = parse_fold(str(request.fold))
+    plans_file = paths["nnUNet_preprocessed"] / dataset_name / f"{request.plans}.json"
+    if not plans_file.is_file():
+        raise NnkdError(f"plans {plans_file} not found", f"plan first: nnkd_plan_and_preprocess -d {request.dataset}")
+    configurations = json.loads(plans_file.read_text())["configurations"]
+    if request.configuration not in configurations:
+        raise NnkdError(f"unknown configuration '{request.configuration}'",
+                        f"{request.plans} has {', '.join(configurations)}")
+    for name, value in (("--lora-rank", request.lora_rank), ("--head-hidden", request.head_hidden)):
+        if value < 1:
+            raise NnkdError(f"{name} {value} must be at least 1", f"give a positive {name}")
+    folder = fold_folder(paths["nnUNet_results"], dataset_name, nnKDTeacherTuner.__name__, request.plans,
+                         request.configuration, fold)
+    existing = TuningConfig.load(folder)
+    if request.continue_training:
+        if existing is None or not any((folder / c).is_file() for c in ("checkpoint_latest.pth",
+                                                                         "checkpoint_final.pth")):
+            raise NnkdError(f"nothing to resume in {folder}", "start the tuning without --c")
+        if request.teacher and request.teacher != existing.base_spec:
+            raise NnkdError(f"this tuning was started with teacher {existing.base_spec}, not {request.teacher}",
+                            "drop --teacher when resuming, or start a new tuning")
+        existing.schedule.update(request.schedule)
+        existing.save(folder)
+    else:
+        if request.labeled is not None and request.labeled < 1:
+            raise NnkdError(f"--labeled {request.labeled} keeps no labelled case", "give --labeled 1 or more")
+        teacher = create_teacher(request.teacher, fold=fold, device="cpu")
+        if not teacher.lora_targets:
+            add_lora(teacher, request.lora_rank, request.lora_alpha)  # raises the clear error
+        dataset_json = json.loads((plans_file.parent / "dataset.json").read_text())
+        channels = len(dataset_json["channel_names"])
+        dims = len(configurations[request.configuration].get("patch_size", []))
+        if teacher.in_channels != channels or dims not in teacher.serves_dims:
+            raise NnkdError(f"teacher {request.teacher} takes {teacher.in_channels} channel(s) and "
+                            f"{'/'.join(f'{d}D' for d in teacher.serves_dims)} patches; {dataset_name} has "
+                            f"{channels} channel(s) and {request.configuration} is {dims}D",
+                            "pick a teacher and configuration that fit")
+        TuningConfig(base_spec=request.teacher, base_checkpoint=teacher.checkpoint_path,
+                     base_sha256=teacher.checkpoint_sha256, lora_rank=request.lora_rank,
+                     lora_alpha=request.lora_alpha, head_hidden=request.head_hidden,
+                     learning_rate=request.learning_rate, labeled=request.labeled,
+                     schedule=request.schedule).save(folder)
+
+    use_nnkd_trainers()
+    from nnunetv2.run.run_training import run_training
+
+    run_training(dataset_name, request.configuration, fold, nnKDTeacherTuner.__name__, request.plans,
+                 continue_training=request.continue_training, device=resolve_device(request.device))
+    summary = folder / "validation" / "summary.json"
+    if summary.is_file() and (folder / TUNED_FOLDER / TUNED_FILE).is_file():
+        dice = json.loads(summary.read_text())["foreground_mean"]["Dice"]
+        record_validation_dice(folder, dice)
+        print(f"nnkd: tuned teacher tuned:{folder} — validation Dice {dice:.4f}")
+    return folder
