@@ -17,7 +17,7 @@ from nnkd.teachers.bridge import InputBridge, run_slicewise, slice_indices, unit
 from nnkd.teachers.registry import TeacherSpec, create_teacher, list_teachers, parse_options
 
 FAMILIES = {"nnunet", "torchscript", "deepbet", "sam", "medsam", "sam-med3d", "dinov2", "rad-dino", "swin",
-            "medclip"}
+            "medclip", "tuned"}
 
 
 def test_every_family_is_registered():

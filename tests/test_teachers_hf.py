@@ -172,3 +172,15 @@ def test_medclip_rejects_resnet_and_foreign_checkpoints(tmp_path):
     with pytest.raises(NnkdError, match="no MedCLIP-ViT vision tower"):
         create_teacher(spec("medclip", tmp_path / "other.bin"))
 
+
+
+@pytest.mark.parametrize("family, folder, query", [("dinov2", "dinov2", "size=28"), ("swin", "swin", "size=64"),
+                                                   ("medclip", "medclip-vit-pretrained", "size=64")])
+def test_lora_finds_the_attention_projections_of_each_transformer_family(folders, family, folder, query):
+    from nnkd.teachers.tuned import add_lora
+
+    adapted = add_lora(create_teacher(spec(family, folders["root"] / folder, query)), rank=2, alpha=4)
+    trainable = [n for n, p in adapted.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    projections = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable}
+    assert projections == {"q_proj", "k_proj", "v_proj", "o_proj"}  # the attention's four, not the MLP

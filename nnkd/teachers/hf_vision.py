@@ -103,10 +103,15 @@ def swin_input_side(family: str, size: int, config) -> int:
     return side
 
 
+# Attention projections of DINOv2 and Swin for LoRA: transformers 5 names (q_proj … o_proj), then 4's.
+HF_ATTENTION_PROJECTIONS = ("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj",
+                            "query", "key", "value", "attention.output.dense")
+
+
 class DinoV2Teacher(ImageEncoderTeacher):
     """Patch-token maps of chosen DINOv2 layers, all at the patch stride."""
 
-    lora_targets = ("attention.query", "attention.key", "attention.value", "attention.output.dense")
+    lora_targets = HF_ATTENTION_PROJECTIONS
 
     def __init__(self, model: torch.nn.Module, bridge: InputBridge, layers: tuple[int, ...], max_slices: int):
         patch = model.config.patch_size
@@ -126,7 +131,7 @@ class DinoV2Teacher(ImageEncoderTeacher):
 class SwinTeacher(ImageEncoderTeacher):
     """The hierarchical stage maps of a Swin transformer."""
 
-    lora_targets = ("self.query", "self.key", "self.value", "attention.output.dense")
+    lora_targets = HF_ATTENTION_PROJECTIONS
 
     def __init__(self, model: torch.nn.Module, bridge: InputBridge, max_slices: int):
         config = model.config
