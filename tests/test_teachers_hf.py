@@ -1,7 +1,10 @@
 """DINOv2, RAD-DINO, Swin and MedCLIP teachers on tiny random models saved the way their publishers ship them."""
 
+import shutil
+
 import pytest
 import torch
+from safetensors.torch import load_file
 from helpers.teacher_checks import check_teacher_and_kd_step
 
 from nnkd.errors import NnkdError
@@ -184,3 +187,22 @@ def test_lora_finds_the_attention_projections_of_each_transformer_family(folders
     assert trainable and all("lora_" in n for n in trainable)
     projections = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable}
     assert projections == {"q_proj", "k_proj", "v_proj", "o_proj"}  # the attention's four, not the MLP
+
+
+def test_pickled_code_in_a_pytorch_model_bin_is_refused_without_running_it(folders, tmp_path):
+    import os
+
+    folder = tmp_path / "dinov2"
+    shutil.copytree(folders["root"] / "dinov2", folder)
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({**state, "payload": Payload()}, folder / "pytorch_model.bin")
+    with pytest.raises(NnkdError, match="carry pickled code or objects"):
+        create_teacher(spec("dinov2", folder, "size=28"))
+    assert not marker.exists()

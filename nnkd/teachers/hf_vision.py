@@ -14,6 +14,7 @@ merging (strides 4, 8, 16, 32); the last one through the final LayerNorm, as in 
 """
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -78,6 +79,9 @@ def load_hf_model(family: str, folder: Path, config, transformers) -> torch.nn.M
     try:
         model, info = transformers.AutoModel.from_pretrained(str(folder), config=config, local_files_only=True,
                                                              ignore_mismatched_sizes=True, output_loading_info=True)
+    except pickle.UnpicklingError as e:  # torch.load(weights_only=True) refused pickled code in pytorch_model.bin
+        raise NnkdError(f"the weights in {folder} carry pickled code or objects, which nnkd does not run",
+                        "use the model's safetensors weights, or re-save it with save_pretrained") from e
     except (OSError, ValueError, RuntimeError) as e:
         raise NnkdError(f"cannot load the {family} model in {folder}: {str(e).strip().splitlines()[0][:200]}",
                         "restore the folder from its source") from e
