@@ -57,3 +57,18 @@ def replace_folder(staging: Path, target: Path) -> None:
         shutil.rmtree(retired)
     else:
         os.rename(staging, target)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete `<path>.tmp-<pid>` files left by writers that were killed mid-write (their process is gone)."""
+    path = Path(path)
+    for leftover in path.parent.glob(f"{path.name}.tmp-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            leftover.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # another user's live process

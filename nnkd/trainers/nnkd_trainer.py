@@ -20,7 +20,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
-from nnkd.atomic import write_json_atomic
+from nnkd.atomic import remove_stale_temporaries, write_json_atomic
 from nnkd.cache.loading import CachedTeacherDataset, SoftLabelAugmentation, split_soft_labels
 from nnkd.cache.store import TeacherCache
 from nnkd.distill.feature import pair_stages_by_resolution
@@ -329,6 +329,7 @@ class nnKDTrainer(nnUNetTrainer):
         tmp = f"{filename}.tmp-{os.getpid()}"
         torch.save(checkpoint, tmp)
         os.replace(tmp, filename)
+        remove_stale_temporaries(Path(filename))
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         """nnU-Net's loading, after reading the file with weights_only=True: a truncated file is one clear error,
