@@ -7,7 +7,8 @@ from nnkd.cli.predict import add_student_arguments, student_from_args
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="nnkd_export",
                        description="Export a trained student as a stock nnU-Net model folder (trainer "
-                                   "nnUNetTrainer, student weights only) that runs where nnkd is not installed.")
+                                   "nnUNetTrainer, student weights only) that runs where nnkd is not installed; a "
+                                   "LoRKD task's experts are fused into plain convolutions.")
     add_student_arguments(p)
     p.add_argument("-o", required=True, metavar="OUT", help="the model folder to write")
     p.add_argument("--zip", action="store_true",

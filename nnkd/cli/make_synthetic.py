@@ -16,6 +16,10 @@ def build_parser() -> ArgumentParser:
                    help="median case shape: Z Y X for 3D (default 48 64 64), Y X for 2D (default 128 128)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
     p.add_argument("--name", default="Synthetic", help="dataset name after the ID (default Synthetic)")
+    p.add_argument("--labels", nargs="+", default=None, metavar="STRUCTURE",
+                   help="label only these structures (organ, lesion, vessel; default all), numbered 1, 2, … in that "
+                        "order; the others stay in the images as background. Tasks with different label sets on "
+                        "the same kind of images, e.g. for LoRKD")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     add_verbose(p)
     return p
@@ -28,7 +32,7 @@ def _make(args) -> None:
     raw = require_env("nnUNet_raw")["nnUNet_raw"]
     spec = SyntheticSpec(dataset_id=args.d, cases=args.cases, channels=args.channels, dim=args.dim,
                          shape=tuple(args.shape) if args.shape else None, seed=args.seed, name=args.name,
-                         test_cases=args.test_cases)
+                         test_cases=args.test_cases, labels=tuple(args.labels) if args.labels else None)
     target = write_synthetic_dataset(spec, raw, overwrite=args.overwrite)
     print(f"Wrote {spec.cases} training and {spec.n_test_cases} test cases to {target}")
 

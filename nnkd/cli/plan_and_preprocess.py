@@ -8,8 +8,16 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="nnkd_plan_and_preprocess",
         description="Run nnU-Net's fingerprinting, planning and preprocessing (skipping what is done) and write "
-                    "nnKDPlans_<budget>.json: the teacher plans with a student architecture sized to the budget.")
-    p.add_argument("-d", required=True, metavar="DATASET", help="dataset ID or name, e.g. 990")
+                    "nnKDPlans_<budget>.json: the teacher plans with a student architecture sized to the budget. "
+                    "With --plans-from, the datasets get another dataset's plans instead (one student for several "
+                    "datasets: nnkd_train_lorkd).")
+    p.add_argument("-d", nargs="+", required=True, metavar="DATASET",
+                   help="dataset IDs or names, e.g. 990 (several are planned one after the other)")
+    p.add_argument("--plans-from", default=None, metavar="DATASET",
+                   help="give the -d datasets this dataset's teacher and student plans (nnU-Net's plan transfer, as "
+                        "nnUNetv2_move_plans_between_datasets: same spacing, patch size, normalization and "
+                        "architecture), then extract their fingerprints and preprocess them; it is planned first "
+                        "if it is among -d. The datasets need the same input channels")
     p.add_argument("-c", nargs="+", default=None, metavar="CONFIG",
                    help="configurations to preprocess (default: 3d_fullres and 2d where planned); "
                         "the student is planned for every configuration of the teacher plans")
@@ -32,16 +40,22 @@ def build_parser() -> ArgumentParser:
 
 
 def _plan(args) -> None:
+    from nnkd.nnunet_env import find_dataset_name, require_env
     from nnkd.planners.budget import Budget
-    from nnkd.planners.plan_and_preprocess import plan_and_preprocess
+    from nnkd.planners.plan_and_preprocess import plan_and_preprocess, plan_from
 
     budget = Budget(preset=args.budget, max_params=args.max_params, max_gflops=args.max_gflops)
     if args.np is None:
         from nnunetv2.configuration import default_num_processes
         args.np = default_num_processes
-    plan_and_preprocess(args.d, budget, configurations=args.c, teacher_plans=args.teacher_plans,
-                        num_processes=args.np, verify_integrity=args.verify_dataset_integrity,
-                        preprocess=not args.no_pp)
+    options = dict(configurations=args.c, teacher_plans=args.teacher_plans, num_processes=args.np,
+                   verify_integrity=args.verify_dataset_integrity, preprocess=not args.no_pp)
+    if args.plans_from is not None:
+        plan_from(args.plans_from, args.d, budget, **options)
+        return
+    require_env("nnUNet_raw", "nnUNet_preprocessed")
+    for dataset in [find_dataset_name(d) for d in args.d]:  # every ID checked before the first is planned
+        plan_and_preprocess(dataset, budget, **options)
 
 
 def main(argv=None) -> None:

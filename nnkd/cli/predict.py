@@ -16,6 +16,9 @@ def add_student_arguments(p: ArgumentParser) -> None:
                                                   "exactly one trained student matches")
     p.add_argument("-tr", dest="trainer", default=None, help="trainer class name instead of --method")
     p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
+    p.add_argument("--task", default=None, metavar="DATASET",
+                   help="LoRKD students (--method lorkd, -d the run's first dataset): the task whose expert to use, "
+                        "by dataset ID or name; nnkd_export also takes all (one model folder per task)")
 
 
 def student_from_args(args):
@@ -23,7 +26,7 @@ def student_from_args(args):
 
     return StudentRef(dataset=args.d, configuration=args.c, folds=args.f, budget=args.budget, plans=args.plans,
                       teacher_plans=args.teacher_plans, method=args.method, trainer=args.trainer,
-                      checkpoint=args.checkpoint)
+                      checkpoint=args.checkpoint, task=args.task)
 
 
 def build_parser() -> ArgumentParser:

@@ -45,6 +45,7 @@ class SyntheticSpec:
     seed: int = 0
     name: str = "Synthetic"
     test_cases: int | None = None
+    labels: tuple[str, ...] | None = None  # structures to label (others stay in the image, as background); None: all
     base_shape: tuple[int, int, int] = field(init=False)
     spacing: tuple[float, float, float] = field(init=False)
 
@@ -65,6 +66,12 @@ class SyntheticSpec:
                             "give Z Y X for --dim 3 or Y X for --dim 2")
         if min(shape) < 16:
             raise NnkdError(f"--shape {' '.join(map(str, shape))} is too small", "use at least 16 voxels per axis")
+        structures = [name for name in LABELS if name != "background"]
+        if self.labels is not None:
+            unknown = [name for name in self.labels if name not in structures]
+            if unknown or not self.labels or len(set(self.labels)) != len(self.labels):
+                raise NnkdError(f"--labels {' '.join(self.labels)} is not a set of structures",
+                                f"name each structure once, from {', '.join(structures)}")
         object.__setattr__(self, "base_shape", (1, *shape) if self.dim == 2 else shape)
         object.__setattr__(self, "spacing", SPACING[self.dim])
 
@@ -75,6 +82,12 @@ class SyntheticSpec:
     @property
     def n_test_cases(self) -> int:
         return self.test_cases if self.test_cases is not None else max(2, self.cases // 4)
+
+    @property
+    def dataset_labels(self) -> dict[str, int]:
+        """dataset.json's labels: the chosen structures numbered 1, 2, … in LABELS order."""
+        kept = [name for name in LABELS if name != "background" and (self.labels is None or name in self.labels)]
+        return {"background": 0, **{name: i for i, name in enumerate(kept, start=1)}}
 
 
 def channel_contrast(channel: int) -> np.ndarray:
@@ -108,7 +121,8 @@ def _vessel_mask(shape, spacing, coords_origin, points: np.ndarray) -> np.ndarra
 
 
 def make_case(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[list[np.ndarray], np.ndarray]:
-    """One case: a list of float32 channel images (Z, Y, X) and its uint8 label map."""
+    """One case: a list of float32 channel images (Z, Y, X) and its uint8 label map (of the chosen labels; the
+    images do not depend on which structures are labelled)."""
     flat = spec.dim == 2
     jitter = rng.uniform(1 - CASE_SIZE_JITTER, 1 + CASE_SIZE_JITTER, size=3)
     shape = tuple(1 if (flat and a == 0) else max(16, int(round(s * j)))
@@ -149,12 +163,14 @@ def make_case(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[list[np.nd
     points = organ_centre + t * (0.6 * extent * along + tilt) + wiggle * across
     vessel = _vessel_mask(shape, spacing, origin, points)
 
-    label = np.zeros(shape, dtype=np.uint8)
-    label[organ] = LABELS["organ"]
-    label[lesion & organ] = LABELS["lesion"]
-    label[vessel] = LABELS["vessel"]
-    tissue = label.astype(np.int64)
-    tissue[neighbour & (label == 0)] = NEIGHBOUR
+    tissue = np.zeros(shape, dtype=np.int64)
+    tissue[organ] = LABELS["organ"]
+    tissue[lesion & organ] = LABELS["lesion"]
+    tissue[vessel] = LABELS["vessel"]
+    kept = spec.dataset_labels
+    relabel = np.array([kept.get(name, 0) for name in LABELS], dtype=np.uint8)  # unlabelled structures → background
+    label = relabel[tissue]
+    tissue[neighbour & (tissue == 0)] = NEIGHBOUR
 
     body = _inside_ellipsoid(coords, np.zeros(3), extent * np.array([0.49 if not flat else 1, 0.47, 0.47]),
                              np.eye(3)) | (tissue > 0)
@@ -181,7 +197,7 @@ def dataset_json(spec: SyntheticSpec) -> dict:
     names = [CHANNEL_NAMES[c] if c < len(CHANNEL_NAMES) else f"MR{c}" for c in range(spec.channels)]
     return {
         "channel_names": {str(c): n for c, n in enumerate(names)},
-        "labels": dict(LABELS),
+        "labels": spec.dataset_labels,
         "numTraining": spec.cases,
         "file_ending": ".nii.gz",
         "name": spec.folder_name,

@@ -1,7 +1,6 @@
 """nnkd_export: a stock nnU-Net model folder (and optionally a zip and ONNX files) holding only the student."""
 
 import copy
-import json
 import os
 import shutil
 import zipfile
@@ -12,8 +11,8 @@ import torch
 
 from nnkd.atomic import replace_folder, write_json_atomic
 from nnkd.errors import NnkdError
-from nnkd.inference.students import StudentRef, locate
-from nnkd.teachers.checkpoint import load_checkpoint
+from nnkd.inference.students import LocatedStudent, StudentRef, load_student_checkpoints, locate_tasks
+from nnkd.trainers.lorkd_model import TASK_FOLDER
 
 STOCK_TRAINER = "nnUNetTrainer"
 
@@ -49,11 +48,10 @@ def _zip_folder(folder: Path, zip_path: Path, arcroot: str) -> None:
 
 
 def export(request: ExportRequest) -> Path:
-    from nnkd.plans import network_from_plans, num_input_channels
-
-    student = locate(request.student)
-    plans, dataset_json, checkpoints = student.plans, student.dataset_json, student.checkpoints
-    model_folder, configuration = student.model_folder, request.student.configuration
+    """Write the student's stock model folder to `request.output`; a LoRKD student with --task all gets one
+    folder per task inside it, OUTPUT/<dataset>. The output appears complete or not at all."""
+    students = locate_tasks(request.student)
+    model_folder = students[0].model_folder
     output = Path(request.output).resolve()
     if output.exists() and not output.is_dir():
         raise NnkdError(f"{output} is a file", "give a folder for -o")
@@ -64,46 +62,65 @@ def export(request: ExportRequest) -> Path:
     if output.exists() and any(output.iterdir()) and not request.overwrite:
         raise NnkdError(f"{output} exists and is not empty", "choose another -o or pass --overwrite")
 
-    method = json.loads(next(model_folder.glob("fold_*/teacher.json")).read_text())["method"]
-    exported = copy.deepcopy(plans)
-    exported["plans_name"] = f"{plans['plans_name']}-{method}"
-    channels = num_input_channels(plans, configuration, dataset_json)
+    per_task = request.student.task == "all"
     staging = output.parent / f".{output.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir(parents=True)
-        write_json_atomic(staging / "plans.json", exported)
-        write_json_atomic(staging / "dataset.json", dataset_json)
-        shutil.copyfile(model_folder / "dataset_fingerprint.json", staging / "dataset_fingerprint.json")
-        network = network_from_plans(plans, configuration, dataset_json, allow_init=False)
-        for fold, path in checkpoints.items():
-            source = load_checkpoint(path)
-            network.load_state_dict(source["network_weights"], strict=True)  # student keys only, exactly
-            (staging / f"fold_{fold}").mkdir()
-            torch.save(stock_checkpoint(source, exported, configuration, fold, dataset_json),
-                       staging / f"fold_{fold}" / "checkpoint_final.pth")
-            if request.onnx:
-                from nnkd.inference.onnx_export import export_onnx, onnx_sidecar
-
-                name = "student.onnx" if len(checkpoints) == 1 else f"student_fold{fold}.onnx"
-                error = export_onnx(network, channels, network_patch_size(plans, configuration),
-                                    staging / name)
-                write_json_atomic(staging / f"{name}.json",
-                                  onnx_sidecar(plans, configuration, dataset_json, channels))
-                print(f"{name}: max |ONNX Runtime − torch| on a random batch of two patches: {error:.2e}")
-                if error > 1e-3:
-                    print(f"warning: {name} differs from torch by {error:.2e}")
+        for student in students:
+            write_model_folder(student, staging / student.dataset_name if per_task else staging, request.onnx)
         replace_folder(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    print(f"Exported {model_folder.name} folds {', '.join(checkpoints)} to {output} (plans {exported['plans_name']}, "
-          f"trainer {STOCK_TRAINER}); run it with: nnUNetv2_predict_from_modelfolder -m {output} -i IN -o OUT")
-    if request.zip:
-        zip_path = output.with_suffix(".zip")
-        _zip_folder(output, zip_path,
-                    f"{student.dataset_name}/{STOCK_TRAINER}__{exported['plans_name']}__{configuration}")
-        print(f"Wrote {zip_path}; install with nnUNetv2_install_pretrained_model_from_zip {zip_path}")
+    for student in students:
+        folder = output / student.dataset_name if per_task else output
+        plans_name = exported_plans_name(student)
+        task = f" task {student.task}" if student.task else ""
+        print(f"Exported {model_folder.name}{task} folds {', '.join(student.checkpoints)} to {folder} (plans "
+              f"{plans_name}, trainer {STOCK_TRAINER}); run it with: nnUNetv2_predict_from_modelfolder -m {folder} "
+              "-i IN -o OUT")
+        if request.zip:
+            zip_path = folder.with_suffix(".zip")
+            arcroot = f"{student.dataset_name}/{STOCK_TRAINER}__{plans_name}__{student.configuration}"
+            _zip_folder(folder, zip_path, arcroot)
+            print(f"Wrote {zip_path}; install with nnUNetv2_install_pretrained_model_from_zip {zip_path}")
     return output
+
+
+def exported_plans_name(student: LocatedStudent) -> str:
+    """The student plans name plus the method, so students of different methods install side by side."""
+    return f"{student.plans['plans_name']}-{student.method}"
+
+
+def write_model_folder(student: LocatedStudent, folder: Path, onnx: bool) -> None:
+    """plans.json, dataset.json, fingerprint and fold checkpoints of a stock nnU-Net model folder (and ONNX)."""
+    from nnkd.plans import network_from_plans, num_input_channels
+
+    plans, dataset_json, configuration = student.plans, student.dataset_json, student.configuration
+    exported = copy.deepcopy(plans)
+    exported["plans_name"] = exported_plans_name(student)
+    channels = num_input_channels(plans, configuration, dataset_json)
+    files = student.model_folder / TASK_FOLDER / student.task if student.task else student.model_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / "plans.json", exported)
+    write_json_atomic(folder / "dataset.json", dataset_json)
+    shutil.copyfile(files / "dataset_fingerprint.json", folder / "dataset_fingerprint.json")
+    network = network_from_plans(plans, configuration, dataset_json, allow_init=False)
+    checkpoints = load_student_checkpoints(student)
+    for fold, source in checkpoints.items():
+        network.load_state_dict(source["network_weights"], strict=True)  # student keys only, exactly
+        (folder / f"fold_{fold}").mkdir()
+        torch.save(stock_checkpoint(source, exported, configuration, fold, dataset_json),
+                   folder / f"fold_{fold}" / "checkpoint_final.pth")
+        if onnx:
+            from nnkd.inference.onnx_export import export_onnx, onnx_sidecar
+
+            name = "student.onnx" if len(checkpoints) == 1 else f"student_fold{fold}.onnx"
+            error = export_onnx(network, channels, network_patch_size(plans, configuration), folder / name)
+            write_json_atomic(folder / f"{name}.json", onnx_sidecar(plans, configuration, dataset_json, channels))
+            print(f"{name}: max |ONNX Runtime − torch| on a random batch of two patches: {error:.2e}")
+            if error > 1e-3:
+                print(f"warning: {name} differs from torch by {error:.2e}")
 
 
 def network_patch_size(plans: dict, configuration: str):

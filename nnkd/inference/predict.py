@@ -53,7 +53,7 @@ def predict(request: PredictRequest) -> Path:
     input_folder, output_folder = check_folders(request.input_folder, request.output_folder)
     student = locate(request.student)
     plans, dataset_json, configuration = student.plans, student.dataset_json, request.student.configuration
-    weights, first = load_student_weights(student.checkpoints)
+    weights, first = load_student_weights(student)
     manager = PlansManager(plans)
     channels = num_input_channels(plans, configuration, dataset_json)
     cases = collect_cases(input_folder, dataset_json["file_ending"], channels, manager.image_reader_writer_class())
@@ -71,8 +71,9 @@ def predict(request: PredictRequest) -> Path:
     predictor = make_predictor(plans, configuration, dataset_json, weights, network,
                                first.get("inference_allowed_mirroring_axes"), device, request.step_size,
                                not request.disable_tta, first.get("trainer_name", "nnUNetTrainer"))
-    print(f"Predicting {len(cases)} case(s) with {student.model_folder.name}, folds {', '.join(student.checkpoints)}"
-          f"{' through ONNX Runtime' if request.onnx else ''}")
+    task = f", task {student.task} (its experts fused)" if student.task else ""
+    print(f"Predicting {len(cases)} case(s) with {student.model_folder.name}{task}, folds "
+          f"{', '.join(student.checkpoints)}{' through ONNX Runtime' if request.onnx else ''}")
     output_folder.mkdir(parents=True, exist_ok=True)
     if not cases:
         return output_folder

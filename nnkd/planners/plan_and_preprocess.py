@@ -1,17 +1,20 @@
 """nnU-Net's fingerprint → teacher plans → preprocessing, plus the budget student plans.
 
 Each step reuses nnU-Net's own functions and is skipped when its result is already there, so running
-it again (e.g. for another budget) costs only the student search.
+it again (e.g. for another budget) costs only the student search. `plan_from` gives other datasets the plans
+of a planned one (nnU-Net's plan transfer), so that one student can train on all of them (LoRKD).
 """
 
+import copy
 import json
 from pathlib import Path
 
+from nnkd.atomic import write_bytes_atomic, write_json_atomic
 from nnkd.errors import NnkdError
 from nnkd.nnunet_env import find_dataset_name, require_env
 from nnkd.planners.budget import Budget
 from nnkd.planners.student_planner import (DEFAULT_TEACHER_PLANS, PlannedConfiguration, format_table,
-                                           nnKDStudentPlanner)
+                                           nnKDStudentPlanner, student_plans_identifier)
 
 # Teacher plans nnkd can create itself, and nnU-Net's planner class for each.
 TEACHER_PLANNERS = {
@@ -109,15 +112,121 @@ def plan_and_preprocess(dataset, budget: Budget, configurations=None, teacher_pl
         if not raw_dataset.is_dir():
             raise NnkdError(f"{dataset_name} is not in {paths['nnUNet_raw']}",
                             "preprocessing needs the raw dataset; pass --no_pp to plan only")
-        from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-        teacher_manager = PlansManager(student_planner.teacher_plans)
-
-        for configuration in chosen:
-            identifier = teacher_manager.get_configuration(configuration).data_identifier
-            if is_preprocessed(preprocessed, identifier, raw_dataset):
-                print(f"{configuration}: already preprocessed in {preprocessed / identifier}, skipping")
-                continue
-            preprocess_dataset(_dataset_id(dataset_name), teacher_plans, [configuration], [num_processes])
+        preprocess_missing(dataset_name, student_planner.teacher_plans, teacher_plans, chosen, num_processes)
     return plans_file, planned
+
+
+def preprocess_missing(dataset_name: str, teacher_plans: dict, teacher_plans_name: str, configurations,
+                       num_processes: int) -> None:
+    """nnU-Net's preprocessing of each configuration whose preprocessed cases are not all there yet."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    paths = require_env("nnUNet_raw", "nnUNet_preprocessed")
+    preprocessed = paths["nnUNet_preprocessed"] / dataset_name
+    teacher_manager = PlansManager(teacher_plans)
+    for configuration in configurations:
+        identifier = teacher_manager.get_configuration(configuration).data_identifier
+        if is_preprocessed(preprocessed, identifier, paths["nnUNet_raw"] / dataset_name):
+            print(f"{configuration}: already preprocessed in {preprocessed / identifier}, skipping")
+            continue
+        preprocess_dataset(_dataset_id(dataset_name), teacher_plans_name, [configuration], [num_processes])
+
+
+def _channel_normalizations(dataset_json: dict) -> list[str]:
+    """The normalization nnU-Net picks for each input channel from its name (CT, zscore, …)."""
+    from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import get_normalization_scheme
+
+    channels = dataset_json.get("channel_names", dataset_json.get("modality", {}))
+    return [get_normalization_scheme(channels[k]).__name__ for k in sorted(channels, key=int)]
+
+
+def _transferred_plans(plans: dict, target: str, raw_dataset: Path, source: str) -> dict:
+    """`plans` for dataset `target`, as nnUNetv2_move_plans_between_datasets makes them: the same spacing, patch
+    size, normalization and architecture, with the target's dataset_name and image reader."""
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    dataset_json = json.loads((raw_dataset / "dataset.json").read_text())
+    cases = get_filenames_of_train_images_and_targets(str(raw_dataset), dataset_json)
+    if not cases:
+        raise NnkdError(f"{raw_dataset} has no training cases", "add the training cases to the raw dataset")
+    example = next(iter(cases.values()))["images"][0]
+    reader = determine_reader_writer_from_dataset_json(dataset_json, example, allow_nonmatching_filename=True,
+                                                       verbose=False)
+    transferred = copy.deepcopy(plans)
+    transferred["dataset_name"] = target
+    transferred["image_reader_writer"] = reader.__name__
+    if "nnkd" in transferred:  # the student plans record where they came from
+        transferred["nnkd"]["plans_from"] = source
+    return transferred
+
+
+def plan_from(source, targets, budget: Budget, configurations=None, teacher_plans: str = DEFAULT_TEACHER_PLANS,
+              num_processes: int = 4, verify_integrity: bool = False, preprocess: bool = True) -> list[Path]:
+    """Give each target dataset the source dataset's teacher and student plans (nnU-Net's plan transfer), so
+    that their patches mix in one batch (LoRKD); extract each target's fingerprint and preprocess it.
+
+    A source listed among the targets is planned first as usual. Every target is checked (raw data, input
+    channels and their normalization, plans of the same name it already has) before any is written.
+    Returns the student plans files of the targets."""
+    paths = require_env("nnUNet_raw", "nnUNet_preprocessed")
+    source_name = find_dataset_name(source)
+    target_names = list(dict.fromkeys(find_dataset_name(t) for t in targets))
+    source_raw = paths["nnUNet_raw"] / source_name / "dataset.json"
+    source_json_file = source_raw if source_raw.is_file() else \
+        paths["nnUNet_preprocessed"] / source_name / "dataset.json"
+    if not source_json_file.is_file():
+        raise NnkdError(f"{source_name} has no dataset.json", "plan the source dataset first")
+    expected = _channel_normalizations(json.loads(source_json_file.read_text()))
+    others = [name for name in target_names if name != source_name]
+    for name in others:
+        raw = paths["nnUNet_raw"] / name
+        if not (raw / "dataset.json").is_file():
+            raise NnkdError(f"{name} is not in {paths['nnUNet_raw']}",
+                            "the plan transfer extracts the target's fingerprint and preprocesses it: put the raw "
+                            "dataset there first")
+        found = _channel_normalizations(json.loads((raw / "dataset.json").read_text()))
+        if len(found) != len(expected):
+            raise NnkdError(f"{name} has {len(found)} input channel(s), {source_name} has {len(expected)}",
+                            "--plans-from needs datasets with the same input channels")
+        if found != expected:
+            raise NnkdError(f"the channels of {name} are normalized as {', '.join(found)}, those of {source_name} "
+                            f"as {', '.join(expected)}", "--plans-from needs channels of the same kind (CT with CT)")
+
+    if source_name in target_names:
+        plan_and_preprocess(source_name, budget, configurations, teacher_plans, num_processes, verify_integrity,
+                            preprocess)
+    source_folder = paths["nnUNet_preprocessed"] / source_name
+    student_plans = student_plans_identifier(budget, teacher_plans)
+    sources = {}
+    for plans_name in (teacher_plans, student_plans):
+        if not (source_folder / f"{plans_name}.json").is_file():
+            raise NnkdError(f"{source_name} has no {plans_name}.json to give",
+                            f"plan it first: nnkd_plan_and_preprocess -d {source_name} --budget {budget.name}")
+        sources[plans_name] = json.loads((source_folder / f"{plans_name}.json").read_text())
+    chosen = resolve_configurations(configurations, list(sources[teacher_plans]["configurations"]))
+
+    transfers = {}
+    for name in others:
+        for plans_name, plans in sources.items():
+            transferred = _transferred_plans(plans, name, paths["nnUNet_raw"] / name, source_name)
+            existing = paths["nnUNet_preprocessed"] / name / f"{plans_name}.json"
+            if existing.is_file() and json.loads(existing.read_text()) != transferred:
+                raise NnkdError(f"{name} already has its own {plans_name}.json, different from {source_name}'s",
+                                f"to give it {source_name}'s plans, delete {existing} (and its preprocessed data) "
+                                "first")
+            transfers[name, plans_name] = transferred
+
+    written = []
+    for name in others:
+        folder = paths["nnUNet_preprocessed"] / name
+        ensure_fingerprint(name, folder, num_processes, verify_integrity)
+        write_bytes_atomic(folder / "dataset.json", (paths["nnUNet_raw"] / name / "dataset.json").read_bytes())
+        for plans_name in sources:
+            write_json_atomic(folder / f"{plans_name}.json", transfers[name, plans_name])
+        print(f"{name}: plans {', '.join(sources)} of {source_name} written to {folder}")
+        if preprocess:
+            preprocess_missing(name, transfers[name, teacher_plans], teacher_plans, chosen, num_processes)
+        written.append(folder / f"{student_plans}.json")
+    return written

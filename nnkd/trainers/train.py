@@ -55,6 +55,10 @@ def resolve_trainer_class(method: str | None, trainer: str | None):
 
     if (method is None) == (trainer is None):
         raise NnkdError("give exactly one of --method and -tr", f"methods: {', '.join(METHODS)}")
+    from nnkd.trainers.lorkd_model import LORKD_METHOD, LORKD_TRAINER
+
+    if method == LORKD_METHOD or trainer == LORKD_TRAINER:
+        raise NnkdError("LoRKD trains one student on several datasets at once", "use nnkd_train_lorkd -d A B C …")
     if method is not None:
         if method not in METHODS:
             raise NnkdError(f"unknown method '{method}'", f"use one of {', '.join(METHODS)} (or -tr CLASS)")
