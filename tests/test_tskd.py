@@ -72,22 +72,31 @@ def test_tune_then_tuned_teacher_has_logits_then_tskd_trains_on_labelled_and_tra
     lora_b = [p for n, p in teacher.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # the trained adapter, not a fresh one
 
-    # a transfer set: two preprocessed cases copied under new names (nnU-Net's format, labels unused)
-    transfer = tmp_path / "transfer_set"
-    transfer.mkdir()
+    # the transfer set: two unlabelled NIfTI images (preprocessed by nnkd_train into nnkd's own folder) and a
+    # "synthetic" set of two preprocessed cases copied under new names (nnU-Net's format, labels unused)
+    images = tmp_path / "unlabeled_images"
+    images.mkdir()
+    raw_images = Path(env["nnUNet_raw"]) / "Dataset991_Synthetic" / "imagesTr"
+    for source in sorted(raw_images.glob("case_00[23]_0000.nii.gz")):
+        shutil.copy(source, images / source.name.replace("case_", "more_"))
+    synthetic = tmp_path / "synthetic_set"
+    synthetic.mkdir()
     for source in sorted(planned["preprocessed"].glob("nnUNetPlans_3d_fullres/case_00[01][._]*")):
-        shutil.copy(source, transfer / source.name.replace("case_", "extra_"))
+        shutil.copy(source, synthetic / source.name.replace("case_", "extra_"))
     run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "tskd",
-            "--teacher", f"tuned:{fold}", "--synthetic", transfer, "--labeled", "2", *QUICK_TRAINING, env=env)
+            "--teacher", f"tuned:{fold}", "--unlabeled", images, "--synthetic", synthetic, "--labeled", "2",
+            *QUICK_TRAINING, env=env)
     student = tmp_path / "results" / "Dataset991_Synthetic" / "nnKDTrainer_TSKD__nnKDPlans_tiny__3d_fullres" / "fold_0"
     log = "\n".join(p.read_text() for p in student.glob("training_log_*.txt"))
-    assert "tskd: each step 2 labelled + 2 transfer sample(s); transfer set: 2 case(s)" in log
+    assert "tskd: each step 2 labelled + 2 transfer sample(s); transfer set: 4 case(s)" in log
     line = next(line for line in log.splitlines() if "distillation:" in line)
     assert "kd_logit" in line and "kd_feature" in line
-    assert json.loads((student / "teacher.json").read_text())["transfer"] == [str(transfer)]
+    transfer = json.loads((student / "teacher.json").read_text())["transfer"]
+    assert transfer[1] == str(synthetic) and "nnkd_transfer" in transfer[0]
+    assert sorted(p.name for p in Path(transfer[0]).glob("*.pkl")) == ["more_002.pkl", "more_003.pkl"]
 
     refused = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "logit",
-                      "--teacher", f"tuned:{fold}", "--synthetic", transfer, *QUICK_TRAINING, env=env, check=False)
+                      "--teacher", f"tuned:{fold}", "--synthetic", synthetic, *QUICK_TRAINING, env=env, check=False)
     assert refused.returncode != 0 and "--method tskd" in refused.stderr
 
 
