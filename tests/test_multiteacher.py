@@ -198,7 +198,7 @@ def test_fixed_weights_and_two_teachers_and_clear_errors(planned, three_teachers
     bad = run_cli(*args, "--method", "multiteacher", *two, "--hp", "teacher_weights=1,2,3", *QUICK_TRAINING,
                   env=env, check=False)
     assert bad.returncode != 0 and "teacher_weights has 3 value(s) for 2 teacher(s)" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "results").exists()  # refused before writing
 
     run_cli(*args, "--method", "multiteacher", *two, "--hp", "teacher_weights=0.25,4",
             "--hp", "standardization=channel", *QUICK_TRAINING, env=env)

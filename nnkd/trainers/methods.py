@@ -185,20 +185,23 @@ class nnKDTrainer_MultiTeacher(nnKDTrainer):
             if teacher.has_logits and not logits:
                 self.print_to_log_file(f"multiteacher: {name} has logits for other labels; only its features are used")
 
-    def build_kd_helpers(self) -> nn.Module:
-        if self.balance not in BALANCE_MODES:
-            raise NnkdError(f"balance '{self.balance}' is unknown", f"use one of {', '.join(BALANCE_MODES)}")
-        if self.standardization not in STANDARDIZATIONS:
-            raise NnkdError(f"standardization '{self.standardization}' is unknown",
+    @classmethod
+    def check_settings(cls, settings: dict, teacher_count: int) -> None:
+        """Stop on hyper-parameters that cannot work with this many teachers (before a run writes anything)."""
+        if settings["balance"] not in BALANCE_MODES:
+            raise NnkdError(f"balance '{settings['balance']}' is unknown", f"use one of {', '.join(BALANCE_MODES)}")
+        if settings["standardization"] not in STANDARDIZATIONS:
+            raise NnkdError(f"standardization '{settings['standardization']}' is unknown",
                             f"use one of {', '.join(STANDARDIZATIONS)}")
+        for name in ("teacher_weights", "teacher_stages"):
+            if settings[name] is not None and len(settings[name]) != teacher_count:
+                raise NnkdError(f"{name} has {len(settings[name])} value(s) for {teacher_count} teacher(s)",
+                                "give one value per --teacher, in the same order")
+
+    def build_kd_helpers(self) -> nn.Module:
         count = len(self.teachers)
+        self.check_settings({name: getattr(self, name) for name in self.hyperparameters}, count)
         stages = [-1] * count if self.teacher_stages is None else [int(s) for s in self.teacher_stages]
-        if self.teacher_weights is not None and len(self.teacher_weights) != count:
-            raise NnkdError(f"teacher_weights has {len(self.teacher_weights)} value(s) for {count} teacher(s)",
-                            "give one weight per --teacher, in the same order")
-        if len(stages) != count:
-            raise NnkdError(f"teacher_stages has {len(stages)} value(s) for {count} teacher(s)",
-                            "give one stage index per --teacher, in the same order")
         channels, strides = self.student_stage_layout()
         self.chosen_teacher_stages, self.student_stages = [], []
         standardizers, adaptors = [], []

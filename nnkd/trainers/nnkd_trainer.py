@@ -164,6 +164,10 @@ class nnKDTrainer(nnUNetTrainer):
         """Stop before the first step if the teacher cannot teach this student."""
         check_teacher_fits(teacher, type(self), self.plans_manager, self.configuration_name, self.dataset_json)
 
+    @classmethod
+    def check_settings(cls, settings: dict, teacher_count: int) -> None:
+        """Refuse hyper-parameter values (all of them, by name) that cannot work, before a run writes anything."""
+
     def build_kd_helpers(self) -> nn.Module | None:
         """Trainable modules of the method (projectors, adaptors); None if it has none."""
         return None

@@ -177,6 +177,10 @@ def train(request: TrainRequest) -> Path:
                         "use --method tskd")
     spec = request.teachers[0] if request.teachers else None
     existing = RunConfig.load(folder)
+    resumed = existing if existing and (request.continue_training or request.validation_only) else None
+    cls.check_settings({name: getattr(cls, name) for name in cls.hyperparameters}
+                       | (resumed.hyperparameters if resumed else {}) | given,
+                       len(request.teachers) or len((resumed.teachers if resumed else None) or []))
     if request.continue_training or request.validation_only:
         wanted = CHECKPOINTS if request.continue_training else CHECKPOINTS[:1]
         if not any((folder / c).is_file() for c in wanted):
