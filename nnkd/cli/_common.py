@@ -43,3 +43,27 @@ def run(entry: Callable[[argparse.Namespace], None], parser: argparse.ArgumentPa
         fail(str(e))
     except KeyboardInterrupt:
         fail("interrupted", 130)
+
+
+def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    """nnU-Net's training schedule and device, as nnkd_train, nnkd_train_lorkd and nnkd_tune_teacher take them."""
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (nnU-Net default 1000)")
+    parser.add_argument("--iterations-per-epoch", type=int, default=None, help="training iterations per epoch (250)")
+    parser.add_argument("--val-iterations-per-epoch", type=int, default=None,
+                        help="validation iterations per epoch (50)")
+    parser.add_argument("--device", "-device", dest="device", default=None, choices=("cpu", "cuda", "mps"),
+                        help="default: cuda if available, else cpu")
+
+
+def schedule_of(args: argparse.Namespace) -> dict:
+    """The schedule options given, by nnU-Net trainer attribute name; each must be at least 1."""
+    schedule = {}
+    for key, name, value in (("num_epochs", "--epochs", args.epochs),
+                             ("num_iterations_per_epoch", "--iterations-per-epoch", args.iterations_per_epoch),
+                             ("num_val_iterations_per_epoch", "--val-iterations-per-epoch",
+                              args.val_iterations_per_epoch)):
+        if value is not None:
+            if value < 1:
+                raise NnkdError(f"{name} {value} must be at least 1", f"give a positive {name}")
+            schedule[key] = value
+    return schedule

@@ -1,6 +1,6 @@
 """nnkd_train: train a budget student with nnU-Net's pipeline plus distillation from a teacher."""
 
-from nnkd.cli._common import ArgumentParser, add_verbose, run
+from nnkd.cli._common import ArgumentParser, add_schedule_arguments, add_verbose, run, schedule_of
 from nnkd.errors import NnkdError
 
 METHOD_NAMES = ("none", "logit", "feature", "cka", "drd", "multiteacher")
@@ -40,12 +40,7 @@ def build_parser() -> ArgumentParser:
                    help="tskd: a transfer-set folder of synthetic cases (nnkd_synthesize)")
     p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
                    help="set a method hyper-parameter, e.g. --hp kd_temperature=4 (repeatable)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (nnU-Net default 1000)")
-    p.add_argument("--iterations-per-epoch", type=int, default=None, help="training iterations per epoch (250)")
-    p.add_argument("--val-iterations-per-epoch", type=int, default=None,
-                   help="validation iterations per epoch (50)")
-    p.add_argument("--device", "-device", dest="device", default=None, choices=("cpu", "cuda", "mps"),
-                   help="default: cuda if available, else cpu")
+    add_schedule_arguments(p)
     p.add_argument("--c", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--val", action="store_true", help="only run the final validation")
     p.add_argument("--npz", action="store_true", help="also save validation softmax outputs")
@@ -67,18 +62,16 @@ def _hyperparameters(pairs: list[str]) -> dict:
 def _train(args) -> None:
     from nnkd.trainers.train import TrainRequest, train
 
-    for name, value in (("--epochs", args.epochs), ("--iterations-per-epoch", args.iterations_per_epoch),
-                        ("--val-iterations-per-epoch", args.val_iterations_per_epoch), ("-num_gpus", args.num_gpus)):
-        if value is not None and value < 1:
-            raise NnkdError(f"{name} {value} must be at least 1", f"give a positive {name}")
+    schedule = schedule_of(args)
+    if args.num_gpus < 1:
+        raise NnkdError(f"-num_gpus {args.num_gpus} must be at least 1", "give a positive -num_gpus")
     train(TrainRequest(
         dataset=args.dataset, configuration=args.configuration, fold=args.fold, method=args.method,
         trainer=args.trainer, budget=args.budget, plans=args.plans, teacher_plans=args.teacher_plans,
         teachers=tuple(args.teacher), teacher_cache=args.teacher_cache, labeled=args.labeled,
         unlabeled=args.unlabeled, synthetic=args.synthetic,
         hyperparameters=_hyperparameters(args.hp),
-        num_epochs=args.epochs, num_iterations_per_epoch=args.iterations_per_epoch,
-        num_val_iterations_per_epoch=args.val_iterations_per_epoch, device=args.device,
+        **schedule, device=args.device,
         continue_training=args.c, validation_only=args.val, npz=args.npz, num_gpus=args.num_gpus))
 
 

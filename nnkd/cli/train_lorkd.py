@@ -1,6 +1,6 @@
 """nnkd_train_lorkd: one budget student for several datasets, a low-rank expert and heads per task (LoRKD)."""
 
-from nnkd.cli._common import ArgumentParser, add_verbose, run
+from nnkd.cli._common import ArgumentParser, add_schedule_arguments, add_verbose, run, schedule_of
 from nnkd.errors import NnkdError
 
 
@@ -26,12 +26,7 @@ def build_parser() -> ArgumentParser:
                         "nnUNetTrainer__nnUNetPlans__3d_fullres")
     p.add_argument("--rank", type=int, default=None, help="rank r of each task's experts (default 4)")
     p.add_argument("--alpha", type=float, default=None, help="expert scale α; experts add (α/r)·B·A (default 16)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (nnU-Net default 1000)")
-    p.add_argument("--iterations-per-epoch", type=int, default=None, help="training iterations per epoch (250)")
-    p.add_argument("--val-iterations-per-epoch", type=int, default=None,
-                   help="validation iterations per epoch (50)")
-    p.add_argument("--device", "-device", dest="device", default=None, choices=("cpu", "cuda", "mps"),
-                   help="default: cuda if available, else cpu")
+    add_schedule_arguments(p)
     p.add_argument("--c", dest="continue_training", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--npz", action="store_true", help="also save validation softmax outputs")
     add_verbose(p)
@@ -52,17 +47,15 @@ def _teachers(pairs: list[str]) -> tuple[tuple[str, str], ...]:
 def _train(args) -> None:
     from nnkd.trainers.lorkd import LoRKDRequest, train_lorkd
 
-    for name, value in (("--epochs", args.epochs), ("--iterations-per-epoch", args.iterations_per_epoch),
-                        ("--val-iterations-per-epoch", args.val_iterations_per_epoch), ("--rank", args.rank)):
-        if value is not None and value < 1:
-            raise NnkdError(f"{name} {value} must be at least 1", f"give a positive {name}")
+    schedule = schedule_of(args)
+    if args.rank is not None and args.rank < 1:
+        raise NnkdError(f"--rank {args.rank} must be at least 1", "give a positive --rank")
     if args.alpha is not None and not args.alpha > 0:
         raise NnkdError(f"--alpha {args.alpha} must be positive", "give a scale like 16")
     train_lorkd(LoRKDRequest(
         datasets=tuple(args.d), configuration=args.configuration, fold=args.fold, budget=args.budget, plans=args.plans,
         teacher_plans=args.teacher_plans, teachers=_teachers(args.teacher), rank=args.rank, alpha=args.alpha,
-        num_epochs=args.epochs, num_iterations_per_epoch=args.iterations_per_epoch,
-        num_val_iterations_per_epoch=args.val_iterations_per_epoch, device=args.device,
+        **schedule, device=args.device,
         continue_training=args.continue_training, npz=args.npz))
 
 

@@ -1,6 +1,6 @@
 """nnkd_tune_teacher: TS-KD step 1, a foundation teacher tuned to the task with LoRA and a light head."""
 
-from nnkd.cli._common import ArgumentParser, add_verbose, run
+from nnkd.cli._common import ArgumentParser, add_schedule_arguments, add_verbose, run, schedule_of
 from nnkd.errors import NnkdError
 
 
@@ -24,34 +24,22 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate, poly-decayed (default 1e-3)")
     p.add_argument("--labeled", type=int, default=None, metavar="N",
                    help="tune on N labelled training cases of the fold (the same seeded choice as nnkd_train)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (nnU-Net default 1000)")
-    p.add_argument("--iterations-per-epoch", type=int, default=None, help="training iterations per epoch (250)")
-    p.add_argument("--val-iterations-per-epoch", type=int, default=None, help="validation iterations per epoch")
-    p.add_argument("--device", "-device", dest="device", default=None, choices=("cpu", "cuda", "mps"))
+    add_schedule_arguments(p)
     p.add_argument("--c", dest="continue_training", action="store_true", help="continue from the latest checkpoint")
     add_verbose(p)
     return p
 
 
 def _tune(args) -> None:
-    from nnkd.trainers.tune import TuneRequest, tune
+    from nnkd.trainers.tune import TuneRequest, TuningConfig, tune
 
-    schedule = {}
-    for key, name, value in (("num_epochs", "--epochs", args.epochs),
-                             ("num_iterations_per_epoch", "--iterations-per-epoch", args.iterations_per_epoch),
-                             ("num_val_iterations_per_epoch", "--val-iterations-per-epoch",
-                              args.val_iterations_per_epoch)):
-        if value is not None:
-            if value < 1:
-                raise NnkdError(f"{name} {value} must be at least 1", f"give a positive {name}")
-            schedule[key] = value
+    schedule = schedule_of(args)
     if not args.teacher and not args.continue_training:
         raise NnkdError("--teacher SPEC is required", "e.g. --teacher sam:/ckpt/sam_vit_b_01ec64.pth")
-    tune(TuneRequest(dataset=args.d, configuration=args.configuration, fold=args.f, teacher=args.teacher,
-                     plans=args.plans,
-                     lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, head_hidden=args.head_hidden,
-                     learning_rate=args.lr, labeled=args.labeled, schedule=schedule, device=args.device,
-                     continue_training=args.continue_training))
+    tuning = TuningConfig(base_spec=args.teacher, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                          head_hidden=args.head_hidden, learning_rate=args.lr, labeled=args.labeled, schedule=schedule)
+    tune(TuneRequest(dataset=args.d, configuration=args.configuration, fold=args.f, tuning=tuning, plans=args.plans,
+                     device=args.device, continue_training=args.continue_training))
 
 
 def main(argv=None) -> None:

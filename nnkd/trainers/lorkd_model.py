@@ -9,16 +9,15 @@ plain student's size. Nothing here imports a trainer, so inference builds the ne
 
 import copy
 import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from nnkd.atomic import write_json_atomic
 from nnkd.distill.low_rank import LowRankExpertConv, attach_experts, expert_parameter_counts, fuse_experts, tasks
 from nnkd.errors import NnkdError
+from nnkd.trainers.run_config import JsonRecord
 
 LORKD_METHOD = "lorkd"
 LORKD_TRAINER = "nnKDTrainer_LoRKD"
@@ -38,8 +37,9 @@ class LoRKDTask:
 
 
 @dataclass
-class LoRKDTasks:
+class LoRKDTasks(JsonRecord):
     """tasks.json: the tasks of a LoRKD run in expert order (the first is the dataset the run is filed under)."""
+    FILE = TASKS_FILE
     tasks: list[LoRKDTask]
     rank: int = DEFAULT_RANK
     alpha: float = DEFAULT_ALPHA
@@ -48,19 +48,9 @@ class LoRKDTasks:
     def datasets(self) -> list[str]:
         return [t.dataset for t in self.tasks]
 
-    def save(self, fold_folder: Path) -> None:
-        write_json_atomic(Path(fold_folder) / TASKS_FILE, asdict(self))
-
     @classmethod
-    def load(cls, fold_folder: Path) -> "LoRKDTasks | None":
-        path = Path(fold_folder) / TASKS_FILE
-        if not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text())
-            return cls(tasks=[LoRKDTask(**t) for t in data.pop("tasks")], **data)
-        except (ValueError, TypeError, KeyError) as e:
-            raise NnkdError(f"{path} is corrupt ({e})", "delete the fold folder and train it again") from e
+    def from_json(cls, data: dict) -> "LoRKDTasks":
+        return cls(tasks=[LoRKDTask(**t) for t in data.pop("tasks")], **data)
 
     def find(self, task: str) -> int:
         """The expert index of a task given as dataset ID (991) or name (Dataset991_Synthetic)."""

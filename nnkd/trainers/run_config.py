@@ -15,8 +15,32 @@ RUN_FILE = "teacher.json"
 SCHEDULE_KEYS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch")
 
 
+class JsonRecord:
+    """A dataclass kept as JSON in a fold folder: written atomically, read back when a run resumes."""
+    FILE: str
+
+    def save(self, fold_folder: Path) -> None:
+        write_json_atomic(Path(fold_folder) / self.FILE, asdict(self))
+
+    @classmethod
+    def from_json(cls, data: dict):
+        return cls(**data)
+
+    @classmethod
+    def load(cls, fold_folder: Path):
+        """The record, or None when the folder has none; a damaged one is one clear error."""
+        path = Path(fold_folder) / cls.FILE
+        if not path.is_file():
+            return None
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (ValueError, TypeError, KeyError) as e:
+            raise NnkdError(f"{path} is corrupt ({e})", "delete it and start the run again without --c") from e
+
+
 @dataclass
-class RunConfig:
+class RunConfig(JsonRecord):
+    FILE = RUN_FILE
     method: str
     trainer: str
     teacher: dict | None = None  # {"spec": ..., "checkpoint": ..., "sha256": ...}
@@ -25,17 +49,3 @@ class RunConfig:
     schedule: dict = field(default_factory=dict)
     labeled: int | None = None  # keep only this many labelled training cases of the fold
     transfer: list[str] | None = None  # transfer-set folders (unlabelled, synthetic cases) for KD-only samples
-
-    def save(self, fold_folder: Path) -> None:
-        write_json_atomic(Path(fold_folder) / RUN_FILE, asdict(self))
-
-    @classmethod
-    def load(cls, fold_folder: Path) -> "RunConfig | None":
-        path = Path(fold_folder) / RUN_FILE
-        if not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text())
-            return cls(**data)
-        except (ValueError, TypeError) as e:
-            raise NnkdError(f"{path} is corrupt ({e})", "delete it and start the run again without --c") from e

@@ -8,7 +8,7 @@ tuned-teacher folder that `tuned:FOLDER` loads as a teacher with logits.
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,14 +22,16 @@ from nnkd.errors import NnkdError
 from nnkd.teachers.registry import create_teacher
 from nnkd.teachers.tuned import TUNED_FILE, TUNED_FOLDER, SegmentationHead, TunedSegmenter, add_lora
 from nnkd.trainers.labeled import LABELED_FILE, choose_labeled_cases
+from nnkd.trainers.run_config import JsonRecord
 
 TUNING_FILE = "tuning.json"
 
 
 @dataclass
-class TuningConfig:
+class TuningConfig(JsonRecord):
     """What a tuning run was started with, kept in its fold folder (read again by `--c`)."""
-    base_spec: str
+    FILE = TUNING_FILE
+    base_spec: str | None
     base_checkpoint: str | None = None
     base_sha256: str | None = None
     lora_rank: int = 8
@@ -38,19 +40,6 @@ class TuningConfig:
     learning_rate: float = 1e-3
     labeled: int | None = None
     schedule: dict = field(default_factory=dict)
-
-    def save(self, fold_folder: Path) -> None:
-        write_json_atomic(Path(fold_folder) / TUNING_FILE, asdict(self))
-
-    @classmethod
-    def load(cls, fold_folder: Path) -> "TuningConfig | None":
-        path = Path(fold_folder) / TUNING_FILE
-        if not path.is_file():
-            return None
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (ValueError, TypeError) as e:
-            raise NnkdError(f"{path} is corrupt ({e})", "delete the fold folder and tune again") from e
 
 
 class nnKDTeacherTuner(nnUNetTrainer):
@@ -161,14 +150,8 @@ class TuneRequest:
     dataset: str
     configuration: str
     fold: str
-    teacher: str | None  # None only with continue_training
+    tuning: TuningConfig  # base_spec: the teacher to tune (None only with continue_training)
     plans: str = "nnUNetPlans"
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    head_hidden: int = 32
-    learning_rate: float = 1e-3
-    labeled: int | None = None
-    schedule: dict = field(default_factory=dict)
     device: str | None = None
     continue_training: bool = False
 
@@ -189,7 +172,8 @@ def tune(request: TuneRequest) -> Path:
     if request.configuration not in configurations:
         raise NnkdError(f"unknown configuration '{request.configuration}'",
                         f"{request.plans} has {', '.join(configurations)}")
-    for name, value in (("--lora-rank", request.lora_rank), ("--head-hidden", request.head_hidden)):
+    wanted = request.tuning
+    for name, value in (("--lora-rank", wanted.lora_rank), ("--head-hidden", wanted.head_hidden)):
         if value < 1:
             raise NnkdError(f"{name} {value} must be at least 1", f"give a positive {name}")
     folder = fold_folder(paths["nnUNet_results"], dataset_name, nnKDTeacherTuner.__name__, request.plans,
@@ -199,30 +183,26 @@ def tune(request: TuneRequest) -> Path:
         if existing is None or not any((folder / c).is_file() for c in ("checkpoint_latest.pth",
                                                                          "checkpoint_final.pth")):
             raise NnkdError(f"nothing to resume in {folder}", "start the tuning without --c")
-        if request.teacher and request.teacher != existing.base_spec:
-            raise NnkdError(f"this tuning was started with teacher {existing.base_spec}, not {request.teacher}",
+        if wanted.base_spec and wanted.base_spec != existing.base_spec:
+            raise NnkdError(f"this tuning was started with teacher {existing.base_spec}, not {wanted.base_spec}",
                             "drop --teacher when resuming, or start a new tuning")
-        existing.schedule.update(request.schedule)
+        existing.schedule.update(wanted.schedule)
         existing.save(folder)
     else:
-        if request.labeled is not None and request.labeled < 1:
-            raise NnkdError(f"--labeled {request.labeled} keeps no labelled case", "give --labeled 1 or more")
-        teacher = create_teacher(request.teacher, fold=fold, device="cpu")
+        if wanted.labeled is not None and wanted.labeled < 1:
+            raise NnkdError(f"--labeled {wanted.labeled} keeps no labelled case", "give --labeled 1 or more")
+        teacher = create_teacher(wanted.base_spec, fold=fold, device="cpu")
         if not teacher.lora_targets:
-            add_lora(teacher, request.lora_rank, request.lora_alpha)  # raises the clear error
+            add_lora(teacher, wanted.lora_rank, wanted.lora_alpha)  # raises the clear error
         dataset_json = json.loads((plans_file.parent / "dataset.json").read_text())
         channels = len(dataset_json["channel_names"])
         dims = len(configurations[request.configuration].get("patch_size", []))
         if teacher.in_channels != channels or dims not in teacher.serves_dims:
-            raise NnkdError(f"teacher {request.teacher} takes {teacher.in_channels} channel(s) and "
+            raise NnkdError(f"teacher {wanted.base_spec} takes {teacher.in_channels} channel(s) and "
                             f"{'/'.join(f'{d}D' for d in teacher.serves_dims)} patches; {dataset_name} has "
                             f"{channels} channel(s) and {request.configuration} is {dims}D",
                             "pick a teacher and configuration that fit")
-        TuningConfig(base_spec=request.teacher, base_checkpoint=teacher.checkpoint_path,
-                     base_sha256=teacher.checkpoint_sha256, lora_rank=request.lora_rank,
-                     lora_alpha=request.lora_alpha, head_hidden=request.head_hidden,
-                     learning_rate=request.learning_rate, labeled=request.labeled,
-                     schedule=request.schedule).save(folder)
+        replace(wanted, base_checkpoint=teacher.checkpoint_path, base_sha256=teacher.checkpoint_sha256).save(folder)
 
     use_nnkd_trainers()
     from nnunetv2.run.run_training import run_training
