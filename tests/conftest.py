@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,26 @@ def run_cli(name: str, *args, env: dict, check: bool = True) -> subprocess.Compl
         raise AssertionError(f"{name} {' '.join(map(str, args))} failed ({result.returncode}):\n"
                              f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+def run_clis(calls: list, check: bool = False, workers: int = 2) -> list[subprocess.CompletedProcess]:
+    """run_cli for independent calls (name, args, env), `workers` at a time; the results in the calls' order.
+    Much of a console script's run is Python importing on one core, so two calls take little longer than one."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda call: run_cli(call[0], *call[1], env=call[2], check=False), calls))
+    for (name, args, _), result in zip(calls, results):
+        if check and result.returncode != 0:
+            raise AssertionError(f"{name} {' '.join(map(str, args))} failed ({result.returncode}):\n"
+                                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return results
+
+
+def selected_params(request, test_name: str, name: str | None = None) -> list:
+    """The value of parameter `name` (None without a name) of each collected, not deselected, item of
+    `test_name` in the requesting module: a module fixture that runs the commands of all those cases at once
+    (run_clis) runs only the cases that will be checked."""
+    return [item.callspec.params[name] if name else None for item in request.session.items
+            if getattr(item, "module", None) is request.module and getattr(item, "originalname", None) == test_name]
 
 
 def tree_digest(root: Path) -> dict:
@@ -81,17 +102,39 @@ def teacher(planned):
 
 @pytest.fixture(scope="session")
 def trained(teacher):
-    """The tiny student trained once with each built-in method; method -> (fold folder, stdout)."""
+    """The tiny student trained once with each built-in method; method -> (fold folder, stdout). The three
+    trainings are independent (each its own trainer folder) and run side by side."""
+    methods = ("none", "logit", "feature")
+    calls = [("nnkd_train", [PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", method,
+                             *([] if method == "none" else ["--teacher", teacher["spec"]]), *QUICK_TRAINING],
+              teacher["env"]) for method in methods]
     runs = {}
-    for method in ("none", "logit", "feature"):
-        teacher_args = [] if method == "none" else ["--teacher", teacher["spec"]]
-        result = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", method,
-                         *teacher_args, *QUICK_TRAINING, env=teacher["env"])
+    for method, result in zip(methods, run_clis(calls, check=True, workers=len(calls))):
         trainer = {"none": "NoKD", "logit": "Logit", "feature": "Feature"}[method]
         folder = (Path(teacher["env"]["nnUNet_results"]) / "Dataset991_Synthetic" /
                   f"nnKDTrainer_{trainer}__nnKDPlans_tiny__3d_fullres" / "fold_0")
         runs[method] = (folder, result.stdout)
     return runs
+
+
+@pytest.fixture(scope="session")
+def deployed_student(trained, teacher, tmp_path_factory):
+    """The logit student predicted with nnkd (imagesTs), exported (zip + ONNX), and predicted by stock nnU-Net
+    from the export; test_deploy checks each output, test_reliability that none of it wrote nnUNet_raw."""
+    env = teacher["env"]
+    root = tmp_path_factory.mktemp("deploy")
+    images = Path(env["nnUNet_raw"]) / "Dataset991_Synthetic" / "imagesTs"
+    before = tree_digest(images)
+    student = ["-d", PLANNED_ID, "-c", "3d_fullres", "--budget", "tiny", "-f", "0", "--method", "logit"]
+    fast = ["-device", "cpu", "-npp", "1", "-nps", "1"]
+    predicted = run_cli("nnkd_predict", "-i", images, "-o", root / "nnkd", *student, *fast, env=env)
+    exported = run_cli("nnkd_export", *student, "-o", root / "model", "--zip", "--onnx", env=env)
+    stock = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "stock_predict.py"), "-m",
+                            str(root / "model"), "-i", str(images), "-o", str(root / "stock"), "-f", "0", *fast],
+                           env=env, capture_output=True, text=True)
+    assert stock.returncode == 0, stock.stderr[-3000:]
+    return {"root": root, "images": images, "images_before": before, "env": env,
+            "predict_stdout": predicted.stdout, "export_stdout": exported.stdout}
 
 
 def fake_teacher(teacher_folder: Path, target: Path, configuration="3d_fullres", edit_plans=None,

@@ -1,19 +1,28 @@
-"""nnkd_benchmark --quick: every field of results.json, the report and its plots; a rerun skips finished runs."""
+"""nnkd_benchmark --quick: every field of results.json, the report and its plots; a rerun skips finished runs
+and repeats no measurement."""
 
 import json
+import shutil
 
-from conftest import run_cli
+from conftest import PLANNED_ID, run_cli
 
 RUN_FIELDS = {"run", "budget", "method", "cached", "plans", "dice", "dice_per_class", "parameters", "gflops_per_patch",
               "param_ratio", "seconds_per_case_torch", "seconds_per_case_onnx", "speedup_torch", "speedup_onnx",
               "seconds_per_iteration", "step_vs_none", "peak_memory_mb", "dice_vs_none", "dice_vs_teacher"}
 
 
-def test_quick_benchmark_reports_every_measure_and_resumes(nnunet_env, tmp_path):
+def test_quick_benchmark_reports_every_measure_and_resumes(planned, teacher, tmp_path):
+    """The quick schedule on the session's planned dataset, with a copy of its nnU-Net teacher (the copy keeps
+    the teacher cache the benchmark makes apart from the other tests'), instead of planning another synthetic
+    dataset and training another teacher."""
+    copy = tmp_path / teacher["folder"].name
+    shutil.copytree(teacher["folder"], copy)
     out = tmp_path / "bench"
-    args = ["--quick", "--methods", "none,logit", "--budgets", "tiny", "-np", "1", "-o", out]
-    run_cli("nnkd_benchmark", *args, env=nnunet_env)
+    args = ["--quick", "-d", PLANNED_ID, "--teacher", f"nnunet:{copy}", "--methods", "none,logit", "--budgets",
+            "tiny", "-np", "1", "-o", out]
+    run_cli("nnkd_benchmark", *args, env=planned["env"])
     results = json.loads((out / "results.json").read_text())
+    assert results["schedule"] == {"epochs": 1, "iterations_per_epoch": 2}  # --quick
     teacher = results["teacher"]
     assert teacher["parameters"] > 0 and 0 <= teacher["dice"] <= 1
     assert teacher["seconds_per_case_torch"] > 0 and teacher["seconds_per_case_onnx"] > 0
@@ -29,7 +38,9 @@ def test_quick_benchmark_reports_every_measure_and_resumes(nnunet_env, tmp_path)
     for plot in ("dice_vs_params.png", "dice_vs_latency.png", "dice_per_method.png"):
         assert (out / plot).stat().st_size > 1000
 
-    logs = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/train.log")}
-    assert len(logs) == 3
-    run_cli("nnkd_benchmark", *args, env=nnunet_env)
-    assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/train.log")} == logs  # nothing retrained
+    logs = {p: p.stat().st_mtime_ns for p in [*(out / "runs").glob("*/train.log"), out / "logs" / "cache.log"]}
+    assert len(logs) == 4
+    run_cli("nnkd_benchmark", *args, env=planned["env"])
+    # nothing retrained or cached again, and every measurement (timings included) reused, not repeated
+    assert {p: p.stat().st_mtime_ns for p in logs} == logs
+    assert json.loads((out / "results.json").read_text()) == results

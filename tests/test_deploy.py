@@ -2,8 +2,6 @@
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import PLANNED_ID, ROOT, run_cli, tree_digest
+from conftest import PLANNED_ID, run_cli, run_clis, selected_params, tree_digest
 from nnkd.plans import network_from_plans
 
 STUDENT = ["-d", str(PLANNED_ID), "-c", "3d_fullres", "--budget", "tiny", "-f", "0"]
@@ -29,23 +27,11 @@ def _error_line(result) -> str:
     return lines[-1]
 
 
-@pytest.fixture(scope="session")
-def deployed(trained, teacher, tmp_path_factory):
-    """The logit student predicted with nnkd, exported (zip + ONNX), and predicted by stock nnU-Net."""
-    env = teacher["env"]
-    root = tmp_path_factory.mktemp("deploy")
-    images = Path(env["nnUNet_raw"]) / "Dataset991_Synthetic" / "imagesTs"
-    before = tree_digest(images)
-    predicted = run_cli("nnkd_predict", "-i", images, "-o", root / "nnkd", *STUDENT, "--method", "logit", *FAST,
-                        env=env)
-    exported = run_cli("nnkd_export", *STUDENT, "--method", "logit", "-o", root / "model", "--zip", "--onnx",
-                       env=env)
-    stock = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "stock_predict.py"), "-m",
-                            str(root / "model"), "-i", str(images), "-o", str(root / "stock"), "-f", "0", *FAST],
-                           env=env, capture_output=True, text=True)
-    assert stock.returncode == 0, stock.stderr[-3000:]
-    return {"root": root, "images": images, "images_before": before, "env": env,
-            "predict_stdout": predicted.stdout, "export_stdout": exported.stdout}
+@pytest.fixture(scope="module")
+def deployed(deployed_student):
+    """The logit student predicted with nnkd, exported (zip + ONNX), and predicted by stock nnU-Net (once per
+    session, in conftest: test_reliability checks that none of it wrote nnUNet_raw)."""
+    return deployed_student
 
 
 def test_nnkd_predict_writes_what_nnunet_writes(deployed):
@@ -145,40 +131,66 @@ def _empty_folder(images: Path, tmp: Path) -> Path:
     return tmp / "nothing"
 
 
-@pytest.mark.parametrize("make_input, extra, fragment", [
-    (_corrupt_copy, ["--method", "logit"], "cannot read case"),
-    (_empty_file, ["--method", "logit"], "cannot read case"),
-    (_extra_channel, ["--method", "logit"], "the model needs 1"),
-    (_empty_folder, ["--method", "logit"], "no images named CASE_XXXX.nii.gz"),
-    (None, ["--method", "logit", "-f", "3"], "fold 3 of nnKDTrainer_Logit__nnKDPlans_tiny__3d_fullres has no"),
-    (None, [], "several trained students match (nnKDTrainer_Feature, nnKDTrainer_Logit"),
-    (None, ["--method", "distil"], "unknown method 'distil'"),
-], ids=["corrupt", "empty-file", "channels", "empty-folder", "missing-fold", "ambiguous", "method"])
-def test_predict_bad_input(deployed, tmp_path, make_input, extra, fragment):
-    images = make_input(deployed["images"], tmp_path) if make_input else deployed["images"]
-    before = tree_digest(images)
-    args = ["-d", str(PLANNED_ID), "-c", "3d_fullres", "--budget", "tiny", *extra]
-    if "-f" not in extra:
-        args += ["-f", "0"]
-    result = run_cli("nnkd_predict", "-i", images, "-o", tmp_path / "out", *args, *FAST, env=deployed["env"],
-                     check=False)
-    assert fragment in _error_line(result)
-    assert tree_digest(images) == before and not (tmp_path / "out").exists()
+BAD_INPUT = {  # input folder (None: imagesTs; a function: made from a copy of it), arguments, fragment
+    "corrupt": (_corrupt_copy, ["--method", "logit"], "cannot read case"),
+    "empty-file": (_empty_file, ["--method", "logit"], "cannot read case"),
+    "channels": (_extra_channel, ["--method", "logit"], "the model needs 1"),
+    "empty-folder": (_empty_folder, ["--method", "logit"], "no images named CASE_XXXX.nii.gz"),
+    "missing-fold": (None, ["--method", "logit", "-f", "3"],
+                     "fold 3 of nnKDTrainer_Logit__nnKDPlans_tiny__3d_fullres has no"),
+    "ambiguous": (None, [], "several trained students match (nnKDTrainer_Feature, nnKDTrainer_Logit"),
+    "method": (None, ["--method", "distil"], "unknown method 'distil'"),
+}
+
+
+@pytest.fixture(scope="module")
+def refusals(request, deployed, tmp_path_factory) -> dict:
+    """The command of every collected refusal case below, each with a folder of its own, run two at a time
+    (run_clis) before any is checked: (group, case) -> (result, its folder, its input folder and that folder's
+    digest before and after all the commands ran)."""
+    env, cases = deployed["env"], {}
+    for case in selected_params(request, "test_predict_bad_input", "case"):
+        make_input, extra, _ = BAD_INPUT[case]
+        tmp = tmp_path_factory.mktemp(case)
+        images = make_input(deployed["images"], tmp) if make_input else deployed["images"]
+        args = ["-d", str(PLANNED_ID), "-c", "3d_fullres", "--budget", "tiny", *extra]
+        if "-f" not in extra:
+            args += ["-f", "0"]
+        cases["predict", case] = (tmp, images, ("nnkd_predict", ["-i", images, "-o", tmp / "out", *args, *FAST], env))
+    for where in selected_params(request, "test_predict_refuses_to_write_into_the_input_folder", "where"):
+        out = deployed["images"] if where == "same" else deployed["images"] / "predictions"
+        cases["inside", where] = (None, deployed["images"], (
+            "nnkd_predict", ["-i", deployed["images"], "-o", out, *STUDENT, "--method", "logit", *FAST], env))
+    if selected_params(request, "test_export_refuses_a_non_empty_output_and_unknown_students"):
+        cases["export", "non-empty"] = (None, None, (
+            "nnkd_export", [*STUDENT, "--method", "logit", "-o", deployed["root"] / "model"], env))
+        tmp = tmp_path_factory.mktemp("unknown_student")
+        cases["export", "unknown"] = (tmp, None, (
+            "nnkd_export", ["-d", str(PLANNED_ID), "-c", "3d_fullres", "--budget", "small", "--method", "logit",
+                            "-o", tmp / "x"], env))
+    inputs = {images for _, images, _ in cases.values() if images}
+    before = {images: tree_digest(images) for images in inputs}
+    results = run_clis([call for _, _, call in cases.values()])
+    after = {images: tree_digest(images) for images in inputs}
+    return {key: (result, tmp, images, before.get(images), after.get(images))
+            for (key, (tmp, images, _)), result in zip(cases.items(), results)}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_predict_bad_input(case, refusals):
+    result, tmp, _, before, after = refusals["predict", case]
+    assert BAD_INPUT[case][2] in _error_line(result)
+    assert after == before and not (tmp / "out").exists()
 
 
 @pytest.mark.parametrize("where", ["same", "inside"])
-def test_predict_refuses_to_write_into_the_input_folder(deployed, where):
-    out = deployed["images"] if where == "same" else deployed["images"] / "predictions"
-    result = run_cli("nnkd_predict", "-i", deployed["images"], "-o", out, *STUDENT, "--method", "logit", *FAST,
-                     env=deployed["env"], check=False)
+def test_predict_refuses_to_write_into_the_input_folder(deployed, refusals, where):
+    result, _, _, _, after = refusals["inside", where]
     assert "is (inside) the input folder" in _error_line(result)
-    assert tree_digest(deployed["images"]) == deployed["images_before"]
+    assert after == deployed["images_before"]
 
 
-def test_export_refuses_a_non_empty_output_and_unknown_students(deployed, tmp_path):
-    result = run_cli("nnkd_export", *STUDENT, "--method", "logit", "-o", deployed["root"] / "model",
-                     env=deployed["env"], check=False)
-    assert "exists and is not empty" in _error_line(result)
-    result = run_cli("nnkd_export", "-d", str(PLANNED_ID), "-c", "3d_fullres", "--budget", "small", "--method",
-                     "logit", "-o", tmp_path / "x", env=deployed["env"], check=False)
-    assert "no trained student" in _error_line(result)
+def test_export_refuses_a_non_empty_output_and_unknown_students(refusals):
+    assert "exists and is not empty" in _error_line(refusals["export", "non-empty"][0])
+    result, tmp, *_ = refusals["export", "unknown"]
+    assert "no trained student" in _error_line(result) and not (tmp / "x").exists()

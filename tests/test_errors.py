@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import PLANNED_ID, SMALL, run_cli, tree_digest
+from conftest import PLANNED_ID, SMALL, run_cli, run_clis, selected_params, tree_digest
 
 
 def _one_error_line(result, *fragments):
@@ -14,31 +14,50 @@ def _one_error_line(result, *fragments):
     return lines[0]
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["-d", "123", "--budget", "tiny"], ["dataset 123 not found"]),
-    (["-d", "abc", "--budget", "tiny"], ["not a dataset ID"]),
-    (["-d", str(PLANNED_ID), "--budget", "huge"], ["invalid choice: 'huge'"]),
-    (["-d", str(PLANNED_ID)], ["no budget given"]),
-    (["-d", str(PLANNED_ID), "--budget", "tiny", "--max-params", "5"], ["both given"]),
-    (["-d", str(PLANNED_ID), "--max-params", "0"], ["not positive"]),
-    (["-d", str(PLANNED_ID), "--budget", "tiny", "-c", "4d_fullres"],
-     ["unknown configuration 4d_fullres", "3d_fullres"]),
-    (["-d", str(PLANNED_ID), "--max-params", "10", "-c", "3d_fullres"], ["no student architecture meets the budget",
-                                                                         "smallest candidate"]),
-    (["-d", str(PLANNED_ID), "--budget", "tiny", "--teacher-plans", "MyPlans"], ["MyPlans.json not found"]),
-])
-def test_plan_and_preprocess_bad_input(planned, args, fragments):
-    raw_before = tree_digest(planned["preprocessed"])
-    result = run_cli("nnkd_plan_and_preprocess", *args, "--no_pp", env=planned["env"], check=False)
-    _one_error_line(result, *fragments)
-    assert tree_digest(planned["preprocessed"]) == raw_before  # nothing written on failure
+BAD_PLANNING = {  # nnkd_plan_and_preprocess arguments (with --no_pp), fragments of the error line
+    "unknown-dataset": (["-d", "123", "--budget", "tiny"], ["dataset 123 not found"]),
+    "dataset-not-an-id": (["-d", "abc", "--budget", "tiny"], ["not a dataset ID"]),
+    "unknown-budget": (["-d", str(PLANNED_ID), "--budget", "huge"], ["invalid choice: 'huge'"]),
+    "no-budget": (["-d", str(PLANNED_ID)], ["no budget given"]),
+    "budget-and-limit": (["-d", str(PLANNED_ID), "--budget", "tiny", "--max-params", "5"], ["both given"]),
+    "limit-not-positive": (["-d", str(PLANNED_ID), "--max-params", "0"], ["not positive"]),
+    "unknown-configuration": (["-d", str(PLANNED_ID), "--budget", "tiny", "-c", "4d_fullres"],
+                              ["unknown configuration 4d_fullres", "3d_fullres"]),
+    "budget-unreachable": (["-d", str(PLANNED_ID), "--max-params", "10", "-c", "3d_fullres"],
+                           ["no student architecture meets the budget", "smallest candidate"]),
+    "teacher-plans-missing": (["-d", str(PLANNED_ID), "--budget", "tiny", "--teacher-plans", "MyPlans"],
+                              ["MyPlans.json not found"]),
+}
+
+
+@pytest.fixture(scope="module")
+def refusals(request, planned) -> dict:
+    """The command of every collected case below, run two at a time (run_clis) before any is checked; the
+    preprocessed dataset is digested before and after them all. (group, case) -> result, and both digests."""
+    calls = {}
+    for case in selected_params(request, "test_plan_and_preprocess_bad_input", "case"):
+        calls["plan", case] = [*BAD_PLANNING[case][0], "--no_pp"]
+    for unset in selected_params(request, "test_nnunet_variables_unset", "unset"):
+        calls["unset", unset] = ["-d", PLANNED_ID, "--budget", "tiny"]
+    if selected_params(request, "test_verbose_shows_the_traceback"):
+        calls["verbose", None] = ["-d", "123", "--budget", "tiny", "--verbose"]
+    before = tree_digest(planned["preprocessed"])
+    env = planned["env"]
+    results = run_clis([("nnkd_plan_and_preprocess", args,
+                         {k: v for k, v in env.items() if k != key[1]} if key[0] == "unset" else env)
+                        for key, args in calls.items()])
+    return {"runs": dict(zip(calls, results)), "before": before, "after": tree_digest(planned["preprocessed"])}
+
+
+@pytest.mark.parametrize("case", list(BAD_PLANNING))
+def test_plan_and_preprocess_bad_input(case, refusals):
+    _one_error_line(refusals["runs"]["plan", case], *BAD_PLANNING[case][1])
+    assert refusals["after"] == refusals["before"]  # nothing written on failure
 
 
 @pytest.mark.parametrize("unset", ["nnUNet_raw", "nnUNet_preprocessed"])
-def test_nnunet_variables_unset(planned, unset):
-    env = {k: v for k, v in planned["env"].items() if k != unset}
-    result = run_cli("nnkd_plan_and_preprocess", "-d", PLANNED_ID, "--budget", "tiny", env=env, check=False)
-    _one_error_line(result, f"{unset} is not set")
+def test_nnunet_variables_unset(refusals, unset):
+    _one_error_line(refusals["runs"]["unset", unset], f"{unset} is not set")
 
 
 def test_make_synthetic_without_nnunet_raw(nnunet_env):
@@ -46,8 +65,7 @@ def test_make_synthetic_without_nnunet_raw(nnunet_env):
     _one_error_line(run_cli("nnkd_make_synthetic", "-d", 990, *SMALL, env=env, check=False), "nnUNet_raw is not set")
 
 
-def test_verbose_shows_the_traceback(planned):
-    result = run_cli("nnkd_plan_and_preprocess", "-d", "123", "--budget", "tiny", "--verbose",
-                     env=planned["env"], check=False)
+def test_verbose_shows_the_traceback(refusals):
+    result = refusals["runs"]["verbose", None]
     assert result.returncode != 0 and "Traceback" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("nnkd: error:")

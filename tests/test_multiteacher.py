@@ -208,3 +208,15 @@ def test_fixed_weights_and_two_teachers_and_clear_errors(planned, three_teachers
     assert math.isclose(kd_log["kd_teachers"][0], 0.25 * kd_log["kd_t0_nnunet"][0] + 4 * kd_log["kd_t1_sam"][0],
                         rel_tol=1e-4)
     assert "feature statistics (channel)" in _log(fold)
+
+
+def test_the_benchmark_gives_multiteacher_every_teacher_and_labels_it_by_their_number():
+    from nnkd.benchmark.report import _method_label
+    from nnkd.benchmark.runs import Run, run_teachers
+    from nnkd.benchmark.study import BenchmarkRequest
+
+    request = BenchmarkRequest(output=Path("out"), teacher="nnunet:/a", extra_teachers=("sam:/b", "deepbet"))
+    assert run_teachers(Run("tiny", "multiteacher"), request) == ["nnunet:/a", "sam:/b", "deepbet"]
+    assert run_teachers(Run("tiny", "logit"), request) == ["nnunet:/a"]
+    assert run_teachers(Run("tiny", "none"), request) == []
+    assert _method_label({"method": "multiteacher", "cached": False, "teachers": 3}) == "multiteacher (3 teachers)"

@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import BIN, PLANNED_ID, QUICK_TRAINING, run_cli, tree_digest
+from conftest import BIN, PLANNED_ID, QUICK_TRAINING, run_cli, run_clis, selected_params, tree_digest
 from nnkd.teachers.checkpoint import load_checkpoint
 
 DATASET = "Dataset991_Synthetic"
@@ -147,30 +147,59 @@ CATALOGUE = {
 }
 
 
-@pytest.mark.parametrize("case", list(CATALOGUE))
-def test_bad_input_gives_one_error_line(case, trained, teacher, tmp_path):
+def _catalogue_call(case: str, trained: dict, teacher: dict, tmp: Path) -> tuple[tuple, str]:
+    """The case's (command, arguments, environment) and the fragment its error line must hold."""
     command, args, edit_env, fragment = CATALOGUE[case]
     env = teacher["env"]
-    (tmp_path / "file.txt").write_text("not a folder\n")
-    values = {"{t}": teacher["spec"], "{tmp}": str(tmp_path), "{img}": str(_images(env)),
+    (tmp / "file.txt").write_text("not a folder\n")
+    values = {"{t}": teacher["spec"], "{tmp}": str(tmp), "{img}": str(_images(env)),
               "{student}": str(trained["logit"][0].parent)}
     if "{features_only}" in str(args):
-        values["{features_only}"] = _features_only_teacher(tmp_path)
+        values["{features_only}"] = _features_only_teacher(tmp)
 
     def fill(text: str) -> str:
         for key, value in values.items():
             text = text.replace(key, value)
         return text
 
-    results_before = tree_digest(Path(env["nnUNet_results"]))
-    result = run_cli(command, *map(fill, args), env=edit_env(env, tmp_path) if edit_env else env, check=False)
-    assert fill(fragment) in error_line(result)
-    assert tree_digest(Path(env["nnUNet_results"])) == results_before  # a refused command writes nothing
-    assert not (tmp_path / "out").exists() and not (tmp_path / "model").exists()
+    return (command, [fill(a) for a in args], edit_env(env, tmp) if edit_env else env), fill(fragment)
 
 
-def test_verbose_adds_the_traceback_to_the_error_line(teacher):
-    result = run_cli("nnkd_train", *TRAIN, "--method", "distil", "--verbose", env=teacher["env"], check=False)
+@pytest.fixture(scope="module")
+def refusals(request, trained, teacher, tmp_path_factory):
+    """The commands of every collected case of the refusal tests below, each in a folder of its own, run two at
+    a time (run_clis) before any is checked; the session's nnUNet_results is digested before and after them all.
+    Returns (test, case) -> (result, folder, fragment) and both digests."""
+    cases = {}
+    for case in selected_params(request, "test_bad_input_gives_one_error_line", "case"):
+        tmp = tmp_path_factory.mktemp(case)
+        cases["catalogue", case] = (tmp, *_catalogue_call(case, trained, teacher, tmp))
+    for command in selected_params(request, "test_a_checkpoint_carrying_code_is_refused_and_never_run", "command"):
+        tmp = tmp_path_factory.mktemp(f"code-{command}")
+        cases["code", command] = (tmp, _code_call(command, trained, teacher, tmp), None)
+    for damage in selected_params(request, "test_resume_refuses_a_hostile_or_truncated_checkpoint", "damage"):
+        tmp = tmp_path_factory.mktemp(f"resume-{damage}")
+        cases["resume", damage] = (tmp, _resume_call(damage, trained, teacher, tmp), None)
+    if selected_params(request, "test_verbose_adds_the_traceback_to_the_error_line"):
+        cases["verbose", None] = (None, ("nnkd_train", [*TRAIN, "--method", "distil", "--verbose"], teacher["env"]),
+                                  None)
+    results = Path(teacher["env"]["nnUNet_results"])
+    before = tree_digest(results)
+    outputs = run_clis([call for _, call, _ in cases.values()])
+    return {"runs": {key: (output, tmp, fragment) for (key, (tmp, _, fragment)), output in zip(cases.items(), outputs)},
+            "results_before": before, "results_after": tree_digest(results)}
+
+
+@pytest.mark.parametrize("case", list(CATALOGUE))
+def test_bad_input_gives_one_error_line(case, refusals):
+    result, tmp, fragment = refusals["runs"]["catalogue", case]
+    assert fragment in error_line(result)
+    assert refusals["results_after"] == refusals["results_before"]  # a refused command writes nothing
+    assert not (tmp / "out").exists() and not (tmp / "model").exists()
+
+
+def test_verbose_adds_the_traceback_to_the_error_line(refusals):
+    result, _, _ = refusals["runs"]["verbose", None]
     assert result.returncode != 0 and "Traceback" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("nnkd: error: unknown method 'distil'")
 
@@ -218,42 +247,51 @@ def _hostile_student(trained: dict, tmp: Path, marker: Path) -> Path:
     return tmp / "results"
 
 
-@pytest.mark.parametrize("command", ["nnkd_train", "nnkd_cache_teacher", "nnkd_teachers", "nnkd_predict",
-                                     "nnkd_export"])
-def test_a_checkpoint_carrying_code_is_refused_and_never_run(command, trained, teacher, tmp_path):
-    marker = tmp_path / "code_ran"
+def _code_call(command: str, trained: dict, teacher: dict, tmp: Path) -> tuple:
+    """`command` given a checkpoint that carries code (marker: tmp/code_ran)."""
+    marker = tmp / "code_ran"
     env = teacher["env"]
     if command in ("nnkd_predict", "nnkd_export"):
-        env = {**env, "nnUNet_results": str(_hostile_student(trained, tmp_path, marker))}
-        args = {"nnkd_predict": ["-i", _images(env), "-o", tmp_path / "out", *STUDENT, "--method", "logit", *FAST],
-                "nnkd_export": [*STUDENT, "--method", "logit", "-o", tmp_path / "model"]}[command]
+        env = {**env, "nnUNet_results": str(_hostile_student(trained, tmp, marker))}
+        args = {"nnkd_predict": ["-i", _images(env), "-o", tmp / "out", *STUDENT, "--method", "logit", *FAST],
+                "nnkd_export": [*STUDENT, "--method", "logit", "-o", tmp / "model"]}[command]
     else:
-        spec = _hostile_teacher(teacher, tmp_path, marker)
+        spec = _hostile_teacher(teacher, tmp, marker)
         args = {"nnkd_train": [*TRAIN, "--method", "logit", "--teacher", spec, *QUICK_TRAINING],
                 "nnkd_cache_teacher": [*CACHE, "--teacher", spec],
                 "nnkd_teachers": ["describe", spec]}[command]
-    result = run_cli(command, *args, env=env, check=False)
+    return command, args, env
+
+
+@pytest.mark.parametrize("command", ["nnkd_train", "nnkd_cache_teacher", "nnkd_teachers", "nnkd_predict",
+                                     "nnkd_export"])
+def test_a_checkpoint_carrying_code_is_refused_and_never_run(command, refusals):
+    result, tmp, _ = refusals["runs"]["code", command]
     line = error_line(result)
     assert "cannot load checkpoint" in line and "Unsupported global: GLOBAL posix.system" in line, line
-    assert not marker.exists()
-    assert not (tmp_path / "out").exists() and not (tmp_path / "model").exists()
+    assert not (tmp / "code_ran").exists()
+    assert not (tmp / "out").exists() and not (tmp / "model").exists()
 
 
-@pytest.mark.parametrize("damage", ["code", "truncated"])
-def test_resume_refuses_a_hostile_or_truncated_checkpoint(damage, trained, teacher, tmp_path):
+def _resume_call(damage: str, trained: dict, teacher: dict, tmp: Path) -> tuple:
+    """--c on a copy of the no-KD student whose checkpoint_latest.pth carries code or is cut short."""
     model = trained["none"][0].parent
-    copy = tmp_path / "results" / DATASET / model.name
+    copy = tmp / "results" / DATASET / model.name
     shutil.copytree(model, copy)
     latest = copy / "fold_0" / "checkpoint_latest.pth"
     os.rename(copy / "fold_0" / "checkpoint_final.pth", latest)  # as if killed before the last epoch ended
-    marker = tmp_path / "code_ran"
     if damage == "code":
-        _plant_code(latest, marker)
+        _plant_code(latest, tmp / "code_ran")
     else:
         latest.write_bytes(latest.read_bytes()[:5000])
-    env = {**teacher["env"], "nnUNet_results": str(tmp_path / "results")}
-    result = run_cli("nnkd_train", *TRAIN, "--method", "none", "--c", "--device", "cpu", env=env, check=False)
-    assert not marker.exists()
+    env = {**teacher["env"], "nnUNet_results": str(tmp / "results")}
+    return "nnkd_train", [*TRAIN, "--method", "none", "--c", "--device", "cpu"], env
+
+
+@pytest.mark.parametrize("damage", ["code", "truncated"])
+def test_resume_refuses_a_hostile_or_truncated_checkpoint(damage, refusals):
+    result, tmp, _ = refusals["runs"]["resume", damage]
+    assert not (tmp / "code_ran").exists()
     assert "cannot load checkpoint" in error_line(result)
 
 
@@ -336,11 +374,9 @@ def test_a_replaced_folder_is_swapped_whole(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- nnUNet_raw is read-only
-def test_plan_train_predict_export_never_write_nnunet_raw(planned, trained, tmp_path):
-    """`planned` took the digest before planning; `trained` trained three students; predict and export here."""
-    env = {**planned["env"], "nnUNet_n_proc_DA": "0"}
-    run_cli("nnkd_predict", "-i", _images(env), "-o", tmp_path / "predictions", *STUDENT, "--method", "logit",
-            *FAST, env=env)
-    run_cli("nnkd_export", *STUDENT, "--method", "logit", "-o", tmp_path / "model", "--zip", env=env)
-    assert (tmp_path / "model.zip").is_file() and any((tmp_path / "predictions").glob("*.nii.gz"))
-    assert tree_digest(Path(env["nnUNet_raw"])) == planned["raw_before"]
+def test_plan_train_predict_export_never_write_nnunet_raw(planned, trained, deployed_student):
+    """`planned` took the digest before planning; `trained` trained three students; `deployed_student` (conftest)
+    predicted imagesTs, exported the logit student (zip + ONNX) and predicted with stock nnU-Net from the export."""
+    root = deployed_student["root"]
+    assert (root / "model.zip").is_file() and any((root / "nnkd").glob("*.nii.gz"))
+    assert tree_digest(Path(planned["env"]["nnUNet_raw"])) == planned["raw_before"]

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PLANNED_ID, QUICK_TRAINING, fake_teacher, run_cli
+from conftest import PLANNED_ID, QUICK_TRAINING, run_cli
 from nnkd.cache.store import CacheSettings, TeacherCache, cache_folder
 from nnkd.distill.logits import kd_kl_loss, logits_from_probabilities
+from nnkd.teachers.checkpoint import load_checkpoint
 
 CACHE = ["-d", str(PLANNED_ID), "-c", "3d_fullres", "-f", "0", "--device", "cpu"]
 
@@ -160,11 +161,12 @@ def test_feature_methods_refuse_the_cache(cached, tmp_path):
     assert result.returncode != 0 and "method feature needs live teacher features" in result.stderr
 
 
-def test_corrupt_and_stale_entries_are_detected_and_recomputed(teacher, tmp_path):
-    spec = fake_teacher(teacher["folder"], tmp_path)
-    env = {**teacher["env"], "nnUNet_results": str(tmp_path / "results")}
-    run_cli("nnkd_cache_teacher", *CACHE, "--teacher", spec, env=env)
-    cache = _cache_of(spec, env)
+def test_corrupt_and_stale_entries_are_detected_and_recomputed(cached, tmp_path):
+    """On the module's cache (no second teacher to cache from scratch). The test ends with every entry recomputed
+    for the changed checkpoint, so the copy and its cache still agree for this module's other tests, in any order."""
+    spec = cached["spec"]
+    env = {**cached["env"], "nnUNet_results": str(tmp_path / "results")}
+    cache = TeacherCache(cached["cache"].folder)
     victim = sorted(cache.folder.glob("*.b2nd"))[0]
     victim.write_bytes(victim.read_bytes()[:100])
     train = ["nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "logit", "--teacher", spec,
@@ -173,8 +175,8 @@ def test_corrupt_and_stale_entries_are_detected_and_recomputed(teacher, tmp_path
     assert corrupt.returncode != 0 and "corrupt entries for 1 case(s)" in corrupt.stderr
     assert "for 1 of" in run_cli("nnkd_cache_teacher", *CACHE, "--teacher", spec, env=env).stdout
 
-    checkpoint = Path(spec.split(":", 1)[1]) / "fold_0" / "checkpoint_final.pth"
-    state = torch.load(checkpoint, weights_only=True)
+    checkpoint = cached["folder"] / "fold_0" / "checkpoint_final.pth"
+    state = load_checkpoint(checkpoint)
     state["network_weights"] = {k: v + 0.01 if v.is_floating_point() else v
                                 for k, v in state["network_weights"].items()}
     torch.save(state, checkpoint)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PLANNED_ID, QUICK_TRAINING, fake_teacher, run_cli
+from conftest import PLANNED_ID, QUICK_TRAINING, fake_teacher, run_cli, run_clis, selected_params
 
 TRAIN = [str(PLANNED_ID), "3d_fullres", "0"]
 
@@ -37,18 +37,20 @@ def _ct_normalization(plans):
     plans["configurations"]["3d_fullres"]["normalization_schemes"] = ["CTNormalization"]
 
 
-@pytest.mark.parametrize("make, fragment", [
-    (lambda t, p: fake_teacher(t, p, edit_dataset=_two_channels), "2 input channel(s), the dataset has 1"),
-    (lambda t, p: fake_teacher(t, p, edit_dataset=_extra_label), "teacher labels"),
-    (lambda t, p: fake_teacher(t, p, edit_plans=_other_spacing), "expects spacing [3.0, 1.0, 1.0]"),
-    (lambda t, p: fake_teacher(t, p, edit_plans=_ct_normalization), "expects ['CTNormalization'] normalization"),
-    (lambda t, p: fake_teacher(t, p, configuration="2d"), "the teacher is 2D, configuration 3d_fullres is 3D"),
-], ids=["channels", "labels", "spacing", "normalization", "dimensionality"])
-def test_teacher_that_cannot_teach_this_student(teacher, tmp_path, make, fragment):
-    spec = make(teacher["folder"], tmp_path)
-    result = run_cli("nnkd_train", *TRAIN, "--budget", "tiny", "--method", "logit", "--teacher", spec,
-                     *QUICK_TRAINING, env=teacher["env"], check=False)
-    assert fragment in _error_line(result)
+UNFIT = {  # a teacher whose files do not fit the student's dataset or configuration
+    "channels": (lambda t, p: fake_teacher(t, p, edit_dataset=_two_channels), "2 input channel(s), the dataset has 1"),
+    "labels": (lambda t, p: fake_teacher(t, p, edit_dataset=_extra_label), "teacher labels"),
+    "spacing": (lambda t, p: fake_teacher(t, p, edit_plans=_other_spacing), "expects spacing [3.0, 1.0, 1.0]"),
+    "normalization": (lambda t, p: fake_teacher(t, p, edit_plans=_ct_normalization),
+                      "expects ['CTNormalization'] normalization"),
+    "dimensionality": (lambda t, p: fake_teacher(t, p, configuration="2d"),
+                       "the teacher is 2D, configuration 3d_fullres is 3D"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNFIT))
+def test_teacher_that_cannot_teach_this_student(case, refusals):
+    assert UNFIT[case][1] in _error_line(refusals["unfit", case])
 
 
 def _truncated(folder: Path, tmp: Path) -> str:
@@ -66,59 +68,81 @@ def _not_a_checkpoint(folder: Path, tmp: Path) -> str:
     return f"nnunet:{copy_}"
 
 
-@pytest.mark.parametrize("spec, args, fragment", [
-    (None, ["--method", "distil"], "unknown method 'distil'"),
-    (None, ["--method", "logit"], "needs a teacher"),
-    ("foo:/nowhere", ["--method", "logit"], "unknown teacher family 'foo'"),
-    ("nnunet:/nowhere/at/all", ["--method", "logit"], "teacher folder /nowhere/at/all not found"),
-    ("{t}?color=red", ["--method", "logit"], "unknown option(s) color"),
-    ("{t}?fold=3", ["--method", "logit"], "teacher fold 3 not found"),
-    ("{t}?checkpoint=checkpoint_latest.pth", ["--method", "logit"], "checkpoint_latest.pth not found"),
-    ("nnunet:", ["--method", "logit"], "is not of the form family:PATH"),
-    (_truncated, ["--method", "logit"], "cannot load checkpoint"),
-    (_not_a_checkpoint, ["--method", "logit"], "cannot load checkpoint"),
-    ("{t}", ["--method", "logit", "--hp", "temperature=4"], "has no hyper-parameter 'temperature'"),
-    ("{t}", ["--method", "logit", "--hp", "kd_temperature=hot"], "kd_temperature='hot' is not a valid float"),
-    ("{t}", ["--method", "logit", "--hp", "kd_temperature"], "is not NAME=VALUE"),
-], ids=["method", "no-teacher", "family", "folder", "option", "fold", "checkpoint-file", "spec-syntax",
-        "truncated", "not-a-checkpoint", "hp-name", "hp-value", "hp-syntax"])
-def test_bad_method_teacher_or_options(teacher, tmp_path, spec, args, fragment):
-    if callable(spec):
-        spec = spec(teacher["folder"], tmp_path)
-    elif spec:
-        spec = spec.replace("{t}", teacher["spec"])
-    teacher_args = ["--teacher", spec] if spec else []
-    result = run_cli("nnkd_train", *TRAIN, "--budget", "tiny", *args, *teacher_args, *QUICK_TRAINING,
-                     env=teacher["env"], check=False)
-    assert fragment in _error_line(result)
+BAD_OPTIONS = {  # teacher spec ("{t}": the session's teacher; a function: made from it), arguments, fragment
+    "method": (None, ["--method", "distil"], "unknown method 'distil'"),
+    "no-teacher": (None, ["--method", "logit"], "needs a teacher"),
+    "family": ("foo:/nowhere", ["--method", "logit"], "unknown teacher family 'foo'"),
+    "folder": ("nnunet:/nowhere/at/all", ["--method", "logit"], "teacher folder /nowhere/at/all not found"),
+    "option": ("{t}?color=red", ["--method", "logit"], "unknown option(s) color"),
+    "fold": ("{t}?fold=3", ["--method", "logit"], "teacher fold 3 not found"),
+    "checkpoint-file": ("{t}?checkpoint=checkpoint_latest.pth", ["--method", "logit"],
+                        "checkpoint_latest.pth not found"),
+    "spec-syntax": ("nnunet:", ["--method", "logit"], "is not of the form family:PATH"),
+    "truncated": (_truncated, ["--method", "logit"], "cannot load checkpoint"),
+    "not-a-checkpoint": (_not_a_checkpoint, ["--method", "logit"], "cannot load checkpoint"),
+    "hp-name": ("{t}", ["--method", "logit", "--hp", "temperature=4"], "has no hyper-parameter 'temperature'"),
+    "hp-value": ("{t}", ["--method", "logit", "--hp", "kd_temperature=hot"],
+                 "kd_temperature='hot' is not a valid float"),
+    "hp-syntax": ("{t}", ["--method", "logit", "--hp", "kd_temperature"], "is not NAME=VALUE"),
+}
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--budget", "huge", "--method", "none"], "unknown budget 'huge'"),
-    (["--budget", "medium", "--method", "none"], "plan first"),
-    (["--method", "none"], "no student plans given"),
-    (["--budget", "tiny", "--method", "none", "--c"], "nothing to resume"),
-    (["--budget", "tiny", "--method", "none", "--val"], "nothing to validate"),
-], ids=["budget", "unplanned", "no-plans", "resume", "validate"])
-def test_bad_plans_or_run_state(teacher, args, fragment):
-    result = run_cli("nnkd_train", *TRAIN[:2], "3", *args, "--device", "cpu", env=teacher["env"], check=False)
-    assert fragment in _error_line(result)
+@pytest.mark.parametrize("case", list(BAD_OPTIONS))
+def test_bad_method_teacher_or_options(case, refusals):
+    assert BAD_OPTIONS[case][2] in _error_line(refusals["options", case])
 
 
-def test_unknown_configuration_and_dataset(teacher):
-    bad_config = run_cli("nnkd_train", PLANNED_ID, "3d_lowres", "0", "--budget", "tiny", "--method", "none",
-                         env=teacher["env"], check=False)
-    assert "unknown configuration '3d_lowres'" in _error_line(bad_config)
-    bad_dataset = run_cli("nnkd_train", "555", "3d_fullres", "0", "--budget", "tiny", "--method", "none",
-                          env=teacher["env"], check=False)
-    assert "dataset 555 not found" in _error_line(bad_dataset)
+BAD_PLANS = {  # arguments after dataset, configuration and fold 3; fragment
+    "budget": (["--budget", "huge", "--method", "none"], "unknown budget 'huge'"),
+    "unplanned": (["--budget", "medium", "--method", "none"], "plan first"),
+    "no-plans": (["--method", "none"], "no student plans given"),
+    "resume": (["--budget", "tiny", "--method", "none", "--c"], "nothing to resume"),
+    "validate": (["--budget", "tiny", "--method", "none", "--val"], "nothing to validate"),
+}
 
 
-def test_resuming_with_another_teacher_is_refused(trained, teacher, tmp_path):
-    other = fake_teacher(teacher["folder"], tmp_path)
-    result = run_cli("nnkd_train", *TRAIN, "--budget", "tiny", "--method", "logit", "--teacher", other, "--c",
-                     "--device", "cpu", env=teacher["env"], check=False)
-    assert "this run was started with teacher" in _error_line(result)
+@pytest.mark.parametrize("case", list(BAD_PLANS))
+def test_bad_plans_or_run_state(case, refusals):
+    assert BAD_PLANS[case][1] in _error_line(refusals["plans", case])
+
+
+def test_unknown_configuration_and_dataset(refusals):
+    assert "unknown configuration '3d_lowres'" in _error_line(refusals["unknown", "configuration"])
+    assert "dataset 555 not found" in _error_line(refusals["unknown", "dataset"])
+
+
+def test_resuming_with_another_teacher_is_refused(refusals):
+    assert "this run was started with teacher" in _error_line(refusals["resume", "other-teacher"])
+
+
+@pytest.fixture(scope="module")
+def refusals(request, trained, teacher, tmp_path_factory) -> dict:
+    """The nnkd_train command of every collected case above, each with a folder of its own, run two at a time
+    (run_clis) before any is checked; (group, case) -> its result."""
+    env = teacher["env"]
+    calls = {}
+    for case in selected_params(request, "test_teacher_that_cannot_teach_this_student", "case"):
+        spec = UNFIT[case][0](teacher["folder"], tmp_path_factory.mktemp(case))
+        calls["unfit", case] = [*TRAIN, "--budget", "tiny", "--method", "logit", "--teacher", spec, *QUICK_TRAINING]
+    for case in selected_params(request, "test_bad_method_teacher_or_options", "case"):
+        spec, args, _ = BAD_OPTIONS[case]
+        if callable(spec):
+            spec = spec(teacher["folder"], tmp_path_factory.mktemp(case))
+        elif spec:
+            spec = spec.replace("{t}", teacher["spec"])
+        calls["options", case] = [*TRAIN, "--budget", "tiny", *args, *(["--teacher", spec] if spec else []),
+                                  *QUICK_TRAINING]
+    for case in selected_params(request, "test_bad_plans_or_run_state", "case"):
+        calls["plans", case] = [*TRAIN[:2], "3", *BAD_PLANS[case][0], "--device", "cpu"]
+    if selected_params(request, "test_unknown_configuration_and_dataset"):
+        calls["unknown", "configuration"] = [PLANNED_ID, "3d_lowres", "0", "--budget", "tiny", "--method", "none"]
+        calls["unknown", "dataset"] = ["555", "3d_fullres", "0", "--budget", "tiny", "--method", "none"]
+    if selected_params(request, "test_resuming_with_another_teacher_is_refused"):
+        other = fake_teacher(teacher["folder"], tmp_path_factory.mktemp("other_teacher"))
+        calls["resume", "other-teacher"] = [*TRAIN, "--budget", "tiny", "--method", "logit", "--teacher", other,
+                                            "--c", "--device", "cpu"]
+    results = run_clis([("nnkd_train", args, env) for args in calls.values()])
+    return dict(zip(calls, results))
 
 
 def test_changed_teacher_checkpoint_is_refused_on_resume(trained, teacher, tmp_path):

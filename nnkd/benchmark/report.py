@@ -11,6 +11,8 @@ MARKERS = {"none": "o", "logit": "s", "feature": "^", "cka": "D", "drd": "P"}
 
 
 def _method_label(run: dict) -> str:
+    if run["method"] == "multiteacher":
+        return f"multiteacher ({run.get('teachers', 1)} teachers)"
     return run["method"] + (" (cached)" if run["cached"] else "")
 
 

@@ -13,7 +13,7 @@ from nnkd.errors import NnkdError
 
 BIN = Path(sys.executable).parent
 TRAINERS = {"none": "nnKDTrainer_NoKD", "logit": "nnKDTrainer_Logit", "feature": "nnKDTrainer_Feature",
-            "cka": "nnKDTrainer_CKA", "drd": "nnKDTrainer_DRD"}
+            "cka": "nnKDTrainer_CKA", "drd": "nnKDTrainer_DRD", "multiteacher": "nnKDTrainer_MultiTeacher"}
 
 
 @dataclass(frozen=True)
@@ -66,15 +66,31 @@ def seconds_per_iteration(fold_dir: Path, iterations: int) -> float:
     return statistics.median(durations[1:] or durations) / iterations
 
 
+def is_finished(run: Run, plans: str, request, dataset_name: str, output: Path) -> bool:
+    """The run trained to its end and its record was written (a rerun skips it)."""
+    results = output / "runs" / run.name
+    fold_dir = fold_folder(results, dataset_name, run, plans, request.configuration, request.fold)
+    return (fold_dir / "validation" / "summary.json").is_file() and (results / "run.json").is_file()
+
+
+def run_teachers(run: Run, request) -> list[str]:
+    """The teacher specs a run trains with: none for the baseline, every --teacher for multiteacher, else the
+    first."""
+    if run.method == "none":
+        return []
+    return [request.teacher, *request.extra_teachers] if run.method == "multiteacher" else [request.teacher]
+
+
 def train(run: Run, plans: str, request, dataset_name: str, env: dict, output: Path) -> dict:
     """Train one run unless it finished before; its measurements."""
     results = output / "runs" / run.name
     fold_dir = fold_folder(results, dataset_name, run, plans, request.configuration, request.fold)
     summary = fold_dir / "validation" / "summary.json"
     record_file = results / "run.json"
-    if summary.is_file() and record_file.is_file():
+    if is_finished(run, plans, request, dataset_name, output):
         return json.loads(record_file.read_text())
-    teacher_args = [] if run.method == "none" else ["--teacher", request.teacher]
+    teachers = run_teachers(run, request)
+    teacher_args = [arg for spec in teachers for arg in ("--teacher", spec)]
     teacher_args += ["--teacher-cache"] if run.cached else []
     labeled = ["--labeled", request.labeled] if request.labeled else []
     peak = check(["nnkd_train", dataset_name, request.configuration, request.fold, "-p", plans, "--method",
@@ -83,6 +99,7 @@ def train(run: Run, plans: str, request, dataset_name: str, env: dict, output: P
                  {**env, "nnUNet_results": str(results)}, results / "train.log")
     validation = json.loads(summary.read_text())
     record = {"run": run.name, "budget": run.budget, "method": run.method, "cached": run.cached, "plans": plans,
+              "teachers": len(teachers),
               "fold_folder": str(fold_dir),
               "seconds_per_iteration": seconds_per_iteration(fold_dir, request.iterations),
               "peak_memory_mb": round(peak, 1),

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from nnkd.atomic import write_json_atomic
 from nnkd.benchmark.measure import TeacherLogits, evaluate, measure_model, validation_images
-from nnkd.benchmark.runs import Run, TRAINERS, check, train
+from nnkd.benchmark.runs import Run, TRAINERS, check, is_finished, train
 from nnkd.errors import NnkdError
 from nnkd.nnunet_env import find_dataset_name, require_env
 
@@ -24,7 +24,8 @@ class BenchmarkRequest:
     output: Path
     dataset: str | None = None
     configuration: str = "3d_fullres"
-    teacher: str | None = None
+    teacher: str | None = None  # measured beside the students, and the teacher of every single-teacher method
+    extra_teachers: tuple[str, ...] = ()  # further --teacher specs: multiteacher distils all of them
     methods: tuple[str, ...] = ("none", "logit", "feature", "cka", "drd")
     budgets: tuple[str, ...] = ("tiny", "small")
     fold: str = "0"
@@ -113,21 +114,29 @@ def _teacher_measurements(teacher, request, dataset_name, plans_file, dataset_js
     if not teacher.has_logits or dict(teacher.labels) != dict(dataset_json["labels"]):
         return info
     folder = output / "predictions" / "teacher"
+    done = folder / "measure.json"
+    key = {"spec": request.teacher, "checkpoint_sha256": teacher.checkpoint_sha256, "onnx": request.onnx,
+           "configuration": request.configuration, "cases": [case for case, *_ in images]}
+    if done.is_file():  # a rerun: the same teacher on the same cases was measured before
+        measured = json.loads(done.read_text())
+        if measured.get("key") == key:
+            return info | measured["result"]
     raw = Path(os.environ["nnUNet_raw"]) / dataset_name
     if isinstance(teacher, NnUNetTeacher) and len(teacher.networks) == 1:
         teacher_folder = Path(request.teacher.split(":", 1)[1].split("?")[0])
         plans = json.loads((teacher_folder / "plans.json").read_text())
         network = teacher.networks[0]
-        info |= measure_model(network, network.state_dict(), plans, teacher.configuration, dataset_json,
-                              images, folder, device, request.onnx, progress)
-        info |= evaluate(folder, raw, teacher_folder / "dataset.json", teacher_folder / "plans.json")
+        result = measure_model(network, network.state_dict(), plans, teacher.configuration, dataset_json,
+                               images, folder, device, request.onnx, progress)
+        result |= evaluate(folder, raw, teacher_folder / "dataset.json", teacher_folder / "plans.json")
     else:
         network = TeacherLogits(teacher)
         plans = json.loads(plans_file.read_text())
-        info |= measure_model(network, network.state_dict(), plans, request.configuration, dataset_json, images,
-                              folder, device, False, progress)
-        info |= evaluate(folder, raw, plans_file.parent / "dataset.json", plans_file)
-    return info
+        result = measure_model(network, network.state_dict(), plans, request.configuration, dataset_json, images,
+                               folder, device, False, progress)
+        result |= evaluate(folder, raw, plans_file.parent / "dataset.json", plans_file)
+    write_json_atomic(done, {"key": key, "result": result})
+    return info | result
 
 
 def _student_measurements(record: dict, request, dataset_name, dataset_json, images, output, device,
@@ -184,7 +193,7 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
     has_logits = teacher.has_logits and dict(teacher.labels) == dict(dataset_json["labels"])
     runs = _runs(request, has_logits)
-    if any(r.cached for r in runs):
+    if any(r.cached and not is_finished(r, plans[r.budget], request, dataset_name, output) for r in runs):
         check(["nnkd_cache_teacher", "-d", dataset_name, "-c", request.configuration, "-f", request.fold,
                "--teacher", request.teacher, "--device", request.device], env, output / "logs" / "cache.log")
     steps.update()

@@ -10,8 +10,11 @@ def build_parser() -> ArgumentParser:
                                    "write results.json, report.md and plots. Finished runs are skipped on rerun.")
     p.add_argument("-d", metavar="DATASET", help="dataset ID or name (default with --quick: a synthetic one)")
     p.add_argument("-c", default="3d_fullres", metavar="CONFIGURATION")
-    p.add_argument("--teacher", metavar="SPEC", help="teacher spec (with --quick: a briefly trained nnU-Net)")
-    p.add_argument("--methods", default="none,logit,feature,cka,drd", help="comma-separated methods")
+    p.add_argument("--teacher", metavar="SPEC", action="append", default=[],
+                   help="teacher spec (with --quick: a briefly trained nnU-Net); repeat it for multiteacher, which "
+                        "distils all of them (the first is measured and teaches the other methods)")
+    p.add_argument("--methods", default="none,logit,feature,cka,drd",
+                   help="comma-separated methods (also: multiteacher, with every --teacher)")
     p.add_argument("--budgets", default="tiny,small", help="comma-separated budgets (tiny, small, medium, "
                                                            "params200000, gflops5, …)")
     p.add_argument("-f", default="0", metavar="FOLD")
@@ -36,7 +39,8 @@ def _benchmark(args) -> None:
 
     split = lambda text: tuple(v for v in text.split(",") if v)  # noqa: E731
     run_benchmark(BenchmarkRequest(
-        output=Path(args.o), dataset=args.d, configuration=args.c, teacher=args.teacher,
+        output=Path(args.o), dataset=args.d, configuration=args.c, teacher=args.teacher[0] if args.teacher else None,
+        extra_teachers=tuple(args.teacher[1:]),
         methods=split(args.methods), budgets=split(args.budgets), fold=args.f, labeled=args.labeled,
         epochs=args.epochs, iterations=args.iterations, device=args.device, cached=not args.no_cache,
         onnx=not args.no_onnx, quick=args.quick, num_processes=args.np))
