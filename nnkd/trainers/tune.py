@@ -42,6 +42,14 @@ class TuningConfig(JsonRecord):
     schedule: dict = field(default_factory=dict)
 
 
+def check_tunable(teacher, channels: int, dims: int, dataset: str) -> None:
+    """The teacher must take the dataset's channels and patch dimensionality."""
+    if teacher.in_channels != channels or dims not in teacher.serves_dims:
+        raise NnkdError(f"teacher {teacher.spec} takes {teacher.in_channels} channel(s) and "
+                        f"{'/'.join(f'{d}D' for d in teacher.serves_dims)} patches; {dataset} has "
+                        f"{channels} channel(s) and {dims}D patches", "pick a teacher and configuration that fit")
+
+
 class nnKDTeacherTuner(nnUNetTrainer):
     """nnU-Net's loop around a LoRA-adapted foundation teacher and its segmentation head."""
 
@@ -64,11 +72,7 @@ class nnKDTeacherTuner(nnUNetTrainer):
         run's tuning record; nnU-Net calls it through the instance)."""
         teacher = create_teacher(self.tuning.base_spec, fold=self.fold, device="cpu")
         dims = len(configuration_manager.patch_size)
-        if teacher.in_channels != num_input_channels or dims not in teacher.serves_dims:
-            raise NnkdError(f"teacher {teacher.spec} takes {teacher.in_channels} channel(s) and "
-                            f"{'/'.join(f'{d}D' for d in teacher.serves_dims)} patches; the dataset has "
-                            f"{num_input_channels} channel(s) and {dims}D patches",
-                            "pick a teacher and configuration that fit")
+        check_tunable(teacher, num_input_channels, dims, "the dataset")
         if self.tuning.base_sha256 and teacher.checkpoint_sha256 != self.tuning.base_sha256:
             raise NnkdError(f"the base checkpoint {teacher.checkpoint_path} changed since this tuning started",
                             "restore it, or start a new tuning without --c")
@@ -197,11 +201,7 @@ def tune(request: TuneRequest) -> Path:
         dataset_json = json.loads((plans_file.parent / "dataset.json").read_text())
         channels = len(dataset_json["channel_names"])
         dims = len(configurations[request.configuration].get("patch_size", []))
-        if teacher.in_channels != channels or dims not in teacher.serves_dims:
-            raise NnkdError(f"teacher {wanted.base_spec} takes {teacher.in_channels} channel(s) and "
-                            f"{'/'.join(f'{d}D' for d in teacher.serves_dims)} patches; {dataset_name} has "
-                            f"{channels} channel(s) and {request.configuration} is {dims}D",
-                            "pick a teacher and configuration that fit")
+        check_tunable(teacher, channels, dims, f"{dataset_name} ({request.configuration})")
         replace(wanted, base_checkpoint=teacher.checkpoint_path, base_sha256=teacher.checkpoint_sha256).save(folder)
 
     use_nnkd_trainers()
