@@ -72,7 +72,7 @@ def test_unlabeled_cases_match_nnunets_own_preprocessing(env, unlabeled):
     regular_folder = preprocessed(env) / "Dataset991_Synthetic" / "nnUNetPlans_3d_fullres"
     assert infer_dataset_class(str(tset.folder)) is infer_dataset_class(str(regular_folder)) is nnUNetDatasetBlosc2
     ours, regular = nnUNetDatasetBlosc2(str(tset.folder)), nnUNetDatasetBlosc2(str(regular_folder))
-    assert ours.identifiers == ["extra_000", "extra_001"]
+    assert [c for c in ours.identifiers if c.startswith("extra_")] == ["extra_000", "extra_001"]  # others: test_tskd
     for case, source in (("extra_000", "case_000"), ("extra_001", "case_001")):
         data, seg, _, properties = ours.load_case(case)
         expected_data, _, _, expected_properties = regular.load_case(source)

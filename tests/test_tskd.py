@@ -88,7 +88,9 @@ def test_tune_then_tuned_teacher_has_logits_then_tskd_trains_on_labelled_and_tra
             *QUICK_TRAINING, env=env)
     student = tmp_path / "results" / "Dataset991_Synthetic" / "nnKDTrainer_TSKD__nnKDPlans_tiny__3d_fullres" / "fold_0"
     log = "\n".join(p.read_text() for p in student.glob("training_log_*.txt"))
-    assert "tskd: each step 2 labelled + 2 transfer sample(s); transfer set: 4 case(s)" in log
+    # 2 unlabelled + 2 synthetic + the 4 training cases of the fold that --labeled 2 left unlabelled
+    assert "tskd: each step 2 labelled + 2 transfer sample(s); transfer set: 8 case(s)" in log
+    assert "(the 4 training case(s) --labeled left unlabelled)" in log
     line = next(line for line in log.splitlines() if "distillation:" in line)
     assert "kd_logit" in line and "kd_feature" in line
     transfer = json.loads((student / "teacher.json").read_text())["transfer"]

@@ -13,7 +13,8 @@ from nnkd.errors import NnkdError
 
 BIN = Path(sys.executable).parent
 TRAINERS = {"none": "nnKDTrainer_NoKD", "logit": "nnKDTrainer_Logit", "feature": "nnKDTrainer_Feature",
-            "cka": "nnKDTrainer_CKA", "drd": "nnKDTrainer_DRD", "multiteacher": "nnKDTrainer_MultiTeacher"}
+            "cka": "nnKDTrainer_CKA", "drd": "nnKDTrainer_DRD", "multiteacher": "nnKDTrainer_MultiTeacher",
+            "tskd": "nnKDTrainer_TSKD"}
 
 
 @dataclass(frozen=True)

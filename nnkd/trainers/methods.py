@@ -276,8 +276,8 @@ class nnKDTrainer_MultiTeacher(nnKDTrainer):
 class nnKDTrainer_TSKD(nnKDTrainer_Feature):
     """TS-KD step 2: distil a task-tuned teacher (`tuned:FOLDER`, or any teacher with logits) on a transfer set.
     Each step joins nnU-Net's labelled batch (segmentation + KD) with `transfer_ratio` × as many transfer cases
-    (unlabelled, synthetic: KD only, no segmentation term). KD = logit KL (T², as `logit`) + the FitNets feature
-    term (as `feature`; `feature_weight=0` drops it)."""
+    (unlabelled, synthetic, or the training cases `--labeled` left unlabelled: KD only, no segmentation term).
+    KD = logit KL (T², as `logit`) + the FitNets feature term (as `feature`; `feature_weight=0` drops it)."""
 
     method = "tskd"
     needs_teacher_logits = True
@@ -287,12 +287,16 @@ class nnKDTrainer_TSKD(nnKDTrainer_Feature):
     transfer_ratio = 1.0  # transfer samples per labelled sample in each step (rounded, at least 1 with a set)
     hyperparameters = nnKDTrainer_Feature.hyperparameters + ("kd_temperature", "kd_weight", "transfer_ratio")
 
-    def transfer_folders(self) -> list[Path]:
-        return [Path(f) for f in (self.run_config.transfer if self.run_config else None) or []]
+    def transfer_sources(self) -> list[Path | tuple[Path, list[str]]]:
+        """The transfer-set folders (`--unlabeled`, `--synthetic`) and, with `--labeled N`, the fold's other
+        training cases as unlabelled images (the low-label regime: few labels, many images)."""
+        sources = [Path(f) for f in (self.run_config.transfer if self.run_config else None) or []]
+        remainder = self.unlabeled_training_cases()
+        return sources + ([(Path(self.preprocessed_dataset_folder), remainder)] if remainder else [])
 
     def get_tr_and_val_datasets(self):
         if getattr(self, "_loading_transfer", False):
-            dataset = TransferDataset(self.transfer_folders())
+            dataset = TransferDataset(self.transfer_sources())
             return dataset, dataset
         return super().get_tr_and_val_datasets()
 
@@ -301,8 +305,8 @@ class nnKDTrainer_TSKD(nnKDTrainer_Feature):
         get_dataloaders (same patch size and augmentation) with the transfer batch size and no foreground
         oversampling (transfer cases have no labels)."""
         labeled, validation = super().get_dataloaders()
-        folders = self.transfer_folders()
-        if not folders or self.transfer_ratio <= 0:
+        sources = self.transfer_sources()
+        if not sources or self.transfer_ratio <= 0:
             return labeled, validation
         count = max(1, round(self.batch_size * self.transfer_ratio))
         saved = self.batch_size, self.oversample_foreground_percent
@@ -313,9 +317,11 @@ class nnKDTrainer_TSKD(nnKDTrainer_Feature):
             (self.batch_size, self.oversample_foreground_percent), self._loading_transfer = saved, False
         if hasattr(transfer_validation, "_finish"):
             transfer_validation._finish()
-        cases = len(TransferDataset(folders).identifiers)
+        names = [str(s[0]) + f" (the {len(s[1])} training case(s) --labeled left unlabelled)"
+                 if isinstance(s, tuple) else str(s) for s in sources]
+        cases = len(TransferDataset(sources).identifiers)
         self.print_to_log_file(f"tskd: each step {self.batch_size} labelled + {count} transfer sample(s); transfer "
-                               f"set: {cases} case(s) in {', '.join(str(f) for f in folders)}")
+                               f"set: {cases} case(s) in {', '.join(names)}")
         return MixedBatches(labeled, transfer), validation
 
     def segmentation_loss(self, outputs, target, batch: dict) -> torch.Tensor:

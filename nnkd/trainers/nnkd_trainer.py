@@ -147,6 +147,16 @@ class nnKDTrainer(nnUNetTrainer):
             write_json_atomic(Path(self.output_folder) / LABELED_FILE, {"labeled": labeled, "cases": chosen})
         return chosen, validation_cases
 
+    def unlabeled_training_cases(self) -> list[str]:
+        """The fold's training cases that `--labeled` left out (none without it): images a method with a
+        transfer set may still distil on, never reading their labels."""
+        labeled = self.run_config.labeled if self.run_config else None
+        if labeled is None:
+            return []
+        training_cases, _ = super().do_split()
+        chosen = set(choose_labeled_cases(training_cases, labeled, self.fold))
+        return sorted(c for c in training_cases if c not in chosen)
+
     def get_tr_and_val_datasets(self):
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
         if self.teacher_cache is not None:

@@ -12,18 +12,21 @@ from nnkd.errors import NnkdError
 
 class TransferDataset:
     """The cases of one or more transfer-set folders (nnU-Net's preprocessed format) as one dataset for nnU-Net's
-    loader; identifiers are `<set index>/<case>` so cases of different sets never collide."""
+    loader; identifiers are `<set index>/<case>` so cases of different sets never collide. A source is a folder
+    (all its cases) or (folder, cases) — e.g. the dataset's own preprocessed folder and the training cases that
+    `--labeled` left unlabelled."""
 
-    def __init__(self, folders: list[Path]):
+    def __init__(self, sources: list[Path | tuple[Path, list[str]]]):
         self.datasets = []
         self.identifiers = []
-        for index, folder in enumerate(folders):
+        for index, source in enumerate(sources):
+            folder, chosen = source if isinstance(source, tuple) else (source, None)
             endings = [e for e in file_ending_dataset_mapping if any(folder.glob(f"*.{e}"))]
             if len(endings) != 1:
                 raise NnkdError(f"{folder} holds no cases in nnU-Net's preprocessed format",
                                 "give a transfer-set folder (nnkd_synthesize, --unlabeled)")
             dataset_class = file_ending_dataset_mapping[endings[0]]  # beside the cases may lie a manifest, PNGs
-            cases = dataset_class.get_identifiers(str(folder))
+            cases = dataset_class.get_identifiers(str(folder)) if chosen is None else list(chosen)
             if not cases:
                 raise NnkdError(f"the transfer set {folder} holds no cases",
                                 "fill it with nnkd_synthesize or --unlabeled DIR")

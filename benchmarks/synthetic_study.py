@@ -1,0 +1,74 @@
+"""The synthetic study: nnU-Net's default network trained as the teacher, then nnkd_benchmark twice.
+
+    python benchmarks/synthetic_study.py -o study_synthetic [-d 990] [--cases 24] [--shape 32 48 48]
+        [--teacher-epochs 24] [--teacher-iterations 20] [--epochs 15] [--iterations 15] [--labeled 4] [-np 2]
+
+1. Dataset: `nnkd_make_synthetic` (multi-class: organ, lesion, vessel; --cases training + 4 test cases of
+   about --shape voxels), unless `$nnUNet_raw` has it already.
+2. Plans: `nnkd_plan_and_preprocess --budget tiny` (nnU-Net's default plans, preprocessed, and a student).
+3. Teacher: nnU-Net's default 3d_fullres network (`-p nnUNetPlans`) trained by nnU-Net's loop without
+   distillation (`nnkd_train --method none`) for --teacher-epochs × --teacher-iterations on fold 0, into
+   `$nnUNet_results`; skipped when its checkpoint_final.pth exists.
+4. Low-label regime: `nnkd_benchmark --labeled N --methods none,logit,tskd --budgets tiny` into OUT/labeled<N>:
+   every run keeps N labelled training cases; tskd also distils on the fold's other training images (their
+   labels unread), which is what a teacher trained elsewhere offers a student with few labels.
+5. All labels: `nnkd_benchmark --methods none,logit,feature,cka,drd --budgets tiny,small` into OUT/all_labels.
+
+Every step skips what is finished, so a rerun resumes. Each benchmark writes results.json, report.md and plots.
+"""
+
+import argparse
+import os
+from pathlib import Path
+
+from nnkd.benchmark.runs import check
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("-o", required=True, type=Path, help="output folder of both benchmarks")
+    parser.add_argument("-d", type=int, default=990, help="dataset ID (default 990)")
+    parser.add_argument("--cases", type=int, default=24)
+    parser.add_argument("--shape", type=int, nargs=3, default=(32, 48, 48), metavar=("Z", "Y", "X"))
+    parser.add_argument("--teacher-epochs", type=int, default=24)
+    parser.add_argument("--teacher-iterations", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=15, help="epochs of each student run")
+    parser.add_argument("--iterations", type=int, default=15, help="iterations per epoch of each student run")
+    parser.add_argument("--labeled", type=int, default=4, help="labelled training cases of the low-label study")
+    parser.add_argument("-np", type=int, default=2, help="processes for preprocessing and augmentation")
+    args = parser.parse_args()
+
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        if name not in os.environ:
+            parser.error(f"set {name} (nnU-Net's folders) first")
+    env = {**os.environ, "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", str(args.np))}
+    logs = args.o / "logs"
+    raw = Path(env["nnUNet_raw"])
+    if not any(raw.glob(f"Dataset{args.d:03d}_*")):
+        check(["nnkd_make_synthetic", "-d", args.d, "--cases", args.cases, "--test-cases", 4, "--shape", *args.shape],
+              env, logs / "make_synthetic.log")
+    dataset = next(raw.glob(f"Dataset{args.d:03d}_*")).name
+    check(["nnkd_plan_and_preprocess", "-d", args.d, "-c", "3d_fullres", "--budget", "tiny", "-np", args.np], env,
+          logs / "plan.log")
+
+    teacher = Path(env["nnUNet_results"]) / dataset / "nnKDTrainer_NoKD__nnUNetPlans__3d_fullres"
+    if not (teacher / "fold_0" / "checkpoint_final.pth").is_file():
+        print(f"training the teacher ({args.teacher_epochs} × {args.teacher_iterations} iterations) into {teacher}")
+        check(["nnkd_train", dataset, "3d_fullres", 0, "-p", "nnUNetPlans", "--method", "none", "--epochs",
+               args.teacher_epochs, "--iterations-per-epoch", args.teacher_iterations, "--val-iterations-per-epoch",
+               2], env, logs / "teacher.log")
+
+    schedule = ["--epochs", args.epochs, "--iterations", args.iterations, "-np", args.np]
+    studies = {f"labeled{args.labeled}": ["--labeled", args.labeled, "--methods", "none,logit,tskd", "--budgets",
+                                          "tiny"],
+               "all_labels": ["--methods", "none,logit,feature,cka,drd", "--budgets", "tiny,small"]}
+    for name, options in studies.items():
+        print(f"benchmark {name} → {args.o / name}")
+        check(["nnkd_benchmark", "-d", args.d, "-c", "3d_fullres", "--teacher", f"nnunet:{teacher}", *options,
+               *schedule, "-o", args.o / name], env, logs / f"benchmark_{name}.log")
+        print((args.o / name / "report.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
