@@ -1,7 +1,8 @@
 """The synthetic study: nnU-Net's default network trained as the teacher, then nnkd_benchmark twice.
 
     python benchmarks/synthetic_study.py -o study_synthetic [-d 990] [--cases 24] [--shape 32 48 48]
-        [--teacher-epochs 24] [--teacher-iterations 20] [--epochs 15] [--iterations 15] [--labeled 4] [-np 2]
+        [--teacher-epochs 24] [--teacher-iterations 20] [--epochs 16] [--low-label-epochs 30]
+        [--iterations 15] [--labeled 4] [-np 2]
 
 1. Dataset: `nnkd_make_synthetic` (multi-class: organ, lesion, vessel; --cases training + 4 test cases of
    about --shape voxels), unless `$nnUNet_raw` has it already.
@@ -9,10 +10,12 @@
 3. Teacher: nnU-Net's default 3d_fullres network (`-p nnUNetPlans`) trained by nnU-Net's loop without
    distillation (`nnkd_train --method none`) for --teacher-epochs × --teacher-iterations on fold 0, into
    `$nnUNet_results`; skipped when its checkpoint_final.pth exists.
-4. Low-label regime: `nnkd_benchmark --labeled N --methods none,logit,tskd --budgets tiny` into OUT/labeled<N>:
-   every run keeps N labelled training cases; tskd also distils on the fold's other training images (their
-   labels unread), which is what a teacher trained elsewhere offers a student with few labels.
-5. All labels: `nnkd_benchmark --methods none,logit,feature,cka,drd --budgets tiny,small` into OUT/all_labels.
+4. Low-label regime: `nnkd_benchmark --labeled N --methods none,logit,tskd --budgets tiny` into OUT/labeled<N>,
+   --low-label-epochs × --iterations per run: every run keeps N labelled training cases; tskd also distils
+   on the fold's other training images (their labels unread), which is what a teacher trained elsewhere
+   offers a student with few labels. Four runs of one budget: cheap enough for a longer schedule.
+5. All labels: `nnkd_benchmark --methods none,logit,feature,cka,drd --budgets tiny,small` into OUT/all_labels,
+   --epochs × --iterations per run (thirteen runs, five of them with the teacher online).
 
 Every step skips what is finished, so a rerun resumes. Each benchmark writes results.json, report.md and plots.
 """
@@ -33,7 +36,8 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=(32, 48, 48), metavar=("Z", "Y", "X"))
     parser.add_argument("--teacher-epochs", type=int, default=24)
     parser.add_argument("--teacher-iterations", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=15, help="epochs of each student run")
+    parser.add_argument("--epochs", type=int, default=16, help="epochs of each run of the all-label study")
+    parser.add_argument("--low-label-epochs", type=int, default=30, help="epochs of each run of the low-label study")
     parser.add_argument("--iterations", type=int, default=15, help="iterations per epoch of each student run")
     parser.add_argument("--labeled", type=int, default=4, help="labelled training cases of the low-label study")
     parser.add_argument("-np", type=int, default=2, help="processes for preprocessing and augmentation")
@@ -59,10 +63,11 @@ def main() -> None:
                args.teacher_epochs, "--iterations-per-epoch", args.teacher_iterations, "--val-iterations-per-epoch",
                2], env, logs / "teacher.log")
 
-    schedule = ["--epochs", args.epochs, "--iterations", args.iterations, "-np", args.np]
+    schedule = ["--iterations", args.iterations, "-np", args.np]
     studies = {f"labeled{args.labeled}": ["--labeled", args.labeled, "--methods", "none,logit,tskd", "--budgets",
-                                          "tiny"],
-               "all_labels": ["--methods", "none,logit,feature,cka,drd", "--budgets", "tiny,small"]}
+                                          "tiny", "--epochs", args.low_label_epochs],
+               "all_labels": ["--methods", "none,logit,feature,cka,drd", "--budgets", "tiny,small", "--epochs",
+                              args.epochs]}
     for name, options in studies.items():
         print(f"benchmark {name} → {args.o / name}")
         check(["nnkd_benchmark", "-d", args.d, "-c", "3d_fullres", "--teacher", f"nnunet:{teacher}", *options,

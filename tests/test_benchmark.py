@@ -1,5 +1,5 @@
 """nnkd_benchmark --quick: every field of results.json, the report and its plots; a rerun skips finished runs
-and repeats no measurement."""
+and repeats no measurement; a rerun with another schedule is refused instead of reusing them."""
 
 import json
 import shutil
@@ -44,3 +44,9 @@ def test_quick_benchmark_reports_every_measure_and_resumes(planned, teacher, tmp
     # nothing retrained or cached again, and every measurement (timings included) reused, not repeated
     assert {p: p.stat().st_mtime_ns for p in logs} == logs
     assert json.loads((out / "results.json").read_text()) == results
+
+    changed = run_cli("nnkd_benchmark", *[a for a in args if a != "--quick"], "--epochs", 2, "--iterations", 2,
+                      env=planned["env"], check=False)
+    assert changed.returncode != 0 and "was trained with {'epochs': 1" in changed.stderr
+    assert "'epochs': 2" in changed.stderr and "give another -o" in changed.stderr
+    assert {p: p.stat().st_mtime_ns for p in logs} == logs

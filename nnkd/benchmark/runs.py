@@ -67,11 +67,25 @@ def seconds_per_iteration(fold_dir: Path, iterations: int) -> float:
     return statistics.median(durations[1:] or durations) / iterations
 
 
+def run_settings(run: Run, request) -> dict:
+    """What a run's result depends on beyond its folder (budget, method, fold, configuration)."""
+    return {"epochs": request.epochs, "iterations": request.iterations, "labeled": request.labeled,
+            "teachers": run_teachers(run, request)}
+
+
 def is_finished(run: Run, plans: str, request, dataset_name: str, output: Path) -> bool:
-    """The run trained to its end and its record was written (a rerun skips it)."""
+    """The run trained to its end and its record was written (a rerun skips it). A finished run of other
+    settings stops the benchmark: it would be reported as this one's."""
     results = output / "runs" / run.name
     fold_dir = fold_folder(results, dataset_name, run, plans, request.configuration, request.fold)
-    return (fold_dir / "validation" / "summary.json").is_file() and (results / "run.json").is_file()
+    record_file = results / "run.json"
+    if not ((fold_dir / "validation" / "summary.json").is_file() and record_file.is_file()):
+        return False
+    recorded, wanted = json.loads(record_file.read_text()).get("settings"), run_settings(run, request)
+    if recorded != wanted:
+        raise NnkdError(f"{results} was trained with {recorded}, this benchmark asks for {wanted}",
+                        "give another -o, or delete that run's folder to train it again")
+    return True
 
 
 def run_teachers(run: Run, request) -> list[str]:
@@ -100,7 +114,7 @@ def train(run: Run, plans: str, request, dataset_name: str, env: dict, output: P
                  {**env, "nnUNet_results": str(results)}, results / "train.log")
     validation = json.loads(summary.read_text())
     record = {"run": run.name, "budget": run.budget, "method": run.method, "cached": run.cached, "plans": plans,
-              "teachers": len(teachers),
+              "teachers": len(teachers), "settings": run_settings(run, request),
               "fold_folder": str(fold_dir),
               "seconds_per_iteration": seconds_per_iteration(fold_dir, request.iterations),
               "peak_memory_mb": round(peak, 1),
