@@ -2,7 +2,7 @@
 
     python benchmarks/synthetic_study.py -o study_synthetic [-d 990] [--cases 24] [--shape 32 48 48]
         [--teacher-epochs 24] [--teacher-iterations 20] [--epochs 16] [--low-label-epochs 30]
-        [--iterations 15] [--labeled 4] [-np 2]
+        [--iterations 15] [--labeled 4] [-np 2] [--device cpu|cuda]
 
 1. Dataset: `nnkd_make_synthetic` (multi-class: organ, lesion, vessel; --cases training + 4 test cases of
    about --shape voxels), unless `$nnUNet_raw` has it already.
@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=15, help="iterations per epoch of each student run")
     parser.add_argument("--labeled", type=int, default=4, help="labelled training cases of the low-label study")
     parser.add_argument("-np", type=int, default=2, help="processes for preprocessing and augmentation")
+    parser.add_argument("--device", default="cpu", help="training device (the benchmark measures latency on it)")
     args = parser.parse_args()
 
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -61,9 +62,9 @@ def main() -> None:
         print(f"training the teacher ({args.teacher_epochs} × {args.teacher_iterations} iterations) into {teacher}")
         check(["nnkd_train", dataset, "3d_fullres", 0, "-p", "nnUNetPlans", "--method", "none", "--epochs",
                args.teacher_epochs, "--iterations-per-epoch", args.teacher_iterations, "--val-iterations-per-epoch",
-               2], env, logs / "teacher.log")
+               2, "--device", args.device], env, logs / "teacher.log")
 
-    schedule = ["--iterations", args.iterations, "-np", args.np]
+    schedule = ["--iterations", args.iterations, "-np", args.np, "--device", args.device]
     studies = {f"labeled{args.labeled}": ["--labeled", args.labeled, "--methods", "none,logit,tskd", "--budgets",
                                           "tiny", "--epochs", args.low_label_epochs],
                "all_labels": ["--methods", "none,logit,feature,cka,drd", "--budgets", "tiny,small", "--epochs",
