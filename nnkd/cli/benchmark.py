@@ -14,7 +14,8 @@ def build_parser() -> ArgumentParser:
                    help="teacher spec (with --quick: a briefly trained nnU-Net); repeat it for multiteacher, which "
                         "distils all of them (the first is measured and teaches the other methods)")
     p.add_argument("--methods", default="none,logit,feature,cka,drd",
-                   help="comma-separated methods (also: multiteacher, with every --teacher)")
+                   help="comma-separated methods (also: multiteacher, with every --teacher; tskd, which with --labeled "
+                        "also distils on the unlabelled rest)")
     p.add_argument("--budgets", default="tiny,small", help="comma-separated budgets (tiny, small, medium, "
                                                            "params200000, gflops5, …)")
     p.add_argument("-f", default="0", metavar="FOLD")
