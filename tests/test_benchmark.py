@@ -3,12 +3,17 @@ and repeats no measurement; a rerun with another schedule is refused instead of 
 
 import json
 import shutil
+import statistics
+from pathlib import Path
+
+import pytest
 
 from conftest import PLANNED_ID, run_cli
 
 RUN_FIELDS = {"run", "budget", "method", "cached", "plans", "dice", "dice_per_class", "parameters", "gflops_per_patch",
               "param_ratio", "seconds_per_case_torch", "seconds_per_case_onnx", "speedup_torch", "speedup_onnx",
-              "seconds_per_iteration", "step_vs_none", "peak_memory_mb", "dice_vs_none", "dice_vs_teacher"}
+              "seconds_per_iteration", "step_vs_none", "peak_memory_mb", "dice_vs_none", "dice_vs_teacher", "seed",
+              "versions", "learning_curve", "label", "variant"}
 
 
 def test_quick_benchmark_reports_every_measure_and_resumes(planned, teacher, tmp_path):
@@ -22,20 +27,26 @@ def test_quick_benchmark_reports_every_measure_and_resumes(planned, teacher, tmp
             "tiny", "-np", "1", "-o", out]
     run_cli("nnkd_benchmark", *args, env=planned["env"])
     results = json.loads((out / "results.json").read_text())
-    assert results["schedule"] == {"epochs": 1, "iterations_per_epoch": 2}  # --quick
+    assert results["schedule"] == {"epochs": 1, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1}  # --quick
+    assert results["seeds"] == 1 and results["labels"] == {"1": "organ", "2": "lesion", "3": "vessel"}
     teacher = results["teacher"]
     assert teacher["parameters"] > 0 and 0 <= teacher["dice"] <= 1
     assert teacher["seconds_per_case_torch"] > 0 and teacher["seconds_per_case_onnx"] > 0
     runs = {r["run"]: r for r in results["runs"]}
-    assert set(runs) == {"tiny-none", "tiny-logit", "tiny-logit-cached"}
+    assert set(runs) == {"tiny-none-s0", "tiny-logit-s0", "tiny-logit-cached-s0"}
     for run in runs.values():
         assert RUN_FIELDS <= set(run), RUN_FIELDS - set(run)
         assert 0 <= run["dice"] <= 1 and run["peak_memory_mb"] > 0 and run["seconds_per_iteration"] > 0
         assert run["parameters"] < teacher["parameters"] and run["speedup_torch"] > 0
-    assert runs["tiny-none"]["step_vs_none"] == 1.0
+        assert run["seed"] == 0 and run["versions"]["nnunetv2"] and run["versions"]["torch"]
+        assert run["learning_curve"]["iterations"] == [2] and len(run["learning_curve"]["pseudo_dice_per_class"][0]) == 3
+    assert runs["tiny-none-s0"]["step_vs_none"] == 1.0
+    summary = {row["label"]: row for row in results["summary"]}
+    assert set(summary) == {"none", "logit", "logit (cached)"} and summary["none"]["dice"]["n"] == 1
     report = (out / "report.md").read_text()
     assert "| tiny | logit (cached) |" in report and "## Dice per class" in report
-    for plot in ("dice_vs_params.png", "dice_vs_latency.png", "dice_per_method.png"):
+    assert "## Mean over seeds" in report
+    for plot in ("dice_vs_params.png", "dice_vs_latency.png", "dice_per_method.png", "learning_curves.png"):
         assert (out / plot).stat().st_size > 1000
 
     logs = {p: p.stat().st_mtime_ns for p in [*(out / "runs").glob("*/train.log"), out / "logs" / "cache.log"]}
@@ -50,3 +61,82 @@ def test_quick_benchmark_reports_every_measure_and_resumes(planned, teacher, tmp
     assert changed.returncode != 0 and "was trained with {'epochs': 1" in changed.stderr
     assert "'epochs': 2" in changed.stderr and "give another -o" in changed.stderr
     assert {p: p.stat().st_mtime_ns for p in logs} == logs
+
+    # a second seed: only its runs train, seed 0's are reused (--cached-only: no online logit run)
+    more = run_cli("nnkd_benchmark", *args, "--seeds", 2, "--cached-only", "--no-onnx", env=planned["env"])
+    assert more.returncode == 0
+    kept = out / "runs" / "tiny-none-s0" / "train.log"
+    assert kept.stat().st_mtime_ns == logs[kept]
+    results = json.loads((out / "results.json").read_text())
+    assert {r["run"] for r in results["runs"]} == {"tiny-none-s0", "tiny-none-s1", "tiny-logit-cached-s0",
+                                                 "tiny-logit-cached-s1"}
+    summary = {row["label"]: row for row in results["summary"]}
+    assert set(summary) == {"none", "logit (cached)"}
+    cached = summary["logit (cached)"]
+    assert cached["seeds"] == [0, 1] and cached["dice"]["n"] == 2 and cached["dice_vs_none"]["n"] == 2
+    low, high = cached["dice_vs_none"]["ci95"]
+    assert low <= cached["dice_vs_none"]["mean"] <= high and cached["dice"]["std"] is not None
+    record = json.loads((out / "runs" / "tiny-logit-cached-s1" / "run.json").read_text())
+    assert record["seed"] == 1 and record["settings"]["seed"] == 1
+    fold = Path(record["fold_folder"])
+    assert json.loads((fold / "teacher.json").read_text())["seed"] == 1
+
+    # trained but not recorded (the benchmark killed in between): adopted as it is; stopped part-way: resumed
+    runs_dir = out / "runs"
+    adopted_log = runs_dir / "tiny-none-s1" / "train.log"
+    adopted_time = adopted_log.stat().st_mtime_ns
+    (runs_dir / "tiny-none-s1" / "run.json").unlink()
+    (runs_dir / "tiny-logit-cached-s1" / "run.json").unlink()
+    (fold / "checkpoint_final.pth").rename(fold / "checkpoint_latest.pth")  # as if stopped before its validation
+    shutil.rmtree(fold / "validation")
+    run_cli("nnkd_benchmark", *args, "--seeds", 2, "--cached-only", "--no-onnx", env=planned["env"])
+    assert adopted_log.stat().st_mtime_ns == adopted_time
+    records = {r["run"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert records["tiny-none-s1"]["peak_memory_mb"] is None and records["tiny-none-s0"]["peak_memory_mb"] > 0
+    resumed = runs_dir / "tiny-logit-cached-s1" / "train_resumed.log"
+    assert resumed.is_file() and (fold / "validation" / "summary.json").is_file()
+    assert (fold / "checkpoint_final.pth").is_file() and not (fold / "checkpoint_latest.pth").is_file()
+
+    bad = run_cli("nnkd_benchmark", *args, "--methods", "none,logit?kd_loss=hinton", env=planned["env"], check=False)
+    assert bad.returncode != 0 and "kd_loss 'hinton' is unknown" in bad.stderr
+    bad = run_cli("nnkd_benchmark", *args, "--methods", "none,logit?kd_temp=1", env=planned["env"], check=False)
+    assert bad.returncode != 0 and "has no hyper-parameter 'kd_temp'" in bad.stderr
+
+
+def test_method_variants_name_their_runs():
+    from nnkd.benchmark.runs import Run, parse_method
+
+    method, hp = parse_method("logit?kd_loss=kl+dice&kd_temperature=1")
+    assert (method, hp) == ("logit", (("kd_loss", "kl+dice"), ("kd_temperature", "1")))
+    run = Run("tiny", method, cached=True, seed=2, hp=hp)
+    assert run.name == "tiny-logit@kd_loss=kl+dice,kd_temperature=1-cached-s2"
+    assert run.label == "logit?kd_loss=kl+dice&kd_temperature=1 (cached)" and run.variant.startswith("logit?")
+    assert Run("small", "none").name == "small-none-s0" and parse_method("none") == ("none", ())
+
+
+def test_seed_summary_pairs_each_run_with_the_no_kd_run_of_its_seed():
+    from scipy.stats import t
+
+    from nnkd.benchmark.stats import derived_ratios, found_at, summarize
+
+    def run(method, seed, dice, lesion_curve):
+        return {"run": f"tiny-{method}-s{seed}", "label": method, "variant": method, "budget": "tiny",
+                "method": method, "cached": False, "seed": seed, "dice": dice, "seconds_per_iteration": 1.0,
+                "dice_per_class": {"1": dice, "2": dice / 2},
+                "learning_curve": {"iterations": [10, 20, 30], "pseudo_dice_per_class": [[0.9, v] for v in lesion_curve]}}
+
+    runs = [run("none", 0, 0.50, [0.0, 0.1, 0.6]), run("none", 1, 0.60, [0.0, 0.0, 0.2]),
+            run("none", 2, 0.70, [0.0, 0.0, 0.0]),
+            run("logit", 0, 0.60, [0.5, 0.9, 0.9]), run("logit", 1, 0.75, [0.6, 0.9, 0.9]),
+            run("logit", 2, 0.80, [0.0, 0.7, 0.9])]
+    rows = {r["label"]: r for r in summarize(derived_ratios(runs, {"dice": 0.9, "parameters": 10}))}
+    kd = rows["logit"]
+    assert kd["seeds"] == [0, 1, 2] and kd["dice"]["mean"] == pytest.approx(0.7167, abs=1e-4)
+    differences = [0.10, 0.15, 0.10]  # paired by seed, not mean minus mean
+    assert kd["dice_vs_none"]["mean"] == pytest.approx(sum(differences) / 3)
+    half = t.ppf(0.975, 2) * statistics.stdev(differences) / 3 ** 0.5
+    assert kd["dice_vs_none"]["ci95"] == pytest.approx([sum(differences) / 3 - half, sum(differences) / 3 + half])
+    assert kd["found_at"]["2"] == {"per_seed": [10, 10, 20], "median": 10}
+    assert rows["none"]["found_at"]["2"]["per_seed"] == [30, None, None]
+    assert rows["none"]["found_at"]["2"]["median"] is None  # most seeds never found it
+    assert found_at(runs[0]["learning_curve"], 0) == 10

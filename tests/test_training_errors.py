@@ -84,6 +84,8 @@ BAD_OPTIONS = {  # teacher spec ("{t}": the session's teacher; a function: made 
     "hp-value": ("{t}", ["--method", "logit", "--hp", "kd_temperature=hot"],
                  "kd_temperature='hot' is not a valid float"),
     "hp-syntax": ("{t}", ["--method", "logit", "--hp", "kd_temperature"], "is not NAME=VALUE"),
+    "kd-loss": ("{t}", ["--method", "logit", "--hp", "kd_loss=hinton"], "kd_loss 'hinton' is unknown"),
+    "kd-temperature": ("{t}", ["--method", "logit", "--hp", "kd_temperature=0"], "must be positive"),
 }
 
 
@@ -111,8 +113,9 @@ def test_unknown_configuration_and_dataset(refusals):
     assert "dataset 555 not found" in _error_line(refusals["unknown", "dataset"])
 
 
-def test_resuming_with_another_teacher_is_refused(refusals):
+def test_resuming_with_another_teacher_or_seed_is_refused(refusals):
     assert "this run was started with teacher" in _error_line(refusals["resume", "other-teacher"])
+    assert "this run was started with --seed None, not 7" in _error_line(refusals["resume", "other-seed"])
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +140,12 @@ def refusals(request, trained, teacher, tmp_path_factory) -> dict:
     if selected_params(request, "test_unknown_configuration_and_dataset"):
         calls["unknown", "configuration"] = [PLANNED_ID, "3d_lowres", "0", "--budget", "tiny", "--method", "none"]
         calls["unknown", "dataset"] = ["555", "3d_fullres", "0", "--budget", "tiny", "--method", "none"]
-    if selected_params(request, "test_resuming_with_another_teacher_is_refused"):
+    if selected_params(request, "test_resuming_with_another_teacher_or_seed_is_refused"):
         other = fake_teacher(teacher["folder"], tmp_path_factory.mktemp("other_teacher"))
         calls["resume", "other-teacher"] = [*TRAIN, "--budget", "tiny", "--method", "logit", "--teacher", other,
                                             "--c", "--device", "cpu"]
+        calls["resume", "other-seed"] = [*TRAIN, "--budget", "tiny", "--method", "logit", "--seed", "7", "--c",
+                                         "--device", "cpu"]
     results = run_clis([("nnkd_train", args, env) for args in calls.values()])
     return dict(zip(calls, results))
 

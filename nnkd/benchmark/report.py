@@ -13,7 +13,51 @@ MARKERS = {"none": "o", "logit": "s", "feature": "^", "cka": "D", "drd": "P"}
 def _method_label(run: dict) -> str:
     if run["method"] == "multiteacher":
         return f"multiteacher ({run.get('teachers', 1)} teachers)"
-    return run["method"] + (" (cached)" if run["cached"] else "")
+    return run.get("label") or run["method"] + (" (cached)" if run["cached"] else "")
+
+
+def _mean_std(stat: dict | None) -> str:
+    if not stat or stat.get("mean") is None:
+        return "–"
+    return f"{stat['mean']:.3f}" + (f" ± {stat['std']:.3f}" if stat.get("std") is not None else "")
+
+
+def _difference(stat: dict | None) -> str:
+    if not stat or stat.get("mean") is None:
+        return "–"
+    interval = f" [{stat['ci95'][0]:+.3f}, {stat['ci95'][1]:+.3f}]" if stat.get("ci95") else ""
+    return f"{stat['mean']:+.3f}{interval}"
+
+
+def _found(found: dict | None, iterations: int) -> str:
+    if not found:
+        return "–"
+    return found["median"] if found["median"] is not None else f"> {iterations}"
+
+
+def summary_lines(results: dict) -> list[str]:
+    """The table over seeds: mean ± std, per class, the paired Δ to no KD with its 95 % interval, and the
+    iteration at which the median seed's pseudo Dice of each class first reached 0.5."""
+    rows = results.get("summary") or []
+    if not rows:
+        return []
+    names = results.get("labels") or {}
+    classes = sorted({c for r in rows for c in r["dice_per_class"]}, key=lambda c: int(c) if c.isdigit() else c)
+    total = results["schedule"]["epochs"] * results["schedule"]["iterations_per_epoch"]
+    header = " | ".join(names.get(c, c) for c in classes)
+    lines = ["## Mean over seeds", "",
+             f"{results.get('seeds', 1)} seed(s) per run; ± is the standard deviation over seeds; Δ vs no KD is "
+             "the mean of the paired differences (same budget and seed) with its 95 % t-interval; 'found at' "
+             "is the training iteration after which the class's pseudo Dice (nnU-Net's validation patches) first "
+             "reached 0.5, for the median seed.", "",
+             f"| budget | method | seeds | Dice | {header} | Δ vs no KD [95 % CI] | found at: {header} |",
+             "|---|---|---|---|" + "---|" * len(classes) + "---|" + "---|" * len(classes)]
+    for r in rows:
+        per_class = " | ".join(_mean_std(r["dice_per_class"].get(c)) for c in classes)
+        found = " | ".join(str(_found((r.get("found_at") or {}).get(c), total)) for c in classes)
+        lines.append(f"| {r['budget']} | {r['label']} | {len(r['seeds'])} | {_mean_std(r['dice'])} | {per_class} | "
+                     f"{_difference(r['dice_vs_none'])} | {found} |")
+    return lines + ["", "![Learning curves](learning_curves.png)", ""]
 
 
 def _fmt(value, pattern: str = "{:.3f}") -> str:
@@ -33,7 +77,8 @@ def write_report(results: dict, output: Path) -> None:
              f"{_fmt(teacher.get('gflops_per_patch'), '{:.1f}')} GFLOPs per patch, Dice "
              f"{_fmt(teacher.get('dice'))}, {_fmt(teacher.get('seconds_per_case_torch'), '{:.2f}')} s per case "
              f"(torch), {_fmt(teacher.get('seconds_per_case_onnx'), '{:.2f}')} s (ONNX Runtime).", "",
-             "## Students", "",
+             *summary_lines(results),
+             "## Students" + (", every run" if results.get("summary") else ""), "",
              "| budget | method | params | × smaller | GFLOPs/patch | Dice | Δ vs no KD | Δ vs teacher | s/case torch "
              "| × faster | s/case ORT | × faster | s/iteration | × no-KD step | peak MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -46,7 +91,7 @@ def write_report(results: dict, output: Path) -> None:
             f"{_fmt(r['dice_vs_teacher'], '{:+.3f}')} | {_fmt(r.get('seconds_per_case_torch'), '{:.2f}')} | "
             f"{_fmt(r.get('speedup_torch'), '{:.1f}')} | {_fmt(r.get('seconds_per_case_onnx'), '{:.2f}')} | "
             f"{_fmt(r.get('speedup_onnx'), '{:.1f}')} | {r['seconds_per_iteration']:.2f} | "
-            f"{_fmt(r['step_vs_none'], '{:.2f}')} | {r['peak_memory_mb']:.0f} |")
+            f"{_fmt(r['step_vs_none'], '{:.2f}')} | {_fmt(r['peak_memory_mb'], '{:.0f}')} |")
     classes = sorted({c for r in runs for c in r["dice_per_class"]})
     lines += ["", "## Dice per class", "", "| run | " + " | ".join(classes) + " |",
               "|---|" + "---|" * len(classes)]
@@ -57,6 +102,41 @@ def write_report(results: dict, output: Path) -> None:
               "![Dice per method](dice_per_method.png)", ""]
     (output / "report.md").write_text("\n".join(lines))
     _plots(teacher, runs, output)
+    if any(r.get("learning_curve") for r in runs):
+        plot_learning_curves(runs, results.get("labels") or {}, output / "learning_curves.png")
+
+
+def plot_learning_curves(runs: list[dict], names: dict, path: Path) -> None:
+    """Pseudo Dice per class against training iterations: per method variant the mean over seeds (line)
+    and the range of the seeds (band); one panel per class, budgets by line style."""
+    runs = [r for r in runs if r.get("learning_curve")]
+    count = max(len(r["learning_curve"]["pseudo_dice_per_class"][0]) for r in runs)
+    classes = sorted({c for r in runs for c in r["dice_per_class"]}, key=lambda c: int(c) if c.isdigit() else c)
+    fig, axes = plt.subplots(1, count, figsize=(4.2 * count, 3.8), squeeze=False, sharey=True)
+    labels = list(dict.fromkeys(_method_label(r) for r in runs))
+    colors = dict(zip(labels, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
+    styles = dict(zip(dict.fromkeys(r["budget"] for r in runs), ["-", "--", ":", "-."] * 4))
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["budget"], _method_label(r)), []).append(r)
+    for index, ax in enumerate(axes[0]):
+        for (budget, label), members in groups.items():
+            length = min(len(m["learning_curve"]["iterations"]) for m in members)
+            x = members[0]["learning_curve"]["iterations"][:length]
+            ys = [[m["learning_curve"]["pseudo_dice_per_class"][e][index] for e in range(length)] for m in members]
+            mean = [sum(v) / len(v) for v in zip(*ys)]
+            ax.plot(x, mean, styles[budget], color=colors[label], label=f"{budget} {label} (n={len(members)})")
+            if len(members) > 1:
+                ax.fill_between(x, [min(v) for v in zip(*ys)], [max(v) for v in zip(*ys)], color=colors[label],
+                                alpha=0.15)
+        name = classes[index] if index < len(classes) else str(index + 1)
+        ax.set(title=f"class {names.get(name, name)}", xlabel="training iterations", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("pseudo Dice (validation patches)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _scatter(ax, teacher: dict, runs: list[dict], key: str, teacher_value) -> None:

@@ -22,14 +22,34 @@ class Run:
     budget: str
     method: str
     cached: bool = False  # logit KD from nnkd_cache_teacher's stored predictions
+    seed: int = 0
+    hp: tuple[tuple[str, str], ...] = ()  # method hyper-parameters (`logit?kd_loss=dice`), passed as --hp
+
+    @property
+    def variant(self) -> str:
+        """The method with its hyper-parameters, as --methods spells it."""
+        return self.method + ("?" + "&".join(f"{k}={v}" for k, v in self.hp) if self.hp else "")
 
     @property
     def name(self) -> str:
-        return f"{self.budget}-{self.method}" + ("-cached" if self.cached else "")
+        hp = "@" + ",".join(f"{k}={v}" for k, v in self.hp) if self.hp else ""
+        return f"{self.budget}-{self.method}{hp}" + ("-cached" if self.cached else "") + f"-s{self.seed}"
 
     @property
     def label(self) -> str:
-        return self.method + (" (cached teacher)" if self.cached else "")
+        return self.variant + (" (cached)" if self.cached else "")
+
+
+def parse_method(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """`logit?kd_loss=dice&kd_temperature=1` → ("logit", (("kd_loss", "dice"), ("kd_temperature", "1")))."""
+    method, _, query = text.partition("?")
+    pairs = []
+    for item in filter(None, query.split("&")):
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise NnkdError(f"method '{text}': '{item}' is not NAME=VALUE", "e.g. logit?kd_loss=kl+dice")
+        pairs.append((name, value))
+    return method, tuple(pairs)
 
 
 def run_command(args: list, env: dict, log: Path) -> tuple[int, float]:
@@ -67,10 +87,21 @@ def seconds_per_iteration(fold_dir: Path, iterations: int) -> float:
     return statistics.median(durations[1:] or durations) / iterations
 
 
+def learning_curve(fold_dir: Path, iterations: int) -> dict:
+    """nnU-Net's pseudo Dice per class on the validation patches of each epoch, against training iterations."""
+    from nnkd.teachers.checkpoint import load_checkpoint
+
+    logging = load_checkpoint(fold_dir / "checkpoint_final.pth")["logging"]
+    per_epoch = [[float(v) for v in values] for values in logging["dice_per_class_or_region"]]
+    return {"iterations": [(epoch + 1) * iterations for epoch in range(len(per_epoch))],
+            "pseudo_dice_per_class": per_epoch}
+
+
 def run_settings(run: Run, request) -> dict:
     """What a run's result depends on beyond its folder (budget, method, fold, configuration)."""
     return {"epochs": request.epochs, "iterations": request.iterations, "labeled": request.labeled,
-            "teachers": run_teachers(run, request)}
+            "teachers": run_teachers(run, request), "seed": run.seed, "hyperparameters": dict(run.hp),
+            "val_iterations": request.val_iterations}
 
 
 def is_finished(run: Run, plans: str, request, dataset_name: str, output: Path) -> bool:
@@ -86,6 +117,29 @@ def is_finished(run: Run, plans: str, request, dataset_name: str, output: Path) 
         raise NnkdError(f"{results} was trained with {recorded}, this benchmark asks for {wanted}",
                         "give another -o, or delete that run's folder to train it again")
     return True
+
+
+def started_as_asked(run: Run, request, fold_dir: Path) -> bool:
+    """The run's folder holds an nnkd_train run whose teacher.json records exactly this run's method, seed,
+    schedule, --labeled, teacher(s), cache use and hyper-parameters — one the benchmark was killed during or
+    after, or one started by hand beside another job. Finished, it is measured, not trained again; stopped
+    part-way, it resumes from its latest checkpoint (nnkd_train --c)."""
+    from nnkd.trainers.methods import METHODS
+    from nnkd.trainers.nnkd_trainer import coerce_hyperparameter
+    from nnkd.trainers.run_config import RunConfig
+
+    record = RunConfig.load(fold_dir)
+    if record is None or record.method != run.method or record.seed != run.seed or record.labeled != request.labeled:
+        return False
+    schedule = {"num_epochs": request.epochs, "num_iterations_per_epoch": request.iterations,
+                "num_val_iterations_per_epoch": request.val_iterations}
+    entries = record.teachers or ([record.teacher] if record.teacher else [])
+    cls = METHODS[run.method]
+    wanted = json.loads(json.dumps({name: getattr(cls, name) for name in cls.hyperparameters} | {
+        name: coerce_hyperparameter(cls, name, value) for name, value in run.hp}))  # as teacher.json holds them
+    return (record.schedule == schedule and [e["spec"] for e in entries] == run_teachers(run, request)
+            and bool(entries and entries[0].get("cache")) == run.cached
+            and {k: record.hyperparameters.get(k) for k in wanted} == wanted)
 
 
 def run_teachers(run: Run, request) -> list[str]:
@@ -108,19 +162,31 @@ def train(run: Run, plans: str, request, dataset_name: str, env: dict, output: P
     teacher_args = [arg for spec in teachers for arg in ("--teacher", spec)]
     teacher_args += ["--teacher-cache"] if run.cached else []
     labeled = ["--labeled", request.labeled] if request.labeled else []
-    peak = check(["nnkd_train", dataset_name, request.configuration, request.fold, "-p", plans, "--method",
-                  run.method, *teacher_args, *labeled, "--epochs", request.epochs, "--iterations-per-epoch",
-                  request.iterations, "--val-iterations-per-epoch", 1, "--device", request.device],
-                 {**env, "nnUNet_results": str(results)}, results / "train.log")
+    hp = [arg for name, value in run.hp for arg in ("--hp", f"{name}={value}")]
+    started = started_as_asked(run, request, fold_dir)
+    if started and (fold_dir / "validation" / "summary.json").is_file() and (fold_dir / "checkpoint_final.pth").is_file():
+        peak = None  # trained by nnkd_train in this folder before (the benchmark was not watching its memory)
+    else:
+        resume = ["--c"] if started and (fold_dir / "checkpoint_latest.pth").is_file() else []
+        log = results / ("train_resumed.log" if resume else "train.log")
+        peak = check(["nnkd_train", dataset_name, request.configuration, request.fold, "-p", plans, "--method",
+                      run.method, *teacher_args, *labeled, *hp, "--seed", run.seed, "--epochs", request.epochs,
+                      "--iterations-per-epoch", request.iterations, "--val-iterations-per-epoch",
+                      request.val_iterations, "--device", request.device, *resume],
+                     {**env, "nnUNet_results": str(results)}, log)
     validation = json.loads(summary.read_text())
-    record = {"run": run.name, "budget": run.budget, "method": run.method, "cached": run.cached, "plans": plans,
-              "teachers": len(teachers), "settings": run_settings(run, request),
+    from nnkd.atomic import write_json_atomic
+    from nnkd.trainers.run_config import software_versions
+
+    record = {"run": run.name, "label": run.label, "budget": run.budget, "method": run.method,
+              "variant": run.variant, "cached": run.cached, "seed": run.seed, "plans": plans,
+              "teachers": len(teachers), "settings": run_settings(run, request), "versions": software_versions(),
               "fold_folder": str(fold_dir),
               "seconds_per_iteration": seconds_per_iteration(fold_dir, request.iterations),
-              "peak_memory_mb": round(peak, 1),
+              "peak_memory_mb": round(peak, 1) if peak is not None else None,
               "dice": validation["foreground_mean"]["Dice"],
-              "dice_per_class": {k: v["Dice"] for k, v in validation["mean"].items()}}
-    from nnkd.atomic import write_json_atomic
+              "dice_per_class": {k: v["Dice"] for k, v in validation["mean"].items()},
+              "learning_curve": learning_curve(fold_dir, request.iterations)}
 
     write_json_atomic(record_file, record)
     return record

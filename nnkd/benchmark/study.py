@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from nnkd.atomic import write_json_atomic
 from nnkd.benchmark.measure import TeacherLogits, evaluate, measure_model, validation_images
-from nnkd.benchmark.runs import Run, TRAINERS, check, is_finished, train
+from nnkd.benchmark.runs import Run, TRAINERS, check, is_finished, parse_method, train
+from nnkd.benchmark.stats import derived_ratios, summarize
 from nnkd.errors import NnkdError
 from nnkd.nnunet_env import find_dataset_name, require_env
 
@@ -32,8 +33,11 @@ class BenchmarkRequest:
     labeled: int | None = None
     epochs: int = 100
     iterations: int = 250
+    val_iterations: int = 1  # nnU-Net's validation iterations per epoch: the learning curves' pseudo Dice
+    seeds: int = 3  # every run is repeated with seeds 0 … seeds−1
     device: str = "cpu"
     cached: bool = True
+    cached_only: bool = False  # logit KD only from the cached teacher (no online logit runs)
     onnx: bool = True
     quick: bool = False
     num_processes: int = 2
@@ -43,6 +47,7 @@ def _quick_setup(request: BenchmarkRequest, env: dict, output: Path) -> None:
     """A minutes-long smoke run: a small synthetic dataset, a briefly trained nnU-Net teacher, 2 iterations."""
     request.dataset = request.dataset or str(QUICK_DATASET)
     request.epochs, request.iterations = 1, 2
+    request.seeds = request.seeds or 1
     if not any(Path(env["nnUNet_raw"]).glob(f"Dataset{int(request.dataset):03d}_*")):
         check(["nnkd_make_synthetic", "-d", request.dataset, "--cases", 8, "--shape", 32, 32, 32], env,
               output / "logs" / "make_synthetic.log")
@@ -76,18 +81,33 @@ def _quick_teacher(request: BenchmarkRequest, dataset_name: str, env: dict, outp
 
 
 def _runs(request: BenchmarkRequest, teacher_has_logits: bool) -> list[Run]:
-    unknown = [m for m in request.methods if m not in TRAINERS]
+    from nnkd.trainers.methods import METHODS
+    from nnkd.trainers.nnkd_trainer import coerce_hyperparameter
+
+    variants = [parse_method(m) for m in request.methods]
+    unknown = [m for m, _ in variants if m not in TRAINERS]
     if unknown:
         raise NnkdError(f"unknown method(s) {', '.join(unknown)}", f"use some of {', '.join(TRAINERS)}")
+    for method, hp in variants:  # a bad name or value stops before any run
+        given = {name: coerce_hyperparameter(METHODS[method], name, value) for name, value in hp}
+        defaults = {name: getattr(METHODS[method], name) for name in METHODS[method].hyperparameters}
+        METHODS[method].check_settings(defaults | given, 1 + len(request.extra_teachers))
+    if request.seeds < 1:
+        raise NnkdError(f"--seeds {request.seeds} runs nothing", "give --seeds 1 or more")
+    if request.cached_only and not request.cached:
+        raise NnkdError("--cached-only and --no-cache together leave logit KD no teacher", "drop one of them")
     runs = []
-    for budget in request.budgets:
-        for method in request.methods:
-            if method == "logit" and not teacher_has_logits:
-                print(f"note: {request.teacher} has no logits for this dataset; logit KD is left out")
-                continue
-            runs.append(Run(budget, method))
-            if method == "logit" and request.cached:
-                runs.append(Run(budget, method, cached=True))
+    for seed in range(request.seeds):
+        for budget in request.budgets:
+            for method, hp in variants:
+                if method == "logit" and not teacher_has_logits:
+                    if seed == 0:
+                        print(f"note: {request.teacher} has no logits for this dataset; logit KD is left out")
+                    continue
+                if not (method == "logit" and request.cached_only):
+                    runs.append(Run(budget, method, seed=seed, hp=hp))
+                if method == "logit" and request.cached:
+                    runs.append(Run(budget, method, cached=True, seed=seed, hp=hp))
     return runs
 
 
@@ -220,23 +240,12 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
                           f"{torch.get_num_threads()} torch threads, device {device.type}, torch {torch.__version__}",
                "dataset": dataset_name, "configuration": request.configuration, "fold": request.fold,
                "labeled": request.labeled, "validation_cases": cases,
-               "schedule": {"epochs": request.epochs, "iterations_per_epoch": request.iterations},
+               "schedule": {"epochs": request.epochs, "iterations_per_epoch": request.iterations,
+                            "val_iterations_per_epoch": request.val_iterations},
+               "seeds": request.seeds, "labels": {str(v): k for k, v in dataset_json["labels"].items()
+                                                   if k != "background" and k != "ignore"},
                "teacher": teacher_info, "runs": derived_ratios(records, teacher_info)}
+    results["summary"] = summarize(results["runs"])
     write_json_atomic(output / "results.json", results)
     write_report(results, output)
     return results
-
-
-def derived_ratios(records: list[dict], teacher: dict) -> list[dict]:
-    """Each run against the teacher and against the no-KD run of its budget."""
-    plain = {r["budget"]: r for r in records if r["method"] == "none"}
-    for r in records:
-        base = plain.get(r["budget"])
-        r["step_vs_none"] = r["seconds_per_iteration"] / base["seconds_per_iteration"] if base else None
-        r["dice_vs_none"] = r["dice"] - base["dice"] if base else None
-        r["dice_vs_teacher"] = r["dice"] - teacher["dice"] if "dice" in teacher else None
-        r["param_ratio"] = r["parameters"] / teacher["parameters"] if r.get("parameters") else None
-        for runtime in ("torch", "onnx"):
-            mine, theirs = r.get(f"seconds_per_case_{runtime}"), teacher.get(f"seconds_per_case_{runtime}")
-            r[f"speedup_{runtime}"] = theirs / mine if mine and theirs else None
-    return records

@@ -15,14 +15,22 @@ def build_parser() -> ArgumentParser:
                         "distils all of them (the first is measured and teaches the other methods)")
     p.add_argument("--methods", default="none,logit,feature,cka,drd",
                    help="comma-separated methods (also: multiteacher, with every --teacher; tskd, which with --labeled "
-                        "also distils on the unlabelled rest)")
+                        "also distils on the unlabelled rest); a method may carry hyper-parameters as "
+                        "METHOD?NAME=VALUE&NAME=VALUE, e.g. 'logit?kd_loss=kl&kd_temperature=1' (a variant of its own)")
     p.add_argument("--budgets", default="tiny,small", help="comma-separated budgets (tiny, small, medium, "
                                                            "params200000, gflops5, …)")
     p.add_argument("-f", default="0", metavar="FOLD")
     p.add_argument("--labeled", type=int, metavar="N", help="keep N labelled training cases in every run")
     p.add_argument("--epochs", type=int, default=100, help="epochs per run (default 100)")
     p.add_argument("--iterations", type=int, default=250, help="training iterations per epoch (default 250)")
+    p.add_argument("--val-iterations", type=int, default=1,
+                   help="nnU-Net validation iterations per epoch: the pseudo Dice of the learning curves (default 1)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="repeat every run with seeds 0 … N−1 and report mean ± std and the paired Δ to no KD with "
+                        "its 95 %% interval (default 3; 1 with --quick)")
     p.add_argument("--no-cache", action="store_true", help="skip the cached-teacher logit run")
+    p.add_argument("--cached-only", action="store_true",
+                   help="logit KD only from the cached teacher (skip the online logit run)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime latency")
     p.add_argument("--device", "-device", default="cpu", help="training device (latency is measured on it too)")
     p.add_argument("-np", type=int, default=2, help="processes for preprocessing and data augmentation")
@@ -43,7 +51,9 @@ def _benchmark(args) -> None:
         output=Path(args.o), dataset=args.d, configuration=args.c, teacher=args.teacher[0] if args.teacher else None,
         extra_teachers=tuple(args.teacher[1:]),
         methods=split(args.methods), budgets=split(args.budgets), fold=args.f, labeled=args.labeled,
-        epochs=args.epochs, iterations=args.iterations, device=args.device, cached=not args.no_cache,
+        epochs=args.epochs, iterations=args.iterations, val_iterations=args.val_iterations,
+        seeds=args.seeds if args.seeds is not None else (0 if args.quick else 3),
+        cached_only=args.cached_only, device=args.device, cached=not args.no_cache,
         onnx=not args.no_onnx, quick=args.quick, num_processes=args.np))
     print(f"nnkd: benchmark written to {Path(args.o) / 'report.md'} and results.json")
 

@@ -3,7 +3,7 @@
 from nnkd.cli._common import ArgumentParser, add_schedule_arguments, add_verbose, run, schedule_of
 from nnkd.errors import NnkdError
 
-METHOD_NAMES = ("none", "logit", "feature", "cka", "drd", "multiteacher")
+METHOD_NAMES = ("none", "logit", "feature", "cka", "drd", "multiteacher", "tskd")
 
 
 def build_parser() -> ArgumentParser:
@@ -40,6 +40,9 @@ def build_parser() -> ArgumentParser:
                    help="tskd: a transfer-set folder of synthetic cases (nnkd_synthesize)")
     p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
                    help="set a method hyper-parameter, e.g. --hp kd_temperature=4 (repeatable)")
+    p.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="seed the RNGs of network initialisation and sampling (recorded in teacher.json); "
+                        "augmentation workers stay random, so equal seeds give repeats, not copies")
     add_schedule_arguments(p)
     p.add_argument("--c", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--val", action="store_true", help="only run the final validation")
@@ -70,7 +73,7 @@ def _train(args) -> None:
         trainer=args.trainer, budget=args.budget, plans=args.plans, teacher_plans=args.teacher_plans,
         teachers=tuple(args.teacher), teacher_cache=args.teacher_cache, labeled=args.labeled,
         unlabeled=args.unlabeled, synthetic=args.synthetic,
-        hyperparameters=_hyperparameters(args.hp),
+        hyperparameters=_hyperparameters(args.hp), seed=args.seed,
         **schedule, device=args.device,
         continue_training=args.c, validation_only=args.val, npz=args.npz, num_gpus=args.num_gpus))
 

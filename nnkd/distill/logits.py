@@ -5,9 +5,10 @@ import torch.nn.functional as F
 
 
 def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
-               regions: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
+               regions: bool = False, mask: torch.Tensor | None = None,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
     """KL(teacher ‖ student) of temperature-softened predictions, times T², averaged over voxels (those
-    where `mask` is true, if given).
+    where `mask` is true, if given; weighted by `weights` (B, *spatial), if given).
 
     Softmax over classes for label maps; for nnU-Net's region-based training (sigmoid outputs) each
     region is a Bernoulli distribution. Computed in float32 whatever the autocast dtype.
@@ -23,9 +24,74 @@ def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
         log_s = F.log_softmax(s, dim=1)
         log_t = F.log_softmax(t, dim=1)
         per_voxel = (log_t.exp() * (log_t - log_s)).sum(1)
+    if weights is not None:
+        per_voxel = per_voxel * weights
     if mask is not None:
         per_voxel = per_voxel[mask] if mask.any() else per_voxel.new_zeros(1)
     return per_voxel.mean() * temperature ** 2
+
+
+def class_balanced_weights(teacher_logits: torch.Tensor, regions: bool = False,
+                           mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-voxel weights (B, *spatial) under which each class the teacher predicts in a sample carries the same
+    total weight, normalised to a mean of 1 over the (valid) voxels: the KD analogue of nnU-Net's Dice term,
+    which weighs a 40-voxel lesion like a 20,000-voxel background. Classes come from the teacher's argmax
+    (for regions: the deepest region a voxel is in, 0 outside all)."""
+    with torch.no_grad():
+        if regions:
+            inside = teacher_logits > 0
+            depth = inside.long().cumprod(1).sum(1)  # regions nest: 0 outside, k inside the first k
+            classes, count = depth, teacher_logits.shape[1] + 1
+        else:
+            classes, count = teacher_logits.argmax(1), teacher_logits.shape[1]
+        valid = torch.ones_like(classes, dtype=torch.bool) if mask is None else mask
+        onehot = torch.nn.functional.one_hot(classes, count).movedim(-1, 1) & valid[:, None]
+        per_class = onehot.flatten(2).sum(2).float()  # (B, classes)
+        present = (per_class > 0).sum(1).clamp_min(1).float()  # (B,)
+        class_weight = torch.where(per_class > 0, 1 / per_class.clamp_min(1), per_class.new_zeros(()))
+        weights = (class_weight[(...,) + (None,) * (classes.ndim - 1)] * onehot).sum(1)
+        voxels = valid.flatten(1).sum(1).clamp_min(1).float()
+        return weights * (voxels / present)[(...,) + (None,) * (classes.ndim - 1)]
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, kind: str = "kl",
+            regions: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Logit distillation of one of the KD_LOSSES kinds:
+
+    - ``kl``: Hinton's voxel-mean KL × T² (`kd_kl_loss`): every voxel counts the same, so a class of a
+      few hundred voxels gets almost no weight;
+    - ``kl_balanced``: the same KL with `class_balanced_weights`, every class the teacher sees weighing alike;
+    - ``dice``: nnU-Net's soft Dice (foreground classes, per sample) between the student's and the teacher's
+      temperature-softened probabilities;
+    - ``kl+dice``: the sum of the first and the third, the KD analogue of nnU-Net's CE + Dice.
+    """
+    if kind not in KD_LOSSES:
+        raise ValueError(f"unknown KD loss {kind!r}; use one of {', '.join(KD_LOSSES)}")
+    loss = student_logits.new_zeros((), dtype=torch.float32)
+    if kind in ("kl", "kl+dice"):
+        loss = loss + kd_kl_loss(student_logits, teacher_logits, temperature, regions, mask)
+    if kind == "kl_balanced":
+        loss = loss + kd_kl_loss(student_logits, teacher_logits, temperature, regions, mask,
+                                 class_balanced_weights(teacher_logits, regions, mask))
+    if kind in ("dice", "kl+dice"):
+        loss = loss + kd_dice_loss(student_logits, teacher_logits, temperature, regions, mask)
+    return loss
+
+
+def kd_dice_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                 regions: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """nnU-Net's MemoryEfficientSoftDiceLoss (per sample, foreground classes; every region for region-based
+    training) with the teacher's softened probabilities as the soft target; 0 is no agreement, −1 full."""
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    s = student_logits.float() / temperature
+    t = teacher_logits.float() / temperature
+    p_s, p_t = (torch.sigmoid(s), torch.sigmoid(t)) if regions else (s.softmax(1), t.softmax(1))
+    dice = MemoryEfficientSoftDiceLoss(apply_nonlin=None, batch_dice=False, do_bg=regions, smooth=1e-5, ddp=False)
+    return dice(p_s, p_t.detach(), loss_mask=None if mask is None else mask[:, None].to(p_s.dtype))
+
+
+KD_LOSSES = ("kl", "kl_balanced", "dice", "kl+dice")
 
 
 def logits_from_probabilities(probabilities: torch.Tensor, regions: bool = False, eps: float = 1e-8) -> torch.Tensor:

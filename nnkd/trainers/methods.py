@@ -11,7 +11,7 @@ from nnunetv2.utilities.helpers import dummy_context
 
 from nnkd.distill.cka import cka_per_stage
 from nnkd.distill.feature import FeatureProjectors, feature_distance, pair_stages_by_resolution, resize_to
-from nnkd.distill.logits import kd_kl_loss
+from nnkd.distill.logits import KD_LOSSES, kd_kl_loss, kd_loss
 from nnkd.distill.multi_teacher import (BALANCE_MODES, STANDARDIZATIONS, FeatureStandardizer, LossBalancer,
                                         TeacherAdaptor, adaptor_loss)
 from nnkd.distill.reprogramming import Reprogramming, hybrid_outputs, linear_decay
@@ -29,20 +29,41 @@ class nnKDTrainer_NoKD(nnKDTrainer):
     needs_teacher = False
 
 
-class nnKDTrainer_Logit(nnKDTrainer):
-    """Hinton KD: KL between temperature-softened teacher and student full-resolution logits, × T²."""
+class LogitKD:
+    """Logit distillation settings and term shared by `logit` and `tskd` (nnkd.distill.logits.kd_loss)."""
+
+    kd_temperature = 3.0
+    kd_weight = 1.0
+    kd_loss = "kl"  # one of nnkd.distill.logits.KD_LOSSES
+    logit_hyperparameters = ("kd_temperature", "kd_weight", "kd_loss")
+
+    @classmethod
+    def check_logit_settings(cls, settings: dict) -> None:
+        if settings.get("kd_loss", cls.kd_loss) not in KD_LOSSES:
+            raise NnkdError(f"kd_loss '{settings['kd_loss']}' is unknown", f"use one of {', '.join(KD_LOSSES)}")
+        if float(settings.get("kd_temperature", cls.kd_temperature)) <= 0:
+            raise NnkdError(f"kd_temperature {settings['kd_temperature']} must be positive", "e.g. --hp kd_temperature=1")
+
+    def logit_term(self, step: KDStep) -> torch.Tensor:
+        return self.kd_weight * kd_loss(step.student_logits, step.teacher.logits, self.kd_temperature, self.kd_loss,
+                                        regions=self.label_manager.has_regions, mask=step.teacher.valid)
+
+
+class nnKDTrainer_Logit(LogitKD, nnKDTrainer):
+    """Logit KD: the student's full-resolution logits against the teacher's, temperature-softened, by the
+    `kd_loss` kind (Hinton's voxel-mean KL × T², class-balanced KL, soft Dice, or KL + Dice)."""
 
     method = "logit"
     needs_teacher_logits = True
     needs_teacher_features = False
-    kd_temperature = 3.0
-    kd_weight = 1.0
-    hyperparameters = ("kd_temperature", "kd_weight")
+    hyperparameters = LogitKD.logit_hyperparameters
+
+    @classmethod
+    def check_settings(cls, settings: dict, teacher_count: int) -> None:
+        cls.check_logit_settings(settings)
 
     def distillation_terms(self, step: KDStep) -> dict[str, torch.Tensor]:
-        loss = kd_kl_loss(step.student_logits, step.teacher.logits, self.kd_temperature,
-                          regions=self.label_manager.has_regions, mask=step.teacher.valid)
-        return {"logit": self.kd_weight * loss}
+        return {"logit": self.logit_term(step)}
 
 
 class nnKDTrainer_Feature(nnKDTrainer):
@@ -273,7 +294,7 @@ class nnKDTrainer_MultiTeacher(nnKDTrainer):
         return {"teachers": helpers.balancer(torch.stack(losses))}
 
 
-class nnKDTrainer_TSKD(nnKDTrainer_Feature):
+class nnKDTrainer_TSKD(LogitKD, nnKDTrainer_Feature):
     """TS-KD step 2: distil a task-tuned teacher (`tuned:FOLDER`, or any teacher with logits) on a transfer set.
     Each step joins nnU-Net's labelled batch (segmentation + KD) with `transfer_ratio` × as many transfer cases
     (unlabelled, synthetic, or the training cases `--labeled` left unlabelled: KD only, no segmentation term).
@@ -282,10 +303,12 @@ class nnKDTrainer_TSKD(nnKDTrainer_Feature):
     method = "tskd"
     needs_teacher_logits = True
     takes_transfer_set = True
-    kd_temperature = 3.0
-    kd_weight = 1.0
     transfer_ratio = 1.0  # transfer samples per labelled sample in each step (rounded, at least 1 with a set)
-    hyperparameters = nnKDTrainer_Feature.hyperparameters + ("kd_temperature", "kd_weight", "transfer_ratio")
+    hyperparameters = nnKDTrainer_Feature.hyperparameters + LogitKD.logit_hyperparameters + ("transfer_ratio",)
+
+    @classmethod
+    def check_settings(cls, settings: dict, teacher_count: int) -> None:
+        cls.check_logit_settings(settings)
 
     def transfer_sources(self) -> list[Path | tuple[Path, list[str]]]:
         """The transfer-set folders (`--unlabeled`, `--synthetic`) and, with `--labeled N`, the fold's other
@@ -334,8 +357,7 @@ class nnKDTrainer_TSKD(nnKDTrainer_Feature):
         return self.loss(labeled(outputs), labeled(target))
 
     def distillation_terms(self, step: KDStep) -> dict[str, torch.Tensor]:
-        terms = {"logit": self.kd_weight * kd_kl_loss(step.student_logits, step.teacher.logits, self.kd_temperature,
-                                                      regions=self.label_manager.has_regions)}
+        terms = {"logit": self.logit_term(step)}
         if self.feature_weight:
             terms.update(super().distillation_terms(step))
         return terms

@@ -29,8 +29,9 @@ from nnkd.errors import NnkdError
 from nnkd.teachers.base import Teacher, TeacherOutput
 from nnkd.teachers.checkpoint import load_checkpoint as read_checkpoint
 from nnkd.teachers.registry import create_teacher
+from nnkd.trainers.ddp import average_gradients, broadcast_state
 from nnkd.trainers.labeled import LABELED_FILE, choose_labeled_cases
-from nnkd.trainers.run_config import SCHEDULE_KEYS, RunConfig
+from nnkd.trainers.run_config import SCHEDULE_KEYS, RunConfig, seed_everything
 
 GRADIENT_CLIP = 12  # nnU-Net's value
 
@@ -84,6 +85,10 @@ class nnKDTrainer(nnUNetTrainer):
 
     # ----------------------------------------------------------------- set-up
     def initialize(self):
+        seed = self.run_config.seed if self.run_config else None
+        if not self.was_initialized and seed is not None:
+            seed_everything(seed + self.local_rank)
+            self.print_to_log_file(f"nnkd: random seed {seed}")
         if not self.was_initialized and self.needs_teacher:
             if (self.run_config.teacher or {}).get("cache") if self.run_config else False:
                 self.teacher_cache = self.open_teacher_cache()
@@ -94,8 +99,7 @@ class nnKDTrainer(nnUNetTrainer):
             self.kd_helpers = helpers.to(self.device) if helpers is not None else None
         super().initialize()
         if self.is_ddp and self.kd_helpers is not None:
-            for tensor in self.kd_helpers.state_dict().values():
-                dist.broadcast(tensor, src=0)  # every rank starts from rank 0's helpers
+            broadcast_state(self.kd_helpers)  # every rank starts from rank 0's helpers
         self.print_to_log_file(f"nnkd method: {self.method}; hyper-parameters: "
                                f"{ {k: getattr(self, k) for k in self.hyperparameters} }")
 
@@ -250,11 +254,7 @@ class nnKDTrainer(nnUNetTrainer):
         params = list(self.kd_helpers.parameters()) if self.kd_helpers is not None else []
         if self.needs_student_features:
             params += list(self.network.parameters())
-        world = dist.get_world_size()
-        for p in params:
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad /= world
+        average_gradients(params)
 
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)

@@ -49,3 +49,33 @@ class RunConfig(JsonRecord):
     schedule: dict = field(default_factory=dict)
     labeled: int | None = None  # keep only this many labelled training cases of the fold
     transfer: list[str] | None = None  # transfer-set folders (unlabelled, synthetic cases) for KD-only samples
+    seed: int | None = None  # seeds Python's, NumPy's and torch's RNGs before the networks are built
+    versions: dict = field(default_factory=dict)  # nnkd, nnU-Net and torch versions the run was started with
+
+
+def software_versions() -> dict:
+    """The versions a result depends on, for run records."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    found = {"torch": torch.__version__}
+    for package in ("nnkd", "nnunetv2", "dynamic-network-architectures"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's global RNGs (network initialisation, the main process's sampling).
+    nnU-Net's augmentation workers draw their own seeds, so runs with the same seed are repeats, not copies."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)

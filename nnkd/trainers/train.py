@@ -11,7 +11,7 @@ from nnkd.errors import NnkdError
 from nnkd.nnunet_env import find_dataset_name, require_env
 from nnkd.planners.student_planner import DEFAULT_TEACHER_PLANS, resolve_student_plans
 from nnkd.trainers import EXT_TRAINER_FOLDER
-from nnkd.trainers.run_config import RunConfig
+from nnkd.trainers.run_config import RunConfig, software_versions
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
 
@@ -32,6 +32,7 @@ class TrainRequest:
     unlabeled: str | None = None  # a folder of NIfTI images for TS-KD's transfer set
     synthetic: str | None = None  # a transfer-set folder (nnkd_synthesize)
     hyperparameters: dict = field(default_factory=dict)
+    seed: int | None = None
     num_epochs: int | None = None
     num_iterations_per_epoch: int | None = None
     num_val_iterations_per_epoch: int | None = None
@@ -193,6 +194,9 @@ def train(request: TrainRequest) -> Path:
         if request.teachers and recorded and list(request.teachers) != recorded:
             raise NnkdError(f"this run was started with teacher {' '.join(recorded)}, not {' '.join(request.teachers)}",
                             "drop --teacher when resuming, or start a new run")
+        if request.seed is not None and request.seed != existing.seed:
+            raise NnkdError(f"this run was started with --seed {existing.seed}, not {request.seed}",
+                            "drop --seed when resuming, or start a new run")
         if request.labeled is not None and request.labeled != existing.labeled:
             raise NnkdError(f"this run was started with --labeled {existing.labeled}, not {request.labeled}",
                             "drop --labeled when resuming, or start a new run")
@@ -227,7 +231,7 @@ def train(request: TrainRequest) -> Path:
         transfer = transfer_sets(request, dataset_name, plans, plans_file) or None
         RunConfig(method=cls.method, trainer=cls.__name__, teacher=teacher, teachers=teachers,
                   hyperparameters=effective, schedule=schedule, labeled=request.labeled,
-                  transfer=transfer).save(folder)
+                  transfer=transfer, seed=request.seed, versions=software_versions()).save(folder)
 
     device = resolve_device(request.device)
     use_nnkd_trainers()

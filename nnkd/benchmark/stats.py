@@ -1,0 +1,75 @@
+"""A benchmark's numbers across runs: ratios to the teacher and to the no-KD run, and means over seeds with
+the paired difference to no KD and its 95 % interval."""
+
+import math
+import statistics
+
+FOUND_AT = 0.5  # a class counts as found once its pseudo Dice reaches this
+
+
+def derived_ratios(records: list[dict], teacher: dict) -> list[dict]:
+    """Each run against the teacher and against the no-KD run of its budget and seed."""
+    plain = {(r["budget"], r.get("seed", 0)): r for r in records if r.get("variant", r["method"]) == "none"}
+    for r in records:
+        base = plain.get((r["budget"], r.get("seed", 0)))
+        r["step_vs_none"] = r["seconds_per_iteration"] / base["seconds_per_iteration"] if base else None
+        r["dice_vs_none"] = r["dice"] - base["dice"] if base else None
+        r["dice_vs_teacher"] = r["dice"] - teacher["dice"] if "dice" in teacher else None
+        r["param_ratio"] = r["parameters"] / teacher["parameters"] if r.get("parameters") else None
+        for runtime in ("torch", "onnx"):
+            mine, theirs = r.get(f"seconds_per_case_{runtime}"), teacher.get(f"seconds_per_case_{runtime}")
+            r[f"speedup_{runtime}"] = theirs / mine if mine and theirs else None
+    return records
+
+
+def mean_interval(values: list[float], level: float = 0.95) -> dict:
+    """Mean, sample standard deviation and the Student-t interval of the mean (None below two values)."""
+    n = len(values)
+    mean = statistics.fmean(values) if values else None
+    if n < 2:
+        return {"n": n, "mean": mean, "std": None, "ci95": None}
+    from scipy.stats import t
+
+    std = statistics.stdev(values)
+    half = t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci95": [mean - half, mean + half]}
+
+
+def found_at(curve: dict, class_index: int, threshold: float = FOUND_AT) -> int | None:
+    """The first training iteration after which the class's pseudo Dice reached `threshold` (None: never)."""
+    for iteration, values in zip(curve["iterations"], curve["pseudo_dice_per_class"]):
+        if class_index < len(values) and values[class_index] >= threshold:
+            return iteration
+    return None
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per (budget, method variant, cached): Dice over the seeds, per class, the paired difference to
+    the no-KD run of the same seed with its 95 % interval, and when each class was found (median seed)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["budget"], r.get("label", r["method"])), []).append(r)
+    rows = []
+    for (budget, label), members in groups.items():
+        classes = sorted(members[0]["dice_per_class"], key=lambda c: int(c) if c.isdigit() else c)
+        row = {"budget": budget, "label": label, "method": members[0]["method"], "cached": members[0]["cached"],
+               "seeds": sorted(r.get("seed", 0) for r in members),
+               "dice": mean_interval([r["dice"] for r in members]),
+               "dice_per_class": {c: mean_interval([r["dice_per_class"][c] for r in members]) for c in classes},
+               "dice_vs_none": mean_interval([r["dice_vs_none"] for r in members if r.get("dice_vs_none") is not None])}
+        curves = [r["learning_curve"] for r in members if r.get("learning_curve")]
+        if curves:
+            found = {}
+            for index, name in enumerate(classes):
+                at = [found_at(c, index) for c in curves]
+                found[name] = {"per_seed": at, "median": _median_or_never(at)}
+            row["found_at"] = found
+        rows.append(row)
+    return rows
+
+
+def _median_or_never(values: list[int | None]) -> int | None:
+    """The median iteration, counting a never-found seed as later than any (None when most never found it)."""
+    ordered = sorted(values, key=lambda v: math.inf if v is None else v)
+    middle = ordered[(len(ordered) - 1) // 2]
+    return middle
