@@ -1,8 +1,10 @@
 """The synthetic study: nnU-Net's default network trained as the teacher, then nnkd_benchmark twice.
 
     python benchmarks/synthetic_study.py -o study_synthetic [-d 990] [--cases 24] [--shape 32 48 48]
-        [--teacher-epochs 24] [--teacher-iterations 20] [--epochs 16] [--low-label-epochs 30]
-        [--iterations 15] [--labeled 4] [-np 2] [--device cpu|cuda]
+        [--teacher-epochs 48] [--teacher-iterations 20] [--epochs 40] [--low-label-epochs 40]
+        [--iterations 20] [--val-iterations 4] [--seeds 3] [--labeled 4]
+        [--all-label-methods none,logit,feature,cka,drd] [--low-label-methods none,logit,tskd]
+        [--budgets tiny,small] [-np 2] [--device cpu|cuda]
 
 1. Dataset: `nnkd_make_synthetic` (multi-class: organ, lesion, vessel; --cases training + 4 test cases of
    about --shape voxels), unless `$nnUNet_raw` has it already.
@@ -10,12 +12,15 @@
 3. Teacher: nnU-Net's default 3d_fullres network (`-p nnUNetPlans`) trained by nnU-Net's loop without
    distillation (`nnkd_train --method none`) for --teacher-epochs × --teacher-iterations on fold 0, into
    `$nnUNet_results`; skipped when its checkpoint_final.pth exists.
-4. Low-label regime: `nnkd_benchmark --labeled N --methods none,logit,tskd --budgets tiny` into OUT/labeled<N>,
-   --low-label-epochs × --iterations per run: every run keeps N labelled training cases; tskd also distils
-   on the fold's other training images (their labels unread), which is what a teacher trained elsewhere
-   offers a student with few labels. Four runs of one budget: cheap enough for a longer schedule.
-5. All labels: `nnkd_benchmark --methods none,logit,feature,cka,drd --budgets tiny,small` into OUT/all_labels,
-   --epochs × --iterations per run (thirteen runs, five of them with the teacher online).
+4. Low-label regime: `nnkd_benchmark --labeled N --methods <--low-label-methods> --budgets tiny` into
+   OUT/labeled<N>: every run keeps N labelled training cases; tskd also distils on the fold's other training
+   images (their labels unread), which is what a teacher trained elsewhere offers a student with few labels.
+5. All labels: `nnkd_benchmark --methods <--all-label-methods> --budgets <--budgets>` into OUT/all_labels.
+
+Every student run has the same schedule, --epochs × --iterations (the low-label runs --low-label-epochs),
+with --val-iterations validation batches per epoch for the learning curves, and is repeated with --seeds
+seeds; logit KD runs from the cached teacher only (`--cached-only`: it costs about a plain step). A method
+may carry hyper-parameters (`'logit?kd_loss=kl&kd_temperature=3'`) to compare settings.
 
 Every step skips what is finished, so a rerun resumes. Each benchmark writes results.json, report.md and plots.
 """
@@ -34,12 +39,17 @@ def main() -> None:
     parser.add_argument("-d", type=int, default=990, help="dataset ID (default 990)")
     parser.add_argument("--cases", type=int, default=24)
     parser.add_argument("--shape", type=int, nargs=3, default=(32, 48, 48), metavar=("Z", "Y", "X"))
-    parser.add_argument("--teacher-epochs", type=int, default=24)
+    parser.add_argument("--teacher-epochs", type=int, default=48)
     parser.add_argument("--teacher-iterations", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=16, help="epochs of each run of the all-label study")
-    parser.add_argument("--low-label-epochs", type=int, default=30, help="epochs of each run of the low-label study")
-    parser.add_argument("--iterations", type=int, default=15, help="iterations per epoch of each student run")
+    parser.add_argument("--epochs", type=int, default=40, help="epochs of each run of the all-label study")
+    parser.add_argument("--low-label-epochs", type=int, default=40, help="epochs of each run of the low-label study")
+    parser.add_argument("--iterations", type=int, default=20, help="iterations per epoch of each student run")
+    parser.add_argument("--val-iterations", type=int, default=4, help="validation batches per epoch (learning curves)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per run")
     parser.add_argument("--labeled", type=int, default=4, help="labelled training cases of the low-label study")
+    parser.add_argument("--all-label-methods", default="none,logit,feature,cka,drd")
+    parser.add_argument("--low-label-methods", default="none,logit,tskd")
+    parser.add_argument("--budgets", default="tiny,small", help="budgets of the all-label study")
     parser.add_argument("-np", type=int, default=2, help="processes for preprocessing and augmentation")
     parser.add_argument("--device", default="cpu", help="training device (the benchmark measures latency on it)")
     args = parser.parse_args()
@@ -58,16 +68,19 @@ def main() -> None:
           logs / "plan.log")
 
     teacher = Path(env["nnUNet_results"]) / dataset / "nnKDTrainer_NoKD__nnUNetPlans__3d_fullres"
-    if not (teacher / "fold_0" / "checkpoint_final.pth").is_file():
+    fold = teacher / "fold_0"
+    if not (fold / "checkpoint_final.pth").is_file():
         print(f"training the teacher ({args.teacher_epochs} × {args.teacher_iterations} iterations) into {teacher}")
+        start = ["--c"] if (fold / "checkpoint_latest.pth").is_file() else ["--seed", 0]  # a stopped teacher resumes
         check(["nnkd_train", dataset, "3d_fullres", 0, "-p", "nnUNetPlans", "--method", "none", "--epochs",
                args.teacher_epochs, "--iterations-per-epoch", args.teacher_iterations, "--val-iterations-per-epoch",
-               2, "--device", args.device], env, logs / "teacher.log")
+               2, "--device", args.device, *start], env, logs / "teacher.log")
 
-    schedule = ["--iterations", args.iterations, "-np", args.np, "--device", args.device]
-    studies = {f"labeled{args.labeled}": ["--labeled", args.labeled, "--methods", "none,logit,tskd", "--budgets",
-                                          "tiny", "--epochs", args.low_label_epochs],
-               "all_labels": ["--methods", "none,logit,feature,cka,drd", "--budgets", "tiny,small", "--epochs",
+    schedule = ["--iterations", args.iterations, "--val-iterations", args.val_iterations, "--seeds", args.seeds,
+                "--cached-only", "-np", args.np, "--device", args.device]
+    studies = {f"labeled{args.labeled}": ["--labeled", args.labeled, "--methods", args.low_label_methods,
+                                          "--budgets", "tiny", "--epochs", args.low_label_epochs],
+               "all_labels": ["--methods", args.all_label_methods, "--budgets", args.budgets, "--epochs",
                               args.epochs]}
     for name, options in studies.items():
         print(f"benchmark {name} → {args.o / name}")
