@@ -56,9 +56,11 @@ def main() -> None:
 
     from nnkd.cache.loading import split_soft_labels
     from nnkd.distill.logits import logits_from_probabilities
-    from nnkd.trainers.nnkd_trainer import GRADIENT_CLIP, KDStep, coerce_hyperparameter
+    from nnkd.nnunet_compat import finish_loader
+    from nnkd.trainers.nnkd_trainer import GRADIENT_CLIP, KDStep
+    from nnkd.trainers.settings import coerce_hyperparameter
     from nnkd.teachers.base import TeacherOutput
-    from nnkd.trainers.train import use_nnkd_trainers
+    from nnkd.run.common import use_nnkd_trainers
 
     use_nnkd_trainers()
     from nnunetv2.run.run_training import get_trainer_from_args
@@ -121,10 +123,8 @@ def main() -> None:
         row["step"] = {"grad_norm": step_norm, "clip_factor": min(1.0, GRADIENT_CLIP / max(step_norm, 1e-12)),
                        "voxels": {labels[c]: int((label_map == c).sum()) for c in classes}}
         rows.append(row)
-    if hasattr(validation, "_finish"):
-        validation._finish()
-    if hasattr(loader, "_finish"):
-        loader._finish()
+    finish_loader(validation)
+    finish_loader(loader)
 
     names = list(rows[0])
     summary = {}

@@ -33,6 +33,16 @@ def datasets_with_id(root: Path, dataset_id: int) -> list[str]:
     return found
 
 
+def parse_fold(fold: str | int):
+    """nnU-Net's fold argument: an integer, or "all"."""
+    fold = str(fold)
+    if fold == "all":
+        return fold
+    if fold.isdigit():
+        return int(fold)
+    raise NnkdError(f"fold '{fold}' is invalid", "use 0-4 or all")
+
+
 def find_dataset_name(dataset: str | int) -> str:
     """Resolve a dataset ID or `DatasetXXX_Name` as nnU-Net does, with one clear error line."""
     text = str(dataset)

@@ -69,3 +69,22 @@ def test_verbose_shows_the_traceback(refusals):
     result = refusals["runs"]["verbose", None]
     assert result.returncode != 0 and "Traceback" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("nnkd: error:")
+
+
+def test_every_command_answers_version_without_its_required_arguments():
+    """`nnkd_export --version` (and every other command's) prints the versions and exits 0, though the
+    command's own arguments are missing; the CLI modules build their parsers in-process."""
+    import contextlib
+    import importlib
+    import io
+    import tomllib
+    from pathlib import Path
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    for name, target in scripts.items():
+        module = importlib.import_module(target.split(":")[0])
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+            module.build_parser().parse_args(["--version"])
+        assert exit_.value.code in (0, None), name
+        assert out.getvalue().startswith(f"{name} 0.") and "nnunetv2" in out.getvalue(), (name, out.getvalue())

@@ -205,7 +205,7 @@ def test_export_of_one_task_with_onnx(in_env, tmp_path, capsys):
 def test_mixed_batch_forward_equals_each_tasks_fused_network():
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-    from nnkd.trainers.lorkd_model import MultiTaskUNet
+    from nnkd.models.lorkd import MultiTaskUNet
 
     torch.manual_seed(0)
     stock = PlainConvUNet(input_channels=1, n_stages=3, features_per_stage=[4, 8, 16], conv_op=nn.Conv3d,
@@ -230,7 +230,7 @@ def test_mixed_batch_forward_equals_each_tasks_fused_network():
 
 
 def test_mixed_batches_take_turns_and_use_every_sample_in_order():
-    from nnkd.trainers.lorkd import MixedTaskBatches
+    from nnkd.trainers.multi_dataset import MixedTaskBatches
 
     def source(task: int):
         batch = 0
@@ -319,7 +319,7 @@ def _other_patch_size(preprocessed: Path) -> None:
 ], ids=["plans", "teacher", "repeated"])
 def test_train_refuses_tasks_that_cannot_share_a_student(in_env, datasets, teachers, fragment):
     from nnkd.errors import NnkdError
-    from nnkd.trainers.lorkd import LoRKDRequest, train_lorkd
+    from nnkd.run.lorkd import LoRKDRequest, train_lorkd
 
     _other_patch_size(Path(in_env["env"]["nnUNet_preprocessed"]))
     results = Path(in_env["env"]["nnUNet_results"])
@@ -334,7 +334,7 @@ def test_train_refuses_tasks_that_cannot_share_a_student(in_env, datasets, teach
 @pytest.mark.parametrize("method, trainer", [("lorkd", None), (None, "nnKDTrainer_LoRKD")])
 def test_nnkd_train_points_lorkd_to_its_own_command_before_writing(in_env, method, trainer):
     from nnkd.errors import NnkdError
-    from nnkd.trainers.train import TrainRequest, train
+    from nnkd.run.train import TrainRequest, train
 
     results = Path(in_env["env"]["nnUNet_results"])
     before = tree_digest(results)

@@ -137,6 +137,8 @@ CATALOGUE = {
     "cache-preprocessed-unset": (
         "nnkd_cache_teacher", [*CACHE, "--teacher", "{t}"], lambda env, tmp: _without(env, "nnUNet_preprocessed"),
         "nnUNet_preprocessed is not set"),
+    "cache-step-size": ("nnkd_cache_teacher", [*CACHE, "--teacher", "{t}", "--step_size", "0"], None,
+                        "--step_size 0.0 is out of range"),
     "cache-teacher-without-logits": (
         "nnkd_cache_teacher", [*CACHE, "--teacher", "{features_only}"], None, "needs teacher logits"),
     "cache-bad-teacher-option": (

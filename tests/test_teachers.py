@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from torch import nn
 from conftest import fake_teacher, run_cli
 from helpers.teacher_checks import check_teacher_and_kd_step
 from nnkd.errors import NnkdError
+from nnkd.teachers.base import Teacher, TeacherOutput
 from nnkd.teachers.bridge import InputBridge, run_slicewise, slice_indices, unit_range
 from nnkd.teachers.registry import TeacherSpec, create_teacher, list_teachers, parse_options
 
@@ -224,3 +226,134 @@ def test_a_plugin_package_adds_a_family_through_its_entry_point(tmp_path, nnunet
     info = json.loads(run_cli("nnkd_teachers", "describe", "mean", "--patch", "8,8,8", "--json", env=env).stdout)
     assert info["feature_shapes"] == [[1, 4, 4, 4]] and info["spec"] == "mean"
     assert "mean" not in run_cli("nnkd_teachers", env=nnunet_env).stdout.split()
+
+
+class _Probe(Teacher):
+    spatial_dims, in_channels, feature_channels, feature_strides = 3, 1, [1], [(1, 1, 1)]
+
+    def forward(self, x):
+        return TeacherOutput([x], None)
+
+
+class _EntryPoint:
+    """What importlib.metadata.entry_points yields, with load() returning `target` (None: a broken plugin)."""
+
+    def __init__(self, name: str, value: str, target=None):
+        self.name, self.value, self.group, self.target = name, value, "nnkd.teachers", target
+
+    def load(self):
+        if self.target is None:
+            raise ModuleNotFoundError(f"No module named '{self.value.split(':')[0]}'")
+        return self.target
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The teacher registry with the built-in families and no installed plugins; restored after the test."""
+    from nnkd.teachers import registry
+
+    monkeypatch.setattr(registry, "entry_points", lambda group: [])
+    registry._load_builtins()
+    monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
+    monkeypatch.setattr(registry, "_PLUGINS_DONE", set())
+    return registry
+
+
+def test_a_second_registration_of_a_name_warns_and_the_first_stays(registry):
+    def first(path, options, **_):
+        """The first builder."""
+        return _Probe()
+
+    def second(path, options, **_):
+        """The second builder."""
+        return _Probe()
+
+    assert registry.register_teacher("twice", first, options={"slices": 8}) is first
+    with pytest.warns(registry.TeacherRegistryWarning,
+                      match=r"'twice' is registered twice: keeping .*\.first .*ignoring .*\.second"):
+        decorated = registry.register_teacher("twice", options={"slices": 2})(second)
+    assert decorated is second
+    assert registry.family_summary("twice") == "The first builder."
+    assert registry.family_options("twice") == {"slices": 8}
+    with pytest.warns(registry.TeacherRegistryWarning, match=r"'sam' is registered twice: keeping .*build_sam"):
+        registry.register_teacher("sam", second)
+    assert registry.family_summary("sam").startswith("Segment Anything")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        registry.register_teacher("twice", first, options={"slices": 8})  # the same registration again: silent
+
+
+def test_a_plugin_named_like_a_built_in_warns_and_is_skipped_unloaded(registry, monkeypatch):
+    def build(path, options, **_):
+        """A plugin with options."""
+        return _Probe()
+
+    build.options = {"slices": 8}
+    plugins = [_EntryPoint("sam", "other_sam:build"), _EntryPoint("mine", "mine:build", build)]
+    monkeypatch.setattr(registry, "entry_points", lambda group: plugins)
+    with pytest.warns(registry.TeacherRegistryWarning,
+                      match=r"plugin 'sam' \(other_sam:build\) has the name of a built-in family and is skipped"):
+        families = registry.list_teachers()
+    assert "mine" in families and registry.family_summary("sam").startswith("Segment Anything")
+    assert registry.family_options("mine") == {"slices": 8}  # a plugin's defaults: its builder's `options`
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        registry.list_teachers()  # each plugin is looked at once
+    plugins.append(_EntryPoint("broken", "nnkd_broken_plugin:build"))
+    for _ in range(2):
+        with pytest.raises(NnkdError, match=r"teacher plugin 'broken' \(nnkd_broken_plugin:build\) fails to load"):
+            registry.list_teachers()
+
+
+def test_options_are_parsed_once_and_the_builder_gets_typed_values(registry, monkeypatch):
+    import importlib
+
+    received, parsed = [], []
+    parse = registry.parse_options
+    monkeypatch.setattr(registry, "parse_options", lambda *args: parsed.append(args[0]) or parse(*args))
+
+    @registry.register_teacher("typed", options={"slices": 8, "blocks": (), "scale": 1.0, "half": False, "name": None})
+    def build(path, options, fold=None, device="cpu", **_):
+        """Records its options."""
+        received.append((path, options, fold))
+        return _Probe()
+
+    teacher = create_teacher("typed:/weights.pt?slices=4&blocks=1,3&half=yes", fold=2)
+    assert received == [("/weights.pt", {"slices": 4, "blocks": (1, 3), "scale": 1.0, "half": True, "name": None}, 2)]
+    assert type(received[0][1]["slices"]) is int and parsed == ["typed"] and teacher.spec.startswith("typed:")
+    with pytest.raises(NnkdError, match="unknown option.*colour for typed teacher"):
+        create_teacher("typed:/weights.pt?colour=red")
+    assert len(received) == 1  # a bad option stops before the builder
+    for module in registry.BUILTIN_MODULES:  # the built-in builders leave the parsing to create_teacher
+        assert not hasattr(importlib.import_module(module), "parse_options"), module
+    assert registry.family_options("sam") == registry.family_options("medsam") == {"blocks": (), "slices": 8,
+                                                                                   "variant": ""}
+    assert (registry.family_options("dinov2")["size"], registry.family_options("rad-dino")["size"]) == (224, 518)
+
+
+def test_nnkd_teachers_lists_each_familys_options_without_building_a_teacher(registry, monkeypatch, capsys):
+    import dataclasses
+
+    from nnkd.cli import teachers as cli
+
+    def never(*args, **kwargs):
+        raise AssertionError("listing the families built a teacher or loaded weights")
+
+    for name, family in list(registry._FAMILIES.items()):
+        registry._FAMILIES[name] = dataclasses.replace(family, builder=never)
+    monkeypatch.setattr(torch, "load", never)
+    monkeypatch.setattr(torch.jit, "load", never)
+    cli.main([])
+    lines = capsys.readouterr().out.splitlines()
+    nnunet = lines.index(next(line for line in lines if line.startswith("nnunet ")))
+    assert lines[nnunet + 1].split() == ["options:", "fold=", "folds=", "checkpoint=checkpoint_final.pth",
+                                         "configuration="]
+    sam = lines.index(next(line for line in lines if line.startswith("sam ")))
+    assert lines[sam + 1].split() == ["options:", "blocks=", "slices=8", "variant="]
+    assert lines[lines.index(next(line for line in lines if line.startswith("tuned "))) + 1].split() == [
+        "options:", "none"]
+    cli.main(["--json"])
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["sam"] == {"summary": registry.family_summary("sam"),
+                             "options": {"blocks": [], "slices": 8, "variant": ""}}
+    assert listed["deepbet"]["options"] == {"size": [], "zoom": 1.0, "axes": [], "probe": 64}

@@ -10,11 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnkd.errors import NnkdError
+from nnkd.method_table import METHOD_TRAINERS
 
 BIN = Path(sys.executable).parent
-TRAINERS = {"none": "nnKDTrainer_NoKD", "logit": "nnKDTrainer_Logit", "feature": "nnKDTrainer_Feature",
-            "cka": "nnKDTrainer_CKA", "drd": "nnKDTrainer_DRD", "multiteacher": "nnKDTrainer_MultiTeacher",
-            "tskd": "nnKDTrainer_TSKD"}
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ def check(args: list, env: dict, log: Path) -> float:
 
 
 def fold_folder(results: Path, dataset_name: str, run: Run, plans: str, configuration: str, fold) -> Path:
-    return results / dataset_name / f"{TRAINERS[run.method]}__{plans}__{configuration}" / f"fold_{fold}"
+    return results / dataset_name / f"{METHOD_TRAINERS[run.method]}__{plans}__{configuration}" / f"fold_{fold}"
 
 
 def seconds_per_iteration(fold_dir: Path, iterations: int) -> float:
@@ -125,7 +123,6 @@ def started_as_asked(run: Run, request, fold_dir: Path) -> bool:
     after, or one started by hand beside another job. Finished, it is measured, not trained again; stopped
     part-way, it resumes from its latest checkpoint (nnkd_train --c)."""
     from nnkd.trainers.methods import METHODS
-    from nnkd.trainers.nnkd_trainer import coerce_hyperparameter
     from nnkd.trainers.run_config import RunConfig
 
     record = RunConfig.load(fold_dir)
@@ -135,8 +132,7 @@ def started_as_asked(run: Run, request, fold_dir: Path) -> bool:
                 "num_val_iterations_per_epoch": request.val_iterations}
     entries = record.teachers or ([record.teacher] if record.teacher else [])
     cls = METHODS[run.method]
-    wanted = json.loads(json.dumps({name: getattr(cls, name) for name in cls.hyperparameters} | {
-        name: coerce_hyperparameter(cls, name, value) for name, value in run.hp}))  # as teacher.json holds them
+    wanted = json.loads(json.dumps(cls.default_settings() | cls.coerce_settings(dict(run.hp))))  # as in teacher.json
     return (record.schedule == schedule and [e["spec"] for e in entries] == run_teachers(run, request)
             and bool(entries and entries[0].get("cache")) == run.cached
             and {k: record.hyperparameters.get(k) for k in wanted} == wanted)
@@ -176,7 +172,7 @@ def train(run: Run, plans: str, request, dataset_name: str, env: dict, output: P
                      {**env, "nnUNet_results": str(results)}, log)
     validation = json.loads(summary.read_text())
     from nnkd.atomic import write_json_atomic
-    from nnkd.trainers.run_config import software_versions
+    from nnkd.records import software_versions
 
     record = {"run": run.name, "label": run.label, "budget": run.budget, "method": run.method,
               "variant": run.variant, "cached": run.cached, "seed": run.seed, "plans": plans,

@@ -12,9 +12,10 @@ from tqdm import tqdm
 
 from nnkd.atomic import write_json_atomic
 from nnkd.benchmark.measure import TeacherLogits, evaluate, measure_model, validation_images
-from nnkd.benchmark.runs import Run, TRAINERS, check, is_finished, parse_method, train
+from nnkd.benchmark.runs import Run, check, is_finished, parse_method, train
 from nnkd.benchmark.stats import derived_ratios, summarize
 from nnkd.errors import NnkdError
+from nnkd.method_table import METHOD_TRAINERS
 from nnkd.nnunet_env import find_dataset_name, require_env
 
 QUICK_DATASET = 999
@@ -82,16 +83,14 @@ def _quick_teacher(request: BenchmarkRequest, dataset_name: str, env: dict, outp
 
 def _runs(request: BenchmarkRequest, teacher_has_logits: bool) -> list[Run]:
     from nnkd.trainers.methods import METHODS
-    from nnkd.trainers.nnkd_trainer import coerce_hyperparameter
 
     variants = [parse_method(m) for m in request.methods]
-    unknown = [m for m, _ in variants if m not in TRAINERS]
+    unknown = [m for m, _ in variants if m not in METHOD_TRAINERS]
     if unknown:
-        raise NnkdError(f"unknown method(s) {', '.join(unknown)}", f"use some of {', '.join(TRAINERS)}")
+        raise NnkdError(f"unknown method(s) {', '.join(unknown)}", f"use some of {', '.join(METHOD_TRAINERS)}")
     for method, hp in variants:  # a bad name or value stops before any run
-        given = {name: coerce_hyperparameter(METHODS[method], name, value) for name, value in hp}
-        defaults = {name: getattr(METHODS[method], name) for name in METHODS[method].hyperparameters}
-        METHODS[method].check_settings(defaults | given, 1 + len(request.extra_teachers))
+        cls = METHODS[method]
+        cls.check_settings(cls.default_settings() | cls.coerce_settings(dict(hp)), 1 + len(request.extra_teachers))
     if request.seeds < 1:
         raise NnkdError(f"--seeds {request.seeds} runs nothing", "give --seeds 1 or more")
     if request.cached_only and not request.cached:

@@ -13,8 +13,9 @@ from tqdm import tqdm
 from nnkd.cache.store import CacheSettings, TeacherCache, cache_folder
 from nnkd.devices import resolve_device
 from nnkd.errors import NnkdError
-from nnkd.nnunet_env import find_dataset_name, require_env
-from nnkd.planners.student_planner import DEFAULT_TEACHER_PLANS
+from nnkd.nnunet_env import parse_fold
+from nnkd.plans import DEFAULT_TEACHER_PLANS, PreprocessedConfiguration
+from nnkd.teachers.fit import check_teacher_fits
 
 
 @dataclass
@@ -90,30 +91,12 @@ def probabilities_of(logits: torch.Tensor, regions: bool) -> np.ndarray:
 def cache_teacher(request: CacheRequest) -> Path:
     """Compute the missing or stale cases of the cache; return its folder."""
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     from nnkd.teachers.registry import create_teacher
-    from nnkd.trainers.methods import nnKDTrainer_Logit
-    from nnkd.trainers.nnkd_trainer import check_teacher_fits
-    from nnkd.trainers.train import parse_fold
 
-    paths = require_env("nnUNet_preprocessed")
-    dataset_name = find_dataset_name(request.dataset)
-    preprocessed = paths["nnUNet_preprocessed"] / dataset_name
-    plans_file = preprocessed / f"{request.plans}.json"
-    if not plans_file.is_file():
-        raise NnkdError(f"plans {plans_file} not found", f"plan first: nnkd_plan_and_preprocess -d {request.dataset}")
-    manager = PlansManager(str(plans_file))
-    if request.configuration not in manager.available_configurations:
-        raise NnkdError(f"unknown configuration '{request.configuration}'",
-                        f"{request.plans} has {', '.join(manager.available_configurations)}")
-    cm = manager.get_configuration(request.configuration)
-    data_folder = preprocessed / cm.data_identifier
-    if not data_folder.is_dir():
-        raise NnkdError(f"preprocessed data {data_folder} not found",
-                        f"run nnkd_plan_and_preprocess -d {request.dataset} -c {request.configuration}")
-    fold = parse_fold(str(request.fold))
-    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    config = PreprocessedConfiguration.load(request.dataset, request.plans, request.configuration, need_data=True)
+    manager, cm, dataset_json = config.plans_manager, config.configuration_manager, config.dataset_json
+    preprocessed, data_folder = config.folder, config.data_folder
+    fold = parse_fold(request.fold)
     label_manager = manager.get_label_manager(dataset_json)
     if request.settings.topk and label_manager.has_regions:
         raise NnkdError("--topk needs mutually exclusive classes, this dataset trains regions",
@@ -121,7 +104,7 @@ def cache_teacher(request: CacheRequest) -> Path:
 
     device = resolve_device(request.device)
     teacher = create_teacher(request.teacher, fold=fold, device=device)
-    check_teacher_fits(teacher, nnKDTrainer_Logit, manager, request.configuration, dataset_json)
+    check_teacher_fits(teacher, manager, request.configuration, dataset_json, True, "the teacher cache")
     cases = fold_training_cases(preprocessed, data_folder, fold)
     cache = TeacherCache(cache_folder(preprocessed, cm.data_identifier, fold, request.teacher))
     cache.start(teacher, request.settings, dict(dataset_json["labels"]), label_manager.has_regions, cm.patch_size,

@@ -17,8 +17,28 @@ def fail(message: str, code: int = EXIT_ERROR) -> None:
     sys.exit(code)
 
 
+class VersionAction(argparse.Action):
+    """`--version`: nnkd's version and those of what it runs on (read only when asked: torch is slow to import)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default,
+                         help=help or "print nnkd's, nnU-Net's and torch's versions and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from nnkd.records import software_versions
+
+        found = software_versions()
+        print(f"{parser.prog} {found.pop('nnkd')} ("
+              + ", ".join(f"{name} {version}" for name, version in found.items()) + ")")
+        parser.exit()
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports usage mistakes on one `nnkd: error:` line."""
+    """argparse that reports usage mistakes on one `nnkd: error:` line and answers `--version`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action=VersionAction)
 
     def error(self, message: str) -> None:
         fail(f"{message} — see {self.prog} --help", EXIT_USAGE)
@@ -53,6 +73,13 @@ def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
                         help="validation iterations per epoch (50)")
     parser.add_argument("--device", "-device", dest="device", default=None, choices=("cpu", "cuda", "mps"),
                         help="default: cuda if available, else cpu")
+
+
+def check_step_size(value: float, flag: str) -> float:
+    """nnU-Net's sliding-window step, a fraction of the patch in (0, 1]; checked before anything is written."""
+    if not 0 < value <= 1:
+        raise NnkdError(f"{flag} {value} is out of range", "use a value in (0, 1], e.g. 0.5")
+    return value
 
 
 def schedule_of(args: argparse.Namespace) -> dict:

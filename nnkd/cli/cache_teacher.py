@@ -1,6 +1,6 @@
 """nnkd_cache_teacher: run a teacher once over a fold's training cases and store its soft predictions."""
 
-from nnkd.cli._common import ArgumentParser, add_verbose, run
+from nnkd.cli._common import ArgumentParser, add_verbose, check_step_size, run
 
 
 def build_parser() -> ArgumentParser:
@@ -32,7 +32,7 @@ def _cache(args) -> None:
 
     cache_teacher(CacheRequest(dataset=args.d, configuration=args.c, fold=args.f, teacher=args.teacher,
                                plans=args.p, settings=CacheSettings(args.dtype, args.resolution, args.topk),
-                               device=args.device, step_size=args.step_size))
+                               device=args.device, step_size=check_step_size(args.step_size, "--step_size")))
 
 
 def main(argv=None) -> None:

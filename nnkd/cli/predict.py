@@ -1,6 +1,6 @@
 """nnkd_predict: segment a folder of images with a trained student, as nnUNetv2_predict does."""
 
-from nnkd.cli._common import ArgumentParser, add_verbose, run
+from nnkd.cli._common import ArgumentParser, add_verbose, check_step_size, run
 
 
 def add_student_arguments(p: ArgumentParser) -> None:
@@ -53,11 +53,9 @@ def build_parser() -> ArgumentParser:
 def _predict(args) -> None:
     from pathlib import Path
 
-    from nnkd.errors import NnkdError
     from nnkd.inference.predict import PredictRequest, predict
 
-    if not 0 < args.step_size <= 1:
-        raise NnkdError(f"-step_size {args.step_size} is out of range", "use a value in (0, 1], e.g. 0.5")
+    check_step_size(args.step_size, "-step_size")
     predict(PredictRequest(
         input_folder=Path(args.i), output_folder=Path(args.o), student=student_from_args(args),
         onnx=Path(args.onnx) if args.onnx else None,

@@ -1,12 +1,15 @@
-"""nnkd_teachers: list the teacher families, or describe one teacher before training with it."""
+"""nnkd_teachers: list the teacher families and their options, or describe one teacher before training with it."""
+
+import json
 
 from nnkd.cli._common import ArgumentParser, add_verbose, run
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="nnkd_teachers",
-                       description="List teacher families (no arguments), or `describe SPEC`: parameters, input "
-                                   "size, stages (channels, stride), logits, and the time of one forward pass.")
+                       description="List teacher families with their options and defaults (no arguments; nothing "
+                                   "is loaded), or `describe SPEC`: parameters, input size, stages (channels, "
+                                   "stride), logits, and the time of one forward pass.")
     p.add_argument("command", nargs="?", choices=["list", "describe"], default="list")
     p.add_argument("spec", nargs="?", help="teacher spec family:PATH[?key=value&…] (for describe)")
     p.add_argument("--patch", help="patch size to time, e.g. 32,64,64 (default: 32,64,64, or 128,128 for 2D-only)")
@@ -30,20 +33,39 @@ def _parse_patch(text: str) -> tuple[int, ...]:
     return patch
 
 
-def _teachers(args) -> None:
-    import json
+def _option_text(value) -> str:
+    """A default as it would be written in a spec: 1,2,3 for a tuple, true/false, nothing for an empty one."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return "" if value is None else str(value)
 
+
+def _list_families(as_json: bool) -> str:
+    """Each family's summary and its options with their defaults, from the registry alone: nothing is built."""
+    from nnkd.teachers.registry import family_options, family_summary, list_teachers
+
+    families = {f: (family_summary(f), family_options(f)) for f in list_teachers()}
+    if as_json:
+        return json.dumps({f: {"summary": summary, "options": options}
+                           for f, (summary, options) in families.items()}, indent=1)
+    lines = []
+    for family, (summary, options) in families.items():
+        lines.append(f"{family:<12} {summary}")
+        listed = " ".join(f"{key}={_option_text(value)}" for key, value in options.items()) or "none"
+        lines.append(f"{'':<12} options: {listed}")
+    return "\n".join(lines)
+
+
+def _teachers(args) -> None:
     from nnkd.devices import resolve_device
     from nnkd.errors import NnkdError
     from nnkd.teachers.describe import default_patch, format_description, time_forward
-    from nnkd.teachers.registry import create_teacher, family_summary, list_teachers
+    from nnkd.teachers.registry import create_teacher
 
     if args.command == "list":
-        families = list_teachers()
-        if args.json:
-            print(json.dumps({f: family_summary(f) for f in families}, indent=1))
-        else:
-            print("\n".join(f"{f:<12} {family_summary(f)}" for f in families))
+        print(_list_families(args.json))
         return
     if not args.spec:
         raise NnkdError("describe needs a teacher spec", "e.g. nnkd_teachers describe deepbet")

@@ -2,8 +2,7 @@
 
 from nnkd.cli._common import ArgumentParser, add_schedule_arguments, add_verbose, run, schedule_of
 from nnkd.errors import NnkdError
-
-METHOD_NAMES = ("none", "logit", "feature", "cka", "drd", "multiteacher", "tskd")
+from nnkd.method_table import METHOD_TRAINERS
 
 
 def build_parser() -> ArgumentParser:
@@ -18,7 +17,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--teacher-plans", default="nnUNetPlans",
                    help="teacher plans the student was planned from (default nnUNetPlans)")
     p.add_argument("-p", dest="plans", default=None, help="name the student plans directly instead of --budget")
-    p.add_argument("--method", default=None, help=f"distillation method: {', '.join(METHOD_NAMES)}")
+    p.add_argument("--method", default=None, help=f"distillation method: {', '.join(METHOD_TRAINERS)}")
     p.add_argument("-tr", dest="trainer", default=None,
                    help="an nnKDTrainer subclass by class name (found via nnUNet_extTrainer), instead of --method")
     p.add_argument("--teacher", action="append", default=[], metavar="SPEC",
@@ -63,7 +62,7 @@ def _hyperparameters(pairs: list[str]) -> dict:
 
 
 def _train(args) -> None:
-    from nnkd.trainers.train import TrainRequest, train
+    from nnkd.run.train import TrainRequest, train
 
     schedule = schedule_of(args)
     if args.num_gpus < 1:

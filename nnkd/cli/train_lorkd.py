@@ -45,7 +45,7 @@ def _teachers(pairs: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def _train(args) -> None:
-    from nnkd.trainers.lorkd import LoRKDRequest, train_lorkd
+    from nnkd.run.lorkd import LoRKDRequest, train_lorkd
 
     schedule = schedule_of(args)
     if args.rank is not None and args.rank < 1:

@@ -31,7 +31,8 @@ def build_parser() -> ArgumentParser:
 
 
 def _tune(args) -> None:
-    from nnkd.trainers.tune import TuneRequest, TuningConfig, tune
+    from nnkd.run.tune import TuneRequest, tune
+    from nnkd.trainers.tune import TuningConfig
 
     schedule = schedule_of(args)
     if not args.teacher and not args.continue_training:

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nnkd.atomic import write_bytes_atomic
-from nnkd.datasets.transfer import PreprocessedConfiguration, TransferSet, unlabeled_class_locations
+from nnkd.datasets.transfer import TransferSet, named_set, unlabeled_class_locations
+from nnkd.plans import PreprocessedConfiguration
 from nnkd.devices import resolve_device
 from nnkd.errors import NnkdError
 
@@ -105,7 +106,7 @@ def _crop_size(request: SynthesisRequest, patch_size: list[int]) -> tuple[int, .
 
 def _output_set(request: SynthesisRequest, config: PreprocessedConfiguration) -> TransferSet:
     if request.output is None:
-        return config.transfer_set(request.name)
+        return named_set(config, request.name)
     folder = Path(request.output).resolve()
     raw = os.environ.get("nnUNet_raw")
     if raw and (folder == Path(raw).resolve() or Path(raw).resolve() in folder.parents):
@@ -323,7 +324,7 @@ def synthesize(request: SynthesisRequest) -> TransferSet:
     """Train (or reuse) the diffusion model and fill the synthetic set up to `request.count` cases. Every check
     that can fail on input runs before the model is built, so bad input writes nothing."""
     _check_request(request)
-    config = PreprocessedConfiguration.load(request.dataset, request.plans, request.configuration)
+    config = PreprocessedConfiguration.load(request.dataset, request.plans, request.configuration, need_data=True)
     settings = DiffusionSettings(size=_crop_size(request, config.configuration_manager.patch_size),
                                  channels=tuple(request.channels), epochs=request.epochs,
                                  steps_per_epoch=request.steps_per_epoch, batch_size=request.batch_size)

@@ -27,12 +27,10 @@ import multiprocessing
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.training.dataloading.nnunet_dataset import (comp_blosc2_params, file_ending_dataset_mapping,
                                                           infer_dataset_class, nnUNetDatasetBlosc2)
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -41,7 +39,8 @@ from tqdm import tqdm
 from nnkd import __version__
 from nnkd.atomic import write_json_atomic
 from nnkd.errors import NnkdError
-from nnkd.nnunet_env import find_dataset_name, require_env
+from nnkd.nnunet_compat import sample_foreground_locations
+from nnkd.plans import PreprocessedConfiguration
 
 TRANSFER_FOLDER = "nnkd_transfer"
 META_FOLDER = "nnkd"
@@ -50,74 +49,16 @@ SEGMENTATION_NOTE = "no labels: 0 in the image (-1 outside an unlabelled image's
 DATASET_CLASSES = {cls.__name__: cls for cls in file_ending_dataset_mapping.values()}
 
 
-@dataclass(frozen=True)
-class PreprocessedConfiguration:
-    """One plans configuration of a dataset whose data nnU-Net has preprocessed: what transfer cases must match."""
+def transfer_root(config: PreprocessedConfiguration) -> Path:
+    """The folder of a configuration's transfer sets (students share their teacher plans' sets)."""
+    return config.folder / TRANSFER_FOLDER / f"{config.data_plans_name}__{config.configuration_manager.data_identifier}"
 
-    dataset_name: str
-    folder: Path  # $nnUNet_preprocessed/DatasetXXX
-    plans_name: str
-    configuration: str
-    plans: dict
-    dataset_json: dict
 
-    @classmethod
-    def load(cls, dataset: str | int, plans: str = "nnUNetPlans",
-             configuration: str = "3d_fullres") -> "PreprocessedConfiguration":
-        preprocessed = require_env("nnUNet_preprocessed")["nnUNet_preprocessed"]
-        name = find_dataset_name(dataset)
-        folder = preprocessed / name
-        plans_file = folder / f"{plans}.json"
-        if not plans_file.is_file():
-            raise NnkdError(f"plans {plans_file} not found", f"plan first: nnkd_plan_and_preprocess -d {dataset}")
-        plans_json = json.loads(plans_file.read_text())
-        if configuration not in plans_json["configurations"]:
-            raise NnkdError(f"unknown configuration '{configuration}'",
-                            f"{plans} has {', '.join(plans_json['configurations'])}")
-        config = cls(name, folder, plans, configuration, plans_json, json.loads((folder / "dataset.json").read_text()))
-        if not config.data_folder.is_dir() or not any(config.data_folder.iterdir()):
-            raise NnkdError(f"preprocessed data {config.data_folder} not found",
-                            f"run nnkd_plan_and_preprocess -d {dataset} -c {configuration}")
-        return config
-
-    @property
-    def plans_manager(self) -> PlansManager:
-        return PlansManager(self.plans)
-
-    @property
-    def configuration_manager(self):
-        return self.plans_manager.get_configuration(self.configuration)
-
-    @property
-    def data_plans_name(self) -> str:
-        """The plans that preprocessed the data: student plans share their teacher plans' data."""
-        return self.plans.get("nnkd", {}).get("teacher_plans", self.plans_name)
-
-    @property
-    def data_folder(self) -> Path:
-        return self.folder / self.configuration_manager.data_identifier
-
-    @property
-    def dataset_class(self):
-        return infer_dataset_class(str(self.data_folder))
-
-    @property
-    def num_channels(self) -> int:
-        return len(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})))
-
-    @property
-    def transfer_root(self) -> Path:
-        return self.folder / TRANSFER_FOLDER / f"{self.data_plans_name}__{self.configuration_manager.data_identifier}"
-
-    def transfer_set(self, name: str) -> "TransferSet":
-        """The named set of this configuration (it need not exist yet)."""
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            raise NnkdError(f"'{name}' is not a valid transfer-set name", "use letters, digits, '_', '-' or '.'")
-        return TransferSet(self.transfer_root / name)
-
-    def identity(self) -> dict:
-        return {"dataset": self.dataset_name, "plans": self.data_plans_name, "configuration": self.configuration,
-                "data_identifier": self.configuration_manager.data_identifier}
+def named_set(config: PreprocessedConfiguration, name: str) -> "TransferSet":
+    """The named set of a configuration (it need not exist yet)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise NnkdError(f"'{name}' is not a valid transfer-set name", "use letters, digits, '_', '-' or '.'")
+    return TransferSet(transfer_root(config) / name)
 
 
 def unlabeled_class_locations(seg: np.ndarray, plans_manager: PlansManager, dataset_json: dict) -> dict:
@@ -128,7 +69,7 @@ def unlabeled_class_locations(seg: np.ndarray, plans_manager: PlansManager, data
     keys = list(label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels)
     if label_manager.has_ignore_label:
         keys.append([-1] + label_manager.all_labels)
-    return DefaultPreprocessor._sample_foreground_locations(seg, keys)
+    return sample_foreground_locations(seg, keys)
 
 
 class TransferSet:
@@ -239,13 +180,13 @@ class TransferSet:
 def transfer_set(dataset: str | int, name: str, plans: str = "nnUNetPlans",
                  configuration: str = "3d_fullres") -> TransferSet:
     """The named set of a dataset's plans configuration (it need not exist yet)."""
-    return PreprocessedConfiguration.load(dataset, plans, configuration).transfer_set(name)
+    return named_set(PreprocessedConfiguration.load(dataset, plans, configuration, need_data=True), name)
 
 
 def list_transfer_sets(dataset: str | int, plans: str = "nnUNetPlans",
                        configuration: str = "3d_fullres") -> list[TransferSet]:
     """Every set of a dataset's plans configuration, by name."""
-    root = PreprocessedConfiguration.load(dataset, plans, configuration).transfer_root
+    root = transfer_root(PreprocessedConfiguration.load(dataset, plans, configuration, need_data=True))
     if not root.is_dir():
         return []
     return [TransferSet(p) for p in sorted(root.iterdir()) if (p / META_FOLDER / MANIFEST).is_file()]
@@ -321,9 +262,9 @@ def add_unlabeled(dataset: str | int, images_dir: str | Path, plans: str = "nnUN
     """Preprocess a folder of unlabelled images (named like imagesTr) with the dataset's plans, by nnU-Net's own
     preprocessor, into a transfer set; return the set's folder. Every image is checked first, so bad input writes
     nothing; cases already in the set are skipped. Reads the images where they are, never writes to nnUNet_raw."""
-    config = PreprocessedConfiguration.load(dataset, plans, configuration)
+    config = PreprocessedConfiguration.load(dataset, plans, configuration, need_data=True)
     images_dir = Path(images_dir).resolve()
-    tset = config.transfer_set(name)
+    tset = named_set(config, name)
     tset.check("unlabeled", config)
     cases = _group_images(images_dir, config.dataset_json["file_ending"], config.num_channels)
     todo = {case: files for case, files in cases.items() if not tset.has_case(case)}

@@ -12,7 +12,7 @@ import torch
 from nnkd.atomic import replace_folder, write_json_atomic
 from nnkd.errors import NnkdError
 from nnkd.inference.students import LocatedStudent, StudentRef, load_student_checkpoints, locate_tasks
-from nnkd.trainers.lorkd_model import TASK_FOLDER
+from nnkd.models.lorkd import TASK_FOLDER
 
 STOCK_TRAINER = "nnUNetTrainer"
 

@@ -10,9 +10,11 @@ from pathlib import Path
 
 from nnkd.errors import NnkdError
 from nnkd.nnunet_env import find_dataset_name, require_env
-from nnkd.planners.student_planner import DEFAULT_TEACHER_PLANS, resolve_student_plans
+from nnkd.planners.student_planner import resolve_student_plans
+from nnkd.plans import DEFAULT_TEACHER_PLANS
 from nnkd.teachers.checkpoint import load_checkpoint
-from nnkd.trainers.lorkd_model import LORKD_METHOD, LORKD_TRAINER, TASK_FOLDER, LoRKDTasks, build_multi_task_network
+from nnkd.method_table import ALL_METHOD_TRAINERS, LORKD_METHOD, LORKD_TRAINER
+from nnkd.models.lorkd import TASK_FOLDER, LoRKDTasks, build_multi_task_network
 
 
 def find_model_folder(dataset, configuration: str, plans: str, method: str | None = None,
@@ -21,12 +23,9 @@ def find_model_folder(dataset, configuration: str, plans: str, method: str | Non
     results = require_env("nnUNet_results")["nnUNet_results"]
     dataset_name = find_dataset_name(dataset)
     if trainer is None and method is not None:
-        from nnkd.trainers.methods import METHODS
-
-        trainers = {name: cls.__name__ for name, cls in METHODS.items()} | {LORKD_METHOD: LORKD_TRAINER}
-        if method not in trainers:
-            raise NnkdError(f"unknown method '{method}'", f"use one of {', '.join(trainers)} (or -tr CLASS)")
-        trainer = trainers[method]
+        if method not in ALL_METHOD_TRAINERS:
+            raise NnkdError(f"unknown method '{method}'", f"use one of {', '.join(ALL_METHOD_TRAINERS)} (or -tr CLASS)")
+        trainer = ALL_METHOD_TRAINERS[method]
     pattern = f"{trainer or '*'}__{plans}__{configuration}"
     candidates = sorted(p for p in (results / dataset_name).glob(pattern)
                         if p.is_dir() and (p / "plans.json").is_file() and any(p.glob("fold_*/teacher.json")))

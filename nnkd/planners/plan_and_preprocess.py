@@ -13,7 +13,8 @@ from nnkd.atomic import write_bytes_atomic, write_json_atomic
 from nnkd.errors import NnkdError
 from nnkd.nnunet_env import find_dataset_name, require_env
 from nnkd.planners.budget import Budget
-from nnkd.planners.student_planner import (DEFAULT_TEACHER_PLANS, PlannedConfiguration, format_table,
+from nnkd.plans import DEFAULT_TEACHER_PLANS
+from nnkd.planners.student_planner import (PlannedConfiguration, format_table,
                                            nnKDStudentPlanner, student_plans_identifier)
 
 # Teacher plans nnkd can create itself, and nnU-Net's planner class for each.

@@ -14,13 +14,12 @@ from pathlib import Path
 from nnkd import __version__
 from nnkd.atomic import write_json_atomic
 from nnkd.errors import NnkdError
-from nnkd.plans import num_input_channels, num_segmentation_heads
+from nnkd.plans import DEFAULT_TEACHER_PLANS, num_input_channels, num_segmentation_heads
 from nnkd.planners.architecture_search import StudentArchitecture, StudentSearch
 from nnkd.planners.budget import Budget
 from nnkd.planners.network_cost import NetworkCost
 
 STUDENT_KEY = "nnkd_student"  # per-configuration record of what the budget search chose
-DEFAULT_TEACHER_PLANS = "nnUNetPlans"
 
 
 def student_plans_identifier(budget: Budget, teacher_plans: str = DEFAULT_TEACHER_PLANS) -> str:

@@ -22,7 +22,7 @@ import torch
 from nnkd.errors import NnkdError
 from nnkd.teachers.bridge import IMAGENET_MEAN, IMAGENET_STD, InputBridge
 from nnkd.teachers.image_encoder import ImageEncoderTeacher
-from nnkd.teachers.registry import parse_options, register_teacher
+from nnkd.teachers.registry import register_teacher
 
 RAD_DINO_MEAN = 0.5307  # microsoft/rad-dino preprocessor_config.json, the same for all three channels
 RAD_DINO_STD = 0.2583
@@ -41,7 +41,7 @@ def require_transformers(family: str):
 
 
 def check_options(family: str, options: dict) -> None:
-    """What parse_options cannot tell from the types alone."""
+    """What the registry's option parsing cannot tell from the types alone."""
     for key in ("size", "slices"):
         if options[key] < 1:
             raise NnkdError(f"option {key}={options[key]} of {family} teacher must be at least 1",
@@ -154,50 +154,48 @@ class SwinTeacher(ImageEncoderTeacher):
         return stages
 
 
-def build_dinov2_family(family: str, path: str, options: dict, device, size: int, mean: tuple, std: tuple,
+def build_dinov2_family(family: str, path: str, options: dict, device, mean: tuple, std: tuple,
                         example: str) -> DinoV2Teacher:
     transformers = require_transformers(family)
     folder, config, weights = open_hf_folder(family, path, DINOV2_TYPES, example, transformers)
     depth = config.num_hidden_layers
     default_layers = evenly_spaced_layers(depth)
-    opts = parse_options(family, options, {"size": size, "slices": 8, "layers": default_layers})
-    check_options(family, opts)
-    layers = opts["layers"]
-    if not layers or not all(1 <= layer <= depth for layer in layers):
+    check_options(family, options)
+    layers = options["layers"] or default_layers
+    if not all(1 <= layer <= depth for layer in layers):
         raise NnkdError(f"option layers={','.join(map(str, layers))} of {family} teacher is not within 1..{depth} "
                         f"(the model has {depth} layers)", f"e.g. layers={','.join(map(str, default_layers))}")
     patch = config.patch_size
-    side = max(1, round(opts["size"] / patch)) * patch
+    side = max(1, round(options["size"] / patch)) * patch
     bridge = InputBridge(channels=3, size=(side, side), scale="unit", mean=mean, std=std)
-    teacher = DinoV2Teacher(load_hf_model(family, folder, config, transformers), bridge, layers, opts["slices"])
+    teacher = DinoV2Teacher(load_hf_model(family, folder, config, transformers), bridge, layers, options["slices"])
     teacher.set_checkpoint(weights)
     return teacher.to(device)
 
 
-@register_teacher("dinov2")
+@register_teacher("dinov2", options={"size": 224, "slices": 8, "layers": ()})
 def build_dinov2(path: str, options: dict, fold=None, device="cpu", **_) -> DinoV2Teacher:
     """A DINOv2 folder (e.g. facebook/dinov2-base): 4 layers' patch tokens, stride 14, ImageNet norm at 224²."""
-    return build_dinov2_family("dinov2", path, options, device, 224, IMAGENET_MEAN, IMAGENET_STD,
+    return build_dinov2_family("dinov2", path, options, device, IMAGENET_MEAN, IMAGENET_STD,
                                "facebook/dinov2-base")
 
 
-@register_teacher("rad-dino")
+@register_teacher("rad-dino", options={"size": 518, "slices": 8, "layers": ()})
 def build_rad_dino(path: str, options: dict, fold=None, device="cpu", **_) -> DinoV2Teacher:
     """The microsoft/rad-dino folder: 4 layers' patch tokens, stride 14, its own norm at 518² (a 37×37 grid)."""
-    return build_dinov2_family("rad-dino", path, options, device, 518, (RAD_DINO_MEAN,) * 3, (RAD_DINO_STD,) * 3,
+    return build_dinov2_family("rad-dino", path, options, device, (RAD_DINO_MEAN,) * 3, (RAD_DINO_STD,) * 3,
                                "microsoft/rad-dino")
 
 
-@register_teacher("swin")
+@register_teacher("swin", options={"size": 224, "slices": 8})
 def build_swin(path: str, options: dict, fold=None, device="cpu", **_) -> SwinTeacher:
     """A Swin folder (e.g. microsoft/swin-tiny-patch4-window7-224): 4 stages, strides 4–32, ImageNet norm at 224²."""
     transformers = require_transformers("swin")
     folder, config, weights = open_hf_folder("swin", path, SWIN_TYPES, "microsoft/swin-tiny-patch4-window7-224",
                                              transformers)
-    opts = parse_options("swin", options, {"size": 224, "slices": 8})
-    check_options("swin", opts)
-    side = swin_input_side("swin", opts["size"], config)
+    check_options("swin", options)
+    side = swin_input_side("swin", options["size"], config)
     bridge = InputBridge(channels=3, size=(side, side), scale="unit", mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    teacher = SwinTeacher(load_hf_model("swin", folder, config, transformers), bridge, opts["slices"])
+    teacher = SwinTeacher(load_hf_model("swin", folder, config, transformers), bridge, options["slices"])
     teacher.set_checkpoint(weights)
     return teacher.to(device)

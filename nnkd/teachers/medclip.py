@@ -23,7 +23,7 @@ from nnkd.teachers.hf_vision import (
     require_transformers,
     swin_input_side,
 )
-from nnkd.teachers.registry import parse_options, register_teacher
+from nnkd.teachers.registry import register_teacher
 
 MEDCLIP_MEAN = 0.5862785803043838  # medclip/constants.py IMG_MEAN and IMG_STD
 MEDCLIP_STD = 0.27950088968644304
@@ -54,12 +54,11 @@ def swin_config_from_state(state: dict, transformers):
         qkv_bias=any(key.endswith(("query.bias", "q_proj.bias")) for key in state))
 
 
-@register_teacher("medclip")
+@register_teacher("medclip", options={"size": 224, "slices": 8})
 def build_medclip(path: str, options: dict, fold=None, device="cpu", **_) -> SwinTeacher:
     """MedCLIP-ViT's pytorch_model.bin (or its folder): Swin-T's 4 stages, strides 4–32, its own norm at 224²."""
     transformers = require_transformers("medclip")
-    opts = parse_options("medclip", options, {"size": 224, "slices": 8})
-    check_options("medclip", opts)
+    check_options("medclip", options)
     weights = Path(path).expanduser()
     weights = weights / WEIGHTS_NAME if weights.is_dir() else weights
     if not weights.is_file():
@@ -72,7 +71,7 @@ def build_medclip(path: str, options: dict, fold=None, device="cpu", **_) -> Swi
         config = swin_config_from_state(vision, transformers)
     except (KeyError, StopIteration, IndexError) as e:
         raise NnkdError(f"{weights} holds no MedCLIP-ViT vision tower ({VISION_PREFIX}* Swin weights)", WHERE) from e
-    side = swin_input_side("medclip", opts["size"], config)
+    side = swin_input_side("medclip", options["size"], config)
     config.image_size = side
     try:
         model, info = transformers.SwinModel.from_pretrained(None, config=config, state_dict=vision,
@@ -84,6 +83,6 @@ def build_medclip(path: str, options: dict, fold=None, device="cpu", **_) -> Swi
         raise NnkdError(f"the Swin weights in {weights} are not a complete SwinModel ({len(broken)} tensors missing, "
                         f"unexpected or of another shape, e.g. {broken[0]})", WHERE)
     bridge = InputBridge(channels=3, size=(side, side), scale="unit", mean=(MEDCLIP_MEAN,) * 3, std=(MEDCLIP_STD,) * 3)
-    teacher = SwinTeacher(model.float(), bridge, opts["slices"])
+    teacher = SwinTeacher(model.float(), bridge, options["slices"])
     teacher.set_checkpoint(weights)
     return teacher.to(device)

@@ -18,7 +18,7 @@ from nnkd.errors import NnkdError
 from nnkd.teachers.base import Teacher, TeacherOutput
 from nnkd.teachers.bridge import crop_to_input, pad_to_multiple
 from nnkd.teachers.checkpoint import load_checkpoint
-from nnkd.teachers.registry import parse_options, register_teacher
+from nnkd.teachers.registry import register_teacher
 
 DEFAULTS = {"fold": "", "folds": (), "checkpoint": "checkpoint_final.pth", "configuration": ""}
 
@@ -93,14 +93,13 @@ def _load_fold(fold_folder: Path, checkpoint_name: str) -> tuple[Path, dict]:
     return checkpoint_file, checkpoint
 
 
-@register_teacher("nnunet")
+@register_teacher("nnunet", options=DEFAULTS)
 def nnunet_teacher(path: str, options: dict, fold=None, device="cpu", **_) -> NnUNetTeacher:
     """A trained nnU-Net model folder (any trainer and plans: default, ResEnc, …), one fold or an ensemble."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnkd.plans import network_from_plans
 
-    options = parse_options("nnunet", options, DEFAULTS)
     folder = Path(path).expanduser()
     if not path or not folder.is_dir():
         raise NnkdError(f"teacher folder {folder} not found", "give the nnU-Net model folder, e.g. "

@@ -28,7 +28,7 @@ from nnkd.errors import NnkdError
 from nnkd.teachers.bridge import InputBridge
 from nnkd.teachers.checkpoint import load_checkpoint
 from nnkd.teachers.image_encoder import ImageEncoderTeacher
-from nnkd.teachers.registry import parse_options, register_teacher
+from nnkd.teachers.registry import register_teacher
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
@@ -146,11 +146,10 @@ class SamEncoderTeacher(ImageEncoderTeacher):
 
 def build_sam_teacher(family: str, path: str, options: dict, device, published: str,
                       bridge_for_size) -> SamEncoderTeacher:
-    opts = parse_options(family, options, DEFAULTS)
-    if opts["slices"] < 1:
-        raise NnkdError(f"option slices={opts['slices']} of {family} teacher must be at least 1", "e.g. slices=8")
-    if opts["variant"] and opts["variant"] not in VARIANTS:
-        raise NnkdError(f"unknown {family} variant '{opts['variant']}'", f"use one of {', '.join(VARIANTS)}")
+    if options["slices"] < 1:
+        raise NnkdError(f"option slices={options['slices']} of {family} teacher must be at least 1", "e.g. slices=8")
+    if options["variant"] and options["variant"] not in VARIANTS:
+        raise NnkdError(f"unknown {family} variant '{options['variant']}'", f"use one of {', '.join(VARIANTS)}")
     try:
         from segment_anything.modeling import ImageEncoderViT
     except ImportError as e:
@@ -158,9 +157,9 @@ def build_sam_teacher(family: str, path: str, options: dict, device, published: 
                         "pip install 'nnkd[teachers]'") from e
     state = image_encoder_state(path, family, published)
     geometry = vit_geometry(state, path, family, 2)
-    if opts["variant"] and VARIANTS[opts["variant"]] != (geometry.embed_dim, geometry.depth):
+    if options["variant"] and VARIANTS[options["variant"]] != (geometry.embed_dim, geometry.depth):
         raise NnkdError(f"{path} holds a ViT of width {geometry.embed_dim} and depth {geometry.depth}, not "
-                        f"{opts['variant']}", "drop the variant option or point to the matching checkpoint")
+                        f"{options['variant']}", "drop the variant option or point to the matching checkpoint")
     encoder = ImageEncoderViT(
         img_size=geometry.img_size, patch_size=geometry.patch_size, in_chans=geometry.in_chans,
         embed_dim=geometry.embed_dim, depth=geometry.depth, num_heads=geometry.num_heads,
@@ -168,8 +167,8 @@ def build_sam_teacher(family: str, path: str, options: dict, device, published: 
         norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=geometry.window_size,
         global_attn_indexes=geometry.global_blocks)
     load_encoder_weights(encoder, state, path)
-    teacher = SamEncoderTeacher(encoder, stage_blocks(opts["blocks"], geometry, family), geometry,
-                                bridge_for_size(geometry.img_size), opts["slices"])
+    teacher = SamEncoderTeacher(encoder, stage_blocks(options["blocks"], geometry, family), geometry,
+                                bridge_for_size(geometry.img_size), options["slices"])
     teacher.set_checkpoint(path)
     return teacher.to(device)
 
@@ -183,13 +182,13 @@ def medsam_bridge(size: int) -> InputBridge:
     return InputBridge(channels=3, size=(size, size), scale="unit", value_range=1.0)
 
 
-@register_teacher("sam")
+@register_teacher("sam", options=DEFAULTS)
 def build_sam(path: str, options: dict, fold=None, device="cpu", **_) -> SamEncoderTeacher:
     """Segment Anything's ViT image encoder (sam_vit_{b,l,h}_*.pth); 2D, features only."""
     return build_sam_teacher("sam", path, options, device, "sam_vit_b_01ec64.pth", sam_bridge)
 
 
-@register_teacher("medsam")
+@register_teacher("medsam", options=DEFAULTS)
 def build_medsam(path: str, options: dict, fold=None, device="cpu", **_) -> SamEncoderTeacher:
     """MedSAM's ViT-B image encoder (medsam_vit_b.pth), SAM fine-tuned on medical images; 2D, features only."""
     return build_sam_teacher("medsam", path, options, device, "medsam_vit_b.pth", medsam_bridge)

@@ -27,7 +27,7 @@ from torch import nn
 from nnkd.teachers import sam
 from nnkd.teachers.base import Teacher, TeacherOutput
 from nnkd.teachers.bridge import InputBridge
-from nnkd.teachers.registry import parse_options, register_teacher
+from nnkd.teachers.registry import register_teacher
 
 DEFAULTS = {"blocks": ()}
 
@@ -170,14 +170,13 @@ class SamMed3DTeacher(Teacher):
         return super().describe() | {"input_size": list(self.bridge.size), "blocks": list(self.stage_blocks)}
 
 
-@register_teacher("sam-med3d")
+@register_teacher("sam-med3d", options=DEFAULTS)
 def build_sam_med3d(path: str, options: dict, fold=None, device="cpu", **_) -> SamMed3DTeacher:
     """SAM-Med3D's 3D ViT image encoder (sam_med3d_turbo.pth) at 128³; 3D, features only."""
-    opts = parse_options("sam-med3d", options, DEFAULTS)
     state = sam.image_encoder_state(path, "sam-med3d", "sam_med3d_turbo.pth")
     geometry = sam.vit_geometry(state, path, "sam-med3d", 3)
     encoder = ImageEncoderViT3D(geometry)
     sam.load_encoder_weights(encoder, state, path)
-    teacher = SamMed3DTeacher(encoder, sam.stage_blocks(opts["blocks"], geometry, "sam-med3d"), geometry)
+    teacher = SamMed3DTeacher(encoder, sam.stage_blocks(options["blocks"], geometry, "sam-med3d"), geometry)
     teacher.set_checkpoint(path)
     return teacher.to(device)

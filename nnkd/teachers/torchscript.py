@@ -22,13 +22,14 @@ import torch.nn.functional as F
 from nnkd.errors import NnkdError
 from nnkd.teachers.base import Teacher, TeacherOutput
 from nnkd.teachers.bridge import InputBridge, crop_to_input, pad_to_multiple
-from nnkd.teachers.registry import parse_options, register_teacher
+from nnkd.teachers.registry import register_teacher
 
 DEFAULTS = {"features": "", "labels": "", "dims": 3, "channels": 1, "output": "auto", "intensity": "none",
             "mean": 0.0, "std": 1.0, "size": (), "zoom": 1.0, "axes": (), "probe": 64}
 # deepbet's own `normalize`: the 0.5–99.5 percentile window onto [0, 1], standardised, then × 0.226 + 0.449
 DEEPBET = {"features": "down0,down1,down2,down3", "labels": "background,brain", "output": "softmax",
            "intensity": "unit-zscore", "mean": -0.449 / 0.226, "std": 1 / 0.226}
+DEEPBET_OPTIONS = {k: v for k, v in DEFAULTS.items() if k in ("size", "zoom", "axes", "probe")}  # the rest is fixed
 
 
 def _call_path(node) -> str | None:
@@ -150,12 +151,12 @@ def _build(family: str, path: Path, options: dict, device) -> TorchScriptTeacher
     return teacher.to(device)
 
 
-@register_teacher("torchscript")
+@register_teacher("torchscript", options=DEFAULTS)
 def torchscript_teacher(path: str, options: dict, device="cpu", **_) -> TorchScriptTeacher:
     """Any TorchScript model; stage features from named children it calls, logits from its output."""
     if not path:
         raise NnkdError("the torchscript teacher needs a file", "write torchscript:/path/model.pt?features=…")
-    return _build("torchscript", Path(path).expanduser(), parse_options("torchscript", options, DEFAULTS), device)
+    return _build("torchscript", Path(path).expanduser(), options, device)
 
 
 def deepbet_model_file() -> Path:
@@ -166,12 +167,10 @@ def deepbet_model_file() -> Path:
     return Path(spec.origin).resolve().parents[1] / "data" / "models" / "model.pt"
 
 
-@register_teacher("deepbet")
+@register_teacher("deepbet", options=DEEPBET_OPTIONS)
 def deepbet_teacher(path: str, options: dict, device="cpu", **_) -> TorchScriptTeacher:
     """deepbet's pretrained 3D brain-extraction U-Net for T1 MRI (2.1 M parameters, from the deepbet package).
 
     Its own intensity mapping, labels background/brain; `path` may point to another copy of model.pt."""
-    allowed = {k: v for k, v in DEFAULTS.items() if k in ("size", "zoom", "axes", "probe")}
-    chosen = parse_options("deepbet", options, allowed)
     return _build("deepbet", Path(path).expanduser() if path else deepbet_model_file(),
-                  DEFAULTS | DEEPBET | chosen, device)
+                  DEFAULTS | DEEPBET | options, device)

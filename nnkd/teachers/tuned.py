@@ -17,7 +17,7 @@ from torch import nn
 from nnkd.errors import NnkdError
 from nnkd.teachers.base import Teacher, TeacherOutput
 from nnkd.teachers.checkpoint import load_checkpoint
-from nnkd.teachers.registry import create_teacher, parse_options, register_teacher
+from nnkd.teachers.registry import create_teacher, register_teacher
 
 TUNED_FILE = "tuned_teacher.json"
 TUNED_FOLDER = "tuned_teacher"  # inside the tuner's fold folder
@@ -138,7 +138,6 @@ def tuned_folder(path: str) -> Path:
 @register_teacher("tuned")
 def build_tuned(path: str, options: dict, fold=None, device="cpu", **_) -> TunedTeacher:
     """A teacher tuned by nnkd_tune_teacher (TS-KD): base encoder + LoRA adapter + segmentation head, with logits."""
-    parse_options("tuned", options, {})
     folder = tuned_folder(path)
     try:
         record = json.loads((folder / TUNED_FILE).read_text())

@@ -1,130 +1,35 @@
 """LoRKD (Low-Rank Knowledge Decomposition, CVPR 2024): one student for several datasets.
 
 nnKDTrainer_LoRKD trains the budget student of the first dataset's plans with a low-rank expert per task in
-every convolution and one set of segmentation heads per task (nnkd.trainers.lorkd_model.MultiTaskUNet). Each
-task keeps nnU-Net's own pipeline: the trainer runs nnU-Net's dataloader, loss, validation step and final
-validation once per task with that task's plans, labels and preprocessed folder standing in for the first
-dataset's (`task_context`), and mixes the tasks' samples into every batch (MixedTaskBatches). Each sample goes
-through its own task's experts (one grouped convolution per layer), its task's loss and, when the task has a
-teacher, KL to that teacher at temperature T = 10.
+every convolution and one set of segmentation heads per task (nnkd.models.lorkd.MultiTaskUNet), on the
+multi-dataset machinery of nnkd.trainers.multi_dataset (nnU-Net's pipeline per task, mixed-task batches). Each
+sample goes through its own task's experts (one grouped convolution per layer), its task's loss and, when the
+task has a teacher, KL to that teacher at temperature T = 10. The launcher is nnkd.run.lorkd.
 """
 
 import json
-import os
-import shutil
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from torch import nn
 
-from nnunetv2.run.run_training import run_training
-from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-from nnunetv2.utilities.label_handling.label_handling import LabelManager
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
 from nnkd.atomic import write_bytes_atomic, write_json_atomic
-from nnkd.devices import resolve_device
 from nnkd.distill.logits import kd_kl_loss
 from nnkd.distill.low_rank import tasks as route_tasks
 from nnkd.errors import NnkdError
-from nnkd.nnunet_env import find_dataset_name, require_env
-from nnkd.planners.student_planner import DEFAULT_TEACHER_PLANS, resolve_student_plans
-from nnkd.teachers.base import Teacher, TeacherOutput
-from nnkd.trainers.lorkd_model import (DEFAULT_ALPHA, DEFAULT_RANK, LORKD_METHOD, LORKD_TRAINER, TASK_FOLDER,
-                                       TASKS_FILE, LoRKDTask, LoRKDTasks, MultiTaskUNet, TaskOutputs, TaskPlans,
-                                       check_task_fits, select_samples)
-from nnkd.trainers.nnkd_trainer import KDStep, check_teacher_fits, nnKDTrainer
-from nnkd.trainers.run_config import RunConfig
-from nnkd.trainers.train import (CHECKPOINTS, checked_teacher_record, fold_folder, parse_fold,
-                                 use_nnkd_trainers)
+from nnkd.method_table import LORKD_METHOD
+from nnkd.models.lorkd import TASK_FOLDER, TASKS_FILE, LoRKDTasks, MultiTaskUNet
+from nnkd.teachers.base import TeacherOutput
+from nnkd.teachers.fit import check_teacher_fits
+from nnkd.trainers.multi_dataset import MultiDatasetTrainer, TrainingTask
+from nnkd.trainers.nnkd_trainer import KDStep, nnKDTrainer
+from nnkd.trainers.settings import Rule
 
 REPORT_NAME = "lorkd_report"  # fold_X/lorkd_report.json and .md
 REPORT_FILES = (f"{REPORT_NAME}.json", f"{REPORT_NAME}.md")
 
 
-@dataclass
-class TrainingTask:
-    """One task as the trainer runs it: what stands in for the first dataset inside `task_context`."""
-    index: int
-    name: str
-    plans_manager: PlansManager
-    dataset_json: dict
-    label_manager: LabelManager
-    preprocessed_base: str
-    loss: nn.Module | None = None  # nnU-Net's loss for the task's labels (built in initialize)
-    teacher: Teacher | None = None
-
-    @property
-    def foreground_classes(self) -> int:
-        return self.label_manager.num_segmentation_heads - 1
-
-
-class MixedTaskBatches:
-    """Batches of `batch_size` samples whose tasks take turns slot by slot (round-robin, continued from batch to
-    batch). Each task's samples come in order from that task's own nnU-Net batches, so every task keeps nnU-Net's
-    augmentation and foreground oversampling, and no augmented sample is thrown away."""
-
-    def __init__(self, sources: list, batch_size: int):
-        self.sources = sources  # one nnU-Net augmenter (or loader) per task
-        self.batch_size = batch_size
-        self.pending: list[tuple[dict, int] | None] = [None] * len(sources)  # (batch, next sample) per task
-        self.next_task = 0
-
-    def __iter__(self):
-        return self
-
-    def _take(self, task: int) -> tuple[dict, int]:
-        batch, position = self.pending[task] or (None, 0)
-        if batch is None or position == batch["data"].shape[0]:
-            batch, position = next(self.sources[task]), 0
-        self.pending[task] = (batch, position + 1)
-        return batch, position
-
-    def __next__(self) -> dict:
-        data, targets, keys, task_ids = [], [], [], []
-        for _ in range(self.batch_size):
-            task = self.next_task
-            self.next_task = (task + 1) % len(self.sources)
-            batch, i = self._take(task)
-            sample = slice(i, i + 1)
-            data.append(batch["data"][sample])
-            targets.append(select_samples(batch["target"], sample))
-            keys.append(batch["keys"][i])
-            task_ids.append(task)
-        target = [torch.cat(level) for level in zip(*targets)] if isinstance(targets[0], list) else torch.cat(targets)
-        return {"data": torch.cat(data), "target": target, "keys": keys, "task": torch.tensor(task_ids)}
-
-    def finish(self) -> None:
-        """Stop the tasks' background workers (nnU-Net's on_train_end only knows its own augmenters)."""
-        for source in self.sources:
-            if isinstance(source, (NonDetMultiThreadedAugmenter, MultiThreadedAugmenter)):
-                source._finish()
-
-
-class MixedTaskLoss(nn.Module):
-    """Σ_t (n_t / N)·L_t over the tasks of a mixed batch, L_t being nnU-Net's loss of task t on its own samples, so
-    every sample weighs the same whatever its task. `last` keeps the latest per-task values for the epoch log."""
-
-    def __init__(self, losses: list[nn.Module]):
-        super().__init__()
-        self.losses = nn.ModuleList(losses)
-        self.last: dict[int, torch.Tensor] = {}
-
-    def forward(self, grouped: dict[int, TaskOutputs], target) -> torch.Tensor:
-        samples = sum(len(group.index) for group in grouped.values())
-        losses = {task: self.losses[task](group.outputs, select_samples(target, group.index))
-                  for task, group in grouped.items()}
-        self.last = {task: value.detach() for task, value in losses.items()}
-        return sum(value * (len(grouped[task].index) / samples) for task, value in losses.items())
-
-
-class nnKDTrainer_LoRKD(nnKDTrainer):
+class nnKDTrainer_LoRKD(MultiDatasetTrainer, nnKDTrainer):
     """Shared student, per-task low-rank experts and heads, mixed-task batches; per-task KD when a task has a
     teacher. The tasks come from the fold's tasks.json (written by nnkd_train_lorkd), teachers from teacher.json."""
 
@@ -135,6 +40,7 @@ class nnKDTrainer_LoRKD(nnKDTrainer):
     kd_temperature = 10.0  # LoRKD's T
     kd_weight = 1.0
     hyperparameters = ("kd_temperature", "kd_weight")
+    hyperparameter_rules = {"kd_temperature": Rule(positive=True), "kd_weight": Rule(minimum=0)}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -147,49 +53,7 @@ class nnKDTrainer_LoRKD(nnKDTrainer):
             raise NnkdError(f"{TASKS_FILE} in {self.output_folder} starts with {record.datasets[0]}, not "
                             f"{self.plans_manager.dataset_name}", "start the run again with nnkd_train_lorkd")
         self.lorkd = record
-        self.training_tasks = [self._training_task(i, task) for i, task in enumerate(record.tasks)]
-        self.batch_task_ids: torch.Tensor | None = None  # the current training batch's task per sample
-
-    def _training_task(self, index: int, task: LoRKDTask) -> TrainingTask:
-        base = os.path.join(os.path.dirname(self.preprocessed_dataset_folder_base), task.dataset)
-        if index == 0:
-            plans, dataset_json = self.plans_manager.plans, self.dataset_json
-        else:
-            plans_file = Path(base) / f"{self.plans_manager.plans_name}.json"
-            if not plans_file.is_file():
-                raise NnkdError(f"plans {plans_file} not found", f"plan {task.dataset} with nnkd_plan_and_preprocess "
-                                f"--plans-from {self.plans_manager.dataset_name}")
-            plans, dataset_json = (json.loads(p.read_text()) for p in (plans_file, Path(base) / "dataset.json"))
-        first = TaskPlans(self.plans_manager.dataset_name, self.plans_manager.plans, self.dataset_json)
-        check_task_fits(first, first if index == 0 else TaskPlans(task.dataset, plans, dataset_json),
-                        self.configuration_name)
-        if dict(dataset_json["labels"]) != task.labels:
-            raise NnkdError(f"the labels of {task.dataset} changed since this run started ({task.labels} → "
-                            f"{dataset_json['labels']})", "start a new run without --c")
-        manager = PlansManager(plans)
-        return TrainingTask(index, task.dataset, manager, dataset_json, manager.get_label_manager(dataset_json), base)
-
-    # ----------------------------------------------------------------- set-up
-    @contextmanager
-    def task_context(self, task: TrainingTask):
-        """Inside, nnU-Net's single-dataset code (dataloaders, loss builder, validation) runs on `task`: its plans,
-        labels, preprocessed folder and loss stand in for the first dataset's. The configuration (patch size,
-        architecture, preprocessing) is the same for every task, so it is not swapped."""
-        names = ("plans_manager", "dataset_json", "label_manager", "preprocessed_dataset_folder_base",
-                 "preprocessed_dataset_folder", "dataset_class", "loss")
-        saved = {name: getattr(self, name) for name in names}
-        self.plans_manager, self.dataset_json, self.label_manager = task.plans_manager, task.dataset_json, \
-            task.label_manager
-        self.preprocessed_dataset_folder_base = task.preprocessed_base
-        self.preprocessed_dataset_folder = os.path.join(task.preprocessed_base,
-                                                        self.configuration_manager.data_identifier)
-        self.dataset_class = None  # nnU-Net infers it from the task's folder when it needs it
-        self.loss = task.loss
-        try:
-            yield task
-        finally:
-            for name, value in saved.items():
-                setattr(self, name, value)
+        self.setup_tasks(record.tasks)
 
     def initialize(self):
         if self.is_ddp:
@@ -212,7 +76,8 @@ class nnKDTrainer_LoRKD(nnKDTrainer):
                 raise NnkdError(f"teacher.json names a teacher for {entry.get('dataset')}, which is not a task of "
                                 "this run", "start the run again with nnkd_train_lorkd")
             teacher = self.build_teacher(entry)
-            check_teacher_fits(teacher, type(self), task.plans_manager, self.configuration_name, task.dataset_json)
+            check_teacher_fits(teacher, task.plans_manager, self.configuration_name, task.dataset_json, True,
+                               f"method {self.method}")
             task.teacher = teacher
 
     def build_network_architecture(self, plans_manager, configuration_manager, num_input_channels: int,
@@ -227,50 +92,17 @@ class nnKDTrainer_LoRKD(nnKDTrainer):
         """No torch.compile: the routing lives in module attributes that change every step."""
         return False
 
-    def _build_loss(self):
-        """Each task's own nnU-Net loss (its labels, ignore label, deep supervision), combined per mixed batch."""
-        for task in self.training_tasks:
-            with self.task_context(task):
-                task.loss = super()._build_loss()
-        return MixedTaskLoss([task.loss for task in self.training_tasks])
-
     def set_deep_supervision_enabled(self, enabled: bool):
         network = self.student_network()
         (network.backbone if isinstance(network, MultiTaskUNet) else network).decoder.deep_supervision = enabled
 
-    def get_dataloaders(self):
-        """nnU-Net's dataloaders of each task (its own folder, split, labels and transforms), mixed batch by batch."""
-        loaders = []
-        for task in self.training_tasks:
-            with self.task_context(task):
-                loaders.append(super().get_dataloaders())
-        train, val = zip(*loaders)
-        return MixedTaskBatches(list(train), self.batch_size), MixedTaskBatches(list(val), self.batch_size)
+    def task_network_context(self, task: TrainingTask):
+        """A task's samples go through its own experts and heads."""
+        return route_tasks(self.student_network(), task.index)
 
-    def on_train_start(self):
-        super().on_train_start()
-        for task in self.training_tasks[1:]:  # nnU-Net unpacks the first dataset's preprocessed cases
-            with self.task_context(task):
-                infer_dataset_class(self.preprocessed_dataset_folder).unpack_dataset(
-                    self.preprocessed_dataset_folder, overwrite_existing=False,
-                    num_processes=max(1, round(get_allowed_n_proc_DA() // 2)), verify=True)
-        for task in self.training_tasks:  # what nnkd_predict and nnkd_export need of each task
-            folder = Path(self.output_folder_base) / TASK_FOLDER / task.name
-            write_json_atomic(folder / "plans.json", task.plans_manager.plans)
-            write_json_atomic(folder / "dataset.json", task.dataset_json)
-            write_bytes_atomic(folder / "dataset_fingerprint.json",
-                               (Path(task.preprocessed_base) / "dataset_fingerprint.json").read_bytes())
-
-    def on_train_end(self):
-        super().on_train_end()
-        for loader in (self.dataloader_train, self.dataloader_val):
-            if isinstance(loader, MixedTaskBatches):
-                loader.finish()
-
-    # ------------------------------------------------------------------ step
-    def train_step(self, batch: dict) -> dict:
-        self.batch_task_ids = batch["task"].to(self.device, non_blocking=True)
-        return super().train_step(batch)
+    def task_network(self, student: nn.Module, task: TrainingTask) -> nn.Module:
+        """The task's fused stock network: what nnkd_export writes and nnkd_predict runs."""
+        return student.fused(task.index)
 
     def student_forward(self, data: torch.Tensor):
         return None, self.student_network().forward_tasks(data, self.batch_task_ids)
@@ -306,66 +138,10 @@ class nnKDTrainer_LoRKD(nnKDTrainer):
             step.log[f"task_{task.name}_kd"] = kl.detach()
         return {"kl": self.kd_weight * kd} if any(t.teacher is not None for t in self.training_tasks) else {}
 
-    def validation_step(self, batch: dict) -> dict:
-        """nnU-Net's validation step on each task's samples with that task's expert, heads, labels and loss. The
-        pseudo-Dice counts of all tasks' classes are laid side by side (zeros for a task absent from the batch),
-        so nnU-Net's epoch-end Dice and EMA work on them unchanged."""
-        network = self.student_network()
-        losses, counts = [], {}
-        for task in self.training_tasks:
-            index = (batch["task"] == task.index).nonzero(as_tuple=True)[0]
-            if not len(index):
-                continue
-            with self.task_context(task), route_tasks(network, task.index):
-                result = super().validation_step({"data": batch["data"][index],
-                                                  "target": select_samples(batch["target"], index)})
-            losses.append(result["loss"] * len(index))
-            counts[task.index] = result
-        merged = {"loss": np.sum(losses) / batch["data"].shape[0]}
-        for key in ("tp_hard", "fp_hard", "fn_hard"):
-            merged[key] = np.concatenate([counts[t.index][key] if t.index in counts else np.zeros(t.foreground_classes)
-                                          for t in self.training_tasks])
-        return merged
-
-    # ------------------------------------------------------- logging, plots
-    def on_train_epoch_end(self, train_outputs: list[dict]):
-        super().on_train_epoch_end(train_outputs)
-        for task in self.training_tasks:
-            values = {}
-            for term in ("seg", "kd"):
-                key = f"task_{task.name}_{term}"
-                if key not in train_outputs[0]:
-                    continue  # a task without a teacher has no KD term
-                seen = [float(o[key]) for o in train_outputs if not np.isnan(o[key])]  # NaN: not in that batch
-                values[term] = float(np.mean(seen)) if seen else float("nan")
-                entries = self.kd_log.setdefault(f"{term}_{task.name}", [])
-                del entries[self.current_epoch:]  # a resumed epoch replaces its old entry
-                entries.append(values[term])
-            self.print_to_log_file(f"task {task.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
-
-    def on_validation_epoch_end(self, val_outputs: list[dict]):
-        super().on_validation_epoch_end(val_outputs)
-        dice = self.logger.get_value("dice_per_class_or_region", step=-1)
-        start = 0
-        for task in self.training_tasks:
-            end = start + task.foreground_classes
-            self.print_to_log_file(f"task {task.name}: pseudo Dice {[round(float(d), 4) for d in dice[start:end]]}")
-            start = end
-
-    # ------------------------------------------------------------ validation
     def perform_actual_validation(self, save_probabilities: bool = False):
-        """nnU-Net's final validation once per task, on that task's validation cases, with the task's fused stock
-        network (what nnkd_export writes), into fold_X/tasks/<dataset>/validation; then the per-task report."""
-        network, output_folder = self.network, self.output_folder
-        student = self.student_network()
-        try:
-            for task in self.training_tasks:
-                self.network = student.fused(task.index).to(self.device)
-                self.output_folder = os.path.join(output_folder, TASK_FOLDER, task.name)
-                with self.task_context(task):
-                    super().perform_actual_validation(save_probabilities)
-        finally:
-            self.network, self.output_folder = network, output_folder
+        """The multi-dataset final validation (each task's fused stock network on its validation cases), then the
+        per-task report."""
+        super().perform_actual_validation(save_probabilities)
         if self.local_rank == 0:
             report = self.write_report()
             for entry in report["tasks"]:
@@ -411,121 +187,3 @@ def report_markdown(report: dict) -> str:
                      f"{e['expert_parameters']:,} | {e['head_parameters']:,} | {e['shared_parameters']:,} | "
                      f"{e['deployed_parameters']:,} |")
     return "\n".join(lines) + "\n"
-
-
-# -------------------------------------------------------------- nnkd_train_lorkd
-@dataclass
-class LoRKDRequest:
-    datasets: tuple[str, ...]  # the first names the run's folder; expert order
-    configuration: str
-    fold: str
-    budget: str | None = None
-    plans: str | None = None
-    teacher_plans: str = DEFAULT_TEACHER_PLANS
-    teachers: tuple[tuple[str, str], ...] = ()  # (dataset ID or name, teacher spec) per --teacher
-    rank: int | None = None  # None: DEFAULT_RANK, or the recorded value with --c
-    alpha: float | None = None
-    num_epochs: int | None = None
-    num_iterations_per_epoch: int | None = None
-    num_val_iterations_per_epoch: int | None = None
-    device: str | None = None
-    continue_training: bool = False
-    npz: bool = False
-
-
-def _task_plans(preprocessed: Path, name: str, plans_name: str, first: str) -> TaskPlans:
-    plans_file = preprocessed / name / f"{plans_name}.json"
-    if not plans_file.is_file():
-        hint = f"-d {name}" if name == first else f"-d {name} --plans-from {first}"
-        raise NnkdError(f"plans {plans_file} not found", f"plan first: nnkd_plan_and_preprocess {hint} --budget …")
-    return TaskPlans(name, json.loads(plans_file.read_text()),
-                     json.loads((preprocessed / name / "dataset.json").read_text()))
-
-
-def _teacher_specs(request: LoRKDRequest, names: list[str]) -> dict[str, str]:
-    """dataset name -> teacher spec; each --teacher must name one of the datasets being trained, once."""
-    specs = {}
-    for given, spec in request.teachers:
-        name = find_dataset_name(given)
-        if name not in names:
-            raise NnkdError(f"--teacher {given}=… names {name}, which is not one of -d {' '.join(request.datasets)}",
-                            "give a teacher only for the datasets being trained")
-        if name in specs:
-            raise NnkdError(f"two --teacher for {name}", "give at most one teacher per dataset")
-        specs[name] = spec
-    return specs
-
-
-def train_lorkd(request: LoRKDRequest) -> Path:
-    """Check the tasks, record tasks.json and teacher.json, train (or resume) one fold; return its folder."""
-    paths = require_env("nnUNet_preprocessed", "nnUNet_results")
-    names = [find_dataset_name(d) for d in request.datasets]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise NnkdError(f"-d lists {', '.join(repeated)} more than once", "give each dataset once")
-    fold = parse_fold(str(request.fold))
-    plans_name = resolve_student_plans(request.budget, request.plans, request.teacher_plans)
-    preprocessed = paths["nnUNet_preprocessed"]
-    task_plans = [_task_plans(preprocessed, name, plans_name, names[0]) for name in names]
-    for task in task_plans:
-        check_task_fits(task_plans[0], task, request.configuration)
-    teachers = _teacher_specs(request, names)
-    device = resolve_device(request.device)
-
-    folder = fold_folder(paths["nnUNet_results"], names[0], LORKD_TRAINER, plans_name, request.configuration, fold)
-    for other in sorted(folder.parent.glob(f"fold_*/{TASKS_FILE}")):
-        recorded = LoRKDTasks.load(other.parent)
-        if other.parent != folder and recorded.datasets != names:
-            raise NnkdError(f"{other.parent.name} of {folder.parent} was trained on {', '.join(recorded.datasets)}",
-                            "train every fold of a LoRKD model on the same -d list, in the same order")
-    schedule = {k: getattr(request, k) for k in ("num_epochs", "num_iterations_per_epoch",
-                                                    "num_val_iterations_per_epoch") if getattr(request, k)}
-    if request.continue_training:
-        recorded, existing = LoRKDTasks.load(folder), RunConfig.load(folder)
-        if recorded is None or existing is None or not any((folder / c).is_file() for c in CHECKPOINTS):
-            raise NnkdError(f"nothing to resume in {folder}", "start the training without --c")
-        if existing.method != LORKD_METHOD:
-            raise NnkdError(f"{folder} holds a {existing.method} run, not LoRKD", "start a new run without --c")
-        if recorded.datasets != names:
-            raise NnkdError(f"this run was started with -d {' '.join(recorded.datasets)}",
-                            "resume with the same -d list, or start a new run")
-        for option, given, value in (("--rank", request.rank, recorded.rank), ("--alpha", request.alpha,
-                                                                                 recorded.alpha)):
-            if given is not None and given != value:
-                raise NnkdError(f"this run was started with {option} {value}, not {given}",
-                                f"drop {option} when resuming, or start a new run")
-        started = {e["dataset"]: e["spec"] for e in existing.teachers or []}
-        if teachers and teachers != started:
-            raise NnkdError(f"this run was started with teachers {started or 'none'}",
-                            "drop --teacher when resuming, or start a new run")
-        existing.schedule.update(schedule)
-        existing.save(folder)
-    else:
-        records = [{"dataset": name, **checked_teacher_record(spec, nnKDTrainer_LoRKD, preprocessed / name /
-                                                             f"{plans_name}.json", request.configuration, fold)}
-                   for name, spec in teachers.items()]  # each teacher loaded once on the CPU and checked
-        record = LoRKDTasks(
-            tasks=[LoRKDTask(t.name, dict(t.dataset_json["labels"]), teachers.get(t.name)) for t in task_plans],
-            rank=request.rank if request.rank is not None else DEFAULT_RANK,
-            alpha=float(request.alpha) if request.alpha is not None else DEFAULT_ALPHA)
-        hyperparameters = {name: getattr(nnKDTrainer_LoRKD, name) for name in nnKDTrainer_LoRKD.hyperparameters}
-        run = RunConfig(method=LORKD_METHOD, trainer=LORKD_TRAINER, teachers=records,
-                        hyperparameters=hyperparameters, schedule=schedule)
-        shutil.rmtree(folder / TASK_FOLDER, ignore_errors=True)  # a new run replaces an old run's validation
-        for name in REPORT_FILES:
-            (folder / name).unlink(missing_ok=True)
-        record.save(folder)
-        run.save(folder)
-
-    use_nnkd_trainers()
-
-    run_training(names[0], request.configuration, fold, LORKD_TRAINER, plans_name,
-                 export_validation_probabilities=request.npz, continue_training=request.continue_training,
-                 device=device)
-    report = folder / REPORT_FILES[0]
-    if report.is_file():
-        for entry in json.loads(report.read_text())["tasks"]:
-            print(f"nnkd: LoRKD {plans_name} {request.configuration} fold {fold}, task {entry['dataset']}: "
-                  f"validation Dice {entry['dice']:.4f}")
-        print(f"nnkd: per-task report {folder / REPORT_FILES[1]}")
-    return folder

@@ -16,9 +16,12 @@ from nnkd.distill.multi_teacher import (BALANCE_MODES, STANDARDIZATIONS, Feature
                                         TeacherAdaptor, adaptor_loss)
 from nnkd.distill.reprogramming import Reprogramming, hybrid_outputs, linear_decay
 from nnkd.errors import NnkdError
+from nnkd.method_table import METHOD_TRAINERS
+from nnkd.nnunet_compat import finish_loader
 from nnkd.teachers.base import TeacherOutput
 from nnkd.teachers.registry import TeacherSpec
 from nnkd.trainers.nnkd_trainer import KDStep, nnKDTrainer
+from nnkd.trainers.settings import Rule
 from nnkd.trainers.transfer_batches import MixedBatches, TransferDataset
 
 
@@ -38,13 +41,8 @@ class LogitKD:
     kd_weight = 1.0
     kd_loss = "kl_balanced"  # one of nnkd.distill.logits.KD_LOSSES
     logit_hyperparameters = ("kd_temperature", "kd_weight", "kd_loss")
-
-    @classmethod
-    def check_logit_settings(cls, settings: dict) -> None:
-        if settings.get("kd_loss", cls.kd_loss) not in KD_LOSSES:
-            raise NnkdError(f"kd_loss '{settings['kd_loss']}' is unknown", f"use one of {', '.join(KD_LOSSES)}")
-        if float(settings.get("kd_temperature", cls.kd_temperature)) <= 0:
-            raise NnkdError(f"kd_temperature {settings['kd_temperature']} must be positive", "e.g. --hp kd_temperature=1")
+    hyperparameter_rules = {"kd_temperature": Rule(positive=True), "kd_weight": Rule(minimum=0),
+                            "kd_loss": Rule(choices=KD_LOSSES)}
 
     def logit_term(self, step: KDStep) -> torch.Tensor:
         return self.kd_weight * kd_loss(step.student_logits, step.teacher.logits, self.kd_temperature, self.kd_loss,
@@ -60,10 +58,6 @@ class nnKDTrainer_Logit(LogitKD, nnKDTrainer):
     needs_teacher_features = False
     hyperparameters = LogitKD.logit_hyperparameters
 
-    @classmethod
-    def check_settings(cls, settings: dict, teacher_count: int) -> None:
-        cls.check_logit_settings(settings)
-
     def distillation_terms(self, step: KDStep) -> dict[str, torch.Tensor]:
         return {"logit": self.logit_term(step)}
 
@@ -78,20 +72,20 @@ class nnKDTrainer_Feature(nnKDTrainer):
     feature_weight = 1.0
     feature_stages: tuple[int, ...] | None = None  # student stages to distil; None = all but the first
     hyperparameters = ("feature_loss", "feature_weight", "feature_stages")
+    hyperparameter_rules = {"feature_loss": Rule(choices=("mse", "cosine")), "feature_weight": Rule(minimum=0),
+                            "feature_stages": Rule(stages=True)}
 
     def build_kd_helpers(self) -> nn.Module:
-        if self.feature_loss not in ("mse", "cosine"):
-            raise NnkdError(f"feature_loss '{self.feature_loss}' is unknown", "use mse or cosine")
         channels, _ = self.student_stage_layout()
         stages = self.pair_stages(self.feature_stages)
         return FeatureProjectors([channels[s] for s in stages],
-                                 [self.teacher.feature_channels[t] for t in self.teacher_stages],
+                                 [self.teacher.feature_channels[t] for t in self.paired_teacher_stages],
                                  len(self.configuration_manager.patch_size))
 
     def distillation_terms(self, step: KDStep) -> dict[str, torch.Tensor]:
         projected = self.kd_helpers([step.student_features[s] for s in self.distilled_stages])
         losses = [feature_distance(resize_to(p, step.teacher.features[t].shape[2:]), step.teacher.features[t],
-                                   self.feature_loss) for p, t in zip(projected, self.teacher_stages)]
+                                   self.feature_loss) for p, t in zip(projected, self.paired_teacher_stages)]
         return {"feature": self.feature_weight * torch.stack(losses).mean()}
 
 
@@ -105,18 +99,17 @@ class nnKDTrainer_CKA(nnKDTrainer):
     cka_weights: tuple[float, ...] | None = None  # one per distilled stage; None = 1 each
     cka_max_rows = 4096  # voxel positions (rows) per stage and step, after pooling to the coarser grid
     hyperparameters = ("cka_stages", "cka_weights", "cka_max_rows")
+    hyperparameter_rules = {"cka_stages": Rule(stages=True), "cka_weights": Rule(minimum=0, per_stage_of="cka_stages"),
+                            "cka_max_rows": Rule(minimum=2)}
 
     def build_kd_helpers(self) -> None:
         stages = self.pair_stages(self.cka_stages)
         weights = [1.0] * len(stages) if self.cka_weights is None else [float(w) for w in self.cka_weights]
-        if len(weights) != len(stages):
-            raise NnkdError(f"cka_weights has {len(weights)} value(s) for {len(stages)} distilled stage(s)",
-                            "give one weight per stage in cka_stages")
         self.stage_weights = torch.tensor(weights, device=self.device)
 
     def distillation_terms(self, step: KDStep) -> dict[str, torch.Tensor]:
         pairs = [(step.student_features[s], step.teacher.features[t])
-                 for s, t in zip(self.distilled_stages, self.teacher_stages)]
+                 for s, t in zip(self.distilled_stages, self.paired_teacher_stages)]
         cka = cka_per_stage(pairs, self.cka_max_rows)
         return {"cka": (self.stage_weights * (1 - cka)).sum()}
 
@@ -132,6 +125,7 @@ class nnKDTrainer_DRD(nnKDTrainer_CKA):
     drd_alpha = 1.0  # α at the first epoch
     drd_beta = 1.0  # β at the first epoch
     hyperparameters = nnKDTrainer_CKA.hyperparameters + ("drd_stages", "drd_alpha", "drd_beta")
+    hyperparameter_rules = {"drd_stages": Rule(stages=True), "drd_alpha": Rule(minimum=0), "drd_beta": Rule(minimum=0)}
 
     def build_kd_helpers(self) -> nn.Module:
         super().build_kd_helpers()
@@ -190,6 +184,12 @@ class nnKDTrainer_MultiTeacher(nnKDTrainer):
     hyperparameters = ("balance", "teacher_weights", "balance_temperature", "standardization",
                        "standardization_batches", "teacher_stages", "cosine_weight", "smooth_l1_weight",
                        "kd_temperature", "logit_weight")
+    hyperparameter_rules = {
+        "balance": Rule(choices=BALANCE_MODES), "standardization": Rule(choices=STANDARDIZATIONS),
+        "teacher_weights": Rule(minimum=0, per_teacher=True), "teacher_stages": Rule(per_teacher=True),
+        "balance_temperature": Rule(positive=True), "standardization_batches": Rule(minimum=1),
+        "cosine_weight": Rule(minimum=0), "smooth_l1_weight": Rule(minimum=0), "kd_temperature": Rule(positive=True),
+        "logit_weight": Rule(minimum=0)}
 
     def setup_teachers(self) -> None:
         entries = (self.run_config.teachers if self.run_config else None) or []
@@ -208,22 +208,8 @@ class nnKDTrainer_MultiTeacher(nnKDTrainer):
             if teacher.has_logits and not logits:
                 self.print_to_log_file(f"multiteacher: {name} has logits for other labels; only its features are used")
 
-    @classmethod
-    def check_settings(cls, settings: dict, teacher_count: int) -> None:
-        """Stop on hyper-parameters that cannot work with this many teachers (before a run writes anything)."""
-        if settings["balance"] not in BALANCE_MODES:
-            raise NnkdError(f"balance '{settings['balance']}' is unknown", f"use one of {', '.join(BALANCE_MODES)}")
-        if settings["standardization"] not in STANDARDIZATIONS:
-            raise NnkdError(f"standardization '{settings['standardization']}' is unknown",
-                            f"use one of {', '.join(STANDARDIZATIONS)}")
-        for name in ("teacher_weights", "teacher_stages"):
-            if settings[name] is not None and len(settings[name]) != teacher_count:
-                raise NnkdError(f"{name} has {len(settings[name])} value(s) for {teacher_count} teacher(s)",
-                                "give one value per --teacher, in the same order")
-
     def build_kd_helpers(self) -> nn.Module:
         count = len(self.teachers)
-        self.check_settings({name: getattr(self, name) for name in self.hyperparameters}, count)
         stages = [-1] * count if self.teacher_stages is None else [int(s) for s in self.teacher_stages]
         channels, strides = self.student_stage_layout()
         self.chosen_teacher_stages, self.student_stages = [], []
@@ -307,10 +293,7 @@ class nnKDTrainer_TSKD(LogitKD, nnKDTrainer_Feature):
     takes_transfer_set = True
     transfer_ratio = 1.0  # transfer samples per labelled sample in each step (rounded, at least 1 with a set)
     hyperparameters = nnKDTrainer_Feature.hyperparameters + LogitKD.logit_hyperparameters + ("transfer_ratio",)
-
-    @classmethod
-    def check_settings(cls, settings: dict, teacher_count: int) -> None:
-        cls.check_logit_settings(settings)
+    hyperparameter_rules = {"transfer_ratio": Rule(minimum=0)}
 
     def transfer_sources(self) -> list[Path | tuple[Path, list[str]]]:
         """The transfer-set folders (`--unlabeled`, `--synthetic`) and, with `--labeled N`, the fold's other
@@ -340,8 +323,7 @@ class nnKDTrainer_TSKD(LogitKD, nnKDTrainer_Feature):
             transfer, transfer_validation = nnUNetTrainer.get_dataloaders(self)
         finally:
             (self.batch_size, self.oversample_foreground_percent), self._loading_transfer = saved, False
-        if hasattr(transfer_validation, "_finish"):
-            transfer_validation._finish()
+        finish_loader(transfer_validation)
         names = [str(s[0]) + f" (the {len(s[1])} training case(s) --labeled left unlabelled)"
                  if isinstance(s, tuple) else str(s) for s in sources]
         cases = len(TransferDataset(sources).identifiers)
@@ -371,5 +353,4 @@ class nnKDTrainer_TSKD(LogitKD, nnKDTrainer_Feature):
         super().on_train_end()
 
 
-METHODS = {cls.method: cls for cls in (nnKDTrainer_NoKD, nnKDTrainer_Logit, nnKDTrainer_Feature, nnKDTrainer_CKA,
-                                       nnKDTrainer_DRD, nnKDTrainer_MultiTeacher, nnKDTrainer_TSKD)}
+METHODS = {name: globals()[trainer] for name, trainer in METHOD_TRAINERS.items()}  # nnkd.method_table's names

@@ -9,12 +9,12 @@ checkpoint's `nnkd` key.
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Union
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import autocast, nn
-from torch._dynamo import OptimizedModule
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
@@ -26,14 +26,24 @@ from nnkd.cache.store import TeacherCache
 from nnkd.distill.feature import pair_stages_by_resolution
 from nnkd.distill.logits import logits_from_probabilities
 from nnkd.errors import NnkdError
+from nnkd.nnunet_compat import stock_checkpoint, uncompiled
 from nnkd.teachers.base import Teacher, TeacherOutput
 from nnkd.teachers.checkpoint import load_checkpoint as read_checkpoint
+from nnkd.teachers.fit import check_teacher_fits
 from nnkd.teachers.registry import create_teacher
 from nnkd.trainers.ddp import average_gradients, broadcast_state
 from nnkd.trainers.labeled import LABELED_FILE, choose_labeled_cases
 from nnkd.trainers.run_config import SCHEDULE_KEYS, RunConfig, seed_everything
+from nnkd.trainers.settings import Rule, check_settings, coerce_hyperparameter
 
 GRADIENT_CLIP = 12  # nnU-Net's value
+
+
+# What a step's student output and teacher output may be: one tensor / TeacherOutput; a list (deep supervision's
+# resolutions; several teachers in order); or, for a multi-dataset trainer (LoRKD), a dict by task index of
+# what its network returns per task (nnkd.models.lorkd.TaskOutputs) and of each task's teacher output.
+StudentOutputs = Union[torch.Tensor, list[torch.Tensor], dict[int, Any]]
+TeacherOutputs = Union[TeacherOutput, list[TeacherOutput], dict[int, TeacherOutput], None]
 
 
 @dataclass
@@ -41,14 +51,16 @@ class KDStep:
     """What one training step hands to a method's distillation terms."""
     data: torch.Tensor
     target: torch.Tensor | list[torch.Tensor]
-    outputs: torch.Tensor | list[torch.Tensor]  # student output, a list under deep supervision
+    outputs: StudentOutputs  # student output: a list under deep supervision, a dict by task for LoRKD
     student_features: list[torch.Tensor] | None  # encoder stages, when the method asks for them
-    teacher: TeacherOutput | list[TeacherOutput] | None  # what `teach` returned (a list with several teachers)
+    teacher: TeacherOutputs  # what `teach` returned (a list with several teachers, a dict by task for LoRKD)
     log: dict[str, torch.Tensor] = field(default_factory=dict)  # reported each epoch, not added to the loss
 
     @property
     def student_logits(self) -> torch.Tensor:
-        """Full-resolution student logits (outputs[0] under deep supervision)."""
+        """Full-resolution student logits (outputs[0] under deep supervision); single-task outputs only."""
+        if isinstance(self.outputs, dict):
+            raise TypeError("a multi-task step has logits per task: read step.outputs[task]")
         return self.outputs[0] if isinstance(self.outputs, (list, tuple)) else self.outputs
 
 
@@ -64,6 +76,9 @@ class nnKDTrainer(nnUNetTrainer):
     takes_several_teachers = False  # True: teacher.json lists every --teacher under "teachers"
     takes_transfer_set = False  # True: --unlabeled / --synthetic cases join the batches (KD only)
     hyperparameters: tuple[str, ...] = ()  # attribute names a run may set through teacher.json / --hp
+    # allowed values of those attributes beyond their defaults' types (nnkd.trainers.settings.Rule), merged along
+    # the class's bases and checked by check_settings before a run writes anything and again when it starts
+    hyperparameter_rules: dict[str, Rule] = {}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -95,13 +110,16 @@ class nnKDTrainer(nnUNetTrainer):
             else:
                 self.setup_teachers()
         if not self.was_initialized:
+            entries = (self.run_config.teachers or ([self.run_config.teacher] if self.run_config.teacher else [])) \
+                if self.run_config else []
+            channels, _ = self.student_stage_layout()
+            self.check_settings(self.current_settings(), len(entries), len(channels))
             helpers = self.build_kd_helpers()
             self.kd_helpers = helpers.to(self.device) if helpers is not None else None
         super().initialize()
         if self.is_ddp and self.kd_helpers is not None:
             broadcast_state(self.kd_helpers)  # every rank starts from rank 0's helpers
-        self.print_to_log_file(f"nnkd method: {self.method}; hyper-parameters: "
-                               f"{ {k: getattr(self, k) for k in self.hyperparameters} }")
+        self.print_to_log_file(f"nnkd method: {self.method}; hyper-parameters: {self.current_settings()}")
 
     def setup_teachers(self) -> None:
         """Build the live teacher(s) of the run and check they fit; `teach` runs them."""
@@ -176,11 +194,27 @@ class nnKDTrainer(nnUNetTrainer):
 
     def check_teacher(self, teacher: Teacher) -> None:
         """Stop before the first step if the teacher cannot teach this student."""
-        check_teacher_fits(teacher, type(self), self.plans_manager, self.configuration_name, self.dataset_json)
+        check_teacher_fits(teacher, self.plans_manager, self.configuration_name, self.dataset_json,
+                           self.needs_teacher_logits, f"method {self.method}")
 
     @classmethod
-    def check_settings(cls, settings: dict, teacher_count: int) -> None:
-        """Refuse hyper-parameter values (all of them, by name) that cannot work, before a run writes anything."""
+    def default_settings(cls) -> dict:
+        """Every hyper-parameter's class default, by name (what teacher.json records when --hp leaves it)."""
+        return {name: getattr(cls, name) for name in cls.hyperparameters}
+
+    @classmethod
+    def coerce_settings(cls, given: dict) -> dict:
+        """`--hp` values (text) converted to their defaults' types; an unknown name is an error."""
+        return {name: coerce_hyperparameter(cls, name, value) for name, value in given.items()}
+
+    @classmethod
+    def check_settings(cls, settings: dict, teacher_count: int, stage_count: int | None = None) -> None:
+        """Refuse hyper-parameter values (all of them, by name) that cannot work with this many teachers and
+        student encoder stages (None: not known yet), by the rules the class declares."""
+        check_settings(cls, settings, teacher_count, stage_count)
+
+    def current_settings(self) -> dict:
+        return {name: getattr(self, name) for name in self.hyperparameters}
 
     def build_kd_helpers(self) -> nn.Module | None:
         """Trainable modules of the method (projectors, adaptors); None if it has none."""
@@ -199,13 +233,13 @@ class nnKDTrainer(nnUNetTrainer):
         return [pairing[s] for s in student_stages]
 
     def pair_stages(self, stages) -> list[int]:
-        """Set `distilled_stages` (default: all but the full-resolution first) and `teacher_stages`, the
+        """Set `distilled_stages` (default: all but the full-resolution first) and `paired_teacher_stages`, the
         teacher stage of closest resolution for each; return the student stages."""
         channels, _ = self.student_stage_layout()
         self.distilled_stages = list(stages) if stages is not None else list(range(1, len(channels)))
-        self.teacher_stages = self.teacher_stages_for(self.distilled_stages)
+        self.paired_teacher_stages = self.teacher_stages_for(self.distilled_stages)
         self.print_to_log_file(f"{self.method}: student stages {self.distilled_stages} ← teacher stages "
-                               f"{self.teacher_stages}")
+                               f"{self.paired_teacher_stages}")
         return self.distilled_stages
 
     def configure_optimizers(self):
@@ -218,7 +252,7 @@ class nnKDTrainer(nnUNetTrainer):
     def student_network(self) -> nn.Module:
         """The plain student (no DDP or torch.compile wrapper), to call encoder and decoder separately."""
         module = self.network.module if self.is_ddp else self.network
-        return module._orig_mod if isinstance(module, OptimizedModule) else module
+        return uncompiled(module)
 
     def student_forward(self, data: torch.Tensor):
         """(encoder stage features or None, outputs). Without features this is nnU-Net's own call."""
@@ -323,22 +357,12 @@ class nnKDTrainer(nnUNetTrainer):
         if self.disable_checkpointing:
             self.print_to_log_file("No checkpoint written, checkpointing is disabled")
             return
-        checkpoint = {
-            "network_weights": self.student_network().state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
-            "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-            "nnkd": {
-                "method": self.method,
-                "helpers": self.kd_helpers.state_dict() if self.kd_helpers is not None else None,
-                "kd_log": self.kd_log,
-                "hyperparameters": {k: getattr(self, k) for k in self.hyperparameters},
-            },
+        checkpoint = stock_checkpoint(self, self.student_network().state_dict())
+        checkpoint["nnkd"] = {
+            "method": self.method,
+            "helpers": self.kd_helpers.state_dict() if self.kd_helpers is not None else None,
+            "kd_log": self.kd_log,
+            "hyperparameters": self.current_settings(),
         }
         tmp = f"{filename}.tmp-{os.getpid()}"
         torch.save(checkpoint, tmp)
@@ -358,64 +382,6 @@ class nnKDTrainer(nnUNetTrainer):
                                 "it was not written by this method; start a new run without --c")
             self.kd_helpers.load_state_dict(state["helpers"])
         self.kd_log = {k: list(v) for k, v in (state.get("kd_log") or {}).items()}
-
-
-def check_teacher_fits(teacher: Teacher, trainer_class, plans_manager, configuration: str, dataset_json: dict) -> None:
-    """Channels, dimensionality, labels (for logit methods), spacing and normalization must fit."""
-    cm = plans_manager.get_configuration(configuration)
-    channels = determine_num_input_channels(plans_manager, cm, dataset_json)
-    if teacher.in_channels != channels:
-        raise NnkdError(f"the teacher takes {teacher.in_channels} input channel(s), the dataset has {channels}",
-                        "use a teacher trained on images with the same channels")
-    if len(cm.patch_size) not in teacher.serves_dims:
-        served = " or ".join(f"{d}D" for d in teacher.serves_dims)
-        raise NnkdError(f"the teacher is {teacher.spatial_dims}D, configuration {configuration} is "
-                        f"{len(cm.patch_size)}D, and the teacher takes only {served} patches",
-                        f"pick a {served} configuration, or a teacher that serves {len(cm.patch_size)}D patches "
-                        "(2D image encoders such as sam run on 3D patches slice by slice)")
-    if trainer_class.needs_teacher_logits:
-        if not teacher.has_logits:
-            raise NnkdError(f"method {trainer_class.method} needs teacher logits, but {teacher.spec} has none",
-                            "use a segmentation teacher or a feature method")
-        if dict(teacher.labels) != dict(dataset_json["labels"]):
-            raise NnkdError(f"teacher labels {teacher.labels} differ from the dataset's {dataset_json['labels']}",
-                            "logit KD needs the same label set; use a feature method instead")
-    expected = teacher.plans_configuration
-    if expected is None:
-        return
-    transpose = list(plans_manager.transpose_forward)
-    if not np.allclose(expected["spacing"], cm.spacing, rtol=1e-3) or list(expected["transpose_forward"]) != transpose:
-        raise NnkdError(f"the teacher expects spacing {expected['spacing']} "
-                        f"(transpose {expected['transpose_forward']}),"
-                        f" the student's data has {list(cm.spacing)} (transpose {transpose})",
-                        "plan the student from the teacher's plans (--teacher-plans)")
-    intensities = plans_manager.plans["foreground_intensity_properties_per_channel"]
-    if list(expected["normalization_schemes"]) != list(cm.normalization_schemes) or (
-            "CTNormalization" in cm.normalization_schemes and expected["intensity_properties"] != intensities):
-        raise NnkdError(f"the teacher expects {expected['normalization_schemes']} normalization, the student's data "
-                        f"uses {cm.normalization_schemes}",
-                        "plan the student from the teacher's plans (--teacher-plans)")
-
-
-def coerce_hyperparameter(trainer_or_class, name: str, value):
-    """Convert a --hp value to the type of the trainer's default for that attribute."""
-    if name not in trainer_or_class.hyperparameters:
-        raise NnkdError(f"{getattr(trainer_or_class, '__name__', type(trainer_or_class).__name__)} has no "
-                        f"hyper-parameter '{name}'",
-                        f"it takes {', '.join(trainer_or_class.hyperparameters) or 'none'}")
-    default = getattr(trainer_or_class, name)
-    try:
-        if isinstance(default, bool):
-            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-        if isinstance(default, (tuple, list)) or default is None:
-            if not isinstance(value, str):
-                return value
-            items = [v.strip() for v in value.split(",") if v.strip()]
-            return tuple(int(v) if v.lstrip("-").isdigit() else float(v) for v in items)
-        return type(default)(value)
-    except (TypeError, ValueError) as e:
-        raise NnkdError(f"hyper-parameter {name}={value!r} is not a valid {type(default).__name__}",
-                        f"give a value like {default!r}") from e
 
 
 def plot_kd_terms(kd_log: dict[str, list[float]], path: Path, method: str) -> None:

@@ -4,38 +4,12 @@ The trainer reads it at construction, so a run configures itself the same way wh
 nnkd_train, resumed with --c, spawned per GPU by nnU-Net's DDP launcher, or run by stock nnUNetv2_train.
 """
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
-from nnkd.atomic import write_json_atomic
-from nnkd.errors import NnkdError
+from nnkd.records import JsonRecord
 
 RUN_FILE = "teacher.json"
 SCHEDULE_KEYS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch")
-
-
-class JsonRecord:
-    """A dataclass kept as JSON in a fold folder: written atomically, read back when a run resumes."""
-    FILE: str
-
-    def save(self, fold_folder: Path) -> None:
-        write_json_atomic(Path(fold_folder) / self.FILE, asdict(self))
-
-    @classmethod
-    def from_json(cls, data: dict):
-        return cls(**data)
-
-    @classmethod
-    def load(cls, fold_folder: Path):
-        """The record, or None when the folder has none; a damaged one is one clear error."""
-        path = Path(fold_folder) / cls.FILE
-        if not path.is_file():
-            return None
-        try:
-            return cls.from_json(json.loads(path.read_text()))
-        except (ValueError, TypeError, KeyError) as e:
-            raise NnkdError(f"{path} is corrupt ({e})", "delete it and start the run again without --c") from e
 
 
 @dataclass
@@ -51,21 +25,6 @@ class RunConfig(JsonRecord):
     transfer: list[str] | None = None  # transfer-set folders (unlabelled, synthetic cases) for KD-only samples
     seed: int | None = None  # seeds Python's, NumPy's and torch's RNGs before the networks are built
     versions: dict = field(default_factory=dict)  # nnkd, nnU-Net and torch versions the run was started with
-
-
-def software_versions() -> dict:
-    """The versions a result depends on, for run records."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
-
-    found = {"torch": torch.__version__}
-    for package in ("nnkd", "nnunetv2", "dynamic-network-architectures"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = None
-    return found
 
 
 def seed_everything(seed: int) -> None:

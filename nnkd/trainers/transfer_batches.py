@@ -8,6 +8,7 @@ import torch
 from nnunetv2.training.dataloading.nnunet_dataset import file_ending_dataset_mapping
 
 from nnkd.errors import NnkdError
+from nnkd.nnunet_compat import finish_loader
 
 
 class TransferDataset:
@@ -74,5 +75,4 @@ class MixedBatches:
 
     def finish_transfer(self) -> None:
         """Stop the transfer loader's worker processes (nnU-Net stops the labelled one)."""
-        if hasattr(self.transfer, "_finish"):
-            self.transfer._finish()
+        finish_loader(self.transfer)

@@ -8,21 +8,21 @@ tuned-teacher folder that `tuned:FOLDER` loads as a teacher with logits.
 
 import json
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch._dynamo import OptimizedModule
 
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnkd.atomic import replace_folder, write_json_atomic
 from nnkd.errors import NnkdError
+from nnkd.nnunet_compat import uncompiled
 from nnkd.teachers.registry import create_teacher
 from nnkd.teachers.tuned import TUNED_FILE, TUNED_FOLDER, SegmentationHead, TunedSegmenter, add_lora
 from nnkd.trainers.labeled import LABELED_FILE, choose_labeled_cases
-from nnkd.trainers.run_config import JsonRecord
+from nnkd.records import JsonRecord
 
 TUNING_FILE = "tuning.json"
 
@@ -106,7 +106,7 @@ class nnKDTeacherTuner(nnUNetTrainer):
 
     def segmenter(self) -> TunedSegmenter:
         module = self.network.module if self.is_ddp else self.network
-        return module._orig_mod if isinstance(module, OptimizedModule) else module
+        return uncompiled(module)
 
     def on_train_end(self):
         super().on_train_end()
@@ -147,71 +147,3 @@ def record_validation_dice(fold_folder: Path, dice: float) -> None:
     record = json.loads(path.read_text())
     record["validation_dice"] = dice
     write_json_atomic(path, record)
-
-
-@dataclass
-class TuneRequest:
-    dataset: str
-    configuration: str
-    fold: str
-    tuning: TuningConfig  # base_spec: the teacher to tune (None only with continue_training)
-    plans: str = "nnUNetPlans"
-    device: str | None = None
-    continue_training: bool = False
-
-
-def tune(request: TuneRequest) -> Path:
-    """Check the request, record tuning.json, run nnU-Net's training and validation; return the fold folder."""
-    from nnkd.devices import resolve_device
-    from nnkd.nnunet_env import find_dataset_name, require_env
-    from nnkd.trainers.train import fold_folder, parse_fold, use_nnkd_trainers
-
-    paths = require_env("nnUNet_preprocessed", "nnUNet_results")
-    dataset_name = find_dataset_name(request.dataset)
-    fold = parse_fold(str(request.fold))
-    plans_file = paths["nnUNet_preprocessed"] / dataset_name / f"{request.plans}.json"
-    if not plans_file.is_file():
-        raise NnkdError(f"plans {plans_file} not found", f"plan first: nnkd_plan_and_preprocess -d {request.dataset}")
-    configurations = json.loads(plans_file.read_text())["configurations"]
-    if request.configuration not in configurations:
-        raise NnkdError(f"unknown configuration '{request.configuration}'",
-                        f"{request.plans} has {', '.join(configurations)}")
-    wanted = request.tuning
-    for name, value in (("--lora-rank", wanted.lora_rank), ("--head-hidden", wanted.head_hidden)):
-        if value < 1:
-            raise NnkdError(f"{name} {value} must be at least 1", f"give a positive {name}")
-    folder = fold_folder(paths["nnUNet_results"], dataset_name, nnKDTeacherTuner.__name__, request.plans,
-                         request.configuration, fold)
-    existing = TuningConfig.load(folder)
-    if request.continue_training:
-        if existing is None or not any((folder / c).is_file() for c in ("checkpoint_latest.pth",
-                                                                         "checkpoint_final.pth")):
-            raise NnkdError(f"nothing to resume in {folder}", "start the tuning without --c")
-        if wanted.base_spec and wanted.base_spec != existing.base_spec:
-            raise NnkdError(f"this tuning was started with teacher {existing.base_spec}, not {wanted.base_spec}",
-                            "drop --teacher when resuming, or start a new tuning")
-        existing.schedule.update(wanted.schedule)
-        existing.save(folder)
-    else:
-        if wanted.labeled is not None and wanted.labeled < 1:
-            raise NnkdError(f"--labeled {wanted.labeled} keeps no labelled case", "give --labeled 1 or more")
-        teacher = create_teacher(wanted.base_spec, fold=fold, device="cpu")
-        if not teacher.lora_targets:
-            add_lora(teacher, wanted.lora_rank, wanted.lora_alpha)  # raises the clear error
-        dataset_json = json.loads((plans_file.parent / "dataset.json").read_text())
-        channels = len(dataset_json["channel_names"])
-        dims = len(configurations[request.configuration].get("patch_size", []))
-        check_tunable(teacher, channels, dims, f"{dataset_name} ({request.configuration})")
-        replace(wanted, base_checkpoint=teacher.checkpoint_path, base_sha256=teacher.checkpoint_sha256).save(folder)
-
-    use_nnkd_trainers()
-    from nnunetv2.run.run_training import run_training
-
-    run_training(dataset_name, request.configuration, fold, nnKDTeacherTuner.__name__, request.plans,
-                 continue_training=request.continue_training, device=resolve_device(request.device))
-    summary = folder / "validation" / "summary.json"
-    if summary.is_file() and (folder / TUNED_FOLDER / TUNED_FILE).is_file():
-        dice = json.loads(summary.read_text())["foreground_mean"]["Dice"]
-        record_validation_dice(folder, dice)
-        print(f"nnkd: tuned teacher tuned:{folder} — validation Dice {dice:.4f}")
-    return folder

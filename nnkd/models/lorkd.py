@@ -17,10 +17,9 @@ from torch import nn
 
 from nnkd.distill.low_rank import LowRankExpertConv, attach_experts, expert_parameter_counts, fuse_experts, tasks
 from nnkd.errors import NnkdError
-from nnkd.trainers.run_config import JsonRecord
+from nnkd.method_table import LORKD_METHOD, LORKD_TRAINER  # noqa: F401 (re-exported for LoRKD code)
+from nnkd.records import JsonRecord
 
-LORKD_METHOD = "lorkd"
-LORKD_TRAINER = "nnKDTrainer_LoRKD"
 TASKS_FILE = "tasks.json"  # in each fold folder, beside teacher.json
 # Per-task sub-folders: the model folder's tasks/<dataset>/ holds the task's plans.json, dataset.json and
 # dataset_fingerprint.json; a fold's tasks/<dataset>/validation holds nnU-Net's validation of that task.

@@ -1,0 +1,1 @@
+"""Student network code that training and deployment both need (no trainer imports here)."""

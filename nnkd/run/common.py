@@ -1,0 +1,80 @@
+"""What every launcher shares: the fold folder, the resume checks, the teacher check, nnU-Net's hand-over."""
+
+import json
+import os
+from pathlib import Path
+
+from nnkd.errors import NnkdError
+from nnkd.teachers.fit import check_teacher_fits
+from nnkd.trainers import EXT_TRAINER_FOLDER
+
+CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+
+
+def use_nnkd_trainers() -> None:
+    """Put nnkd's trainer folder on nnUNet_extTrainer (kept for DDP workers, which inherit it)."""
+    current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    if EXT_TRAINER_FOLDER not in current:
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join([EXT_TRAINER_FOLDER, *current])
+
+
+def fold_folder(results: Path, dataset_name: str, trainer_name: str, plans: str, configuration: str, fold) -> Path:
+    return results / dataset_name / f"{trainer_name}__{plans}__{configuration}" / f"fold_{fold}"
+
+
+def require_checkpoint(folder: Path, resume: bool, what: str = "training",
+                       checkpoints: tuple[str, ...] = CHECKPOINTS) -> None:
+    """`--c` needs a checkpoint to resume from, `--val` a final one to validate."""
+    wanted = checkpoints if resume else checkpoints[:1]
+    if not any((folder / c).is_file() for c in wanted):
+        raise NnkdError(f"nothing to {'resume' if resume else 'validate'} in {folder}",
+                        f"start the {what} without --c/--val" if resume else f"finish the {what} first")
+
+
+def check_resume(started: dict, given: dict, what: str = "run") -> None:
+    """The one resume check: an option given again on `--c` must have the value the run was started with.
+    `given` maps option names to values (None or empty: not given); a flag (bool) only needs to match."""
+    for option, value in given.items():
+        if value is None or value == () or value == [] or value == {}:
+            continue
+        recorded = started[option]
+        if isinstance(value, bool):
+            if value and not recorded:
+                raise NnkdError(f"this {what} was started without {option}",
+                                f"drop {option} when resuming, or start a new {what}")
+            continue
+        if value != recorded:
+            raise NnkdError(f"this {what} was started with {option} {_shown(recorded)}, not {_shown(value)}",
+                            f"drop {option} when resuming, or start a new {what}")
+
+
+def _shown(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) or "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "none"
+    return str(value)
+
+
+def checked_teacher_record(spec: str, config, fold, needs_logits: bool, user: str) -> dict:
+    """Load the teacher once on the CPU and check it fits the preprocessed configuration `config`
+    (nnkd.plans.PreprocessedConfiguration), before anything is written for the run; the teacher.json entry."""
+    from nnkd.teachers.registry import create_teacher
+
+    teacher = create_teacher(spec, fold=fold, device="cpu")
+    check_teacher_fits(teacher, config.plans_manager, config.configuration, config.dataset_json, needs_logits, user)
+    return {"spec": spec, "checkpoint": teacher.checkpoint_path, "sha256": teacher.checkpoint_sha256}
+
+
+def run_nnunet_training(dataset_name: str, configuration: str, fold, trainer: str, plans: str, **kwargs) -> None:
+    """nnU-Net's own run_training (single process or DDP, --c, --val, final validation) with nnkd's trainers."""
+    use_nnkd_trainers()
+    from nnunetv2.run.run_training import run_training
+
+    run_training(dataset_name, configuration, fold, trainer, plans, **kwargs)
+
+
+def validation_dice(folder: Path) -> float | None:
+    """The fold's final validation Dice from nnU-Net's summary.json, None before validation."""
+    summary = folder / "validation" / "summary.json"
+    return json.loads(summary.read_text())["foreground_mean"]["Dice"] if summary.is_file() else None

@@ -1,0 +1,205 @@
+"""What nnkd_train does: resolve the student plans and trainer, record teacher.json, then hand over to
+nnU-Net's own `run_training` (single process or DDP, `--c`, `--val`, `--npz`, final validation)."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nnkd.devices import resolve_device
+from nnkd.errors import NnkdError
+from nnkd.nnunet_env import parse_fold, require_env
+from nnkd.planners.student_planner import resolve_student_plans
+from nnkd.plans import DEFAULT_TEACHER_PLANS
+from nnkd.plans import PreprocessedConfiguration
+from nnkd.run.common import (check_resume, checked_teacher_record, fold_folder, require_checkpoint,
+                             run_nnunet_training, use_nnkd_trainers, validation_dice)
+from nnkd.records import software_versions
+from nnkd.trainers.run_config import SCHEDULE_KEYS, RunConfig
+
+
+@dataclass
+class TrainRequest:
+    dataset: str
+    configuration: str
+    fold: str
+    method: str | None = None
+    trainer: str | None = None
+    budget: str | None = None
+    plans: str | None = None
+    teacher_plans: str = DEFAULT_TEACHER_PLANS
+    teachers: tuple[str, ...] = ()  # teacher specs; methods other than multiteacher take one
+    teacher_cache: bool = False
+    labeled: int | None = None
+    unlabeled: str | None = None  # a folder of NIfTI images for TS-KD's transfer set
+    synthetic: str | None = None  # a transfer-set folder (nnkd_synthesize)
+    hyperparameters: dict = field(default_factory=dict)
+    seed: int | None = None
+    num_epochs: int | None = None
+    num_iterations_per_epoch: int | None = None
+    num_val_iterations_per_epoch: int | None = None
+    device: str | None = None
+    continue_training: bool = False
+    validation_only: bool = False
+    npz: bool = False
+    num_gpus: int = 1
+
+    @property
+    def schedule(self) -> dict:
+        return {k: getattr(self, k) for k in SCHEDULE_KEYS if getattr(self, k)}
+
+    @property
+    def resuming(self) -> bool:
+        return self.continue_training or self.validation_only
+
+
+def resolve_trainer_class(method: str | None, trainer: str | None):
+    from nnkd.method_table import LORKD_METHOD, LORKD_TRAINER
+    from nnkd.trainers.methods import METHODS
+    from nnkd.trainers.nnkd_trainer import nnKDTrainer
+
+    if (method is None) == (trainer is None):
+        raise NnkdError("give exactly one of --method and -tr", f"methods: {', '.join(METHODS)}")
+    if method == LORKD_METHOD or trainer == LORKD_TRAINER:
+        raise NnkdError("LoRKD trains one student on several datasets at once", "use nnkd_train_lorkd -d A B C …")
+    if method is not None:
+        if method not in METHODS:
+            raise NnkdError(f"unknown method '{method}'", f"use one of {', '.join(METHODS)} (or -tr CLASS)")
+        return METHODS[method]
+    use_nnkd_trainers()
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    try:
+        cls = recursive_find_trainer_class_by_name(trainer)
+    except (RuntimeError, AssertionError) as e:
+        raise NnkdError(f"trainer class '{trainer}' not found", "put its folder on nnUNet_extTrainer") from e
+    if not issubclass(cls, nnKDTrainer):
+        raise NnkdError(f"{trainer} is not an nnKDTrainer subclass", "use nnUNetv2_train for stock trainers")
+    return cls
+
+
+def cached_teacher_record(spec: str, cls, config: PreprocessedConfiguration, fold) -> dict:
+    """The run's teacher as its stored predictions: the cache must exist and fit; the teacher is not loaded."""
+    from nnkd.cache.store import TeacherCache, cache_folder
+
+    if cls.needs_teacher_features:
+        raise NnkdError(f"method {cls.method} needs live teacher features; a teacher cache holds only the "
+                        "teacher's predictions", "drop --teacher-cache, or use a logit-based method (logit)")
+    cache = TeacherCache(cache_folder(config.folder, config.configuration_manager.data_identifier, fold, spec))
+    if not cache.manifest.get("cases"):
+        raise NnkdError(f"no teacher cache of {spec} for fold {fold} in {cache.folder}",
+                        f"run nnkd_cache_teacher -d {config.dataset_name} -c {config.configuration} -f {fold} "
+                        f"--teacher '{spec}' first")
+    labels = config.dataset_json["labels"]
+    if cache.manifest["labels"] != labels:
+        raise NnkdError(f"the teacher cache in {cache.folder} holds labels {cache.manifest['labels']}, the dataset "
+                        f"has {labels}", "cache a teacher of this dataset's labels")
+    return {"spec": spec, "cache": str(cache.folder), "checkpoint": cache.manifest.get("checkpoint"),
+            "sha256": cache.manifest.get("teacher_sha256")}
+
+
+def transfer_sets(request: TrainRequest, config: PreprocessedConfiguration) -> list[str]:
+    """The run's transfer-set folders: `--unlabeled` images preprocessed into nnkd's own folder, and the
+    `--synthetic` set, each checked to hold cases with the dataset's channels."""
+    from nnkd.trainers.transfer_batches import check_transfer_set
+
+    folders = []
+    if request.unlabeled:
+        from nnkd.datasets.transfer import add_unlabeled
+
+        folders.append(add_unlabeled(config.dataset_name, Path(request.unlabeled), plans=config.plans_name,
+                                     configuration=request.configuration))
+    if request.synthetic:
+        folders.append(Path(request.synthetic))
+    for folder in folders:
+        check_transfer_set(Path(folder), config.num_channels)
+    return [str(f) for f in folders]
+
+
+def check_request(request: TrainRequest, cls) -> None:
+    """What the request asks that the method cannot do, before anything is read or written."""
+    if request.continue_training and request.validation_only:
+        raise NnkdError("--c and --val together", "use --c to resume training or --val to only validate")
+    if len(request.teachers) > 1 and not cls.takes_several_teachers:
+        raise NnkdError(f"method {cls.method} distils one teacher, {len(request.teachers)} --teacher were given",
+                        "give one --teacher, or use --method multiteacher for several")
+    if request.teacher_cache and len(request.teachers) > 1:
+        raise NnkdError("--teacher-cache serves one teacher's predictions, several --teacher were given",
+                        "give one --teacher with --teacher-cache")
+    if (request.unlabeled or request.synthetic) and not cls.takes_transfer_set:
+        raise NnkdError(f"method {cls.method} has no transfer set; --unlabeled and --synthetic feed TS-KD's",
+                        "use --method tskd")
+    if request.labeled is not None and request.labeled < 1:
+        raise NnkdError(f"--labeled {request.labeled} keeps no labelled case", "give --labeled 1 or more")
+    if not request.resuming:
+        if request.teacher_cache and not request.teachers:
+            raise NnkdError("--teacher-cache needs --teacher SPEC, the spec the cache was made for",
+                            "pass the same --teacher as to nnkd_cache_teacher")
+        if cls.needs_teacher and not request.teachers:
+            raise NnkdError(f"method {cls.method} needs a teacher", "pass --teacher nnunet:MODEL_FOLDER")
+
+
+def resumed_record(request: TrainRequest, cls, folder: Path, given: dict) -> RunConfig:
+    """teacher.json of the run being resumed (or validated), checked against what the request gives again."""
+    require_checkpoint(folder, request.continue_training)
+    existing = RunConfig.load(folder) or RunConfig(method=cls.method, trainer=cls.__name__)
+    entries = existing.teachers or ([existing.teacher] if existing.teacher else [])
+    recorded = [e["spec"] for e in entries]
+    check_resume({"teacher": recorded, "--seed": existing.seed, "--labeled": existing.labeled,
+                  "--unlabeled/--synthetic": bool(existing.transfer),
+                  "--teacher-cache": not recorded or bool((existing.teacher or {}).get("cache"))},
+                 {"teacher": list(request.teachers) if recorded else None, "--seed": request.seed,
+                  "--labeled": request.labeled, "--unlabeled/--synthetic": bool(request.unlabeled or request.synthetic),
+                  "--teacher-cache": request.teacher_cache})
+    existing.schedule.update(request.schedule)
+    existing.hyperparameters.update(given)
+    return existing
+
+
+def new_record(request: TrainRequest, cls, config: PreprocessedConfiguration, fold, given: dict) -> RunConfig:
+    """teacher.json of a new run: its teacher(s) loaded once and checked, every hyper-parameter on record."""
+    spec = request.teachers[0] if request.teachers else None
+    user = f"method {cls.method}"
+    teacher, teachers = None, None
+    if spec and not cls.needs_teacher:
+        print(f"note: method {cls.method} trains without a teacher; --teacher is ignored")
+    elif request.teacher_cache:
+        teacher = cached_teacher_record(spec, cls, config, fold)
+    elif cls.takes_several_teachers:
+        teachers = [checked_teacher_record(s, config, fold, cls.needs_teacher_logits, user) for s in request.teachers]
+    elif spec:
+        teacher = checked_teacher_record(spec, config, fold, cls.needs_teacher_logits, user)
+    return RunConfig(method=cls.method, trainer=cls.__name__, teacher=teacher, teachers=teachers,
+                     hyperparameters=cls.default_settings() | given, schedule=request.schedule,
+                     labeled=request.labeled, transfer=transfer_sets(request, config) or None, seed=request.seed,
+                     versions=software_versions())
+
+
+def train(request: TrainRequest) -> Path:
+    """Train (or resume, or validate) one fold; return its output folder."""
+    paths = require_env("nnUNet_preprocessed", "nnUNet_results")
+    fold = parse_fold(request.fold)
+    plans = resolve_student_plans(request.budget, request.plans, request.teacher_plans)
+    config = PreprocessedConfiguration.load(
+        request.dataset, plans, request.configuration,
+        hint=f"plan first: nnkd_plan_and_preprocess -d {request.dataset} --budget {request.budget or '…'}")
+    cls = resolve_trainer_class(request.method, request.trainer)
+    check_request(request, cls)
+    folder = fold_folder(paths["nnUNet_results"], config.dataset_name, cls.__name__, plans, request.configuration,
+                         fold)
+    given = cls.coerce_settings(request.hyperparameters)
+    existing = RunConfig.load(folder) if request.resuming else None
+    teachers = len(request.teachers) or len((existing.teachers if existing else None) or [])
+    cls.check_settings(cls.default_settings() | (existing.hyperparameters if existing else {}) | given,
+                       teachers, config.encoder_stages)
+    record = resumed_record(request, cls, folder, given) if request.resuming else \
+        new_record(request, cls, config, fold, given)
+    record.save(folder)
+
+    run_nnunet_training(config.dataset_name, request.configuration, fold, cls.__name__, plans,
+                        num_gpus=request.num_gpus, export_validation_probabilities=request.npz,
+                        continue_training=request.continue_training, only_run_validation=request.validation_only,
+                        device=resolve_device(request.device))
+    dice = validation_dice(folder)
+    if dice is not None:
+        print(f"nnkd: {cls.__name__} {plans} {request.configuration} fold {fold}: validation Dice {dice:.4f} "
+              f"({folder / 'validation' / 'summary.json'})")
+    return folder

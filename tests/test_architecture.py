@@ -1,0 +1,83 @@
+"""The rooms of nnkd import downward only (docs/architecture.md): parse every module's imports, module-level
+and inside functions, and fail on any import a room is not allowed."""
+
+import ast
+from pathlib import Path
+
+import nnkd
+
+PACKAGE = Path(nnkd.__file__).parent
+# Modules every room may import: they import nothing of nnkd beyond each other.
+FOUNDATION = {"errors", "atomic", "devices", "nnunet_env", "nnunet_compat", "plans", "records", "method_table"}
+ALLOWED = {
+    "teachers": set(),
+    "distill": set(),
+    "planners": set(),
+    "datasets": set(),
+    "models": {"distill"},
+    "cache": {"teachers"},
+    "trainers": {"distill", "teachers", "cache", "planners", "datasets", "models"},
+    "inference": {"planners", "teachers", "models"},
+    "run": {"trainers", "distill", "teachers", "cache", "planners", "datasets", "models"},
+    "benchmark": {"run", "trainers", "inference", "teachers", "cache", "planners", "datasets", "models", "distill"},
+    "cli": {"run", "benchmark", "inference", "trainers", "cache", "planners", "datasets", "teachers", "models"},
+}
+
+
+def room_of(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).parts
+    return parts[0] if len(parts) > 1 else path.stem
+
+
+def imported_rooms(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("nnkd."):
+            found.append((node.lineno, node.module.split(".")[1]))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name.split(".")[1]) for a in node.names if a.name.startswith("nnkd.")]
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            raise AssertionError(f"{path}:{node.lineno} uses a relative import; nnkd imports absolutely")
+    return found
+
+
+def test_every_room_imports_only_rooms_below_it():
+    forbidden = []
+    rooms = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        room = room_of(path)
+        if room == "__init__":
+            continue
+        rooms.add(room)
+        allowed = FOUNDATION | {room} | (set() if room in FOUNDATION else ALLOWED[room])
+        if room in FOUNDATION:  # the foundation imports only the foundation
+            allowed = FOUNDATION
+        forbidden += [f"{path.relative_to(PACKAGE)}:{line} imports nnkd.{target}"
+                      for line, target in imported_rooms(path) if target not in allowed]
+    assert not forbidden, "\n".join(forbidden)
+    assert rooms - FOUNDATION == set(ALLOWED), "a room is missing from the rules (docs/architecture.md)"
+
+
+def test_the_rule_check_catches_a_forbidden_import(tmp_path):
+    module = PACKAGE / "cache" / "_probe_forbidden.py"
+    try:
+        module.write_text("def f():\n    from nnkd.trainers.methods import METHODS\n")
+        try:
+            test_every_room_imports_only_rooms_below_it()
+        except AssertionError as e:
+            assert "cache/_probe_forbidden.py:2 imports nnkd.trainers" in str(e)
+        else:
+            raise AssertionError("a cache → trainers import passed the rule check")
+    finally:
+        module.unlink()
+
+
+def test_deployment_needs_no_training_code():
+    """Loading nnkd_predict's and nnkd_export's modules imports no trainer (a subprocess sees sys.modules fresh)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, nnkd.inference.predict, nnkd.inference.export, nnkd.inference.students; "
+            "print([m for m in sys.modules if m.startswith('nnkd.trainers') or m.startswith('nnkd.run')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

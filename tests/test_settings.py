@@ -1,0 +1,62 @@
+"""Method hyper-parameters: declared rules, merged along the class's bases, checked in one place."""
+
+import pytest
+
+from nnkd.errors import NnkdError
+from nnkd.method_table import ALL_METHOD_TRAINERS, METHOD_TRAINERS
+from nnkd.trainers.lorkd import nnKDTrainer_LoRKD
+from nnkd.trainers.methods import METHODS
+from nnkd.trainers.settings import collect_rules
+
+
+def settings(cls, **given):
+    return cls.default_settings() | cls.coerce_settings(given)
+
+
+def test_the_method_table_names_every_trainer_class():
+    assert {name: cls.__name__ for name, cls in METHODS.items()} == METHOD_TRAINERS
+    assert ALL_METHOD_TRAINERS["lorkd"] == nnKDTrainer_LoRKD.__name__ and nnKDTrainer_LoRKD.method == "lorkd"
+    assert all(cls.method == name for name, cls in METHODS.items())
+
+
+@pytest.mark.parametrize("cls", [*METHODS.values(), nnKDTrainer_LoRKD])
+def test_every_default_passes_and_every_rule_names_a_hyperparameter(cls):
+    cls.check_settings(cls.default_settings(), teacher_count=2 if cls.takes_several_teachers else 1, stage_count=5)
+    assert set(collect_rules(cls)) <= set(cls.hyperparameters), cls.__name__
+
+
+@pytest.mark.parametrize("method, given, teachers, fragment", [
+    ("logit", {"kd_loss": "hinton"}, 1, "kd_loss 'hinton' is unknown"),
+    ("logit", {"kd_temperature": "0"}, 1, "kd_temperature 0.0 must be positive"),
+    ("logit", {"kd_weight": "-1"}, 1, "kd_weight -1.0 must be at least 0"),
+    ("tskd", {"kd_loss": "hinton"}, 1, "kd_loss 'hinton' is unknown"),  # the LogitKD mixin's rules hold for tskd
+    ("tskd", {"feature_loss": "l1"}, 1, "feature_loss 'l1' is unknown"),
+    ("tskd", {"transfer_ratio": "-0.5"}, 1, "transfer_ratio -0.5 must be at least 0"),
+    ("feature", {"feature_stages": "1,7"}, 1, "feature_stages names stage(s) 7, the student has stages 0–4"),
+    ("cka", {"cka_weights": "1,1"}, 1, "cka_weights has 2 value(s) for 4 distilled stage(s)"),
+    ("cka", {"cka_stages": "2,3,4", "cka_weights": "1,1"}, 1, "cka_weights has 2 value(s) for 3 distilled stage(s)"),
+    ("drd", {"drd_alpha": "-1"}, 1, "drd_alpha -1.0 must be at least 0"),
+    ("multiteacher", {"teacher_weights": "1,2,3"}, 2, "teacher_weights has 3 value(s) for 2 teacher(s)"),
+    ("multiteacher", {"balance": "greedy"}, 2, "balance 'greedy' is unknown"),
+    ("multiteacher", {"standardization_batches": "0"}, 2, "standardization_batches 0 must be at least 1"),
+])
+def test_a_value_outside_the_rules_is_refused(method, given, teachers, fragment):
+    cls = METHODS[method]
+    with pytest.raises(NnkdError) as error:
+        cls.check_settings(settings(cls, **given), teachers, stage_count=5)
+    assert fragment in str(error.value)
+
+
+def test_stage_rules_wait_for_the_plans_when_the_stage_count_is_unknown():
+    """nnkd_benchmark checks settings before any plans exist: stage counts are checked later, by nnkd_train."""
+    cls = METHODS["cka"]
+    cls.check_settings(settings(cls, cka_weights="1,1"), 1, stage_count=None)
+    with pytest.raises(NnkdError):
+        cls.check_settings(settings(cls, cka_weights="1,1"), 1, stage_count=5)
+
+
+def test_an_unknown_or_mistyped_hyperparameter_is_refused():
+    with pytest.raises(NnkdError, match="has no hyper-parameter 'kd_temp'"):
+        METHODS["logit"].coerce_settings({"kd_temp": "2"})
+    with pytest.raises(NnkdError, match="is not a valid float"):
+        METHODS["logit"].coerce_settings({"kd_temperature": "hot"})
