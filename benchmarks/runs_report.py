@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from nnkd.benchmark.report import plot_learning_curves
-from nnkd.benchmark.runs import learning_curve
+from nnkd.benchmark.runs import Run, learning_curve
 from nnkd.benchmark.stats import derived_ratios, summarize
 
 
@@ -34,10 +34,9 @@ def main() -> None:
         fold = summaries[0].parent.parent
         config = json.loads((fold / "teacher.json").read_text())
         validation = json.loads(summaries[0].read_text())
-        budget, rest = run.name.split("-", 1)
-        label = rest.rsplit("-s", 1)[0].replace("@", "?").replace(",", "&").replace("-cached", " (cached)")
-        records.append({"run": run.name, "label": label, "variant": label.removesuffix(" (cached)"),
-                        "budget": budget, "method": config["method"], "cached": "-cached" in run.name,
+        spec = Run.from_name(run.name)
+        records.append({"run": run.name, "label": spec.label, "variant": spec.variant,
+                        "budget": spec.budget, "method": config["method"], "cached": spec.cached,
                         "seed": config.get("seed"), "hyperparameters": config["hyperparameters"],
                         "schedule": config["schedule"], "seconds_per_iteration": 1.0,
                         "dice": validation["foreground_mean"]["Dice"],

@@ -112,6 +112,8 @@ def test_method_variants_name_their_runs():
     assert run.name == "tiny-logit@kd_loss=kl+dice,kd_temperature=1-cached-s2"
     assert run.label == "logit?kd_loss=kl+dice&kd_temperature=1 (cached)" and run.variant.startswith("logit?")
     assert Run("small", "none").name == "small-none-s0" and parse_method("none") == ("none", ())
+    for named in (run, Run("small", "none"), Run("tiny", "feature", seed=11, hp=(("feature_loss", "cosine"),))):
+        assert Run.from_name(named.name) == named  # a run folder's name gives back its run
 
 
 def test_seed_summary_pairs_each_run_with_the_no_kd_run_of_its_seed():

@@ -37,6 +37,15 @@ class Run:
     def label(self) -> str:
         return self.variant + (" (cached)" if self.cached else "")
 
+    @classmethod
+    def from_name(cls, name: str) -> "Run":
+        """The run a folder name (`name`) stands for: `tiny-logit@kd_loss=kl,kd_temperature=3-cached-s1`."""
+        budget, rest = name.split("-", 1)
+        rest, _, seed = rest.rpartition("-s")
+        cached = rest.endswith("-cached")
+        method, _, hp = rest.removesuffix("-cached").partition("@")
+        return cls(budget, method, cached, int(seed), tuple(tuple(p.split("=", 1)) for p in hp.split(",") if p))
+
 
 def parse_method(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     """`logit?kd_loss=dice&kd_temperature=1` → ("logit", (("kd_loss", "dice"), ("kd_temperature", "1")))."""
