@@ -110,3 +110,98 @@ def test_logit_kd_under_cpu_autocast_matches_float32():
             value = kd_loss(logits, teacher.bfloat16(), 1.0, kind)
         assert value.dtype == torch.float32 and torch.isfinite(value)
         assert value.item() == pytest.approx(reference.item(), rel=0.05, abs=0.05)
+
+
+# ---------------------------------------------------------------- every method's KD step under autocast
+def _method_trainer(method: str, student, teacher_channels, teachers: int = 1):
+    """A method's trainer with the state its `distillation_terms` reads, set up as `build_kd_helpers` and
+    `setup_teachers` would (no nnU-Net run: those need plans, data and a teacher on disk)."""
+    from types import SimpleNamespace
+
+    from nnkd.distill.feature import FeatureProjectors
+    from nnkd.distill.multi_teacher import FeatureStandardizer, LossBalancer, TeacherAdaptor
+    from nnkd.distill.reprogramming import Reprogramming
+    from nnkd.trainers.lorkd import nnKDTrainer_LoRKD
+    from nnkd.trainers.methods import METHODS
+
+    cls = nnKDTrainer_LoRKD if method == "lorkd" else METHODS[method]
+    trainer = object.__new__(cls)
+    student_channels = [4, 8, 16]
+    trainer.network, trainer.is_ddp = student, False
+    trainer.label_manager = SimpleNamespace(has_regions=False)
+    trainer.current_epoch, trainer.num_epochs = 0, 10
+    trainer.loss = lambda outputs, target: torch.nn.functional.cross_entropy(outputs.float(), target)
+    trainer.distilled_stages, trainer.paired_teacher_stages = [1, 2], [1, 2]
+    if method in ("feature", "tskd"):
+        trainer.kd_helpers = FeatureProjectors([8, 16], teacher_channels[1:], 3)
+    if method in ("cka", "drd"):
+        trainer.stage_weights = torch.ones(2)
+    if method == "drd":
+        trainer.reprogrammed_stages, trainer.reprogram_sources = [1], [1]
+        trainer.kd_helpers = Reprogramming([teacher_channels[1]], [student_channels[1]], 3)
+    if method == "multiteacher":
+        trainer.teacher_names = [f"t{k}" for k in range(teachers)]
+        trainer.chosen_teacher_stages, trainer.student_stages = [2] * teachers, [2] * teachers
+        trainer.logit_teachers = [True] * teachers
+        helpers = torch.nn.Module()
+        helpers.standardizers = torch.nn.ModuleList(FeatureStandardizer(teacher_channels[2], "phi-s")
+                                                    for _ in range(teachers))
+        helpers.adaptors = torch.nn.ModuleList(TeacherAdaptor(16, s.out_channels, 3) for s in helpers.standardizers)
+        helpers.balancer = LossBalancer(teachers, "uncertainty")
+        trainer.kd_helpers = helpers
+    if method == "lorkd":
+        trainer.training_tasks = [SimpleNamespace(index=0, name="a", teacher=object(), label_manager=trainer.label_manager)]
+        trainer.loss = SimpleNamespace(last={0: torch.tensor(0.5)})
+    return trainer
+
+
+@pytest.mark.parametrize("method", ["logit", "feature", "cka", "drd", "multiteacher", "tskd", "lorkd"])
+def test_every_methods_kd_step_under_cpu_bfloat16_autocast_matches_float32(method):
+    """Each method's distillation terms in a step where the student (and the teacher) ran under
+    torch.autocast("cpu", bfloat16), as CUDA's autocast mixes dtypes: every term finite, float32, within
+    bfloat16's rounding of the float32 step, and the student's gradients finite."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    from nnkd.models.lorkd import TaskOutputs
+    from nnkd.teachers.base import TeacherOutput
+    from nnkd.trainers.nnkd_trainer import KDStep
+
+    torch.manual_seed(0)
+    student = PlainConvUNet(1, 3, [4, 8, 16], torch.nn.Conv3d, 3, [1, 2, 2], [1, 1, 1], 3, [1, 1], True,
+                            torch.nn.InstanceNorm3d, {"affine": True}, nonlin=torch.nn.LeakyReLU)
+    teacher_net = PlainConvUNet(1, 3, [6, 12, 24], torch.nn.Conv3d, 3, [1, 2, 2], [1, 1, 1], 3, [1, 1], True,
+                                torch.nn.InstanceNorm3d, {"affine": True}, nonlin=torch.nn.LeakyReLU)
+    data = torch.randn(2, 1, 8, 16, 16) * 3
+    target = torch.randint(0, 3, (2, 8, 16, 16))
+    teachers = 2 if method == "multiteacher" else 1
+    trainer = _method_trainer(method, student, [6, 12, 24], teachers)
+    if method == "multiteacher":  # statistics of the teachers' features, as on_train_start gathers them
+        with torch.no_grad():
+            for standardizer in trainer.kd_helpers.standardizers:
+                standardizer.accumulate(teacher_net.encoder(data)[2].float())
+                standardizer.fit()
+
+    def step():
+        with torch.no_grad():
+            skips = teacher_net.encoder(data)
+            teacher = TeacherOutput(list(skips), teacher_net.decoder(skips) * 4)
+        features = student.encoder(data)
+        logits = student.decoder(features)
+        outputs, taught = logits, teacher
+        if method == "multiteacher":
+            taught = [teacher] * teachers
+        if method == "lorkd":
+            outputs, taught = {0: TaskOutputs(torch.arange(2), logits)}, {0: teacher}
+        return trainer.distillation_terms(KDStep(data, target, outputs, features, taught)), logits
+
+    reference, _ = step()
+    student.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms, logits = step()
+    assert logits.dtype == torch.bfloat16 and set(terms) == set(reference)
+    for name, value in terms.items():
+        assert value.dtype == torch.float32 and torch.isfinite(value), (name, value)
+        assert value.item() == pytest.approx(reference[name].item(), rel=0.08, abs=0.02), name
+    sum(terms.values()).backward()
+    grads = [p.grad for p in student.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
