@@ -1,22 +1,37 @@
-"""The one table of nnkd's distillation methods: method name → trainer class name.
+"""The one table of nnkd's distillation methods: method name → trainer class name and a one-line summary.
 
-The trainer classes live in nnkd.trainers (nnkd.trainers.methods.METHODS maps the names to them); code that
-only needs names (the CLI's help, finding a trained student's folder, deployment) reads this table and imports
-no training code.
+The trainer classes live in nnkd.trainers (nnkd.trainers.methods.METHODS maps the names to them, and their
+flags say what each needs); code that only needs names (the CLI's help, finding a trained student's folder,
+deployment, the benchmark) reads this table and imports no training code.
 """
+
+from typing import NamedTuple
+
+
+class Method(NamedTuple):
+    trainer: str  # the nnU-Net trainer class name (nnUNetv2_train -tr …)
+    summary: str  # one line, for --help and the docs
+
 
 LORKD_METHOD = "lorkd"
 LORKD_TRAINER = "nnKDTrainer_LoRKD"
 
 # single-dataset methods, trained by nnkd_train --method NAME
-METHOD_TRAINERS = {
-    "none": "nnKDTrainer_NoKD",
-    "logit": "nnKDTrainer_Logit",
-    "feature": "nnKDTrainer_Feature",
-    "cka": "nnKDTrainer_CKA",
-    "drd": "nnKDTrainer_DRD",
-    "multiteacher": "nnKDTrainer_MultiTeacher",
-    "tskd": "nnKDTrainer_TSKD",
+METHOD_TABLE = {
+    "none": Method("nnKDTrainer_NoKD", "the student alone on the same schedule: the baseline"),
+    "logit": Method("nnKDTrainer_Logit", "logit KD, class-balanced KL at T = 1 by default; a cached teacher serves it"),
+    "feature": Method("nnKDTrainer_Feature", "FitNets: projected encoder-stage features, MSE or cosine"),
+    "cka": Method("nnKDTrainer_CKA", "linear CKA between student and teacher stage features, no projector"),
+    "drd": Method("nnKDTrainer_DRD", "Deep Reprogramming Distillation: reprogrammed teacher stages, hybrid logits, CKA"),
+    "multiteacher": Method("nnKDTrainer_MultiTeacher",
+                           "several teachers of any family: adaptors on standardised features, logit KD where labels match"),
+    "tskd": Method("nnKDTrainer_TSKD", "TS-KD: logit and feature KD from a task-tuned teacher, with a transfer set"),
 }
+METHOD_TRAINERS = {name: method.trainer for name, method in METHOD_TABLE.items()}
 # every method, LoRKD (nnkd_train_lorkd, several datasets at once) included
 ALL_METHOD_TRAINERS = METHOD_TRAINERS | {LORKD_METHOD: LORKD_TRAINER}
+
+
+def methods_help() -> str:
+    """The method list of --help: one line per method."""
+    return "\n".join(f"  {name:13s}{method.summary}" for name, method in METHOD_TABLE.items())

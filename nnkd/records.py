@@ -1,7 +1,7 @@
 """Small JSON records kept in a run's fold folder (teacher.json, tasks.json, tuning.json)."""
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from nnkd.atomic import write_json_atomic
@@ -26,8 +26,19 @@ class JsonRecord:
         if not path.is_file():
             return None
         try:
-            return cls.from_json(json.loads(path.read_text()))
-        except (ValueError, TypeError, KeyError) as e:
+            data = json.loads(path.read_text())
+        except ValueError as e:
+            raise NnkdError(f"{path} is corrupt ({e})", "delete it and start the run again without --c") from e
+        unknown = sorted(set(data) - {f.name for f in fields(cls)}) if isinstance(data, dict) else []
+        if unknown:
+            from nnkd import __version__
+
+            writer = (data.get("versions") or {}).get("nnkd") or "another version"
+            raise NnkdError(f"{path} was written by nnkd {writer}: its field(s) {', '.join(unknown)} are unknown to "
+                            f"nnkd {__version__}", "resume it with the nnkd that started it, or start a new run")
+        try:
+            return cls.from_json(data)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise NnkdError(f"{path} is corrupt ({e})", "delete it and start the run again without --c") from e
 
 

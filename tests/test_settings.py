@@ -60,3 +60,41 @@ def test_an_unknown_or_mistyped_hyperparameter_is_refused():
         METHODS["logit"].coerce_settings({"kd_temp": "2"})
     with pytest.raises(NnkdError, match="is not a valid float"):
         METHODS["logit"].coerce_settings({"kd_temperature": "hot"})
+
+
+def test_a_run_record_from_a_newer_nnkd_says_so_and_a_damaged_one_is_corrupt(tmp_path):
+    import json
+
+    from nnkd.trainers.run_config import RunConfig
+    from nnkd.trainers.tune import TuningConfig
+
+    RunConfig(method="none", trainer="nnKDTrainer_NoKD", seed=1).save(tmp_path)
+    assert RunConfig.load(tmp_path).seed == 1
+    record = json.loads((tmp_path / "teacher.json").read_text())
+    (tmp_path / "teacher.json").write_text(json.dumps(record | {"curriculum": "easy-first",
+                                                                "versions": {"nnkd": "9.9.0"}}))
+    with pytest.raises(NnkdError, match=r"written by nnkd 9\.9\.0: its field\(s\) curriculum are unknown"):
+        RunConfig.load(tmp_path)
+    (tmp_path / "teacher.json").write_text('{"method": "none"}')  # a required field missing
+    with pytest.raises(NnkdError, match="is corrupt"):
+        RunConfig.load(tmp_path)
+    TuningConfig(base_spec="sam:/x.pth", seed=4).save(tmp_path)
+    assert TuningConfig.load(tmp_path).seed == 4
+
+
+def test_help_and_the_docs_list_every_method_of_the_table():
+    """The method table is the one list: nnkd_train --help prints it, docs/training.md's table covers it."""
+    import contextlib
+    import io
+    from pathlib import Path
+
+    from nnkd.cli.train import build_parser
+    from nnkd.method_table import METHOD_TABLE
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    training_doc = (Path(__file__).parents[1] / "docs" / "training.md").read_text()
+    for name, method in METHOD_TABLE.items():
+        assert f"  {name:13s}{method.summary}" in out.getvalue(), name
+        assert f"| `{name}` | `{method.trainer}` |" in training_doc, name

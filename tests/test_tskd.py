@@ -52,8 +52,11 @@ def test_tune_then_tuned_teacher_has_logits_then_tskd_trains_on_labelled_and_tra
     env = training_env({**planned["env"], "nnUNet_results": str(tmp_path / "results")})
     spec = f"sam:{sam_checkpoint}?slices=4"
     result = run_cli("nnkd_tune_teacher", "-d", PLANNED_ID, "-c", "3d_fullres", "-f", "0", "--teacher", spec,
-                     "--lora-rank", "4", "--labeled", "2", *QUICK_TRAINING, env=env)
+                     "--lora-rank", "4", "--labeled", "2", "--seed", "3", *QUICK_TRAINING, env=env)
     fold = tmp_path / "results" / "Dataset991_Synthetic" / TUNER / "fold_0"
+    tuning = json.loads((fold / "tuning.json").read_text())
+    assert tuning["seed"] == 3 and tuning["versions"]["nnkd"]
+    assert "nnkd: random seed 3" in "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert f"tuned teacher tuned:{fold}" in result.stdout
     assert len(json.loads((fold / "labeled_cases.json").read_text())["cases"]) == 2
     record = json.loads((fold / "tuned_teacher" / "tuned_teacher.json").read_text())

@@ -1,15 +1,22 @@
 """nnkd_train: train a budget student with nnU-Net's pipeline plus distillation from a teacher."""
 
+import argparse
+import textwrap
+
 from nnkd.cli._common import ArgumentParser, add_schedule_arguments, add_verbose, run, schedule_of
 from nnkd.errors import NnkdError
-from nnkd.method_table import METHOD_TRAINERS
+from nnkd.method_table import METHOD_TRAINERS, methods_help
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="nnkd_train",
-                       description="Train the budget student of a dataset as nnUNetv2_train does, distilling a "
-                                   "frozen teacher. Output: $nnUNet_results/DatasetXXX/"
-                                   "nnKDTrainer_<Method>__nnKDPlans_<budget>__<configuration>/fold_X")
+                       description=textwrap.fill(
+                           "Train the budget student of a dataset as nnUNetv2_train does, distilling a frozen "
+                           "teacher. Output: $nnUNet_results/DatasetXXX/"
+                           "nnKDTrainer_<Method>__nnKDPlans_<budget>__<configuration>/fold_X", 100),
+                       epilog="methods (--method):\n" + methods_help() + "\n(LoRKD, several datasets at once: "
+                              "nnkd_train_lorkd; details: docs/methods.md)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", help="dataset ID or name")
     p.add_argument("configuration", help="e.g. 3d_fullres or 2d")
     p.add_argument("fold", help="0-4 or all")

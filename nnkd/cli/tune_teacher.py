@@ -24,6 +24,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate, poly-decayed (default 1e-3)")
     p.add_argument("--labeled", type=int, default=None, metavar="N",
                    help="tune on N labelled training cases of the fold (the same seeded choice as nnkd_train)")
+    p.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="seed Python's, NumPy's and torch's RNGs before the head and LoRA adapters are built "
+                        "(recorded in tuning.json; a resumed tuning keeps it)")
     add_schedule_arguments(p)
     p.add_argument("--c", dest="continue_training", action="store_true", help="continue from the latest checkpoint")
     add_verbose(p)
@@ -38,7 +41,8 @@ def _tune(args) -> None:
     if not args.teacher and not args.continue_training:
         raise NnkdError("--teacher SPEC is required", "e.g. --teacher sam:/ckpt/sam_vit_b_01ec64.pth")
     tuning = TuningConfig(base_spec=args.teacher, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-                          head_hidden=args.head_hidden, learning_rate=args.lr, labeled=args.labeled, schedule=schedule)
+                          head_hidden=args.head_hidden, learning_rate=args.lr, labeled=args.labeled, schedule=schedule,
+                          seed=args.seed)
     tune(TuneRequest(dataset=args.d, configuration=args.configuration, fold=args.f, tuning=tuning, plans=args.plans,
                      device=args.device, continue_training=args.continue_training))
 

@@ -8,6 +8,7 @@ from nnkd.devices import resolve_device
 from nnkd.errors import NnkdError
 from nnkd.nnunet_env import parse_fold, require_env
 from nnkd.plans import PreprocessedConfiguration
+from nnkd.records import software_versions
 from nnkd.run.common import check_resume, fold_folder, require_checkpoint, run_nnunet_training, validation_dice
 from nnkd.teachers.tuned import TUNED_FILE, TUNED_FOLDER, add_lora
 from nnkd.trainers.tune import TuningConfig, check_tunable, nnKDTeacherTuner, record_validation_dice
@@ -36,7 +37,8 @@ def start(request: TuneRequest, config: PreprocessedConfiguration, folder: Path,
         add_lora(teacher, wanted.lora_rank, wanted.lora_alpha)  # raises the clear error
     check_tunable(teacher, config.num_channels, len(config.configuration_manager.patch_size),
                   f"{config.dataset_name} ({request.configuration})")
-    replace(wanted, base_checkpoint=teacher.checkpoint_path, base_sha256=teacher.checkpoint_sha256).save(folder)
+    replace(wanted, base_checkpoint=teacher.checkpoint_path, base_sha256=teacher.checkpoint_sha256,
+            versions=software_versions()).save(folder)
 
 
 def tune(request: TuneRequest) -> Path:
@@ -55,7 +57,8 @@ def tune(request: TuneRequest) -> Path:
         if existing is None:
             raise NnkdError(f"nothing to resume in {folder}", "start the tuning without --c")
         require_checkpoint(folder, True, "tuning", ("checkpoint_latest.pth", "checkpoint_final.pth"))
-        check_resume({"teacher": existing.base_spec}, {"teacher": wanted.base_spec}, what="tuning")
+        check_resume({"teacher": existing.base_spec, "--seed": existing.seed},
+                     {"teacher": wanted.base_spec, "--seed": wanted.seed}, what="tuning")
         existing.schedule.update(wanted.schedule)
         existing.save(folder)
     else:

@@ -22,6 +22,7 @@ from nnkd.nnunet_compat import uncompiled
 from nnkd.teachers.registry import create_teacher
 from nnkd.teachers.tuned import TUNED_FILE, TUNED_FOLDER, SegmentationHead, TunedSegmenter, add_lora
 from nnkd.trainers.labeled import LABELED_FILE, choose_labeled_cases
+from nnkd.trainers.run_config import seed_everything
 from nnkd.records import JsonRecord
 
 TUNING_FILE = "tuning.json"
@@ -40,6 +41,8 @@ class TuningConfig(JsonRecord):
     learning_rate: float = 1e-3
     labeled: int | None = None
     schedule: dict = field(default_factory=dict)
+    seed: int | None = None  # seeds Python's, NumPy's and torch's RNGs before the head and LoRA are built
+    versions: dict = field(default_factory=dict)  # nnkd, nnU-Net and torch versions the tuning was started with
 
 
 def check_tunable(teacher, channels: int, dims: int, dataset: str) -> None:
@@ -65,6 +68,12 @@ class nnKDTeacherTuner(nnUNetTrainer):
             setattr(self, key, int(value))
         self.initial_lr = self.tuning.learning_rate
         self.weight_decay = 1e-4
+
+    def initialize(self):
+        if not self.was_initialized and self.tuning.seed is not None:
+            seed_everything(self.tuning.seed + self.local_rank)
+            self.print_to_log_file(f"nnkd: random seed {self.tuning.seed}")
+        super().initialize()
 
     def build_network_architecture(self, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = False):
