@@ -133,7 +133,7 @@ def main() -> None:
         summary[name] = {k: float(np.mean([r[name][k] for r in rows])) for k in keys if k != "voxels"}
     summary["step"]["voxels"] = {k: float(np.mean([r["step"]["voxels"][k] for r in rows]))
                                  for k in rows[0]["step"]["voxels"]}
-    settings = {k: getattr(trainer, k) for k in trainer.hyperparameters}
+    settings = trainer.current_settings()
     weights = str(args.weights) if args.weights else None if args.init else str(fold_folder / args.checkpoint)
     result = {"fold_folder": str(fold_folder), "weights": weights,
               "batches": args.batches, "settings": settings, "mean": summary}

@@ -49,10 +49,6 @@ class PreprocessedConfiguration:
         return config
 
     @property
-    def plans_file(self) -> Path:
-        return self.folder / f"{self.plans_name}.json"
-
-    @property
     def plans_manager(self) -> PlansManager:
         return PlansManager(self.plans)
 

@@ -139,7 +139,7 @@ def started_as_asked(run: Run, request, fold_dir: Path) -> bool:
         return False
     schedule = {"num_epochs": request.epochs, "num_iterations_per_epoch": request.iterations,
                 "num_val_iterations_per_epoch": request.val_iterations}
-    entries = record.teachers or ([record.teacher] if record.teacher else [])
+    entries = record.teacher_entries
     cls = METHODS[run.method]
     wanted = json.loads(json.dumps(cls.default_settings() | cls.coerce_settings(dict(run.hp))))  # as in teacher.json
     return (record.schedule == schedule and [e["spec"] for e in entries] == run_teachers(run, request)

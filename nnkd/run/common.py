@@ -7,8 +7,18 @@ from pathlib import Path
 from nnkd.errors import NnkdError
 from nnkd.teachers.fit import check_teacher_fits
 from nnkd.trainers import EXT_TRAINER_FOLDER
+from nnkd.trainers.run_config import SCHEDULE_KEYS
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+
+
+class ScheduledRequest:
+    """Base of a launcher's request dataclass with nnU-Net's schedule fields (SCHEDULE_KEYS)."""
+
+    @property
+    def schedule(self) -> dict:
+        """The schedule values given, by nnU-Net trainer attribute name, as teacher.json records them."""
+        return {k: getattr(self, k) for k in SCHEDULE_KEYS if getattr(self, k)}
 
 
 def use_nnkd_trainers() -> None:

@@ -13,16 +13,15 @@ from nnkd.method_table import LORKD_METHOD, LORKD_TRAINER
 from nnkd.models.lorkd import DEFAULT_ALPHA, DEFAULT_RANK, TASK_FOLDER, LoRKDTask, LoRKDTasks, TaskPlans, check_task_fits
 from nnkd.nnunet_env import find_dataset_name, parse_fold, require_env
 from nnkd.planners.student_planner import resolve_student_plans
-from nnkd.plans import DEFAULT_TEACHER_PLANS
-from nnkd.plans import PreprocessedConfiguration
-from nnkd.run.common import (check_resume, checked_teacher_record, fold_folder, require_checkpoint,
+from nnkd.plans import DEFAULT_TEACHER_PLANS, PreprocessedConfiguration
+from nnkd.run.common import (ScheduledRequest, check_resume, checked_teacher_record, fold_folder, require_checkpoint,
                              run_nnunet_training)
 from nnkd.trainers.lorkd import REPORT_FILES, nnKDTrainer_LoRKD
-from nnkd.trainers.run_config import SCHEDULE_KEYS, RunConfig
+from nnkd.trainers.run_config import RunConfig
 
 
 @dataclass
-class LoRKDRequest:
+class LoRKDRequest(ScheduledRequest):
     datasets: tuple[str, ...]  # the first names the run's folder; expert order
     configuration: str
     fold: str
@@ -38,10 +37,6 @@ class LoRKDRequest:
     device: str | None = None
     continue_training: bool = False
     npz: bool = False
-
-    @property
-    def schedule(self) -> dict:
-        return {k: getattr(self, k) for k in SCHEDULE_KEYS if getattr(self, k)}
 
 
 def task_configurations(request: LoRKDRequest, names: list[str], plans_name: str) -> list[PreprocessedConfiguration]:

@@ -10,14 +10,14 @@ from nnkd.nnunet_env import parse_fold, require_env
 from nnkd.planners.student_planner import resolve_student_plans
 from nnkd.plans import DEFAULT_TEACHER_PLANS
 from nnkd.plans import PreprocessedConfiguration
-from nnkd.run.common import (check_resume, checked_teacher_record, fold_folder, require_checkpoint,
+from nnkd.run.common import (ScheduledRequest, check_resume, checked_teacher_record, fold_folder, require_checkpoint,
                              run_nnunet_training, use_nnkd_trainers, validation_dice)
 from nnkd.records import software_versions
-from nnkd.trainers.run_config import SCHEDULE_KEYS, RunConfig
+from nnkd.trainers.run_config import RunConfig
 
 
 @dataclass
-class TrainRequest:
+class TrainRequest(ScheduledRequest):
     dataset: str
     configuration: str
     fold: str
@@ -41,10 +41,6 @@ class TrainRequest:
     validation_only: bool = False
     npz: bool = False
     num_gpus: int = 1
-
-    @property
-    def schedule(self) -> dict:
-        return {k: getattr(self, k) for k in SCHEDULE_KEYS if getattr(self, k)}
 
     @property
     def resuming(self) -> bool:
@@ -137,12 +133,11 @@ def check_request(request: TrainRequest, cls) -> None:
             raise NnkdError(f"method {cls.method} needs a teacher", "pass --teacher nnunet:MODEL_FOLDER")
 
 
-def resumed_record(request: TrainRequest, cls, folder: Path, given: dict) -> RunConfig:
+def resumed_record(request: TrainRequest, cls, folder: Path, existing: RunConfig | None, given: dict) -> RunConfig:
     """teacher.json of the run being resumed (or validated), checked against what the request gives again."""
     require_checkpoint(folder, request.continue_training)
-    existing = RunConfig.load(folder) or RunConfig(method=cls.method, trainer=cls.__name__)
-    entries = existing.teachers or ([existing.teacher] if existing.teacher else [])
-    recorded = [e["spec"] for e in entries]
+    existing = existing or RunConfig(method=cls.method, trainer=cls.__name__)
+    recorded = [e["spec"] for e in existing.teacher_entries]
     check_resume({"teacher": recorded, "--seed": existing.seed, "--labeled": existing.labeled,
                   "--unlabeled/--synthetic": bool(existing.transfer),
                   "--teacher-cache": not recorded or bool((existing.teacher or {}).get("cache"))},
@@ -187,10 +182,10 @@ def train(request: TrainRequest) -> Path:
                          fold)
     given = cls.coerce_settings(request.hyperparameters)
     existing = RunConfig.load(folder) if request.resuming else None
-    teachers = len(request.teachers) or len((existing.teachers if existing else None) or [])
+    teachers = len(request.teachers) or (len(existing.teacher_entries) if existing else 0)
     cls.check_settings(cls.default_settings() | (existing.hyperparameters if existing else {}) | given,
                        teachers, config.encoder_stages)
-    record = resumed_record(request, cls, folder, given) if request.resuming else \
+    record = resumed_record(request, cls, folder, existing, given) if request.resuming else \
         new_record(request, cls, config, fold, given)
     record.save(folder)
 

@@ -110,10 +110,9 @@ class nnKDTrainer(nnUNetTrainer):
             else:
                 self.setup_teachers()
         if not self.was_initialized:
-            entries = (self.run_config.teachers or ([self.run_config.teacher] if self.run_config.teacher else [])) \
-                if self.run_config else []
+            teachers = len(self.run_config.teacher_entries) if self.run_config else 0
             channels, _ = self.student_stage_layout()
-            self.check_settings(self.current_settings(), len(entries), len(channels))
+            self.check_settings(self.current_settings(), teachers, len(channels))
             helpers = self.build_kd_helpers()
             self.kd_helpers = helpers.to(self.device) if helpers is not None else None
         super().initialize()

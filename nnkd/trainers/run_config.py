@@ -26,6 +26,11 @@ class RunConfig(JsonRecord):
     seed: int | None = None  # seeds Python's, NumPy's and torch's RNGs before the networks are built
     versions: dict = field(default_factory=dict)  # nnkd, nnU-Net and torch versions the run was started with
 
+    @property
+    def teacher_entries(self) -> list[dict]:
+        """Every teacher entry of the run: `teachers`, or the single `teacher`, or none."""
+        return self.teachers or ([self.teacher] if self.teacher else [])
+
 
 def seed_everything(seed: int) -> None:
     """Python's, NumPy's and torch's global RNGs (network initialisation, the main process's sampling).
