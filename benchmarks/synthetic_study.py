@@ -76,7 +76,7 @@ def main() -> None:
                args.teacher_epochs, "--iterations-per-epoch", args.teacher_iterations, "--val-iterations-per-epoch",
                2, "--device", args.device, *start], env, logs / "teacher.log")
 
-    schedule = ["--iterations", args.iterations, "--val-iterations", args.val_iterations, "--seeds", args.seeds,
+    schedule = ["--iterations-per-epoch", args.iterations, "--val-iterations-per-epoch", args.val_iterations, "--seeds", args.seeds,
                 "--cached-only", "-np", args.np, "--device", args.device]
     studies = {f"labeled{args.labeled}": ["--labeled", args.labeled, "--methods", args.low_label_methods,
                                           "--budgets", "tiny", "--epochs", args.low_label_epochs],

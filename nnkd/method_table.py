@@ -35,3 +35,4 @@ ALL_METHOD_TRAINERS = METHOD_TRAINERS | {LORKD_METHOD: LORKD_TRAINER}
 def methods_help() -> str:
     """The method list of --help: one line per method."""
     return "\n".join(f"  {name:13s}{method.summary}" for name, method in METHOD_TABLE.items())
+

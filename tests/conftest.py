@@ -17,6 +17,17 @@ SMALL = ["--cases", "8", "--shape", "32", "32", "32"]  # fast: 8 cases of about 
 PLANNED_ID = 991
 
 
+def run_fold(dataset_results: Path, trainer: str, fold="0", plans="nnKDPlans_tiny",
+             configuration="3d_fullres") -> Path:
+    """The fold folder of the one run of `trainer` in a dataset's results (nnkd_train files a run as
+    <trainer>[@<run name>]__<plans>__<configuration>)."""
+    from nnkd.run_names import trainer_run_folders
+
+    runs = trainer_run_folders(Path(dataset_results), trainer, plans, configuration)
+    assert len(runs) == 1, f"expected one run of {trainer}, found {runs}"
+    return runs[0] / f"fold_{fold}"
+
+
 def run_cli(name: str, *args, env: dict, check: bool = True) -> subprocess.CompletedProcess:
     """Run an installed console script the way a user does; return its output."""
     result = subprocess.run([str(BIN / name), *map(str, args)], env=env, capture_output=True, text=True)
@@ -111,8 +122,7 @@ def trained(teacher):
     runs = {}
     for method, result in zip(methods, run_clis(calls, check=True, workers=len(calls))):
         trainer = {"none": "NoKD", "logit": "Logit", "feature": "Feature"}[method]
-        folder = (Path(teacher["env"]["nnUNet_results"]) / "Dataset991_Synthetic" /
-                  f"nnKDTrainer_{trainer}__nnKDPlans_tiny__3d_fullres" / "fold_0")
+        folder = run_fold(Path(teacher["env"]["nnUNet_results"]) / "Dataset991_Synthetic", f"nnKDTrainer_{trainer}")
         runs[method] = (folder, result.stdout)
     return runs
 

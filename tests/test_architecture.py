@@ -8,7 +8,7 @@ import nnkd
 
 PACKAGE = Path(nnkd.__file__).parent
 # Modules every room may import: they import nothing of nnkd beyond each other.
-FOUNDATION = {"errors", "atomic", "devices", "nnunet_env", "nnunet_compat", "plans", "records", "method_table"}
+FOUNDATION = {"errors", "atomic", "devices", "nnunet_env", "nnunet_compat", "plans", "records", "method_table", "run_names"}
 ALLOWED = {
     "teachers": set(),
     "distill": set(),
@@ -20,7 +20,8 @@ ALLOWED = {
     "inference": {"planners", "teachers", "models"},
     "run": {"trainers", "distill", "teachers", "cache", "planners", "datasets", "models"},
     "benchmark": {"run", "trainers", "inference", "teachers", "cache", "planners", "datasets", "models", "distill"},
-    "cli": {"run", "benchmark", "inference", "trainers", "cache", "planners", "datasets", "teachers", "models"},
+    "pipeline": {"run", "benchmark", "inference", "trainers", "cache", "planners", "teachers", "models"},
+    "cli": {"pipeline", "run", "benchmark", "inference", "trainers", "cache", "planners", "datasets", "teachers", "models"},
 }
 
 
@@ -78,6 +79,6 @@ def test_deployment_needs_no_training_code():
     import sys
 
     code = ("import sys, nnkd.inference.predict, nnkd.inference.export, nnkd.inference.students; "
-            "print([m for m in sys.modules if m.startswith('nnkd.trainers') or m.startswith('nnkd.run')])")
+            "print([m for m in sys.modules if m.startswith('nnkd.trainers') or m.split('.')[:2] == ['nnkd', 'run']])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out

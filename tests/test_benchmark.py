@@ -56,7 +56,7 @@ def test_quick_benchmark_reports_every_measure_and_resumes(planned, teacher, tmp
     assert {p: p.stat().st_mtime_ns for p in logs} == logs
     assert json.loads((out / "results.json").read_text()) == results
 
-    changed = run_cli("nnkd_benchmark", *[a for a in args if a != "--quick"], "--epochs", 2, "--iterations", 2,
+    changed = run_cli("nnkd_benchmark", *[a for a in args if a != "--quick"], "--epochs", 2, "--iterations-per-epoch", 2,
                       env=planned["env"], check=False)
     assert changed.returncode != 0 and "was trained with {'epochs': 1" in changed.stderr
     assert "'epochs': 2" in changed.stderr and "give another -o" in changed.stderr

@@ -137,8 +137,8 @@ BAD_INPUT = {  # input folder (None: imagesTs; a function: made from a copy of i
     "channels": (_extra_channel, ["--method", "logit"], "the model needs 1"),
     "empty-folder": (_empty_folder, ["--method", "logit"], "no images named CASE_XXXX.nii.gz"),
     "missing-fold": (None, ["--method", "logit", "-f", "3"],
-                     "fold 3 of nnKDTrainer_Logit__nnKDPlans_tiny__3d_fullres has no"),
-    "ambiguous": (None, [], "several trained students match (nnKDTrainer_Feature, nnKDTrainer_Logit"),
+                     "fold 3 of nnKDTrainer_Logit@nnunet"),
+    "ambiguous": (None, [], "several trained students match (nnKDTrainer_Feature@nnunet"),
     "method": (None, ["--method", "distil"], "unknown method 'distil'"),
 }
 

@@ -88,3 +88,57 @@ def test_every_command_answers_version_without_its_required_arguments():
             module.build_parser().parse_args(["--version"])
         assert exit_.value.code in (0, None), name
         assert out.getvalue().startswith(f"{name} 0.") and "nnunetv2" in out.getvalue(), (name, out.getvalue())
+
+
+def _parsers() -> dict:
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    return {name: importlib.import_module(target.split(":")[0]).build_parser() for name, target in scripts.items()}
+
+
+def _options(parser) -> dict:
+    return {option: action for action in parser._actions for option in action.option_strings}
+
+
+def test_every_command_spells_the_same_thing_the_same_way():
+    """-p is always the student plans and --teacher-plans the teacher's; --device defaults to auto; the
+    sliding-window step is nnU-Net's -step_size; the schedule is --epochs/--iterations-per-epoch; LoRA is --lora-*."""
+    from nnkd.cli._common import DeprecatedSpelling
+
+    for name, parser in _parsers().items():
+        options = {o: a for o, a in _options(parser).items() if not isinstance(a, DeprecatedSpelling)}
+        if "-p" in options:
+            assert "student plans" in options["-p"].help, name
+        if "--teacher-plans" in options:
+            assert "teacher" in options["--teacher-plans"].help, name
+        if "--device" in options:
+            assert options["--device"].default is None and "-device" in options, name
+        assert "--step_size" not in options and "--iterations" not in options and "--rank" not in options, name
+        assert "--val-iterations" not in options and "--alpha" not in options, name
+
+
+@pytest.mark.parametrize("command, old, new, dest, value", [
+    ("nnkd_cache_teacher", "-p", "--teacher-plans", "teacher_plans", "P"),
+    ("nnkd_cache_teacher", "--step_size", "-step_size", "step_size", 0.25),
+    ("nnkd_tune_teacher", "-p", "--teacher-plans", "plans", "P"),
+    ("nnkd_synthesize", "-p", "--teacher-plans", "plans", "P"),
+    ("nnkd_train_lorkd", "--rank", "--lora-rank", "rank", 2),
+    ("nnkd_train_lorkd", "--alpha", "--lora-alpha", "alpha", 8.0),
+    ("nnkd_benchmark", "--iterations", "--iterations-per-epoch", "iterations", 7),
+    ("nnkd_benchmark", "--val-iterations", "--val-iterations-per-epoch", "val_iterations", 3),
+])
+def test_an_old_spelling_works_for_one_more_release_and_says_the_new_one(command, old, new, dest, value, capsys):
+    parser = _parsers()[command]
+    required = {"nnkd_cache_teacher": ["-d", "1", "-c", "2d", "-f", "0", "--teacher", "x"],
+                "nnkd_tune_teacher": ["-d", "1", "-c", "2d", "-f", "0"],
+                "nnkd_synthesize": ["-d", "1", "-n", "1"],
+                "nnkd_train_lorkd": ["-d", "1", "2", "-c", "2d", "-f", "0"],
+                "nnkd_benchmark": ["-o", "x"]}[command]
+    args = parser.parse_args([*required, old, str(value)])
+    assert getattr(args, dest) == value
+    assert f"{old} is deprecated" in capsys.readouterr().err and new in _options(parser)
+    default = parser.parse_args(required)
+    assert getattr(default, dest) != value  # the new spelling's default stays when the old one is not given

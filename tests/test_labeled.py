@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, training_env
+from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, run_fold, training_env
 from nnkd.trainers.labeled import choose_labeled_cases
 
 
@@ -19,7 +19,7 @@ def test_labeled_2_trains_on_two_cases_and_records_them(planned, tmp_path):
     env = training_env({**planned["env"], "nnUNet_results": str(tmp_path / "results")})
     run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "none", "--labeled", "2",
             *QUICK_TRAINING, env=env)
-    fold = tmp_path / "results" / "Dataset991_Synthetic" / "nnKDTrainer_NoKD__nnKDPlans_tiny__3d_fullres" / "fold_0"
+    fold = run_fold(tmp_path / "results" / "Dataset991_Synthetic", "nnKDTrainer_NoKD")
     record = json.loads((fold / "labeled_cases.json").read_text())
     splits = json.loads((Path(env["nnUNet_preprocessed"]) / "Dataset991_Synthetic" / "splits_final.json").read_text())
     assert record["labeled"] == 2 and len(record["cases"]) == 2 and set(record["cases"]) <= set(splits[0]["train"])

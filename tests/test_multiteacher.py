@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, training_env
+from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, run_fold, training_env
 from helpers.tiny_teachers import save_sam_checkpoint, tiny_sam_encoder
 from nnkd.distill.multi_teacher import FeatureStandardizer, LossBalancer, TeacherAdaptor, adaptor_loss
 from nnkd.plans import network_from_plans
 from nnkd.teachers.checkpoint import load_checkpoint
 
-TRAINER_FOLDER = "nnKDTrainer_MultiTeacher__nnKDPlans_tiny__3d_fullres"
+TRAINER = "nnKDTrainer_MultiTeacher"
 
 
 def _correlated_features(scale: float, channels: int = 6, seed: int = 0) -> torch.Tensor:
@@ -149,7 +149,7 @@ def test_three_teachers_of_three_families_train_one_student_and_resume_keeps_the
     args = ["nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "multiteacher"]
     teachers = [a for spec in three_teachers for a in ("--teacher", spec)]
     run_cli(*args, *teachers, "--hp", "balance=uncertainty", *QUICK_TRAINING, env=env)
-    fold = tmp_path / "results" / "Dataset991_Synthetic" / TRAINER_FOLDER / "fold_0"
+    fold = run_fold(tmp_path / "results" / "Dataset991_Synthetic", TRAINER)
     log = _log(fold)
     names = ["t0_nnunet", "t1_sam", "t2_torchscript"]
     for name in names:
@@ -202,7 +202,7 @@ def test_fixed_weights_and_two_teachers_and_clear_errors(planned, three_teachers
 
     run_cli(*args, "--method", "multiteacher", *two, "--hp", "teacher_weights=0.25,4",
             "--hp", "standardization=channel", *QUICK_TRAINING, env=env)
-    fold = tmp_path / "results" / "Dataset991_Synthetic" / TRAINER_FOLDER / "fold_0"
+    fold = run_fold(tmp_path / "results" / "Dataset991_Synthetic", TRAINER)
     kd_log = load_checkpoint(fold / "checkpoint_final.pth")["nnkd"]["kd_log"]
     assert kd_log["weight_t0_nnunet"] == [0.25] and kd_log["weight_t1_sam"] == [4.0]
     assert math.isclose(kd_log["kd_teachers"][0], 0.25 * kd_log["kd_t0_nnunet"][0] + 4 * kd_log["kd_t1_sam"][0],

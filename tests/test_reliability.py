@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from conftest import BIN, PLANNED_ID, QUICK_TRAINING, run_cli, run_clis, selected_params, tree_digest
+from nnkd.run_names import derived_run_name, run_trainer_name
 from nnkd.teachers.checkpoint import load_checkpoint
 
 DATASET = "Dataset991_Synthetic"
@@ -116,7 +117,7 @@ CATALOGUE = {
         None, "dataset 555 not found"),
     "export-missing-fold": (
         "nnkd_export", [*STUDENT[:-2], "-f", "3", "--method", "logit", "-o", "{tmp}/model"], None,
-        "fold 3 of nnKDTrainer_Logit__nnKDPlans_tiny__3d_fullres has no checkpoint_final.pth"),
+        "fold 3 of nnKDTrainer_Logit@nnunet"),
     "export-into-the-student": (
         "nnkd_export", [*STUDENT, "--method", "logit", "-o", "{student}", "--overwrite"], None,
         "or holds the trained student's folder"),
@@ -137,8 +138,8 @@ CATALOGUE = {
     "cache-preprocessed-unset": (
         "nnkd_cache_teacher", [*CACHE, "--teacher", "{t}"], lambda env, tmp: _without(env, "nnUNet_preprocessed"),
         "nnUNet_preprocessed is not set"),
-    "cache-step-size": ("nnkd_cache_teacher", [*CACHE, "--teacher", "{t}", "--step_size", "0"], None,
-                        "--step_size 0.0 is out of range"),
+    "cache-step-size": ("nnkd_cache_teacher", [*CACHE, "--teacher", "{t}", "-step_size", "0"], None,
+                        "-step_size 0.0 is out of range"),
     "cache-teacher-without-logits": (
         "nnkd_cache_teacher", [*CACHE, "--teacher", "{features_only}"], None, "needs teacher logits"),
     "cache-bad-teacher-option": (
@@ -307,7 +308,8 @@ def test_a_training_killed_mid_epoch_resumes_from_its_last_epoch(teacher, tmp_pa
     then --c: training goes on from checkpoint_latest.pth, written after every epoch, and ends complete."""
     env = {**teacher["env"], "nnUNet_results": str(tmp_path / "results")}
     epochs = 3
-    fold = tmp_path / "results" / DATASET / "nnKDTrainer_Feature__nnKDPlans_tiny__3d_fullres" / "fold_0"
+    run = run_trainer_name("nnKDTrainer_Feature", derived_run_name([teacher["spec"]]))  # resumed below without it
+    fold = tmp_path / "results" / DATASET / f"{run}__nnKDPlans_tiny__3d_fullres" / "fold_0"
     start = [str(BIN / "nnkd_train"), *TRAIN, "--method", "feature", "--teacher", teacher["spec"], "--epochs",
              str(epochs), "--iterations-per-epoch", "4", "--val-iterations-per-epoch", "1", "--device", "cpu"]
     with open(tmp_path / "first_run.txt", "w") as output:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PLANNED_ID, QUICK_TRAINING, run_cli
+from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, run_fold
 from nnkd.cache.store import CacheSettings, TeacherCache, cache_folder
 from nnkd.distill.logits import kd_kl_loss, logits_from_probabilities
 from nnkd.teachers.checkpoint import load_checkpoint
@@ -146,7 +146,7 @@ def test_training_from_the_cache_never_builds_the_teacher(cached, tmp_path):
                          "--teacher", cached["spec"], "--teacher-cache", *QUICK_TRAINING, env=env)
     finally:
         hidden.rename(cached["folder"])
-    fold = tmp_path / "results" / "Dataset991_Synthetic" / "nnKDTrainer_Logit__nnKDPlans_tiny__3d_fullres" / "fold_0"
+    fold = run_fold(tmp_path / "results" / "Dataset991_Synthetic", "nnKDTrainer_Logit")
     record = json.loads((fold / "teacher.json").read_text())["teacher"]
     assert record["cache"] == str(cached["cache"].folder) and record["spec"] == cached["spec"]
     log = next(fold.glob("training_log_*.txt")).read_text()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PLANNED_ID, QUICK_TRAINING, make_env, run_cli, run_clis, selected_params, training_env
+from conftest import PLANNED_ID, QUICK_TRAINING, make_env, run_cli, run_clis, run_fold, selected_params, training_env
 from helpers.mni_tissue import write_mni_tissue_dataset
 from helpers.tiny_teachers import save_sam_checkpoint, tiny_sam_encoder
 
@@ -29,8 +29,7 @@ def test_deepbet_teaches_a_student_on_real_t1_anatomy(tmp_path):
         ("nnkd_train", [*student, "--method", "cka", "--teacher", "deepbet", *QUICK_TRAINING], env)])
     assert refused.returncode != 0 and "teacher labels" in refused.stderr  # brain mask ≠ tissue classes
     assert trained.returncode == 0, trained.stderr[-3000:]
-    fold = (Path(env["nnUNet_results"]) / "Dataset993_MNITissue" / "nnKDTrainer_CKA__nnKDPlans_tiny__3d_fullres"
-            / "fold_0")
+    fold = run_fold(Path(env["nnUNet_results"]) / "Dataset993_MNITissue", "nnKDTrainer_CKA")
     assert "kd_cka" in _kd_line(fold)
     record = json.loads((fold / "teacher.json").read_text())
     assert record["teacher"]["spec"] == "deepbet" and record["teacher"]["checkpoint"].endswith("model.pt")

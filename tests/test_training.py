@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PLANNED_ID, QUICK_TRAINING, ROOT, fake_teacher, run_cli
+from conftest import PLANNED_ID, QUICK_TRAINING, ROOT, fake_teacher, run_cli, run_fold
 from nnkd.plans import network_from_plans
 from nnkd.teachers.checkpoint import sha256_of
 
@@ -96,8 +96,8 @@ def test_a_custom_method_from_the_docs_trains(teacher):
     env = {**teacher["env"], "nnUNet_extTrainer": str(example.parent)}
     result = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "-tr", "nnKDTrainer_ProbMSE",
                      "--teacher", teacher["spec"], "--hp", "kd_weight=2", *QUICK_TRAINING, env=env)
-    folder = Path(teacher["env"]["nnUNet_results"]) / "Dataset991_Synthetic" / \
-        "nnKDTrainer_ProbMSE__nnKDPlans_tiny__3d_fullres" / "fold_0"
+    folder = run_fold(Path(teacher["env"]["nnUNet_results"]) / "Dataset991_Synthetic",
+                      "nnKDTrainer_ProbMSE")
     log = training_log(folder)
     assert "kd_prob_mse" in log and "'kd_weight': 2.0" in log
     assert "validation Dice" in result.stdout
@@ -109,8 +109,8 @@ def test_cka_distils_a_teacher_of_another_task_without_projectors(teacher, tmp_p
                         edit_dataset=lambda d: d.update(labels={**d["labels"], "tumour": 4}))
     result = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "cka",
                      "--teacher", spec, "--hp", "cka_max_rows=512", *QUICK_TRAINING, env=teacher["env"])
-    folder = Path(teacher["env"]["nnUNet_results"]) / "Dataset991_Synthetic" / \
-        "nnKDTrainer_CKA__nnKDPlans_tiny__3d_fullres" / "fold_0"
+    folder = run_fold(Path(teacher["env"]["nnUNet_results"]) / "Dataset991_Synthetic",
+                      "nnKDTrainer_CKA")
     log = training_log(folder)
     line = next(x for x in log.splitlines() if "distillation:" in x)
     cka_loss = float(line.split("kd_cka")[1].split(",")[0])
@@ -123,8 +123,8 @@ def test_cka_distils_a_teacher_of_another_task_without_projectors(teacher, tmp_p
 def test_drd_trains_and_its_export_holds_no_projector(teacher, tmp_path):
     result = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "drd",
                      "--teacher", teacher["spec"], *QUICK_TRAINING, env=teacher["env"])
-    folder = Path(teacher["env"]["nnUNet_results"]) / "Dataset991_Synthetic" / \
-        "nnKDTrainer_DRD__nnKDPlans_tiny__3d_fullres" / "fold_0"
+    folder = run_fold(Path(teacher["env"]["nnUNet_results"]) / "Dataset991_Synthetic",
+                      "nnKDTrainer_DRD")
     line = next(x for x in training_log(folder).splitlines() if "distillation:" in x)
     assert all(term in line for term in ("kd_cka", "kd_hybrid_seg", "kd_hybrid_kl"))
     assert "validation Dice" in result.stdout

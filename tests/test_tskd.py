@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, training_env
+from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, run_fold, training_env
 from helpers.tiny_teachers import save_sam_checkpoint, tiny_sam_encoder
 from nnkd.teachers.registry import create_teacher
 from nnkd.teachers.tuned import SegmentationHead, TunedSegmenter, add_lora
@@ -89,7 +89,7 @@ def test_tune_then_tuned_teacher_has_logits_then_tskd_trains_on_labelled_and_tra
     run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "tskd",
             "--teacher", f"tuned:{fold}", "--unlabeled", images, "--synthetic", synthetic, "--labeled", "2",
             *QUICK_TRAINING, env=env)
-    student = tmp_path / "results" / "Dataset991_Synthetic" / "nnKDTrainer_TSKD__nnKDPlans_tiny__3d_fullres" / "fold_0"
+    student = run_fold(tmp_path / "results" / "Dataset991_Synthetic", "nnKDTrainer_TSKD")
     log = "\n".join(p.read_text() for p in student.glob("training_log_*.txt"))
     # 2 unlabelled + 2 synthetic + the 4 training cases of the fold that --labeled 2 left unlabelled
     assert "tskd: each step 2 labelled + 2 transfer sample(s); transfer set: 8 case(s)" in log

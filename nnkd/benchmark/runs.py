@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nnkd.errors import NnkdError
 from nnkd.method_table import METHOD_TRAINERS
+from nnkd.run_names import trainer_run_folders
 
 BIN = Path(sys.executable).parent
 
@@ -81,7 +82,12 @@ def check(args: list, env: dict, log: Path) -> float:
 
 
 def fold_folder(results: Path, dataset_name: str, run: Run, plans: str, configuration: str, fold) -> Path:
-    return results / dataset_name / f"{METHOD_TRAINERS[run.method]}__{plans}__{configuration}" / f"fold_{fold}"
+    """The run's fold folder: each benchmark run has its own results folder, so the one run of its trainer there
+    (filed under the run name nnkd_train derived), or nnU-Net's plain name before it is trained."""
+    trainer = METHOD_TRAINERS[run.method]
+    found = [f / f"fold_{fold}" for f in trainer_run_folders(results / dataset_name, trainer, plans, configuration)
+             if (f / f"fold_{fold}").is_dir()]
+    return found[0] if len(found) == 1 else results / dataset_name / f"{trainer}__{plans}__{configuration}" / f"fold_{fold}"
 
 
 def seconds_per_iteration(fold_dir: Path, iterations: int) -> float:

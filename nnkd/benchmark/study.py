@@ -36,7 +36,7 @@ class BenchmarkRequest:
     iterations: int = 250
     val_iterations: int = 1  # nnU-Net's validation iterations per epoch: the learning curves' pseudo Dice
     seeds: int = 3  # every run is repeated with seeds 0 … seeds−1
-    device: str = "cpu"
+    device: str | None = None  # default: cuda if available, else cpu
     cached: bool = True
     cached_only: bool = False  # logit KD only from the cached teacher (no online logit runs)
     onnx: bool = True
@@ -191,13 +191,13 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     paths = require_env("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
     env = {**os.environ, "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", str(request.num_processes))}
+    device = resolve_device(request.device)
+    request.device = device.type
     if request.quick:
         _quick_setup(request, env, output)
     if request.dataset is None:
         raise NnkdError("no dataset given", "pass -d DATASET_ID (or --quick for the synthetic smoke run)")
     dataset_name = find_dataset_name(request.dataset)
-    device = resolve_device(request.device)
-    request.device = device.type
 
     steps = tqdm(total=3, desc="benchmark: plan, teacher, runs", unit="step")
     plans = _plan(request, env, output)

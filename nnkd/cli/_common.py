@@ -44,6 +44,30 @@ class ArgumentParser(argparse.ArgumentParser):
         fail(f"{message} — see {self.prog} --help", EXIT_USAGE)
 
 
+class DeprecatedSpelling(argparse.Action):
+    """An old spelling of an option that works for one more release and says which spelling replaces it."""
+
+    def __init__(self, option_strings, dest, replacement: str, **kwargs):
+        self.replacement = replacement
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"nnkd: note: {option_string} is deprecated and goes in the next release; use {self.replacement}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated(parser: argparse.ArgumentParser, old: str, replacement: str, dest: str, **kwargs) -> None:
+    """Keep `old` working (with a note) for the option now spelled `replacement`, stored in `dest`."""
+    parser.add_argument(old, dest=dest, action=DeprecatedSpelling, replacement=replacement, **kwargs)
+
+
+def add_step_size(parser: argparse.ArgumentParser, what: str) -> None:
+    """nnU-Net's `-step_size`, the sliding-window step as a fraction of the patch (checked by check_step_size)."""
+    parser.add_argument("-step_size", dest="step_size", type=float, default=0.5,
+                        help=f"sliding-window step of {what}, a fraction of the patch in (0, 1] (default 0.5)")
+
+
 def add_verbose(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="show the full traceback on errors")
 

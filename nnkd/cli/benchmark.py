@@ -1,6 +1,6 @@
 """nnkd_benchmark: train every method × budget, measure teacher and students side by side, and report."""
 
-from nnkd.cli._common import ArgumentParser, add_verbose, run
+from nnkd.cli._common import ArgumentParser, add_deprecated, add_verbose, run
 
 
 def build_parser() -> ArgumentParser:
@@ -22,8 +22,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("-f", default="0", metavar="FOLD")
     p.add_argument("--labeled", type=int, metavar="N", help="keep N labelled training cases in every run")
     p.add_argument("--epochs", type=int, default=100, help="epochs per run (default 100)")
-    p.add_argument("--iterations", type=int, default=250, help="training iterations per epoch (default 250)")
-    p.add_argument("--val-iterations", type=int, default=1,
+    p.add_argument("--iterations-per-epoch", dest="iterations", type=int, default=250,
+                   help="training iterations per epoch (default 250)")
+    add_deprecated(p, "--iterations", "--iterations-per-epoch", "iterations", type=int)
+    add_deprecated(p, "--val-iterations", "--val-iterations-per-epoch", "val_iterations", type=int)
+    p.add_argument("--val-iterations-per-epoch", dest="val_iterations", type=int, default=1,
                    help="nnU-Net validation iterations per epoch: the pseudo Dice of the learning curves (default 1)")
     p.add_argument("--seeds", type=int, default=None,
                    help="repeat every run with seeds 0 … N−1 and report mean ± std and the paired Δ to no KD with "
@@ -32,7 +35,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--cached-only", action="store_true",
                    help="logit KD only from the cached teacher (skip the online logit run)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime latency")
-    p.add_argument("--device", "-device", default="cpu", help="training device (latency is measured on it too)")
+    p.add_argument("--device", "-device", default=None, choices=("cpu", "cuda", "mps"),
+                   help="training device, latency is measured on it too (default: cuda if available, else cpu)")
     p.add_argument("-np", type=int, default=2, help="processes for preprocessing and data augmentation")
     p.add_argument("--quick", action="store_true",
                    help="minutes-long smoke run: a small synthetic dataset, 1 epoch × 2 iterations")

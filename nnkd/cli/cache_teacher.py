@@ -1,6 +1,6 @@
 """nnkd_cache_teacher: run a teacher once over a fold's training cases and store its soft predictions."""
 
-from nnkd.cli._common import ArgumentParser, add_verbose, check_step_size, run
+from nnkd.cli._common import ArgumentParser, add_deprecated, add_step_size, add_verbose, check_step_size, run
 
 
 def build_parser() -> ArgumentParser:
@@ -13,15 +13,19 @@ def build_parser() -> ArgumentParser:
     p.add_argument("-c", required=True, metavar="CONFIGURATION", help="e.g. 3d_fullres")
     p.add_argument("-f", required=True, metavar="FOLD", help="the student's fold (0-4 or all)")
     p.add_argument("--teacher", required=True, metavar="SPEC", help="teacher spec with logits (nnkd_teachers)")
-    p.add_argument("-p", default="nnUNetPlans", metavar="PLANS",
-                   help="plans whose preprocessed data is used (default nnUNetPlans; students share it)")
+    p.add_argument("--teacher-plans", dest="teacher_plans", default="nnUNetPlans", metavar="PLANS",
+                   help="the dataset's teacher plans, whose preprocessed data is cached (default nnUNetPlans; "
+                        "students share it)")
+    add_deprecated(p, "-p", "--teacher-plans", "teacher_plans")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored precision")
     p.add_argument("--resolution", default="full", choices=["full", "half"],
                    help="half: 2× average-pooled along the patch axes, upsampled linearly when read")
     p.add_argument("--topk", type=int, default=0, metavar="K",
                    help="keep the K most probable classes per voxel (the rest share the remaining mass)")
-    p.add_argument("--step_size", type=float, default=0.5, help="sliding-window step as a patch fraction")
-    p.add_argument("--device", "-device", default=None, help="cpu, cuda or mps (default: cuda if visible)")
+    add_step_size(p, "the teacher")
+    add_deprecated(p, "--step_size", "-step_size", "step_size", type=float)
+    p.add_argument("--device", "-device", default=None, choices=("cpu", "cuda", "mps"),
+                   help="default: cuda if available, else cpu")
     add_verbose(p)
     return p
 
@@ -31,8 +35,8 @@ def _cache(args) -> None:
     from nnkd.cache.store import CacheSettings
 
     cache_teacher(CacheRequest(dataset=args.d, configuration=args.c, fold=args.f, teacher=args.teacher,
-                               plans=args.p, settings=CacheSettings(args.dtype, args.resolution, args.topk),
-                               device=args.device, step_size=check_step_size(args.step_size, "--step_size")))
+                               plans=args.teacher_plans, settings=CacheSettings(args.dtype, args.resolution, args.topk),
+                               device=args.device, step_size=check_step_size(args.step_size, "-step_size")))
 
 
 def main(argv=None) -> None:

@@ -29,7 +29,7 @@ def build_parser() -> ArgumentParser:
     budget.add_argument("--max-gflops", type=float, default=None, metavar="G",
                         help="absolute limit on GFLOPs per patch (may be combined with --max-params)")
     p.add_argument("--teacher-plans", default="nnUNetPlans",
-                   help="plans the student pairs with (default nnUNetPlans; ResEnc plans such as "
+                   help="the teacher plans the student pairs with (default nnUNetPlans; ResEnc plans such as "
                         "nnUNetResEncUNetMPlans work too)")
     p.add_argument("-np", type=int, default=None, metavar="N",
                    help="processes for fingerprinting and preprocessing (default: nnU-Net's)")

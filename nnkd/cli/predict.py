@@ -1,6 +1,6 @@
 """nnkd_predict: segment a folder of images with a trained student, as nnUNetv2_predict does."""
 
-from nnkd.cli._common import ArgumentParser, add_verbose, check_step_size, run
+from nnkd.cli._common import ArgumentParser, add_step_size, add_verbose, check_step_size, run
 
 
 def add_student_arguments(p: ArgumentParser) -> None:
@@ -15,6 +15,8 @@ def add_student_arguments(p: ArgumentParser) -> None:
     p.add_argument("--method", default=None, help="method the student was trained with; may be omitted when "
                                                   "exactly one trained student matches")
     p.add_argument("-tr", dest="trainer", default=None, help="trainer class name instead of --method")
+    p.add_argument("--run-name", default=None, metavar="NAME",
+                   help="the run (the part after '@' in the run folder's name); needed when several runs match")
     p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
     p.add_argument("--task", default=None, metavar="DATASET",
                    help="LoRKD students (--method lorkd, -d the run's first dataset): the task whose expert to use, "
@@ -26,7 +28,7 @@ def student_from_args(args):
 
     return StudentRef(dataset=args.d, configuration=args.c, folds=args.f, budget=args.budget, plans=args.plans,
                       teacher_plans=args.teacher_plans, method=args.method, trainer=args.trainer,
-                      checkpoint=args.checkpoint, task=args.task)
+                      checkpoint=args.checkpoint, task=args.task, run_name=args.run_name)
 
 
 def build_parser() -> ArgumentParser:
@@ -40,7 +42,7 @@ def build_parser() -> ArgumentParser:
                    help="run the sliding window through ONNX Runtime with this exported student.onnx")
     p.add_argument("-device", "--device", dest="device", default=None, choices=("cpu", "cuda", "mps"),
                    help="default: cuda if available, else cpu")
-    p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
+    add_step_size(p, "the prediction")
     p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
     p.add_argument("--save_probabilities", action="store_true", help="also write .npz probabilities and .pkl")
     p.add_argument("--continue_prediction", action="store_true", help="skip cases already predicted")

@@ -1,6 +1,6 @@
 """nnkd_synthesize: train a small diffusion model on a task's preprocessed images and add synthetic transfer cases."""
 
-from nnkd.cli._common import ArgumentParser, add_verbose, run
+from nnkd.cli._common import ArgumentParser, add_deprecated, add_verbose, run
 from nnkd.datasets.synthesis import DEFAULT_CHANNELS, DiffusionSettings
 
 
@@ -15,8 +15,10 @@ def build_parser() -> ArgumentParser:
                                    "cases (-n is the total).")
     p.add_argument("-d", required=True, metavar="DATASET", help="dataset ID or name")
     p.add_argument("-c", default="3d_fullres", metavar="CONFIGURATION", help="default 3d_fullres")
-    p.add_argument("-p", default="nnUNetPlans", metavar="PLANS",
-                   help="plans whose preprocessed data is learnt (default nnUNetPlans; student plans share it)")
+    p.add_argument("--teacher-plans", dest="plans", default="nnUNetPlans", metavar="PLANS",
+                   help="the dataset's teacher plans, whose preprocessed data is learnt (default nnUNetPlans; "
+                        "student plans share it)")
+    add_deprecated(p, "-p", "--teacher-plans", "plans")
     p.add_argument("-n", required=True, type=int, metavar="N", help="number of synthetic cases the set should hold")
     p.add_argument("--name", default="synthetic", help="transfer-set name (default synthetic)")
     p.add_argument("-o", default=None, metavar="DIR", help="an explicit transfer-set folder instead of --name")
@@ -41,7 +43,7 @@ def build_parser() -> ArgumentParser:
 def _synthesize(args) -> None:
     from nnkd.datasets.synthesis import SynthesisRequest, synthesize
 
-    synthesize(SynthesisRequest(dataset=args.d, count=args.n, configuration=args.c, plans=args.p,
+    synthesize(SynthesisRequest(dataset=args.d, count=args.n, configuration=args.c, plans=args.plans,
                                 size=tuple(args.size) if args.size else None, channels=tuple(args.channels),
                                 epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                                 inference_steps=args.inference_steps, device=args.device, seed=args.seed,

@@ -14,7 +14,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("spec", nargs="?", help="teacher spec family:PATH[?key=value&…] (for describe)")
     p.add_argument("--patch", help="patch size to time, e.g. 32,64,64 (default: 32,64,64, or 128,128 for 2D-only)")
     p.add_argument("--fold", type=int, help="student fold, for teachers that pick a fold (nnunet)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu)")
+    p.add_argument("--device", "-device", default=None, choices=("cpu", "cuda", "mps"),
+                   help="default: cuda if available, else cpu")
     p.add_argument("--repeats", type=int, default=1, help="timed forward passes after one warm-up (median)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_verbose(p)

@@ -13,7 +13,7 @@ def build_parser() -> ArgumentParser:
                        description=textwrap.fill(
                            "Train the budget student of a dataset as nnUNetv2_train does, distilling a frozen "
                            "teacher. Output: $nnUNet_results/DatasetXXX/"
-                           "nnKDTrainer_<Method>__nnKDPlans_<budget>__<configuration>/fold_X", 100),
+                           "nnKDTrainer_<Method>[@<run name>]__nnKDPlans_<budget>__<configuration>/fold_X", 100),
                        epilog="methods (--method):\n" + methods_help() + "\n(LoRKD, several datasets at once: "
                               "nnkd_train_lorkd; details: docs/methods.md)",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,6 +46,10 @@ def build_parser() -> ArgumentParser:
                    help="tskd: a transfer-set folder of synthetic cases (nnkd_synthesize)")
     p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
                    help="set a method hyper-parameter, e.g. --hp kd_temperature=4 (repeatable)")
+    p.add_argument("--run-name", default=None, metavar="NAME",
+                   help="file the run as <trainer>@NAME__<plans>__<configuration>; default: a name derived from the "
+                        "teacher, cached or online, --labeled, the transfer set, --hp and --seed, so runs that differ "
+                        "in any of them never share a folder (the no-KD baseline without --seed keeps nnU-Net's name)")
     p.add_argument("--seed", type=int, default=None, metavar="N",
                    help="seed the RNGs of network initialisation and sampling (recorded in teacher.json); "
                         "augmentation workers stay random, so equal seeds give repeats, not copies")
@@ -58,7 +62,7 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _hyperparameters(pairs: list[str]) -> dict:
+def hyperparameters_of(pairs: list[str]) -> dict:
     values = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -79,9 +83,10 @@ def _train(args) -> None:
         trainer=args.trainer, budget=args.budget, plans=args.plans, teacher_plans=args.teacher_plans,
         teachers=tuple(args.teacher), teacher_cache=args.teacher_cache, labeled=args.labeled,
         unlabeled=args.unlabeled, synthetic=args.synthetic,
-        hyperparameters=_hyperparameters(args.hp), seed=args.seed,
+        hyperparameters=hyperparameters_of(args.hp), seed=args.seed,
         **schedule, device=args.device,
-        continue_training=args.c, validation_only=args.val, npz=args.npz, num_gpus=args.num_gpus))
+        continue_training=args.c, validation_only=args.val, npz=args.npz, num_gpus=args.num_gpus,
+        run_name=args.run_name))
 
 
 def main(argv=None) -> None:

@@ -1,6 +1,6 @@
 """nnkd_train_lorkd: one budget student for several datasets, a low-rank expert and heads per task (LoRKD)."""
 
-from nnkd.cli._common import ArgumentParser, add_schedule_arguments, add_verbose, run, schedule_of
+from nnkd.cli._common import ArgumentParser, add_deprecated, add_schedule_arguments, add_verbose, run, schedule_of
 from nnkd.errors import NnkdError
 
 
@@ -24,8 +24,11 @@ def build_parser() -> ArgumentParser:
                    help="a teacher for one task (repeatable, at most one per task; tasks without one learn from "
                         "their labels only), e.g. 991=nnunet:$nnUNet_results/Dataset991_X/"
                         "nnUNetTrainer__nnUNetPlans__3d_fullres")
-    p.add_argument("--rank", type=int, default=None, help="rank r of each task's experts (default 4)")
-    p.add_argument("--alpha", type=float, default=None, help="expert scale α; experts add (α/r)·B·A (default 16)")
+    p.add_argument("--lora-rank", dest="rank", type=int, default=None, help="rank r of each task's experts (default 4)")
+    p.add_argument("--lora-alpha", dest="alpha", type=float, default=None,
+                   help="expert scale α; experts add (α/r)·B·A (default 16)")
+    add_deprecated(p, "--rank", "--lora-rank", "rank", type=int)
+    add_deprecated(p, "--alpha", "--lora-alpha", "alpha", type=float)
     add_schedule_arguments(p)
     p.add_argument("--c", dest="continue_training", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--npz", action="store_true", help="also save validation softmax outputs")
@@ -49,9 +52,9 @@ def _train(args) -> None:
 
     schedule = schedule_of(args)
     if args.rank is not None and args.rank < 1:
-        raise NnkdError(f"--rank {args.rank} must be at least 1", "give a positive --rank")
+        raise NnkdError(f"--lora-rank {args.rank} must be at least 1", "give a positive --lora-rank")
     if args.alpha is not None and not args.alpha > 0:
-        raise NnkdError(f"--alpha {args.alpha} must be positive", "give a scale like 16")
+        raise NnkdError(f"--lora-alpha {args.alpha} must be positive", "give a scale like 16")
     train_lorkd(LoRKDRequest(
         datasets=tuple(args.d), configuration=args.configuration, fold=args.fold, budget=args.budget, plans=args.plans,
         teacher_plans=args.teacher_plans, teachers=_teachers(args.teacher), rank=args.rank, alpha=args.alpha,

@@ -1,6 +1,6 @@
 """nnkd_tune_teacher: TS-KD step 1, a foundation teacher tuned to the task with LoRA and a light head."""
 
-from nnkd.cli._common import ArgumentParser, add_schedule_arguments, add_verbose, run, schedule_of
+from nnkd.cli._common import ArgumentParser, add_deprecated, add_schedule_arguments, add_verbose, run, schedule_of
 from nnkd.errors import NnkdError
 
 
@@ -17,7 +17,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--teacher", required=False, default=None, metavar="SPEC",
                    help="the base teacher, e.g. sam:/ckpt/sam_vit_b_01ec64.pth?slices=8 (families with attention: "
                         "sam, medsam, sam-med3d, dinov2, rad-dino, swin, medclip)")
-    p.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans whose preprocessed data to use")
+    p.add_argument("--teacher-plans", dest="plans", default="nnUNetPlans",
+                   help="the dataset's teacher plans, whose preprocessed data the tuner trains on (default nnUNetPlans)")
+    add_deprecated(p, "-p", "--teacher-plans", "plans")
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r (default 8)")
     p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA α (scale α/r; default 16)")
     p.add_argument("--head-hidden", type=int, default=32, help="channels of the segmentation head (default 32)")

@@ -13,6 +13,7 @@ from nnkd.atomic import replace_folder, write_json_atomic
 from nnkd.errors import NnkdError
 from nnkd.inference.students import LocatedStudent, StudentRef, load_student_checkpoints, locate_tasks
 from nnkd.models.lorkd import TASK_FOLDER
+from nnkd.run_names import split_run_trainer_name
 
 STOCK_TRAINER = "nnUNetTrainer"
 
@@ -88,8 +89,10 @@ def export(request: ExportRequest) -> Path:
 
 
 def exported_plans_name(student: LocatedStudent) -> str:
-    """The student plans name plus the method, so students of different methods install side by side."""
-    return f"{student.plans['plans_name']}-{student.method}"
+    """The student plans name plus the method and run name, so students of different methods and runs install
+    side by side."""
+    run_name = split_run_trainer_name(student.model_folder.name.split("__")[0])[1]
+    return f"{student.plans['plans_name']}-{student.method}" + (f"-{run_name}" if run_name else "")
 
 
 def write_model_folder(student: LocatedStudent, folder: Path, onnx: bool) -> None:

@@ -12,23 +12,28 @@ from nnkd.errors import NnkdError
 from nnkd.nnunet_env import find_dataset_name, require_env
 from nnkd.planners.student_planner import resolve_student_plans
 from nnkd.plans import DEFAULT_TEACHER_PLANS
+from nnkd.run_names import run_trainer_name, split_run_trainer_name, trainer_run_folders
 from nnkd.teachers.checkpoint import load_checkpoint
 from nnkd.method_table import ALL_METHOD_TRAINERS, LORKD_METHOD, LORKD_TRAINER
 from nnkd.models.lorkd import TASK_FOLDER, LoRKDTasks, build_multi_task_network
 
 
 def find_model_folder(dataset, configuration: str, plans: str, method: str | None = None,
-                      trainer: str | None = None) -> tuple[str, Path]:
-    """(dataset name, model folder) of the trained student; `method` may be omitted when one matches."""
+                      trainer: str | None = None, run_name: str | None = None) -> tuple[str, Path]:
+    """(dataset name, model folder) of the trained student; `method` and `run_name` may be omitted when one
+    run matches."""
     results = require_env("nnUNet_results")["nnUNet_results"]
     dataset_name = find_dataset_name(dataset)
     if trainer is None and method is not None:
         if method not in ALL_METHOD_TRAINERS:
             raise NnkdError(f"unknown method '{method}'", f"use one of {', '.join(ALL_METHOD_TRAINERS)} (or -tr CLASS)")
         trainer = ALL_METHOD_TRAINERS[method]
-    pattern = f"{trainer or '*'}__{plans}__{configuration}"
-    candidates = sorted(p for p in (results / dataset_name).glob(pattern)
-                        if p.is_dir() and (p / "plans.json").is_file() and any(p.glob("fold_*/teacher.json")))
+    if trainer is not None:
+        trainer, from_trainer = split_run_trainer_name(trainer)
+        run_name = run_name or from_trainer
+    pattern = f"{run_trainer_name(trainer or '*', run_name)}__{plans}__{configuration}"
+    candidates = [p for p in trainer_run_folders(results / dataset_name, trainer, plans, configuration, run_name)
+                  if (p / "plans.json").is_file() and any(p.glob("fold_*/teacher.json"))]
     if not candidates:
         raise NnkdError(f"no trained student {pattern} in {results / dataset_name}",
                         "a LoRKD student is filed under the first dataset of nnkd_train_lorkd -d: give that as -d and "
@@ -36,7 +41,8 @@ def find_model_folder(dataset, configuration: str, plans: str, method: str | Non
                         "train it first with nnkd_train (or check --budget/-p, -c and --method)")
     if len(candidates) > 1:
         names = ", ".join(p.name.split("__")[0] for p in candidates)
-        raise NnkdError(f"several trained students match ({names})", "pick one with --method (or -tr)")
+        raise NnkdError(f"several trained students match ({names})",
+                        "pick one with --method and --run-name (the part after '@')")
     return dataset_name, candidates[0]
 
 
@@ -101,6 +107,7 @@ class StudentRef:
     trainer: str | None = None
     checkpoint: str = "checkpoint_final.pth"
     task: str | None = None  # LoRKD students: the task's dataset ID or name (nnkd_export also takes "all")
+    run_name: str | None = None  # the run (`<trainer>@<run name>`); may be omitted when one run matches
 
 
 @dataclass
@@ -126,7 +133,8 @@ def locate(ref: StudentRef) -> LocatedStudent:
 def locate_tasks(ref: StudentRef) -> list[LocatedStudent]:
     """The student `ref` points at: one, or for a LoRKD run with --task all one per task."""
     plans_name = resolve_student_plans(ref.budget, ref.plans, ref.teacher_plans)
-    dataset_name, folder = find_model_folder(ref.dataset, ref.configuration, plans_name, ref.method, ref.trainer)
+    dataset_name, folder = find_model_folder(ref.dataset, ref.configuration, plans_name, ref.method, ref.trainer,
+                                             ref.run_name)
     checkpoints = fold_checkpoints(folder, ref.folds, ref.checkpoint)
     method = run_method(folder)
     if method != LORKD_METHOD:

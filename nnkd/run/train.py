@@ -10,9 +10,11 @@ from nnkd.nnunet_env import parse_fold, require_env
 from nnkd.planners.student_planner import resolve_student_plans
 from nnkd.plans import DEFAULT_TEACHER_PLANS
 from nnkd.plans import PreprocessedConfiguration
-from nnkd.run.common import (ScheduledRequest, check_resume, checked_teacher_record, fold_folder, require_checkpoint,
-                             run_nnunet_training, use_nnkd_trainers, validation_dice)
+from nnkd.run.common import (CHECKPOINTS, ScheduledRequest, check_resume, checked_teacher_record, fold_folder,
+                             require_checkpoint, run_nnunet_training, use_nnkd_trainers, validation_dice)
 from nnkd.records import software_versions
+from nnkd.run_names import (derived_run_name, run_name_problem, run_trainer_name, split_run_trainer_name,
+                            trainer_run_folders)
 from nnkd.trainers.run_config import RunConfig
 
 
@@ -41,6 +43,7 @@ class TrainRequest(ScheduledRequest):
     validation_only: bool = False
     npz: bool = False
     num_gpus: int = 1
+    run_name: str | None = None  # default: derived from the teacher and settings (nnkd.run_names)
 
     @property
     def resuming(self) -> bool:
@@ -52,6 +55,7 @@ def resolve_trainer_class(method: str | None, trainer: str | None):
     from nnkd.trainers.methods import METHODS
     from nnkd.trainers.nnkd_trainer import nnKDTrainer
 
+    trainer = split_run_trainer_name(trainer)[0] if trainer else trainer
     if (method is None) == (trainer is None):
         raise NnkdError("give exactly one of --method and -tr", f"methods: {', '.join(METHODS)}")
     if method == LORKD_METHOD or trainer == LORKD_TRAINER:
@@ -168,8 +172,56 @@ def new_record(request: TrainRequest, cls, config: PreprocessedConfiguration, fo
                      versions=software_versions())
 
 
-def train(request: TrainRequest) -> Path:
-    """Train (or resume, or validate) one fold; return its output folder."""
+def requested_run_name(request: TrainRequest, cls, given: dict) -> str | None:
+    """`--run-name` (or the run part of `-tr TRAINER@NAME`), checked, else the name derived from the teacher(s),
+    cached or online, --labeled, the transfer set, the --hp given and --seed."""
+    from_trainer = split_run_trainer_name(request.trainer)[1] if request.trainer else None
+    if from_trainer and request.run_name and from_trainer != request.run_name:
+        raise NnkdError(f"-tr {request.trainer} names run '{from_trainer}', --run-name says '{request.run_name}'",
+                        "give the run name once")
+    name = request.run_name or from_trainer
+    if name is not None:
+        problem = run_name_problem(name)
+        if problem:
+            raise NnkdError(f"run name '{name}' cannot name a folder: {problem}", "choose another --run-name")
+        return name
+    teachers = list(request.teachers) if cls.needs_teacher else []
+    return derived_run_name(teachers, cached=request.teacher_cache and bool(teachers), labeled=request.labeled,
+                            transfer=[t for t in (request.unlabeled, request.synthetic) if t],
+                            hyperparameters=given, seed=request.seed)
+
+
+def locate_run(results: Path, dataset_name: str, cls, plans: str, request: TrainRequest, fold,
+               given: dict) -> tuple[str, Path]:
+    """(nnU-Net trainer name, fold folder) of the run. A new run gets its own folder; `--c`/`--val` without the
+    options that name the run resume the one run of this trainer, plans, configuration and fold there is."""
+    name = requested_run_name(request, cls, given)
+    trainer = run_trainer_name(cls.__name__, name)
+    folder = fold_folder(results, dataset_name, trainer, plans, request.configuration, fold)
+    explicit = request.run_name or (request.trainer and split_run_trainer_name(request.trainer)[1])
+    if not request.resuming:
+        if any((folder / c).is_file() for c in CHECKPOINTS):
+            raise NnkdError(f"run {trainer} fold {fold} already has checkpoints in {folder}",
+                            "resume it with --c, validate it with --val, or start another run with --run-name NAME")
+        return trainer, folder
+    if explicit or (folder / RunConfig.FILE).is_file():
+        return trainer, folder
+    runs = [f / f"fold_{fold}" for f in trainer_run_folders(results / dataset_name, cls.__name__, plans,
+                                                              request.configuration)
+            if (f / f"fold_{fold}" / RunConfig.FILE).is_file()]
+    if len(runs) > 1:
+        raise NnkdError(f"several runs of {cls.__name__} {plans} {request.configuration} fold {fold} "
+                        f"({', '.join(split_run_trainer_name(r.parent.name.split('__')[0])[1] or '(unnamed)' for r in runs)})"
+                        " and none matches the options given", "pick one with --run-name NAME")
+    if runs:
+        trainer = runs[0].parent.name.split("__")[0]
+        print(f"nnkd: resuming run {trainer}")
+        return trainer, runs[0]
+    return trainer, folder
+
+
+def _resolved(request: TrainRequest):
+    """(nnUNet_results, fold, student plans name, preprocessed configuration, trainer class, hyper-parameters given)."""
     paths = require_env("nnUNet_preprocessed", "nnUNet_results")
     fold = parse_fold(request.fold)
     plans = resolve_student_plans(request.budget, request.plans, request.teacher_plans)
@@ -178,9 +230,21 @@ def train(request: TrainRequest) -> Path:
         hint=f"plan first: nnkd_plan_and_preprocess -d {request.dataset} --budget {request.budget or '…'}")
     cls = resolve_trainer_class(request.method, request.trainer)
     check_request(request, cls)
-    folder = fold_folder(paths["nnUNet_results"], config.dataset_name, cls.__name__, plans, request.configuration,
-                         fold)
-    given = cls.coerce_settings(request.hyperparameters)
+    return paths["nnUNet_results"], fold, plans, config, cls, cls.coerce_settings(request.hyperparameters)
+
+
+def new_run_folder(request: TrainRequest) -> Path:
+    """The fold folder `train(request)` starts a new run in (nothing is checked beyond the request, nothing
+    written): where a launcher looks to see whether the run is done, started or new."""
+    results, fold, plans, config, cls, given = _resolved(request)
+    trainer = run_trainer_name(cls.__name__, requested_run_name(request, cls, given))
+    return fold_folder(results, config.dataset_name, trainer, plans, request.configuration, fold)
+
+
+def train(request: TrainRequest) -> Path:
+    """Train (or resume, or validate) one fold; return its output folder."""
+    results, fold, plans, config, cls, given = _resolved(request)
+    trainer, folder = locate_run(results, config.dataset_name, cls, plans, request, fold, given)
     existing = RunConfig.load(folder) if request.resuming else None
     teachers = len(request.teachers) or (len(existing.teacher_entries) if existing else 0)
     cls.check_settings(cls.default_settings() | (existing.hyperparameters if existing else {}) | given,
@@ -188,13 +252,14 @@ def train(request: TrainRequest) -> Path:
     record = resumed_record(request, cls, folder, existing, given) if request.resuming else \
         new_record(request, cls, config, fold, given)
     record.save(folder)
+    print(f"nnkd: run folder {folder}")
 
-    run_nnunet_training(config.dataset_name, request.configuration, fold, cls.__name__, plans,
+    run_nnunet_training(config.dataset_name, request.configuration, fold, trainer, plans,
                         num_gpus=request.num_gpus, export_validation_probabilities=request.npz,
                         continue_training=request.continue_training, only_run_validation=request.validation_only,
                         device=resolve_device(request.device))
     dice = validation_dice(folder)
     if dice is not None:
-        print(f"nnkd: {cls.__name__} {plans} {request.configuration} fold {fold}: validation Dice {dice:.4f} "
+        print(f"nnkd: {trainer} {plans} {request.configuration} fold {fold}: validation Dice {dice:.4f} "
               f"({folder / 'validation' / 'summary.json'})")
     return folder

@@ -53,6 +53,7 @@ class NnUNetTeacher(Teacher):
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         self.networks = torch.nn.ModuleList(networks)
+        self.plans = plans
         self.configuration = configuration
         manager = PlansManager(plans)
         cm = manager.get_configuration(configuration)

@@ -1,0 +1,85 @@
+"""nnkd_distill: plan, cache the teacher, train, validate and export a student for every fold, in one command."""
+
+import argparse
+import textwrap
+
+from nnkd.cli._common import (ArgumentParser, add_schedule_arguments, add_step_size, add_verbose, check_step_size,
+                              run, schedule_of)
+from nnkd.cli.train import hyperparameters_of
+from nnkd.method_table import METHOD_TRAINERS
+from nnkd.planners.budget import PRESETS
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="nnkd_distill",
+        description=textwrap.fill(
+            "From a trained teacher to an exported student: for each fold, plan the student (if not done), cache "
+            "the teacher's predictions once (cached logit KD: a training step costs about a plain one), train and "
+            "validate the student with nnU-Net's pipeline, then export every fold as one stock nnU-Net model folder "
+            "OUT and print teacher vs student (validation Dice per fold, parameters, GFLOPs, seconds per case). "
+            "Rerun the same command to resume after an interruption: every step skips what is done.", 100),
+        epilog="example:\n  nnkd_distill -d 990 --teacher nnunet:$nnUNet_results/Dataset990_Synthetic/"
+               "nnUNetTrainer__nnUNetPlans__3d_fullres -o student_990",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", required=True, metavar="DATASET", help="dataset ID or name")
+    p.add_argument("--teacher", required=True, metavar="SPEC",
+                   help="teacher spec, e.g. nnunet:MODEL_FOLDER (its trained folds are the default -f), deepbet "
+                        "(families: nnkd_teachers)")
+    p.add_argument("-o", required=True, metavar="OUT",
+                   help="the stock nnU-Net model folder to write (with distill.json, the table); a rerun replaces "
+                        "only its own output")
+    p.add_argument("-c", default="3d_fullres", metavar="CONFIG", help="configuration (default 3d_fullres)")
+    p.add_argument("-f", nargs="+", default=None, metavar="FOLD",
+                   help="folds (0-4 or all); default: the nnunet: teacher's trained folds, else 0 1 2 3 4")
+    budget = p.add_argument_group("student budget (default --budget tiny)")
+    budget.add_argument("--budget", choices=sorted(PRESETS), default=None,
+                        help="fraction of the teacher plan's parameters and GFLOPs: "
+                             + ", ".join(f"{k} ≤ 1/{round(1 / v)}" for k, v in PRESETS.items()))
+    budget.add_argument("--max-params", type=int, default=None, metavar="N", help="absolute parameter limit")
+    budget.add_argument("--max-gflops", type=float, default=None, metavar="G", help="absolute GFLOPs-per-patch limit")
+    p.add_argument("--teacher-plans", default="nnUNetPlans",
+                   help="the dataset's teacher plans the student pairs with (default nnUNetPlans)")
+    p.add_argument("--method", default="logit",
+                   help=f"distillation method (default logit): {', '.join(m for m in METHOD_TRAINERS if m not in ('multiteacher', 'tskd'))}"
+                        " (multiteacher, tskd and lorkd: nnkd_train / nnkd_train_lorkd)")
+    p.add_argument("--online", action="store_true",
+                   help="run the teacher in every training step instead of caching its predictions once (feature "
+                        "methods are always online)")
+    p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE", help="method hyper-parameter (repeatable)")
+    p.add_argument("--seed", type=int, default=None, metavar="N", help="seed of every fold's training")
+    p.add_argument("--run-name", default=None, metavar="NAME",
+                   help="name of the training runs (default: derived from teacher and settings, as nnkd_train does)")
+    add_schedule_arguments(p)
+    add_step_size(p, "the teacher cache")
+    p.add_argument("--zip", action="store_true", help="also write OUT.zip for nnUNetv2_install_pretrained_model_from_zip")
+    p.add_argument("--onnx", action="store_true", help="also write student.onnx per fold")
+    p.add_argument("--no-timing", action="store_true",
+                   help="skip timing teacher and student on the first fold's validation cases")
+    p.add_argument("-np", type=int, default=None, metavar="N", help="processes for planning and preprocessing")
+    add_verbose(p)
+    return p
+
+
+def _distill(args) -> None:
+    from pathlib import Path
+
+    from nnkd.pipeline.distill import DistillRequest, distill
+    from nnkd.planners.budget import Budget
+
+    budget = Budget(preset=args.budget, max_params=args.max_params, max_gflops=args.max_gflops) \
+        if (args.budget or args.max_params or args.max_gflops) else Budget(preset="tiny")
+    distill(DistillRequest(
+        dataset=args.d, teacher=args.teacher, output=Path(args.o), configuration=args.c, folds=tuple(args.f or ()),
+        budget=budget, teacher_plans=args.teacher_plans, method=args.method, online=args.online,
+        hyperparameters=hyperparameters_of(args.hp), seed=args.seed, run_name=args.run_name, **schedule_of(args),
+        device=args.device, step_size=check_step_size(args.step_size, "-step_size"), zip=args.zip, onnx=args.onnx,
+        timing=not args.no_timing, num_processes=args.np))
+
+
+def main(argv=None) -> None:
+    run(_distill, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    main()

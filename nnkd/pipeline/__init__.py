@@ -1,0 +1,1 @@
+"""Recipes that chain the commands: nnkd_distill (plan, cache, train, validate, export per fold)."""

@@ -1,0 +1,332 @@
+"""nnkd_distill: from a trained teacher to an exported student in one command.
+
+For each fold: plan the student (if not done), cache the teacher (cached logit KD is the default: a training step
+then costs about a plain one), train and validate the student, and at the end export every fold as one stock
+nnU-Net model folder and print teacher vs student. Every step resumes: planning and caching skip what is done,
+a fold's training continues from its latest checkpoint, a finished fold is kept.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from nnkd.atomic import write_json_atomic
+from nnkd.errors import NnkdError
+from nnkd.nnunet_env import find_dataset_name, require_env
+from nnkd.planners.budget import Budget
+from nnkd.plans import DEFAULT_TEACHER_PLANS
+from nnkd.records import software_versions
+
+RECORD = "distill.json"  # in OUT: what nnkd_distill made there and the table it printed
+
+
+@dataclass
+class DistillRequest:
+    dataset: str
+    teacher: str
+    output: Path
+    configuration: str = "3d_fullres"
+    folds: tuple[str, ...] = ()  # empty: the teacher's trained folds (nnunet: teachers), else 0 1 2 3 4
+    budget: Budget = field(default_factory=lambda: Budget(preset="tiny"))
+    teacher_plans: str = DEFAULT_TEACHER_PLANS
+    method: str = "logit"
+    online: bool = False  # run the teacher in every step instead of caching its predictions once
+    hyperparameters: dict = field(default_factory=dict)
+    seed: int | None = None
+    num_epochs: int | None = None
+    num_iterations_per_epoch: int | None = None
+    num_val_iterations_per_epoch: int | None = None
+    device: str | None = None
+    step_size: float = 0.5
+    run_name: str | None = None
+    zip: bool = False
+    onnx: bool = False
+    timing: bool = True  # time teacher and student per case on the first fold's validation cases
+    timing_cases: int = 3
+    num_processes: int | None = None
+
+
+# ------------------------------------------------------------------ checks before anything is written
+def checked_output(output: Path, request: DistillRequest, raw: Path) -> Path:
+    """OUT as a resolved path: not a file, not inside nnUNet_raw, writable, and either new, empty, or what an
+    earlier nnkd_distill of the same dataset, teacher and method wrote (a rerun resumes and replaces it)."""
+    output = Path(output).expanduser().resolve()
+    if output.exists() and not output.is_dir():
+        raise NnkdError(f"-o {output} is a file", "give a folder for the exported model")
+    if output == raw or raw in output.parents:
+        raise NnkdError(f"-o {output} is inside nnUNet_raw ({raw})", "nnUNet_raw is never written to; choose another -o")
+    if output.is_dir() and any(output.iterdir()):
+        record = output / RECORD
+        if not record.is_file():
+            raise NnkdError(f"-o {output} exists, is not empty and was not written by nnkd_distill",
+                            "choose another -o (nnkd_distill replaces only its own output)")
+        earlier = json.loads(record.read_text())
+        mine = {"dataset": find_dataset_name(request.dataset), "teacher": request.teacher,
+                "configuration": request.configuration, "method": request.method}
+        theirs = {k: earlier.get(k) for k in mine}
+        if theirs != mine:
+            raise NnkdError(f"-o {output} holds the nnkd_distill output of {theirs}",
+                            "choose another -o for another dataset, teacher, configuration or method")
+    existing = next(p for p in [output, *output.parents] if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise NnkdError(f"cannot write to -o {output} ({existing} is not writable)", "choose a writable -o")
+    return output
+
+
+def teacher_folds(spec: str, folds: tuple[str, ...]) -> list[str]:
+    """The folds to distil: those asked for, or for an nnunet: teacher its trained folds (fold_all alone
+    gives fold all), for other teachers nnU-Net's five."""
+    from nnkd.nnunet_env import parse_fold
+
+    if folds:
+        return [str(parse_fold(f)) for f in dict.fromkeys(folds)]
+    family, _, rest = spec.partition(":")
+    if family != "nnunet":
+        return ["0", "1", "2", "3", "4"]
+    folder = Path(rest.partition("?")[0]).expanduser()
+    trained = sorted(p.parent.name.removeprefix("fold_") for p in folder.glob("fold_*/checkpoint_final.pth"))
+    numbered = [f for f in trained if f != "all"]
+    if not trained:
+        raise NnkdError(f"the teacher {folder} has no trained fold (no fold_X/checkpoint_final.pth)",
+                        "finish the teacher's training first, or name its checkpoint with ?checkpoint=… and -f")
+    return numbered or ["all"]
+
+
+def checked_teachers(spec: str, folds: list[str], dataset_json: dict, needs_logits: bool):
+    """Load the teacher of every fold on the CPU (a missing fold or checkpoint stops here) and check what can be
+    checked before the student is planned: input channels and, for logit KD, the labels. The first fold's teacher."""
+    from nnkd.teachers.registry import create_teacher
+
+    first = None
+    for fold in folds:
+        teacher = create_teacher(spec, fold=fold, device="cpu")
+        channels = len(dataset_json["channel_names"])
+        if teacher.in_channels != channels:
+            raise NnkdError(f"the teacher takes {teacher.in_channels} input channel(s), the dataset has {channels}",
+                            "use a teacher trained on images with the same channels")
+        if needs_logits and (not teacher.has_logits or dict(teacher.labels) != dict(dataset_json["labels"])):
+            found = dict(teacher.labels) if teacher.has_logits else "no logits"
+            raise NnkdError(f"teacher labels {found} differ from the dataset's {dict(dataset_json['labels'])}",
+                            "logit KD needs the same label set; use a feature method (--method feature or cka)")
+        first = first or teacher
+    return first
+
+
+# ------------------------------------------------------------------ the steps
+def planned_student(dataset_name: str, request: DistillRequest) -> str:
+    """The student plans name, planning and preprocessing first when they are not there."""
+    from nnkd.planners.student_planner import student_plans_identifier
+    from nnkd.plans import PreprocessedConfiguration
+
+    plans = student_plans_identifier(request.budget, request.teacher_plans)
+    try:
+        PreprocessedConfiguration.load(dataset_name, plans, request.configuration, need_data=True)
+        print(f"nnkd_distill: {plans} {request.configuration} is planned and preprocessed, skipping planning")
+    except NnkdError:
+        from nnkd.planners.plan_and_preprocess import plan_and_preprocess
+
+        if request.num_processes is None:
+            from nnunetv2.configuration import default_num_processes
+            processes = default_num_processes
+        else:
+            processes = request.num_processes
+        plan_and_preprocess(dataset_name, request.budget, configurations=[request.configuration],
+                            teacher_plans=request.teacher_plans, num_processes=processes)
+    return plans
+
+
+def train_fold(request: DistillRequest, dataset_name: str, plans: str, fold: str, cached: bool) -> Path:
+    """Train the fold's student unless it is done; resume it when it was started."""
+    from nnkd.run.train import TrainRequest, new_run_folder, train
+
+    base = TrainRequest(dataset=dataset_name, configuration=request.configuration, fold=fold, method=request.method,
+                        plans=plans, teachers=(request.teacher,), teacher_cache=cached,
+                        hyperparameters=dict(request.hyperparameters), seed=request.seed,
+                        num_epochs=request.num_epochs, num_iterations_per_epoch=request.num_iterations_per_epoch,
+                        num_val_iterations_per_epoch=request.num_val_iterations_per_epoch, device=request.device,
+                        run_name=request.run_name)
+    folder = new_run_folder(base)
+    if (folder / "checkpoint_final.pth").is_file() and (folder / "validation" / "summary.json").is_file():
+        print(f"nnkd_distill: fold {fold} is trained and validated ({folder}), skipping")
+        return folder
+    if (folder / "checkpoint_final.pth").is_file():
+        return train(replace(base, validation_only=True))
+    if (folder / "checkpoint_latest.pth").is_file():
+        print(f"nnkd_distill: fold {fold} was started, resuming it")
+        return train(replace(base, continue_training=True))
+    return train(base)
+
+
+def teacher_validation_dice(spec: str, fold: str) -> float | None:
+    """nnU-Net's own validation Dice of an nnunet: teacher's fold (the student's validation cases when the
+    teacher was trained on this dataset's splits); None for other teachers or a fold never validated."""
+    family, _, rest = spec.partition(":")
+    path, _, query = rest.partition("?")
+    if family != "nnunet" or "fold" in query:
+        return None
+    summary = Path(path).expanduser() / f"fold_{fold}" / "validation" / "summary.json"
+    return json.loads(summary.read_text())["foreground_mean"]["Dice"] if summary.is_file() else None
+
+
+def student_dice(folder: Path) -> float | None:
+    summary = folder / "validation" / "summary.json"
+    return json.loads(summary.read_text())["foreground_mean"]["Dice"] if summary.is_file() else None
+
+
+def sizes(teacher, plans_record: dict, patch_size) -> dict:
+    """Parameters and GFLOPs per patch of the teacher (counted on the loaded model) and the student (the planner's
+    record in the plans)."""
+    from nnkd.planners.network_cost import count_gflops
+
+    try:
+        teacher_gflops = count_gflops(teacher, teacher.in_channels, patch_size)
+    except Exception:  # some scripted or foreign models hide their operations from FlopCounterMode
+        teacher_gflops = None
+    return {"teacher": {"parameters": sum(p.numel() for p in teacher.parameters()),
+                        "gflops_per_patch": round(teacher_gflops, 4) if teacher_gflops else None},
+            "student": {"parameters": plans_record.get("params"),
+                        "gflops_per_patch": plans_record.get("gflops_per_patch")}}
+
+
+def seconds_per_case(request: DistillRequest, dataset_name: str, teacher, student_folder: Path) -> dict:
+    """nnU-Net's whole per-case prediction (preprocessing, sliding window, resampling back; no mirroring) of the
+    first fold's validation cases, median after a warm-up case, teacher and student on the same device."""
+    import torch
+
+    from nnkd.benchmark.measure import TeacherLogits, predict_and_time, validation_images
+    from nnkd.devices import resolve_device
+    from nnkd.inference.predict import make_predictor
+    from nnkd.plans import network_from_plans
+    from nnkd.teachers.checkpoint import load_checkpoint
+    from nnkd.teachers.nnunet import NnUNetTeacher
+
+    paths = require_env("nnUNet_raw", "nnUNet_preprocessed")
+    splits = json.loads((paths["nnUNet_preprocessed"] / dataset_name / "splits_final.json").read_text())
+    fold = student_folder.name.removeprefix("fold_")
+    cases = sorted({c for s in splits for c in s["val"]}) if fold == "all" else splits[int(fold)]["val"]
+    dataset_json = json.loads((student_folder.parent / "dataset.json").read_text())
+    images = validation_images(paths["nnUNet_raw"] / dataset_name, cases[:request.timing_cases], dataset_json)
+    device = resolve_device(request.device)
+
+    def timed(network, weights, plans, configuration) -> float:
+        predictor = make_predictor(plans, configuration, dataset_json, [weights], network, None, device,
+                                   use_mirroring=False)
+        predictor.allow_tqdm = False
+        return predict_and_time(predictor, images, None, None, dataset_json["file_ending"])
+
+    student_plans = json.loads((student_folder.parent / "plans.json").read_text())
+    network = network_from_plans(student_plans, request.configuration, dataset_json)
+    weights = load_checkpoint(student_folder / "checkpoint_final.pth")["network_weights"]
+    result = {"student": timed(network, weights, student_plans, request.configuration)}
+    teacher = teacher.to(device)
+    if isinstance(teacher, NnUNetTeacher) and len(teacher.networks) == 1:
+        network = teacher.networks[0]
+        result["teacher"] = timed(network, network.state_dict(), teacher.plans, teacher.configuration)
+    else:
+        wrapped = TeacherLogits(teacher)
+        plans = json.loads((paths["nnUNet_preprocessed"] / dataset_name / f"{request.teacher_plans}.json").read_text())
+        result["teacher"] = timed(wrapped, wrapped.state_dict(), plans, request.configuration)
+    torch.cuda.empty_cache() if device.type == "cuda" else None
+    return {k: round(v, 4) for k, v in result.items()}
+
+
+# ------------------------------------------------------------------ the table
+def _count(n) -> str:
+    return "—" if n is None else f"{n / 1e6:.2f} M"
+
+
+def _number(x, digits=4) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _ratio(teacher, student) -> str:
+    return "—" if not teacher or not student else f"{teacher / student:.1f}×"
+
+
+def format_table(record: dict) -> str:
+    """Teacher vs student per fold, then size and speed side by side."""
+    lines = [f"{'fold':>6}  {'teacher Dice':>12}  {'student Dice':>12}"]
+    for row in record["folds"]:
+        lines.append(f"{row['fold']:>6}  {_number(row['teacher_dice']):>12}  {_number(row['student_dice']):>12}")
+    means = record["mean"]
+    lines.append(f"{'mean':>6}  {_number(means['teacher_dice']):>12}  {_number(means['student_dice']):>12}")
+    t, s = record["models"]["teacher"], record["models"]["student"]
+    lines += ["", f"{'':18}{'teacher':>12}{'student':>12}{'teacher/student':>17}",
+              f"{'parameters':18}{_count(t['parameters']):>12}{_count(s['parameters']):>12}"
+              f"{_ratio(t['parameters'], s['parameters']):>17}",
+              f"{'GFLOPs per patch':18}{_number(t['gflops_per_patch'], 2):>12}{_number(s['gflops_per_patch'], 2):>12}"
+              f"{_ratio(t['gflops_per_patch'], s['gflops_per_patch']):>17}",
+              f"{'seconds per case':18}{_number(t.get('seconds_per_case'), 3):>12}"
+              f"{_number(s.get('seconds_per_case'), 3):>12}"
+              f"{_ratio(t.get('seconds_per_case'), s.get('seconds_per_case')):>17}"]
+    if record["mean"]["teacher_dice"] is None:
+        lines.append("teacher Dice: only an nnunet: teacher validated on this dataset's folds has one")
+    return "\n".join(lines)
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+# ------------------------------------------------------------------ the command
+def distill(request: DistillRequest) -> dict:
+    """Plan, cache, train and validate each fold, export; the record written to OUT/distill.json."""
+    from nnkd.cache.compute import CacheRequest, cache_teacher
+    from nnkd.inference.export import ExportRequest, export
+    from nnkd.inference.students import StudentRef
+    from nnkd.method_table import LORKD_METHOD
+    from nnkd.planners.student_planner import STUDENT_KEY
+    from nnkd.trainers.methods import METHODS
+
+    paths = require_env("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+    if request.method == LORKD_METHOD or request.method not in METHODS:
+        raise NnkdError(f"nnkd_distill does not run method '{request.method}'",
+                        f"use one of {', '.join(METHODS)} (LoRKD: nnkd_train_lorkd)")
+    cls = METHODS[request.method]
+    if cls.takes_several_teachers or cls.takes_transfer_set:
+        raise NnkdError(f"method {request.method} needs more than one teacher spec (several teachers or a transfer "
+                        "set)", "use nnkd_train for it; nnkd_distill runs one teacher")
+    dataset_name = find_dataset_name(request.dataset)
+    raw = paths["nnUNet_raw"] / dataset_name
+    if not (raw / "dataset.json").is_file():
+        raise NnkdError(f"{dataset_name} has no dataset.json in {paths['nnUNet_raw']}", "put the raw dataset there")
+    output = checked_output(request.output, request, paths["nnUNet_raw"])
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+    folds = teacher_folds(request.teacher, request.folds)
+    teacher = checked_teachers(request.teacher, folds, dataset_json, cls.needs_teacher_logits)
+    cached = cls.needs_teacher and not request.online and not cls.needs_teacher_features
+    print(f"nnkd_distill: {dataset_name} {request.configuration}, folds {' '.join(folds)}, method {request.method} "
+          f"({'cached' if cached else 'online'} teacher {request.teacher})")
+
+    plans = planned_student(dataset_name, request)
+    trained = {}
+    for fold in folds:
+        if cached:
+            cache_teacher(CacheRequest(dataset=dataset_name, configuration=request.configuration, fold=fold,
+                                       teacher=request.teacher, plans=request.teacher_plans, device=request.device,
+                                       step_size=request.step_size))
+        trained[fold] = train_fold(request, dataset_name, plans, fold, cached)
+
+    run_name = trained[folds[0]].parent.name.split("__")[0].partition("@")[2] or None
+    export(ExportRequest(StudentRef(dataset=dataset_name, configuration=request.configuration, folds=folds,
+                                    plans=plans, method=request.method, run_name=run_name),
+                         output=output, zip=request.zip, onnx=request.onnx, overwrite=True))
+    student_plans = json.loads((trained[folds[0]].parent / "plans.json").read_text())
+    configuration = student_plans["configurations"][request.configuration]
+    record = {"dataset": dataset_name, "teacher": request.teacher, "configuration": request.configuration,
+              "method": request.method, "cached": cached, "plans": plans, "run_name": run_name,
+              "run_folder": str(trained[folds[0]].parent), "versions": software_versions(),
+              "folds": [{"fold": f, "teacher_dice": teacher_validation_dice(request.teacher, f),
+                         "student_dice": student_dice(trained[f])} for f in folds]}
+    record["mean"] = {k: _mean([row[k] for row in record["folds"]]) for k in ("teacher_dice", "student_dice")}
+    record["models"] = sizes(teacher, configuration.get(STUDENT_KEY, {}), configuration["patch_size"])
+    if request.timing:
+        timing = seconds_per_case(request, dataset_name, teacher, trained[folds[0]])
+        for who in ("teacher", "student"):
+            record["models"][who]["seconds_per_case"] = timing[who]
+    write_json_atomic(output / RECORD, record)
+    print("\n" + format_table(record) + f"\n\nnnkd_distill: the student is in {output} "
+          f"(nnUNetv2_predict_from_modelfolder -m {output} -i IN -o OUT); this table: {output / RECORD}")
+    return record

@@ -1,0 +1,116 @@
+"""nnkd_distill: plan → cache → train → validate → export for every fold of the teacher, resumable at every step,
+one table at the end; bad input stops with one line before anything is written."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, QUICK_TRAINING, make_env, run_cli, training_env, tree_digest
+
+DATASET = "Dataset991_Synthetic"
+
+
+@pytest.fixture
+def two_fold_setup(planned, teacher, tmp_path):
+    """A private copy of the planned dataset without its student plans (nnkd_distill plans it) and a teacher with
+    folds 0 and 1 (fold 1 a copy of the trained fold 0, validation summary included)."""
+    env = training_env(make_env(tmp_path / "nnunet"), PYTHONUNBUFFERED="1")
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        shutil.copytree(Path(planned["env"][name]) / DATASET, Path(env[name]) / DATASET)
+    preprocessed = Path(env["nnUNet_preprocessed"]) / DATASET
+    (preprocessed / "nnKDPlans_tiny.json").unlink()
+    for cache in preprocessed.glob("nnkd_teacher_cache*"):
+        shutil.rmtree(cache)
+    folder = tmp_path / "teacher" / teacher["folder"].name
+    shutil.copytree(teacher["folder"], folder)
+    shutil.copytree(folder / "fold_0", folder / "fold_1")
+    return {"env": env, "spec": f"nnunet:{folder}", "teacher_folder": folder, "preprocessed": preprocessed}
+
+
+def test_distill_runs_every_fold_resumes_after_the_cache_and_exports_one_model(two_fold_setup, tmp_path):
+    env, spec = two_fold_setup["env"], two_fold_setup["spec"]
+    out = tmp_path / "student"
+    command = [str(BIN / "nnkd_distill"), "-d", "991", "--teacher", spec, "-o", str(out), *QUICK_TRAINING,
+               "-np", "1"]
+    log = tmp_path / "first.txt"
+    with open(log, "w") as sink:  # interrupted once fold 0's teacher cache is complete
+        process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "teacher cache complete" not in log.read_text():
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the cache step did not finish in time"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    first = log.read_text()
+    assert "Student plans (tiny)" in first  # planned by nnkd_distill
+    assert not out.exists()
+
+    result = run_cli("nnkd_distill", "-d", "991", "--teacher", spec, "-o", out, *QUICK_TRAINING, "-np", "1", env=env)
+    text = result.stdout
+    assert "skipping planning" in text
+    assert text.count("nnkd: caching") == 2 and "for 0 of" in text.split("nnkd: caching")[1]  # fold 0 was cached
+    assert "teacher Dice" in text and "seconds per case" in text and "parameters" in text
+    record = json.loads((out / "distill.json").read_text())
+    assert [row["fold"] for row in record["folds"]] == ["0", "1"]
+    assert all(row["student_dice"] is not None and row["teacher_dice"] is not None for row in record["folds"])
+    teacher, student = record["models"]["teacher"], record["models"]["student"]
+    assert record["cached"] and record["teacher"] == spec and student["parameters"] < teacher["parameters"]
+    assert teacher["seconds_per_case"] > 0 and student["seconds_per_case"] > 0
+    assert (out / "plans.json").is_file() and (out / "fold_0" / "checkpoint_final.pth").is_file() \
+        and (out / "fold_1" / "checkpoint_final.pth").is_file()
+
+    again = run_cli("nnkd_distill", "-d", "991", "--teacher", spec, "-o", out, *QUICK_TRAINING, "--no-timing",
+                    env=env)  # everything done: nothing is retrained
+    assert again.stdout.count("is trained and validated") == 2 and "Epoch" not in again.stdout
+
+
+def _labels_differ(setup, tmp_path):
+    from conftest import fake_teacher
+
+    spec = fake_teacher(setup["teacher_folder"], tmp_path / "other",
+                        edit_dataset=lambda d: d["labels"].update({"extra": 9}))
+    return ["--teacher", spec, "-o", str(tmp_path / "out")]
+
+
+def _unwritable(setup, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    return ["--teacher", setup["spec"], "-o", str(tmp_path / "a_file" / "out")]
+
+
+def _foreign_output(setup, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    return ["--teacher", setup["spec"], "-o", str(tmp_path / "mine")]
+
+
+BAD = {
+    "missing-fold": (lambda s, t: ["--teacher", s["spec"], "-o", str(t / "out"), "-f", "0", "3"],
+                     "has neither fold 3 nor fold all"),
+    "labels": (_labels_differ, "teacher labels"),
+    "unwritable": (_unwritable, "cannot write to -o"),
+    "foreign-output": (_foreign_output, "was not written by nnkd_distill"),
+    "method": (lambda s, t: ["--teacher", s["spec"], "-o", str(t / "out"), "--method", "tskd"],
+               "nnkd_distill runs one teacher"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_stops_with_one_line_before_anything_is_written(two_fold_setup, tmp_path, case):
+    make_args, message = BAD[case]
+    args = make_args(two_fold_setup, tmp_path)
+    roots = [Path(two_fold_setup["env"][n]) for n in ("nnUNet_preprocessed", "nnUNet_results")]
+    before = [tree_digest(r) for r in roots]
+    result = run_cli("nnkd_distill", "-d", "991", *args, env=two_fold_setup["env"], check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    assert [line for line in result.stderr.splitlines() if line.strip()][-1].startswith("nnkd: error:")
+    assert [tree_digest(r) for r in roots] == before
+    assert not (tmp_path / "out").exists()
