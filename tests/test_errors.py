@@ -142,3 +142,34 @@ def test_an_old_spelling_works_for_one_more_release_and_says_the_new_one(command
     assert f"{old} is deprecated" in capsys.readouterr().err and new in _options(parser)
     default = parser.parse_args(required)
     assert getattr(default, dest) != value  # the new spelling's default stays when the old one is not given
+
+
+def test_the_python_api_doc_names_only_what_exists():
+    """Every `nnkd.x.y.Name` and every `Request(field=…)` in docs/python_api.md exists, so the doc cannot drift."""
+    import dataclasses
+    import importlib
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "python_api.md").read_text()
+    names = set(re.findall(r"\bnnkd(?:\.\w+)+", text))
+    assert len(names) > 15
+    found = {}
+    for name in sorted(names):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ModuleNotFoundError:
+                continue
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)  # AttributeError: the doc names something that does not exist
+            found[parts[-1]] = obj
+            break
+    for request, fields in re.findall(r"\b(\w+Request|StudentRef)\(((?:[^()]|\([^()]*\))*)\)", text):
+        cls = found.get(request)
+        if cls is None or not dataclasses.is_dataclass(cls):
+            continue
+        known = {f.name for f in dataclasses.fields(cls)}
+        used = set(re.findall(r"\b(\w+)=", re.sub(r"\([^()]*\)", "", fields)))
+        assert used <= known, (request, used - known)
