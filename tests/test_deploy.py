@@ -59,7 +59,8 @@ def test_exported_checkpoint_holds_exactly_the_student(deployed, trained):
     checkpoint = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=True)
     assert checkpoint["trainer_name"] == "nnUNetTrainer" and "nnkd" not in checkpoint
     plans = json.loads((model / "plans.json").read_text())
-    assert plans["plans_name"] == "nnKDPlans_tiny-logit"
+    run_name = trained["logit"][0].parent.name.split("__")[0].partition("@")[2]
+    assert run_name and plans["plans_name"] == f"nnKDPlans_tiny-logit-{run_name}"  # method and run: side by side
     network = network_from_plans(plans, "3d_fullres", json.loads((model / "dataset.json").read_text()),
                                  deep_supervision=True)
     assert set(checkpoint["network_weights"]) == set(network.state_dict())
@@ -72,7 +73,7 @@ def test_zip_installs_with_nnunets_installer(deployed, tmp_path):
     results.mkdir()
     run_cli("nnUNetv2_install_pretrained_model_from_zip", deployed["root"] / "model.zip",
             env={**deployed["env"], "nnUNet_results": str(results)})
-    installed = results / "Dataset991_Synthetic" / "nnUNetTrainer__nnKDPlans_tiny-logit__3d_fullres"
+    (installed,) = (results / "Dataset991_Synthetic").glob("nnUNetTrainer__nnKDPlans_tiny-logit-*__3d_fullres")
     assert (installed / "plans.json").is_file() and (installed / "fold_0" / "checkpoint_final.pth").is_file()
 
 

@@ -62,7 +62,7 @@ def test_a_2d_sam_teacher_teaches_a_3d_student_slice_by_slice(sam_runs, method, 
     result, results = sam_runs[method]
     assert result.returncode == 0, result.stderr[-3000:]
     trainer = {"feature": "Feature", "drd": "DRD"}[method]
-    fold = (results / "Dataset991_Synthetic" / f"nnKDTrainer_{trainer}__nnKDPlans_tiny__3d_fullres" / "fold_0")
+    fold = run_fold(results / "Dataset991_Synthetic", f"nnKDTrainer_{trainer}")
     line = _kd_line(fold)
     assert all(term in line for term in terms), line
     log = next(fold.glob("training_log_*.txt")).read_text()

@@ -61,9 +61,14 @@ def test_student_checkpoint_loads_strictly_into_the_plan_architecture(trained, m
 
 
 def test_resume_continues_from_the_saved_epoch_with_identical_helpers(trained, teacher, monkeypatch):
-    from nnkd.trainers.methods import nnKDTrainer_Feature
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from nnkd.trainers import EXT_TRAINER_FOLDER
 
     folder, _ = trained["feature"]
+    monkeypatch.setenv("nnUNet_extTrainer", EXT_TRAINER_FOLDER)  # the run's trainer name, <trainer>@<run name>
+    nnKDTrainer_Feature = recursive_find_trainer_class_by_name(folder.parent.name.split("__")[0])
+    assert nnKDTrainer_Feature.__name__.startswith("nnKDTrainer_Feature@nnunet")
     saved = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(name, teacher["env"][name])

@@ -165,7 +165,6 @@ def train(run: Run, plans: str, request, dataset_name: str, env: dict, output: P
     """Train one run unless it finished before; its measurements."""
     results = output / "runs" / run.name
     fold_dir = fold_folder(results, dataset_name, run, plans, request.configuration, request.fold)
-    summary = fold_dir / "validation" / "summary.json"
     record_file = results / "run.json"
     if is_finished(run, plans, request, dataset_name, output):
         return json.loads(record_file.read_text())
@@ -185,7 +184,8 @@ def train(run: Run, plans: str, request, dataset_name: str, env: dict, output: P
                       "--iterations-per-epoch", request.iterations, "--val-iterations-per-epoch",
                       request.val_iterations, "--device", request.device, *resume],
                      {**env, "nnUNet_results": str(results)}, log)
-    validation = json.loads(summary.read_text())
+    fold_dir = fold_folder(results, dataset_name, run, plans, request.configuration, request.fold)  # named now
+    validation = json.loads((fold_dir / "validation" / "summary.json").read_text())
     from nnkd.atomic import write_json_atomic
     from nnkd.records import software_versions
 
