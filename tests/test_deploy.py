@@ -98,6 +98,47 @@ def test_onnx_matches_torch_and_runs_the_sliding_window(deployed):
         assert np.mean(ours[name] == onnx[name]) > 0.999, name
 
 
+def test_profile_splits_each_case_and_predicts_the_same_labels(deployed):
+    out = deployed["root"] / "profiled"
+    result = run_cli("nnkd_predict", "-i", deployed["images"], "-o", out, *STUDENT, "--method", "logit", "--profile",
+                     *FAST, env=deployed["env"])
+    record = json.loads((out / "profile.json").read_text())
+    steps = ["read", "preprocess", "network", "resample", "write"]
+    assert record["steps"] == steps and record["runtime"] == "torch" and record["mirroring"] is True
+    assert set(record["cases"]) == {p.name.removesuffix(".nii.gz") for p in (deployed["root"] / "nnkd").glob("*.nii.gz")}
+    for case in record["cases"].values():
+        assert list(case["seconds"]) == steps and all(v >= 0 for v in case["seconds"].values())
+        assert case["seconds"]["network"] > 0 and case["total"] == pytest.approx(sum(case["seconds"].values()), abs=1e-3)
+    assert sum(record["median"]["share"].values()) == pytest.approx(1, abs=0.01)
+    assert "network" in result.stdout and "per case" in result.stdout
+    ours, profiled = _labels(deployed["root"] / "nnkd"), _labels(out)
+    assert ours.keys() == profiled.keys() and all(np.array_equal(ours[n], profiled[n]) for n in ours)
+
+
+def test_onnx_prediction_loads_no_torch_checkpoint(deployed, monkeypatch, tmp_path):
+    """--onnx takes the mirroring axes from the ONNX file's JSON; the torch checkpoints are never read."""
+    import nnkd.inference.predict as predict_module
+    from nnkd.inference.predict import PredictRequest, predict
+    from nnkd.inference.students import StudentRef
+
+    model = deployed["root"] / "model"
+    assert "inference_allowed_mirroring_axes" in json.loads((model / "student.onnx.json").read_text())
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, deployed["env"][name])
+
+    def refuse(*_, **__):
+        raise AssertionError("a torch checkpoint was loaded")
+
+    monkeypatch.setattr(predict_module, "load_student_weights", refuse)
+    monkeypatch.setattr("nnkd.teachers.checkpoint.load_checkpoint", refuse)
+    student = StudentRef(dataset=str(PLANNED_ID), configuration="3d_fullres", folds=["0"], budget="tiny",
+                         method="logit")
+    predict(PredictRequest(input_folder=deployed["images"], output_folder=tmp_path / "onnx", student=student,
+                           onnx=model / "student.onnx", device="cpu", num_processes_preprocessing=1,
+                           num_processes_export=1))
+    assert _labels(tmp_path / "onnx").keys() == _labels(deployed["root"] / "nnkd").keys()
+
+
 def test_continue_prediction_skips_finished_cases(deployed):
     result = run_cli("nnkd_predict", "-i", deployed["images"], "-o", deployed["root"] / "nnkd", *STUDENT,
                      "--method", "logit", "--continue_prediction", *FAST, env=deployed["env"])
@@ -195,3 +236,67 @@ def test_export_refuses_a_non_empty_output_and_unknown_students(refusals):
     assert "exists and is not empty" in _error_line(refusals["export", "non-empty"][0])
     result, tmp, *_ = refusals["export", "unknown"]
     assert "no trained student" in _error_line(result) and not (tmp / "x").exists()
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii"])
+def test_a_truncated_nifti_is_found_without_decoding_it(tmp_path, ending):
+    import gzip
+
+    import nibabel
+
+    from nnkd.inference.inputs import nifti_is_complete
+
+    path = tmp_path / f"case_0000{ending}"
+    data = np.random.default_rng(0).normal(size=(20, 24, 16)).astype(np.float32)
+    nibabel.save(nibabel.Nifti1Image(data, np.eye(4)), str(path))
+    assert nifti_is_complete(str(path))
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) - 200])
+    assert not nifti_is_complete(str(path))
+    if ending == ".nii.gz":  # two gzip members are a valid file whose trailer holds only the second's size
+        raw = gzip.decompress(whole)
+        path.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+        assert nifti_is_complete(str(path))
+        path.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:])[:-50])
+        assert not nifti_is_complete(str(path))
+
+
+def test_int8_export_quantizes_checks_on_validation_and_predicts(deployed, tmp_path):
+    """--onnx --int8: a QDQ int8 model beside the float one, its JSON with how it was calibrated and both models'
+    Dice on the fold's validation cases; nnkd_predict runs it, and its labels match the float model's."""
+    out = tmp_path / "model"
+    result = run_cli("nnkd_export", *STUDENT, "--method", "logit", "-o", out, "--onnx", "--int8", env=deployed["env"])
+    sidecar = json.loads((out / "student.int8.onnx.json").read_text())
+    quantization = sidecar["quantization"]
+    assert quantization["format"] == "QDQ" and quantization["calibration"]["patches"] > 0
+    check = quantization["validation"]
+    assert check["cases"] > 0 and set(check["dice"]) == {"float32", "int8"} and check["label_agreement"] > 0.9
+    assert "student.int8.onnx: on" in result.stdout and "points" in result.stdout
+
+    import onnx
+    model = onnx.load(str(out / "student.int8.onnx"))
+    assert any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+
+    predicted = tmp_path / "int8"
+    run_cli("nnkd_predict", "-i", deployed["images"], "-o", predicted, *STUDENT, "--method", "logit",
+            "--onnx", out / "student.int8.onnx", *FAST, env=deployed["env"])
+    ours, int8 = _labels(deployed["root"] / "nnkd"), _labels(predicted)
+    assert ours.keys() == int8.keys()
+    assert np.mean([np.mean(ours[n] == int8[n]) for n in ours]) > 0.9
+
+
+def test_int8_needs_onnx_and_a_calibration_set(deployed, tmp_path, monkeypatch):
+    result = run_cli("nnkd_export", *STUDENT, "--method", "logit", "-o", tmp_path / "m", "--int8",
+                     env=deployed["env"], check=False)
+    assert "--int8 quantizes the exported ONNX model" in _error_line(result) and not (tmp_path / "m").exists()
+
+    from nnkd.errors import NnkdError
+    from nnkd.inference.quantize import fold_cases
+
+    class Student:  # a student whose preprocessed data is gone
+        dataset_name, configuration = "Dataset991_Synthetic", "3d_fullres"
+        plans = {"configurations": {"3d_fullres": {"data_identifier": "missing_identifier"}}}
+
+    monkeypatch.setenv("nnUNet_preprocessed", deployed["env"]["nnUNet_preprocessed"])
+    with pytest.raises(NnkdError, match="no preprocessed training case of fold 0"):
+        fold_cases(Student(), "0")

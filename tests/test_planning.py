@@ -6,6 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import PLANNED_ID, run_cli, tree_digest
+from nnkd.errors import NnkdError
 from nnkd.plans import network_from_plans, num_input_channels
 from nnkd.planners.architecture_search import StudentSearch
 from nnkd.planners.budget import PRESETS, Budget
@@ -146,3 +147,92 @@ def test_resenc_teacher_plans_give_a_resenc_student(planned):
     assert record["param_ratio"] <= 1 / 6 and record["gflop_ratio"] <= 1 / 6
     assert student["configurations"]["3d_fullres"]["data_identifier"] == \
         teacher["configurations"]["3d_fullres"]["data_identifier"]
+
+
+def test_a_parameter_limit_alone_says_that_it_does_not_bound_speed():
+    from nnkd.planners.architecture_search import StudentArchitecture
+    from nnkd.planners.budget import Budget
+    from nnkd.planners.network_cost import NetworkCost
+    from nnkd.planners.plan_and_preprocess import speed_note
+    from nnkd.planners.student_planner import PlannedConfiguration
+
+    student = StudentArchitecture({}, NetworkCost(2_000_000, 42.5), 8, 64, (2,), (1,))
+    planned = [PlannedConfiguration("3d_fullres", NetworkCost(20_000_000, 39.5), student, 2e6, float("inf"))]
+    note = speed_note(Budget(max_params=2_000_000), planned)
+    assert "not its speed" in note and "42.50 of the teacher's 39.50 (1.08×)" in note and "--max-gflops" in note
+    assert speed_note(Budget(max_params=2_000_000, max_gflops=5), planned) is None
+    assert speed_note(Budget(preset="tiny"), planned) is None
+
+
+def _fake_latency(calls):
+    """A stand-in for the measured latency that grows with GFLOPs (2 ms per GFLOP), so the search is tested
+    without timing anything."""
+    from nnkd.planners.network_cost import measure
+
+    def latency(architecture, channels, classes, patch, device, runtime):
+        calls.append(json.dumps(architecture, sort_keys=True))
+        return measure(architecture, channels, classes, patch).gflops * 2.0
+    return latency
+
+
+def test_a_latency_budget_plans_the_largest_student_that_fits_and_a_smaller_one_for_less(planned, tmp_path,
+                                                                                          monkeypatch):
+    for name in ("nnUNetPlans.json", "dataset.json"):
+        (tmp_path / name).write_bytes((planned["preprocessed"] / name).read_bytes())
+    calls = []
+    monkeypatch.setattr("nnkd.planners.latency.measure_patch_latency", _fake_latency(calls))
+    chosen = {}
+    for ms in (4.0, 1.0):
+        planner = nnKDStudentPlanner(tmp_path, Budget(max_latency_ms=ms))
+        plans, configurations = planner.plan(required=["3d_fullres"])
+        record = plans["configurations"]["3d_fullres"][STUDENT_KEY]
+        (configuration,) = [c for c in configurations if c.name == "3d_fullres"]
+        assert record["latency_ms"] == pytest.approx(configuration.student.cost.gflops * 2.0, rel=1e-3)
+        assert record["latency_ms"] <= ms and record["max_latency_ms"] == ms
+        assert record["latency"]["device"] == "cpu" and record["latency"]["runtime"] == "torch"
+        assert record["latency"]["torch_threads"] >= 1 and record["latency"]["candidates_measured"] >= 1
+        chosen[ms] = configuration.student.cost.gflops
+    assert chosen[1.0] < chosen[4.0]
+    assert (tmp_path / "nnkd_latency.json").is_file()
+    measured = len(calls)
+    nnKDStudentPlanner(tmp_path, Budget(max_latency_ms=1.0)).plan(required=["3d_fullres"])
+    assert len(calls) == measured  # every candidate's latency came from the cache
+
+    with pytest.raises(NnkdError, match="no student architecture runs a patch within 0.0001 ms"):
+        nnKDStudentPlanner(tmp_path, Budget(max_latency_ms=0.0001)).plan(required=["3d_fullres"])
+
+
+def test_the_cli_plans_to_a_latency_and_refuses_one_no_architecture_meets(planned, tmp_path):
+    """Real measurements on this machine (no timing is asserted): the plans record what was measured; a budget
+    no architecture meets writes nothing."""
+    import shutil
+
+    env = {**planned["env"], "nnUNet_preprocessed": str(tmp_path)}
+    shutil.copytree(planned["preprocessed"], tmp_path / planned["preprocessed"].name)
+    before = tree_digest(tmp_path)
+    refused = run_cli("nnkd_plan_and_preprocess", "-d", PLANNED_ID, "-c", "3d_fullres", "--max-latency", "0.001",
+                      "--no_pp", env=env, check=False)
+    assert refused.returncode != 0 and "no student architecture runs a patch within 0.001 ms" in refused.stderr
+    assert {k: v for k, v in tree_digest(tmp_path).items() if not k.endswith("nnkd_latency.json")} == before
+    run_cli("nnkd_plan_and_preprocess", "-d", PLANNED_ID, "-c", "3d_fullres", "--max-latency", "1000", "--no_pp",
+            env=env)
+    plans = json.loads((tmp_path / planned["preprocessed"].name / "nnKDPlans_latency1000ms.json").read_text())
+    record = plans["configurations"]["3d_fullres"][STUDENT_KEY]
+    assert 0 < record["latency_ms"] <= 1000 and plans["nnkd"]["budget"]["max_latency_ms"] == 1000
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_a_patch_latency_is_measured_in_each_runtime(planned, runtime):
+    from nnkd.planners.latency import measure_patch_latency
+
+    teacher = _plans(planned, "nnUNetPlans")["configurations"]["3d_fullres"]
+    student = StudentSearch(teacher["architecture"], 1, 4, teacher["patch_size"]).search(100_000, float("inf"))
+    assert measure_patch_latency(student.architecture, 1, 4, teacher["patch_size"], "cpu", runtime) > 0
+
+
+def test_latency_budget_names_round_trip():
+    for budget in (Budget(max_latency_ms=50), Budget(max_params=10, max_latency_ms=12.5, latency_device="cuda",
+                                                     latency_runtime="onnx")):
+        assert Budget.from_name(budget.name) == budget
+    with pytest.raises(NnkdError, match="not positive"):
+        Budget(max_latency_ms=0)

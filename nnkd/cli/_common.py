@@ -62,6 +62,46 @@ def add_deprecated(parser: argparse.ArgumentParser, old: str, replacement: str, 
     parser.add_argument(old, dest=dest, action=DeprecatedSpelling, replacement=replacement, **kwargs)
 
 
+def add_dataset_configuration_fold(parser: argparse.ArgumentParser, fold_help: str = "0-4 or all") -> None:
+    """`-d DATASET -c CONFIG -f FOLD`, as nnU-Net's commands other than nnUNetv2_train take them."""
+    parser.add_argument("-d", required=True, metavar="DATASET", help="dataset ID or name")
+    parser.add_argument("-c", dest="configuration", required=True, metavar="CONFIG",
+                        help="configuration, e.g. 3d_fullres or 2d")
+    parser.add_argument("-f", required=True, metavar="FOLD", help=fold_help)
+
+
+def add_budget_arguments(parser: argparse.ArgumentParser, title: str) -> None:
+    """The student budget, as nnkd_plan_and_preprocess and nnkd_distill take it: a preset, or absolute limits
+    on parameters, GFLOPs per patch and measured patch latency (those may be combined)."""
+    from nnkd.planners.budget import LATENCY_DEVICES, LATENCY_RUNTIMES, PRESETS
+
+    budget = parser.add_argument_group(title)
+    budget.add_argument("--budget", choices=sorted(PRESETS), default=None,
+                        help="fraction of the teacher plan's parameters and GFLOPs: "
+                             + ", ".join(f"{k} ≤ 1/{round(1 / v)}" for k, v in PRESETS.items()))
+    budget.add_argument("--max-params", type=int, default=None, metavar="N", help="absolute parameter limit")
+    budget.add_argument("--max-gflops", type=float, default=None, metavar="G",
+                        help="absolute limit on GFLOPs per patch (may be combined with --max-params)")
+    budget.add_argument("--max-latency", type=float, default=None, metavar="MS",
+                        help="milliseconds per patch, measured on this machine (may be combined with the absolute "
+                             "limits): the largest student whose forward pass fits")
+    budget.add_argument("--latency-device", choices=LATENCY_DEVICES, default="cpu",
+                        help="where --max-latency is measured (default cpu)")
+    budget.add_argument("--latency-runtime", choices=LATENCY_RUNTIMES, default="torch",
+                        help="torch, or ONNX Runtime on an exported copy (default torch)")
+
+
+def budget_of(args: argparse.Namespace, default_preset: str | None = None):
+    """The Budget the arguments of add_budget_arguments give (`default_preset` when none is given)."""
+    from nnkd.planners.budget import Budget
+
+    if default_preset and not (args.budget or args.max_params or args.max_gflops or args.max_latency):
+        return Budget(preset=default_preset)
+    return Budget(preset=args.budget, max_params=args.max_params, max_gflops=args.max_gflops,
+                  max_latency_ms=args.max_latency, latency_device=args.latency_device,
+                  latency_runtime=args.latency_runtime)
+
+
 def add_step_size(parser: argparse.ArgumentParser, what: str) -> None:
     """nnU-Net's `-step_size`, the sliding-window step as a fraction of the patch (checked by check_step_size)."""
     parser.add_argument("-step_size", dest="step_size", type=float, default=0.5,

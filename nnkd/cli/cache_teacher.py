@@ -1,6 +1,7 @@
 """nnkd_cache_teacher: run a teacher once over a fold's training cases and store its soft predictions."""
 
-from nnkd.cli._common import ArgumentParser, add_deprecated, add_step_size, add_verbose, check_step_size, run
+from nnkd.cli._common import (ArgumentParser, add_dataset_configuration_fold, add_deprecated, add_step_size, add_verbose,
+                              check_step_size, run)
 
 
 def build_parser() -> ArgumentParser:
@@ -9,9 +10,7 @@ def build_parser() -> ArgumentParser:
                                    "window, Gaussian weighting) and store its probabilities beside the "
                                    "preprocessed data, so nnkd_train --teacher-cache never loads it. Resumable: "
                                    "cases already cached with the same checkpoint and settings are skipped.")
-    p.add_argument("-d", required=True, metavar="DATASET", help="dataset ID or name")
-    p.add_argument("-c", required=True, metavar="CONFIGURATION", help="e.g. 3d_fullres")
-    p.add_argument("-f", required=True, metavar="FOLD", help="the student's fold (0-4 or all)")
+    add_dataset_configuration_fold(p, "the student's fold (0-4 or all)")
     p.add_argument("--teacher", required=True, metavar="SPEC", help="teacher spec with logits (nnkd_teachers)")
     p.add_argument("--teacher-plans", dest="teacher_plans", default="nnUNetPlans", metavar="PLANS",
                    help="the dataset's teacher plans, whose preprocessed data is cached (default nnUNetPlans; "
@@ -34,7 +33,7 @@ def _cache(args) -> None:
     from nnkd.cache.compute import CacheRequest, cache_teacher
     from nnkd.cache.store import CacheSettings
 
-    cache_teacher(CacheRequest(dataset=args.d, configuration=args.c, fold=args.f, teacher=args.teacher,
+    cache_teacher(CacheRequest(dataset=args.d, configuration=args.configuration, fold=args.f, teacher=args.teacher,
                                plans=args.teacher_plans, settings=CacheSettings(args.dtype, args.resolution, args.topk),
                                device=args.device, step_size=check_step_size(args.step_size, "-step_size")))
 

@@ -3,11 +3,10 @@
 import argparse
 import textwrap
 
-from nnkd.cli._common import (ArgumentParser, add_schedule_arguments, add_step_size, add_verbose, check_step_size,
-                              run, schedule_of)
+from nnkd.cli._common import (ArgumentParser, add_budget_arguments, add_schedule_arguments, add_step_size, add_verbose,
+                              budget_of, check_step_size, run, schedule_of)
 from nnkd.cli.train import hyperparameters_of
 from nnkd.method_table import METHOD_TRAINERS
-from nnkd.planners.budget import PRESETS
 
 
 def build_parser() -> ArgumentParser:
@@ -32,12 +31,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("-c", default="3d_fullres", metavar="CONFIG", help="configuration (default 3d_fullres)")
     p.add_argument("-f", nargs="+", default=None, metavar="FOLD",
                    help="folds (0-4 or all); default: the nnunet: teacher's trained folds, else 0 1 2 3 4")
-    budget = p.add_argument_group("student budget (default --budget tiny)")
-    budget.add_argument("--budget", choices=sorted(PRESETS), default=None,
-                        help="fraction of the teacher plan's parameters and GFLOPs: "
-                             + ", ".join(f"{k} ≤ 1/{round(1 / v)}" for k, v in PRESETS.items()))
-    budget.add_argument("--max-params", type=int, default=None, metavar="N", help="absolute parameter limit")
-    budget.add_argument("--max-gflops", type=float, default=None, metavar="G", help="absolute GFLOPs-per-patch limit")
+    add_budget_arguments(p, "student budget (default --budget tiny)")
     p.add_argument("--teacher-plans", default="nnUNetPlans",
                    help="the dataset's teacher plans the student pairs with (default nnUNetPlans)")
     p.add_argument("--method", default="logit",
@@ -65,10 +59,8 @@ def _distill(args) -> None:
     from pathlib import Path
 
     from nnkd.pipeline.distill import DistillRequest, distill
-    from nnkd.planners.budget import Budget
 
-    budget = Budget(preset=args.budget, max_params=args.max_params, max_gflops=args.max_gflops) \
-        if (args.budget or args.max_params or args.max_gflops) else Budget(preset="tiny")
+    budget = budget_of(args, default_preset="tiny")
     distill(DistillRequest(
         dataset=args.d, teacher=args.teacher, output=Path(args.o), configuration=args.c, folds=tuple(args.f or ()),
         budget=budget, teacher_plans=args.teacher_plans, method=args.method, online=args.online,

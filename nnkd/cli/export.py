@@ -15,6 +15,10 @@ def build_parser() -> ArgumentParser:
                    help="also write OUT.zip for nnUNetv2_install_pretrained_model_from_zip")
     p.add_argument("--onnx", action="store_true",
                    help="also write student.onnx (dynamic batch and spatial axes) and its preprocessing JSON")
+    p.add_argument("--int8", action="store_true",
+                   help="with --onnx: also write student.int8.onnx, ONNX Runtime static int8 quantization (QDQ, "
+                        "per-channel weights) calibrated on the fold's preprocessed training patches; the fold's "
+                        "validation cases are predicted with both models and their Dice printed")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty OUT")
     add_verbose(p)
     return p
@@ -26,6 +30,7 @@ def _export(args) -> None:
     from nnkd.inference.export import ExportRequest, export
 
     export(ExportRequest(student=student_from_args(args), output=Path(args.o), zip=args.zip, onnx=args.onnx,
+                         int8=args.int8,
                          overwrite=args.overwrite))
 
 

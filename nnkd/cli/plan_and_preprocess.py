@@ -1,7 +1,6 @@
 """nnkd_plan_and_preprocess: nnU-Net's fingerprint, plans and preprocessing, plus budget student plans."""
 
-from nnkd.cli._common import ArgumentParser, add_verbose, run
-from nnkd.planners.budget import PRESETS
+from nnkd.cli._common import ArgumentParser, add_budget_arguments, add_verbose, budget_of, run
 
 
 def build_parser() -> ArgumentParser:
@@ -21,13 +20,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("-c", nargs="+", default=None, metavar="CONFIG",
                    help="configurations to preprocess (default: 3d_fullres and 2d where planned); "
                         "the student is planned for every configuration of the teacher plans")
-    budget = p.add_argument_group("budget (one of)")
-    budget.add_argument("--budget", choices=sorted(PRESETS), default=None,
-                        help="fraction of the teacher plan's parameters and GFLOPs: "
-                             + ", ".join(f"{k} ≤ 1/{round(1 / v)}" for k, v in PRESETS.items()))
-    budget.add_argument("--max-params", type=int, default=None, metavar="N", help="absolute parameter limit")
-    budget.add_argument("--max-gflops", type=float, default=None, metavar="G",
-                        help="absolute limit on GFLOPs per patch (may be combined with --max-params)")
+    add_budget_arguments(p, "budget (a preset, or absolute limits)")
     p.add_argument("--teacher-plans", default="nnUNetPlans",
                    help="the teacher plans the student pairs with (default nnUNetPlans; ResEnc plans such as "
                         "nnUNetResEncUNetMPlans work too)")
@@ -41,10 +34,9 @@ def build_parser() -> ArgumentParser:
 
 def _plan(args) -> None:
     from nnkd.nnunet_env import find_dataset_name, require_env
-    from nnkd.planners.budget import Budget
     from nnkd.planners.plan_and_preprocess import plan_and_preprocess, plan_from
 
-    budget = Budget(preset=args.budget, max_params=args.max_params, max_gflops=args.max_gflops)
+    budget = budget_of(args)
     if args.np is None:
         from nnunetv2.configuration import default_num_processes
         args.np = default_num_processes

@@ -46,6 +46,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
     p.add_argument("--save_probabilities", action="store_true", help="also write .npz probabilities and .pkl")
     p.add_argument("--continue_prediction", action="store_true", help="skip cases already predicted")
+    p.add_argument("--profile", action="store_true",
+                   help="predict case by case and time each step (read, preprocess, network, resample, write); "
+                        "prints the median split and writes OUT/profile.json")
     p.add_argument("-npp", type=int, default=3, help="processes for preprocessing (default 3)")
     p.add_argument("-nps", type=int, default=3, help="processes for segmentation export (default 3)")
     add_verbose(p)
@@ -62,7 +65,7 @@ def _predict(args) -> None:
         input_folder=Path(args.i), output_folder=Path(args.o), student=student_from_args(args),
         onnx=Path(args.onnx) if args.onnx else None,
         device=args.device, step_size=args.step_size, disable_tta=args.disable_tta,
-        save_probabilities=args.save_probabilities, continue_prediction=args.continue_prediction,
+        save_probabilities=args.save_probabilities, continue_prediction=args.continue_prediction, profile=args.profile,
         num_processes_preprocessing=args.npp, num_processes_export=args.nps))
 
 

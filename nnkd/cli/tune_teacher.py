@@ -1,6 +1,7 @@
 """nnkd_tune_teacher: TS-KD step 1, a foundation teacher tuned to the task with LoRA and a light head."""
 
-from nnkd.cli._common import ArgumentParser, add_deprecated, add_schedule_arguments, add_verbose, run, schedule_of
+from nnkd.cli._common import (ArgumentParser, add_dataset_configuration_fold, add_deprecated, add_schedule_arguments,
+                              add_verbose, run, schedule_of)
 from nnkd.errors import NnkdError
 
 
@@ -10,10 +11,7 @@ def build_parser() -> ArgumentParser:
                                    "adapters on its attention projections plus a light segmentation head; only "
                                    "those train. Output: $nnUNet_results/DatasetXXX/nnKDTeacherTuner__<plans>__"
                                    "<configuration>/fold_X, loaded as a teacher with logits by tuned:<that folder>.")
-    p.add_argument("-d", required=True, metavar="DATASET", help="dataset ID or name")
-    p.add_argument("-c", dest="configuration", required=True, metavar="CONFIG",
-                   help="configuration, e.g. 3d_fullres or 2d")
-    p.add_argument("-f", required=True, metavar="FOLD", help="0-4 or all")
+    add_dataset_configuration_fold(p)
     p.add_argument("--teacher", required=False, default=None, metavar="SPEC",
                    help="the base teacher, e.g. sam:/ckpt/sam_vit_b_01ec64.pth?slices=8 (families with attention: "
                         "sam, medsam, sam-med3d, dinov2, rad-dino, swin, medclip)")

@@ -24,6 +24,7 @@ class ExportRequest:
     output: Path
     zip: bool = False
     onnx: bool = False
+    int8: bool = False  # also an ONNX Runtime int8 model per fold (static QDQ quantization), checked on validation
     overwrite: bool = False
 
 
@@ -62,6 +63,9 @@ def export(request: ExportRequest) -> Path:
                         "export elsewhere: the training results are never modified")
     if output.exists() and any(output.iterdir()) and not request.overwrite:
         raise NnkdError(f"{output} exists and is not empty", "choose another -o or pass --overwrite")
+    if request.int8 and not request.onnx:
+        raise NnkdError("--int8 quantizes the exported ONNX model", "add --onnx")
+    calibration = _calibration_sets(students) if request.int8 else {}
 
     per_task = request.student.task == "all"
     staging = output.parent / f".{output.name}.tmp-{os.getpid()}"
@@ -69,7 +73,8 @@ def export(request: ExportRequest) -> Path:
     try:
         staging.mkdir(parents=True)
         for student in students:
-            write_model_folder(student, staging / student.dataset_name if per_task else staging, request.onnx)
+            write_model_folder(student, staging / student.dataset_name if per_task else staging, request.onnx,
+                               calibration.get(student.dataset_name))
         replace_folder(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -95,7 +100,19 @@ def exported_plans_name(student: LocatedStudent) -> str:
     return f"{student.plans['plans_name']}-{student.method}" + (f"-{run_name}" if run_name else "")
 
 
-def write_model_folder(student: LocatedStudent, folder: Path, onnx: bool) -> None:
+def _calibration_sets(students: list[LocatedStudent]) -> dict:
+    """dataset name -> fold -> (data folder, training cases, validation cases), found before anything is
+    written; onnxruntime's quantization tools must be importable."""
+    from nnkd.inference.quantize import fold_cases
+
+    try:
+        import onnxruntime.quantization  # noqa: F401
+    except ImportError as e:
+        raise NnkdError("onnxruntime is not installed", 'pip install "nnkd[onnx]"') from e
+    return {s.dataset_name: {fold: fold_cases(s, fold) for fold in s.checkpoints} for s in students}
+
+
+def write_model_folder(student: LocatedStudent, folder: Path, onnx: bool, calibration: dict | None = None) -> None:
     """plans.json, dataset.json, fingerprint and fold checkpoints of a stock nnU-Net model folder (and ONNX)."""
     from nnkd.plans import network_from_plans, num_input_channels
 
@@ -120,10 +137,43 @@ def write_model_folder(student: LocatedStudent, folder: Path, onnx: bool) -> Non
 
             name = "student.onnx" if len(checkpoints) == 1 else f"student_fold{fold}.onnx"
             error = export_onnx(network, channels, network_patch_size(plans, configuration), folder / name)
-            write_json_atomic(folder / f"{name}.json", onnx_sidecar(plans, configuration, dataset_json, channels))
+            write_json_atomic(folder / f"{name}.json", onnx_sidecar(plans, configuration, dataset_json, channels,
+                                                                     source.get("inference_allowed_mirroring_axes")))
             print(f"{name}: max |ONNX Runtime − torch| on a random batch of two patches: {error:.2e}")
             if error > 1e-3:
                 print(f"warning: {name} differs from torch by {error:.2e}")
+            if calibration:
+                write_int8(student, folder, name, calibration[fold], source.get("inference_allowed_mirroring_axes"))
+
+
+def write_int8(student: LocatedStudent, folder: Path, name: str, cases: tuple, mirror_axes) -> None:
+    """NAME.int8.onnx beside NAME (static QDQ quantization calibrated on the fold's training patches) with its
+    JSON: the float model's sidecar plus how it was quantized and its Dice against the float model's."""
+    import json
+
+    from nnkd.inference.quantize import (CALIBRATION_SEED, QUANTIZED_OPS, calibration_patches, compare_on_validation,
+                                         quantize_student)
+
+    data_folder, train, val = cases
+    int8_name = name.replace(".onnx", ".int8.onnx")
+    patches = calibration_patches(data_folder, train, network_patch_size(student.plans, student.configuration))
+    quantize_student(folder / name, folder / int8_name, patches)
+    check = compare_on_validation(student, {"float32": folder / name, "int8": folder / int8_name}, val, mirror_axes)
+    sidecar = json.loads((folder / f"{name}.json").read_text())
+    sidecar["quantization"] = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                               "weights": "int8, per output channel", "activations": "int8, per tensor",
+                               "quantized_operators": list(QUANTIZED_OPS),
+                               "calibration": {"patches": len(patches), "cases": len(train), "seed": CALIBRATION_SEED,
+                                               "data": str(data_folder)},
+                               "validation": check}
+    write_json_atomic(folder / f"{int8_name}.json", sidecar)
+    if check.get("cases"):
+        dice = check["dice"]
+        print(f"{int8_name}: on {check['cases']} validation case(s), Dice float32 {dice['float32']:.4f}, int8 "
+              f"{dice['int8']:.4f} ({(dice['int8'] - dice['float32']) * 100:+.2f} points); labels agree on "
+              f"{check['label_agreement'] * 100:.2f} % of voxels")
+    else:
+        print(f"{int8_name}: no validation case with images and ground truth to compare on")
 
 
 def network_patch_size(plans: dict, configuration: str):

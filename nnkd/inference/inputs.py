@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import numpy as np
+
 from nnkd.errors import NnkdError
 
 
@@ -18,17 +20,48 @@ def check_folders(input_folder: Path, output_folder: Path) -> tuple[Path, Path]:
     return input_folder, output_folder
 
 
-def check_complete(path: str) -> None:
-    """Fully decode NIfTI files: SimpleITK silently fills a truncated .nii.gz with garbage."""
-    if path.endswith((".nii", ".nii.gz")):
-        import nibabel
-        import numpy as np
+def nifti_is_complete(path: str) -> bool:
+    """Whether a NIfTI file holds all the bytes its header promises, without decoding the image (SimpleITK
+    silently fills a truncated .nii.gz with garbage, so this is checked before nnU-Net reads it): a .nii must be
+    long enough; a .nii.gz's gzip trailer records its uncompressed size (mod 2³²), which must equal the header's
+    offset plus the voxels. A trailer that disagrees (a truncated file, or several gzip members) is settled by
+    decompressing the stream once. Raises on an unreadable header."""
+    import gzip
+    import struct
 
-        np.asanyarray(nibabel.load(path).dataobj)
+    import nibabel
+
+    image = nibabel.load(path)
+    header = image.header
+    voxels = int(np.prod(header.get_data_shape()))
+    offset = getattr(image.dataobj, "offset", None)  # where the voxels start in the (uncompressed) file
+    expected = int(offset if offset is not None else header.get_data_offset()) + voxels * header.get_data_dtype().itemsize
+    size = Path(path).stat().st_size
+    if not path.endswith(".gz"):
+        return size >= expected
+    with open(path, "rb") as f:
+        f.seek(max(size - 4, 0))
+        trailer = f.read(4)
+    if len(trailer) == 4 and struct.unpack("<I", trailer)[0] == expected % 2 ** 32:
+        return True
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 24):
+                pass
+    except (EOFError, OSError, gzip.BadGzipFile):
+        return False
+    return True
+
+
+def check_complete(path: str) -> None:
+    """A NIfTI file must hold all its voxels (nifti_is_complete); other formats are read by nnU-Net's reader."""
+    if path.endswith((".nii", ".nii.gz")) and not nifti_is_complete(path):
+        raise EOFError("the file ends before its last voxel (truncated)")
 
 
 def collect_cases(input_folder: Path, file_ending: str, num_channels: int, reader) -> dict[str, list[str]]:
-    """case id -> its channel files, every file read once to catch corrupt or unreadable images."""
+    """case id -> its channel files, each checked to be readable and complete before nnU-Net reads it: a NIfTI
+    file by its header and size (nothing decoded: nnU-Net reads each case once), other formats by reading them."""
     pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(file_ending) + "$")
     cases: dict[str, dict[int, str]] = {}
     for path in sorted(input_folder.iterdir()):
@@ -47,7 +80,8 @@ def collect_cases(input_folder: Path, file_ending: str, num_channels: int, reade
         try:
             for f in files:
                 check_complete(f)
-            reader.read_images(files)
+            if not all(f.endswith((".nii", ".nii.gz")) for f in files):
+                reader.read_images(files)
         except Exception as e:  # readers raise anything from RuntimeError to EOFError on broken files
             raise NnkdError(f"cannot read case {case} ({', '.join(Path(f).name for f in files)}): "
                             f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}",

@@ -39,7 +39,8 @@ def export_onnx(network: nn.Module, input_channels: int, patch_size, path: Path)
     return float(np.abs(got - expected).max())
 
 
-def onnx_sidecar(plans: dict, configuration: str, dataset_json: dict, input_channels: int) -> dict:
+def onnx_sidecar(plans: dict, configuration: str, dataset_json: dict, input_channels: int,
+                 mirror_axes=None) -> dict:
     """What a runtime must feed the ONNX model: nnU-Net's preprocessing of this configuration."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -57,7 +58,23 @@ def onnx_sidecar(plans: dict, configuration: str, dataset_json: dict, input_chan
         "patch_size": list(cm.patch_size),
         "spatial_size_divisible_by": [int(s) for s in np.prod(np.array(cm.pool_op_kernel_sizes), axis=0)],
         "output": "logits (batch, classes, *spatial); softmax over classes, argmax = label",
+        "inference_allowed_mirroring_axes": list(mirror_axes) if mirror_axes is not None else None,
     }
+
+
+def onnx_mirror_axes(onnx_file: Path, student) -> list | None:
+    """The mirroring axes of nnU-Net's test-time augmentation for an exported ONNX student, from its sidecar
+    JSON (an export of an older nnkd lacks them: then from the first fold's checkpoint)."""
+    import json
+
+    sidecar = Path(f"{onnx_file}.json")
+    if sidecar.is_file():
+        record = json.loads(sidecar.read_text())
+        if "inference_allowed_mirroring_axes" in record:
+            return record["inference_allowed_mirroring_axes"]
+    from nnkd.teachers.checkpoint import load_checkpoint
+
+    return load_checkpoint(next(iter(student.checkpoints.values()))).get("inference_allowed_mirroring_axes")
 
 
 class OnnxNetwork(nn.Module):

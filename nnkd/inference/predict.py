@@ -25,6 +25,7 @@ class PredictRequest:
     continue_prediction: bool = False
     num_processes_preprocessing: int = 3
     num_processes_export: int = 3
+    profile: bool = False  # predict case by case, timing read / preprocess / network / resample / write
 
 
 def make_predictor(plans: dict, configuration: str, dataset_json: dict, weights: list[dict], network,
@@ -53,7 +54,6 @@ def predict(request: PredictRequest) -> Path:
     input_folder, output_folder = check_folders(request.input_folder, request.output_folder)
     student = locate(request.student)
     plans, dataset_json, configuration = student.plans, student.dataset_json, request.student.configuration
-    weights, first = load_student_weights(student)
     manager = PlansManager(plans)
     channels = num_input_channels(plans, configuration, dataset_json)
     cases = collect_cases(input_folder, dataset_json["file_ending"], channels, manager.image_reader_writer_class())
@@ -62,15 +62,17 @@ def predict(request: PredictRequest) -> Path:
         cases = {c: f for c, f in cases.items() if not all((output_folder / (c + e)).is_file() for e in endings)}
         print(f"--continue_prediction: {len(cases)} case(s) left to predict")
     device = resolve_device(request.device)
-    if request.onnx is not None:
-        from nnkd.inference.onnx_export import OnnxNetwork
+    if request.onnx is not None:  # the torch checkpoints are not loaded
+        from nnkd.inference.onnx_export import OnnxNetwork, onnx_mirror_axes
 
         network, weights = OnnxNetwork(request.onnx, channels), [{}]
+        mirror_axes, trainer_name = onnx_mirror_axes(Path(request.onnx), student), "nnUNetTrainer"
     else:
+        weights, first = load_student_weights(student)
         network = network_from_plans(plans, configuration, dataset_json, allow_init=False)
-    predictor = make_predictor(plans, configuration, dataset_json, weights, network,
-                               first.get("inference_allowed_mirroring_axes"), device, request.step_size,
-                               not request.disable_tta, first.get("trainer_name", "nnUNetTrainer"))
+        mirror_axes, trainer_name = first.get("inference_allowed_mirroring_axes"), first.get("trainer_name")
+    predictor = make_predictor(plans, configuration, dataset_json, weights, network, mirror_axes, device,
+                               request.step_size, not request.disable_tta, trainer_name or "nnUNetTrainer")
     task = f", task {student.task} (its experts fused)" if student.task else ""
     print(f"Predicting {len(cases)} case(s) with {student.model_folder.name}{task}, folds "
           f"{', '.join(student.checkpoints)}{' through ONNX Runtime' if request.onnx else ''}")
@@ -79,13 +81,43 @@ def predict(request: PredictRequest) -> Path:
         return output_folder
     staging = output_folder / f".nnkd-predict-{os.getpid()}"
     try:
-        predictor.predict_from_files([cases[c] for c in cases], [str(staging / c) for c in cases],
-                                     save_probabilities=request.save_probabilities, overwrite=True,
-                                     num_processes_preprocessing=request.num_processes_preprocessing,
-                                     num_processes_segmentation_export=request.num_processes_export)
+        if request.profile:
+            profile = _profiled(predictor, cases, staging, request, student, device)
+        else:
+            predictor.predict_from_files([cases[c] for c in cases], [str(staging / c) for c in cases],
+                                         save_probabilities=request.save_probabilities, overwrite=True,
+                                         num_processes_preprocessing=request.num_processes_preprocessing,
+                                         num_processes_segmentation_export=request.num_processes_export)
         for item in sorted(staging.iterdir()):  # whole files appear in the output folder, nothing partial
             os.replace(item, output_folder / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"Wrote {len(cases)} prediction(s) to {output_folder}")
+    if request.profile:
+        from nnkd.atomic import write_json_atomic
+        from nnkd.inference.profile import format_profile
+
+        write_json_atomic(output_folder / PROFILE_FILE, profile)
+        print(format_profile(profile) + f"\n(per case: {output_folder / PROFILE_FILE})")
     return output_folder
+
+
+PROFILE_FILE = "profile.json"
+
+
+def _profiled(predictor, cases: dict, staging: Path, request: PredictRequest, student, device) -> dict:
+    """Predict case by case, each step timed (nnkd.inference.profile), with what the times depend on."""
+    import platform
+
+    from tqdm import tqdm
+
+    from nnkd.inference.profile import predict_profiled
+
+    staging.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=len(cases), desc="profile", unit="case") as progress:
+        record = predict_profiled(predictor, cases, staging, request.save_probabilities, progress)
+    return {"model": str(student.model_folder), "folds": list(student.checkpoints),
+            "runtime": "onnxruntime" if request.onnx else "torch", "onnx": str(request.onnx) if request.onnx else None,
+            "device": device.type, "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+            "processor": platform.processor() or None, "step_size": request.step_size,
+            "mirroring": not request.disable_tta and bool(predictor.allowed_mirroring_axes), **record}

@@ -11,7 +11,14 @@ if TYPE_CHECKING:  # keeps the console scripts' argument parsing free of torch i
 
 # A preset allows this fraction of the teacher plan's parameters and of its GFLOPs per patch.
 PRESETS = {"tiny": 1 / 16, "small": 1 / 6, "medium": 1 / 2}
-_ABSOLUTE_NAME = re.compile(r"^(?:params(\d+))?-?(?:gflops(\d+(?:\.\d+)?))?$")
+_ABSOLUTE_NAME = re.compile(r"^(?:params(\d+))?-?(?:gflops(\d+(?:\.\d+)?))?-?"
+                            r"(?:latency(\d+(?:\.\d+)?)ms(-cuda)?(-onnx)?)?$")
+LATENCY_DEVICES = ("cpu", "cuda")
+LATENCY_RUNTIMES = ("torch", "onnx")
+
+
+def _number(value: float) -> str:
+    return format(value, "f").rstrip("0").rstrip(".")
 
 
 @dataclass(frozen=True)
@@ -19,20 +26,31 @@ class Budget:
     preset: str | None = None
     max_params: int | None = None
     max_gflops: float | None = None
+    max_latency_ms: float | None = None  # one patch, measured on the planning machine
+    latency_device: str = "cpu"
+    latency_runtime: str = "torch"
 
     def __post_init__(self):
         if self.preset is not None:
             if self.preset not in PRESETS:
                 raise NnkdError(f"unknown budget '{self.preset}'",
                                 f"use one of {', '.join(PRESETS)} or --max-params/--max-gflops")
-            if self.max_params is not None or self.max_gflops is not None:
-                raise NnkdError("a preset budget and --max-params/--max-gflops were both given", "give one of them")
-        elif self.max_params is None and self.max_gflops is None:
-            raise NnkdError("no budget given", f"pass --budget {'|'.join(PRESETS)}, --max-params N or --max-gflops G")
+            if self.max_params is not None or self.max_gflops is not None or self.max_latency_ms is not None:
+                raise NnkdError("a preset budget and --max-params/--max-gflops/--max-latency were both given",
+                                "give one of them")
+        elif self.max_params is None and self.max_gflops is None and self.max_latency_ms is None:
+            raise NnkdError("no budget given", f"pass --budget {'|'.join(PRESETS)}, --max-params N, --max-gflops G "
+                                               "or --max-latency MS")
         if self.max_params is not None and self.max_params <= 0:
             raise NnkdError(f"--max-params {self.max_params} is not positive", "give a parameter count like 1000000")
         if self.max_gflops is not None and not self.max_gflops > 0:
             raise NnkdError(f"--max-gflops {self.max_gflops} is not positive", "give GFLOPs per patch like 5")
+        if self.max_latency_ms is not None and not self.max_latency_ms > 0:
+            raise NnkdError(f"--max-latency {self.max_latency_ms} is not positive", "give milliseconds per patch like 50")
+        if self.latency_device not in LATENCY_DEVICES or self.latency_runtime not in LATENCY_RUNTIMES:
+            raise NnkdError(f"unknown latency device/runtime {self.latency_device}/{self.latency_runtime}",
+                            f"use --latency-device {'|'.join(LATENCY_DEVICES)} and "
+                            f"--latency-runtime {'|'.join(LATENCY_RUNTIMES)}")
 
     @property
     def name(self) -> str:
@@ -43,7 +61,11 @@ class Budget:
         if self.max_params is not None:
             parts.append(f"params{self.max_params}")
         if self.max_gflops is not None:
-            parts.append("gflops" + format(self.max_gflops, "f").rstrip("0").rstrip("."))
+            parts.append("gflops" + _number(self.max_gflops))
+        if self.max_latency_ms is not None:
+            parts.append(f"latency{_number(self.max_latency_ms)}ms"
+                         + ("-cuda" if self.latency_device == "cuda" else "")
+                         + ("-onnx" if self.latency_runtime == "onnx" else ""))
         return "-".join(parts)
 
     @classmethod
@@ -55,8 +77,10 @@ class Budget:
         if not name or not match or not any(match.groups()):
             raise NnkdError(f"unknown budget '{name}'",
                             f"use one of {', '.join(PRESETS)} or a planned name like params2000000")
-        params, gflops = match.groups()
-        return cls(max_params=int(params) if params else None, max_gflops=float(gflops) if gflops else None)
+        params, gflops, latency, cuda, onnx = match.groups()
+        return cls(max_params=int(params) if params else None, max_gflops=float(gflops) if gflops else None,
+                   max_latency_ms=float(latency) if latency else None, latency_device="cuda" if cuda else "cpu",
+                   latency_runtime="onnx" if onnx else "torch")
 
     def limits(self, teacher: "NetworkCost") -> tuple[float, float]:
         """(max parameters, max GFLOPs per patch) for a student of this teacher; inf where unbounded."""
@@ -68,4 +92,6 @@ class Budget:
 
     def to_json(self) -> dict:
         return {"name": self.name, "preset": self.preset, "fraction_of_teacher": PRESETS.get(self.preset),
-                "max_params": self.max_params, "max_gflops": self.max_gflops}
+                "max_params": self.max_params, "max_gflops": self.max_gflops, "max_latency_ms": self.max_latency_ms,
+                "latency_device": self.latency_device if self.max_latency_ms else None,
+                "latency_runtime": self.latency_runtime if self.max_latency_ms else None}

@@ -108,6 +108,9 @@ def plan_and_preprocess(dataset, budget: Budget, configurations=None, teacher_pl
     print(f"\nStudent plans ({budget.name}) for {dataset_name}, paired with {teacher_plans}:")
     print(format_table(planned))
     print(f"Saved {plans_file}\n")
+    note = speed_note(budget, planned)
+    if note:
+        print(note + "\n")
 
     if preprocess:
         if not raw_dataset.is_dir():
@@ -115,6 +118,16 @@ def plan_and_preprocess(dataset, budget: Budget, configurations=None, teacher_pl
                             "preprocessing needs the raw dataset; pass --no_pp to plan only")
         preprocess_missing(dataset_name, student_planner.teacher_plans, teacher_plans, chosen, num_processes)
     return plans_file, planned
+
+
+def speed_note(budget: Budget, planned: list[PlannedConfiguration]) -> str | None:
+    """A parameter limit alone bounds the student's size, not its speed: say what it costs per patch."""
+    if budget.max_params is None or budget.max_gflops is not None:
+        return None
+    costs = ", ".join(f"{p.name} {p.student.cost.gflops:.2f} of the teacher's {p.teacher.gflops:.2f} "
+                      f"({p.student.cost.gflops / p.teacher.gflops:.2f}×)" for p in planned)
+    return (f"nnkd: note: --max-params bounds the student's size, not its speed: GFLOPs per patch {costs}; "
+            "add --max-gflops G to bound the compute too")
 
 
 def preprocess_missing(dataset_name: str, teacher_plans: dict, teacher_plans_name: str, configurations,

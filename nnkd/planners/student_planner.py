@@ -44,6 +44,7 @@ class PlannedConfiguration:
     student: StudentArchitecture
     param_limit: float
     gflop_limit: float
+    latency_ms: float | None = None  # measured patch latency, with --max-latency
 
 
 def _load_json(path: Path) -> dict:
@@ -94,8 +95,12 @@ class nnKDStudentPlanner:
                                    num_classes, configuration["patch_size"])
             teacher = search.teacher_cost()
             param_limit, gflop_limit = self.budget.limits(teacher)
+            latency = None
             try:
-                student = search.search(param_limit, gflop_limit)
+                if self.budget.max_latency_ms is not None:
+                    student, latency = self._fit_latency(search, param_limit, gflop_limit)
+                else:
+                    student = search.search(param_limit, gflop_limit)
             except NnkdError as e:
                 if name in required:
                     raise NnkdError(f"configuration {name}: {e.problem}", e.remedy) from e
@@ -116,8 +121,22 @@ class nnKDStudentPlanner:
                 "max_gflops_per_patch": None if gflop_limit == float("inf") else round(gflop_limit, 4),
                 "flops_counted_with": "torch.utils.flop_counter.FlopCounterMode, batch 1, no deep supervision",
             }
-            planned.append(PlannedConfiguration(name, teacher, student, param_limit, gflop_limit))
+            if latency is not None:
+                configuration[STUDENT_KEY] |= {"max_latency_ms": self.budget.max_latency_ms,
+                                               "latency_ms": latency["ms"], "latency": latency["measured_on"]}
+            planned.append(PlannedConfiguration(name, teacher, student, param_limit, gflop_limit,
+                                                latency["ms"] if latency else None))
         return plans, planned
+
+    def _fit_latency(self, search, param_limit: float, gflop_limit: float):
+        """The largest student within the limits whose measured patch latency fits --max-latency."""
+        from nnkd.planners.latency import REPEATS, WARMUP, LatencyCache, fit_latency, machine
+
+        student, ms, tried = fit_latency(search, param_limit, gflop_limit, self.budget, LatencyCache(self.folder))
+        return student, {"ms": ms, "measured_on": {
+            "device": self.budget.latency_device, "runtime": self.budget.latency_runtime, **machine(),
+            "what": f"one patch, batch 1, median of {REPEATS} after {WARMUP} warm-up runs",
+            "candidates_measured": len(tried)}}
 
     @staticmethod
     def _drop(plans: dict, name: str) -> None:
@@ -147,5 +166,6 @@ def format_table(planned: list[PlannedConfiguration]) -> str:
             f"{p.name:<14} {p.teacher.params / 1e6:>13.2f}M {s.cost.params / 1e6:>13.3f}M "
             f"{s.cost.params / p.teacher.params:>7.3f} {p.teacher.gflops:>14.2f} {s.cost.gflops:>14.3f} "
             f"{s.cost.gflops / p.teacher.gflops:>7.3f}  {list(s.architecture['arch_kwargs']['features_per_stage'])}"
-            f" enc {list(s.encoder_depth)} dec {list(s.decoder_depth)}")
+            f" enc {list(s.encoder_depth)} dec {list(s.decoder_depth)}"
+            + (f", {p.latency_ms:.1f} ms per patch (measured)" if p.latency_ms is not None else ""))
     return "\n".join(lines)

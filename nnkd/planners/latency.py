@@ -1,0 +1,161 @@
+"""`--max-latency`: plan the largest student whose forward pass of one patch fits a time budget, measured on the
+planning machine.
+
+A latency is measured, never estimated: the candidate network is built as nnU-Net builds it, put in eval mode on
+the chosen device and runtime (torch, or ONNX Runtime on an exported copy), run on one patch of the configuration
+(batch 1, no deep supervision) twice to warm up, then `REPEATS` times; the median is its latency. Results are
+cached per architecture and machine in the dataset's preprocessed folder (`nnkd_latency.json`), so replanning
+measures nothing twice.
+
+The search: the parameter/GFLOPs search (architecture_search) already gives, for any GFLOPs limit, the largest
+student under it. Latency grows with GFLOPs along that family, so the GFLOPs limit is bisected — each step plans
+the largest student under the limit and measures it — and the largest measured student within the budget wins.
+"""
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from nnkd.atomic import write_json_atomic
+from nnkd.errors import NnkdError
+
+REPEATS = 7
+WARMUP = 2
+BISECTION_STEPS = 8
+CACHE_FILE = "nnkd_latency.json"
+
+
+def machine() -> dict:
+    """What a latency depends on besides the network: recorded with it, part of the cache key."""
+    import torch
+
+    return {"machine": platform.machine(), "processor": platform.processor() or None, "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def measure_patch_latency(architecture: dict, input_channels: int, num_classes: int, patch_size, device: str,
+                          runtime: str) -> float:
+    """Median milliseconds of one patch through the network (after WARMUP runs, REPEATS timed)."""
+    import torch
+
+    from nnkd.planners.network_cost import build_network
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NnkdError("--latency-device cuda was asked for but no CUDA GPU is visible",
+                        "plan on the machine the student will run on, or use --latency-device cpu")
+    network = build_network(architecture, input_channels, num_classes, device="cpu").eval()
+    patch = torch.randn(1, input_channels, *patch_size)
+    if runtime == "onnx":
+        return _onnx_latency(network, patch, device)
+    network, patch = network.to(device), patch.to(device)
+    times = []
+    with torch.inference_mode():
+        for i in range(WARMUP + REPEATS):
+            start = time.perf_counter()
+            network(patch)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if i >= WARMUP:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def _onnx_latency(network, patch, device: str) -> float:
+    import warnings
+
+    import torch
+
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise NnkdError("--latency-runtime onnx needs onnxruntime", 'pip install "nnkd[onnx]"') from e
+    providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        path = Path(tmp) / "candidate.onnx"
+        torch.onnx.export(network, (patch,), str(path), input_names=["input"], output_names=["logits"],
+                          opset_version=17, dynamo=False)
+        session = onnxruntime.InferenceSession(str(path), providers=providers)
+        feed = {"input": patch.numpy()}
+        times = []
+        for i in range(WARMUP + REPEATS):
+            start = time.perf_counter()
+            session.run(None, feed)
+            if i >= WARMUP:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+class LatencyCache:
+    """Measured latencies by architecture, patch, device, runtime and machine, in the preprocessed folder."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / CACHE_FILE
+        try:
+            self.entries = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except ValueError:
+            self.entries = {}  # a damaged cache only costs measuring again
+
+    @staticmethod
+    def key(architecture: dict, input_channels: int, num_classes: int, patch_size, device: str, runtime: str) -> str:
+        text = json.dumps([architecture, input_channels, num_classes, list(patch_size), device, runtime, machine()],
+                          sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def latency(self, measure: Callable, architecture: dict, input_channels: int, num_classes: int, patch_size,
+                device: str, runtime: str) -> float:
+        key = self.key(architecture, input_channels, num_classes, patch_size, device, runtime)
+        if key not in self.entries:
+            self.entries[key] = round(measure(architecture, input_channels, num_classes, patch_size, device, runtime),
+                                      4)
+            write_json_atomic(self.path, self.entries)
+        return self.entries[key]
+
+
+def fit_latency(search, param_limit: float, gflop_limit: float, budget, cache: LatencyCache,
+                measure: Callable = None) -> tuple:
+    """(student architecture, its measured latency in ms, measurements made) of the largest student of `search`
+    within the parameter and GFLOPs limits whose patch latency is at most `budget.max_latency_ms`."""
+    measure = measure or measure_patch_latency
+    target = budget.max_latency_ms
+
+    def timed(student) -> float:
+        return cache.latency(measure, student.architecture, search.input_channels, search.num_classes,
+                             search.patch_size, budget.latency_device, budget.latency_runtime)
+
+    hi = min(gflop_limit, search.teacher_cost().gflops)
+    lo, best, tried = 0.0, None, []
+    limit = hi
+    for _ in range(BISECTION_STEPS):
+        try:
+            student = search.search(param_limit, limit)
+        except NnkdError:  # nothing is that small: the limit must rise
+            lo = limit
+        else:
+            ms = timed(student)
+            tried.append((student.cost.gflops, ms))
+            if ms <= target:
+                if best is None or student.cost.gflops > best[0].cost.gflops:
+                    best = (student, ms)
+                if limit >= hi:
+                    break  # the largest allowed student already fits
+                lo = student.cost.gflops
+            else:
+                hi = student.cost.gflops * 0.999
+        if hi <= lo * 1.02:
+            break
+        limit = (lo + hi) / 2 if lo else hi / 4
+    if best is None:
+        fastest = min(ms for _, ms in tried) if tried else None
+        raise NnkdError(f"no student architecture runs a patch within {target:g} ms on this machine "
+                        f"({budget.latency_device}, {budget.latency_runtime})"
+                        + (f"; the fastest measured takes {fastest:.1f} ms" if fastest is not None else ""),
+                        "raise --max-latency, or plan on the machine (--latency-device) the student will run on")
+    return best[0], best[1], tried
