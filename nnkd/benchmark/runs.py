@@ -182,7 +182,7 @@ def train(run: Run, plans: str, request, dataset_name: str, env: dict, output: P
         peak = check(["nnkd_train", dataset_name, request.configuration, request.fold, "-p", plans, "--method",
                       run.method, *teacher_args, *labeled, *hp, "--seed", run.seed, "--epochs", request.epochs,
                       "--iterations-per-epoch", request.iterations, "--val-iterations-per-epoch",
-                      request.val_iterations, "--device", request.device, *resume],
+                      request.val_iterations, *(["--device", request.device] if request.device else []), *resume],
                      {**env, "nnUNet_results": str(results)}, log)
     fold_dir = fold_folder(results, dataset_name, run, plans, request.configuration, request.fold)  # named now
     validation = json.loads((fold_dir / "validation" / "summary.json").read_text())
