@@ -17,6 +17,7 @@ from nnkd.nnunet_env import find_dataset_name, require_env
 from nnkd.planners.budget import Budget
 from nnkd.plans import DEFAULT_TEACHER_PLANS
 from nnkd.records import software_versions
+from nnkd.run_names import split_run_trainer_name
 
 RECORD = "distill.json"  # in OUT: what nnkd_distill made there and the table it printed
 
@@ -138,6 +139,7 @@ def planned_student(dataset_name: str, request: DistillRequest) -> str:
 
 def train_fold(request: DistillRequest, dataset_name: str, plans: str, fold: str, cached: bool) -> Path:
     """Train the fold's student unless it is done; resume it when it was started."""
+    from nnkd.run.common import validation_dice
     from nnkd.run.train import TrainRequest, new_run_folder, train
 
     base = TrainRequest(dataset=dataset_name, configuration=request.configuration, fold=fold, method=request.method,
@@ -147,7 +149,7 @@ def train_fold(request: DistillRequest, dataset_name: str, plans: str, fold: str
                         num_val_iterations_per_epoch=request.num_val_iterations_per_epoch, device=request.device,
                         run_name=request.run_name)
     folder = new_run_folder(base)
-    if (folder / "checkpoint_final.pth").is_file() and (folder / "validation" / "summary.json").is_file():
+    if (folder / "checkpoint_final.pth").is_file() and validation_dice(folder) is not None:
         print(f"nnkd_distill: fold {fold} is trained and validated ({folder}), skipping")
         return folder
     if (folder / "checkpoint_final.pth").is_file():
@@ -165,13 +167,9 @@ def teacher_validation_dice(spec: str, fold: str) -> float | None:
     path, _, query = rest.partition("?")
     if family != "nnunet" or "fold" in query:
         return None
-    summary = Path(path).expanduser() / f"fold_{fold}" / "validation" / "summary.json"
-    return json.loads(summary.read_text())["foreground_mean"]["Dice"] if summary.is_file() else None
+    from nnkd.run.common import validation_dice
 
-
-def student_dice(folder: Path) -> float | None:
-    summary = folder / "validation" / "summary.json"
-    return json.loads(summary.read_text())["foreground_mean"]["Dice"] if summary.is_file() else None
+    return validation_dice(Path(path).expanduser() / f"fold_{fold}")
 
 
 def sizes(teacher, plans_record: dict, patch_size) -> dict:
@@ -278,6 +276,7 @@ def distill(request: DistillRequest) -> dict:
     from nnkd.inference.students import StudentRef
     from nnkd.method_table import LORKD_METHOD
     from nnkd.planners.student_planner import STUDENT_KEY
+    from nnkd.run.common import validation_dice
     from nnkd.trainers.methods import METHODS
 
     paths = require_env("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
@@ -309,7 +308,7 @@ def distill(request: DistillRequest) -> dict:
                                        step_size=request.step_size))
         trained[fold] = train_fold(request, dataset_name, plans, fold, cached)
 
-    run_name = trained[folds[0]].parent.name.split("__")[0].partition("@")[2] or None
+    run_name = split_run_trainer_name(trained[folds[0]].parent.name.split("__")[0])[1]
     export(ExportRequest(StudentRef(dataset=dataset_name, configuration=request.configuration, folds=folds,
                                     plans=plans, method=request.method, run_name=run_name),
                          output=output, zip=request.zip, onnx=request.onnx, overwrite=True))
@@ -319,7 +318,7 @@ def distill(request: DistillRequest) -> dict:
               "method": request.method, "cached": cached, "plans": plans, "run_name": run_name,
               "run_folder": str(trained[folds[0]].parent), "versions": software_versions(),
               "folds": [{"fold": f, "teacher_dice": teacher_validation_dice(request.teacher, f),
-                         "student_dice": student_dice(trained[f])} for f in folds]}
+                         "student_dice": validation_dice(trained[f])} for f in folds]}
     record["mean"] = {k: _mean([row[k] for row in record["folds"]]) for k in ("teacher_dice", "student_dice")}
     record["models"] = sizes(teacher, configuration.get(STUDENT_KEY, {}), configuration["patch_size"])
     if request.timing:
