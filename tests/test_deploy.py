@@ -302,3 +302,53 @@ def test_int8_needs_onnx_and_a_calibration_set(deployed, tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_preprocessed", deployed["env"]["nnUNet_preprocessed"])
     with pytest.raises(NnkdError, match="no preprocessed training case of fold 0"):
         fold_cases(Student(), "0")
+
+
+def test_int8_calibration_patch_by_patch_gives_the_ranges_of_all_patches_at_once(tmp_path):
+    """quantize_student merges the min/max of one patch at a time (ONNX Runtime's strided calibration, so a
+    full-size 3D network's activations of 16 patches never sit in memory together): the same model as calibrating
+    on all patches in one go."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from nnkd.inference.onnx_export import export_onnx
+    from nnkd.inference.quantize import QUANTIZED_OPS, quantize_student
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.InstanceNorm3d(4, affine=True),
+                                  torch.nn.LeakyReLU(), torch.nn.Conv3d(4, 3, 1))
+    fp32 = tmp_path / "net.onnx"
+    export_onnx(network, 1, (8, 16, 16), fp32)
+    rng = np.random.default_rng(0)
+    patches = [rng.normal(scale=s, size=(1, 1, 8, 16, 16)).astype(np.float32) for s in (0.5, 1, 3, 2)]
+    quantize_student(fp32, tmp_path / "strided.onnx", patches)
+
+    class AllAtOnce(CalibrationDataReader):
+        items = iter([{"input": p} for p in patches])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quant_pre_process(str(fp32), str(tmp_path / "prepared.onnx"), skip_symbolic_shape=True)
+    quantize_static(str(tmp_path / "prepared.onnx"), str(tmp_path / "all.onnx"), AllAtOnce(),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS))
+
+    def initializers(path):
+        return {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+    strided, together = initializers(tmp_path / "strided.onnx"), initializers(tmp_path / "all.onnx")
+    assert strided.keys() == together.keys() and any("scale" in k for k in strided)
+    for name, value in strided.items():
+        np.testing.assert_array_equal(value, together[name], err_msg=name)
+    only_last = initializers(_quantized_on(fp32, patches[-1:], tmp_path))  # the ranges do depend on every patch
+    assert any(not np.array_equal(v, only_last[k]) for k, v in strided.items() if "scale" in k)
+
+
+def _quantized_on(fp32: Path, patches, tmp_path: Path) -> Path:
+    from nnkd.inference.quantize import quantize_student
+
+    out = tmp_path / f"on{len(patches)}.onnx"
+    quantize_student(fp32, out, patches)
+    return out

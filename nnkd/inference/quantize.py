@@ -83,8 +83,16 @@ def quantize_student(fp32: Path, int8: Path, patches: list[np.ndarray]) -> None:
         raise NnkdError("onnxruntime is not installed", 'pip install "nnkd[onnx]"') from e
 
     class Patches(CalibrationDataReader):
+        """The patches, in the ranges ONNX Runtime's strided calibration asks for (set_range, __len__)."""
+
         def __init__(self):
-            self.items = iter([{"input": p} for p in patches])
+            self.set_range(0, len(patches))
+
+        def __len__(self):
+            return len(patches)
+
+        def set_range(self, start_index: int, end_index: int):
+            self.items = iter([{"input": p} for p in patches[start_index:end_index]])
 
         def get_next(self):
             return next(self.items, None)
@@ -98,7 +106,12 @@ def quantize_student(fp32: Path, int8: Path, patches: list[np.ndarray]) -> None:
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(tmp), Patches(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(QUANTIZED_OPS))
+                        op_types_to_quantize=list(QUANTIZED_OPS),
+                        # min/max patch by patch, merged (the same ranges): otherwise ONNX Runtime keeps every
+                        # activation of every calibration patch, which exhausts memory on a full-size 3D network
+                        # (> 7 GB after a few 128³ patches of nnU-Net's default plan). CalibMaxIntermediateOutputs
+                        # would discard the patches instead (onnxruntime issue #18893)
+                        extra_options={"CalibStridedMinMax": 1})
         tmp.replace(int8)
     finally:
         tmp.unlink(missing_ok=True)
