@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnkd.atomic import write_json_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 CASES = {"ct": 996, "colin27": 997, "synthetic": 990}
 RUNTIMES = ("torch", "onnx", "int8")
@@ -244,12 +246,6 @@ def load_measurements(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"measurements": {}}
 
 
-def save_measurements(path: Path, record: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
-
-
 def report(args, record: dict) -> None:
     import matplotlib
 
@@ -306,7 +302,7 @@ def report(args, record: dict) -> None:
     lines += ["", "![latency per case](latency.png)"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
-    save_measurements(args.out / "results.json", {"case": args.case, "machine": m, "models": sizes, "rows": rows})
+    write_json_atomic(args.out / "results.json", {"case": args.case, "machine": m, "models": sizes, "rows": rows})
 
     panels = [m for m in (False, True) if any(r["mirroring"] == m for r in rows)]  # the settings measured
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 0.5, 4.5), sharey=True, squeeze=False)
@@ -355,7 +351,7 @@ def main() -> None:
         record["models"][model] = {**record["models"].get(model, {}), "plans": plans_name,
                                    **{k: built[k] for k in ("params", "gflops_per_patch", "patch_size",
                                                             "latency_ms_planned")}}
-        save_measurements(path, record)
+        write_json_atomic(path, record)
         if args.prepare_only or (wanted is not None and model not in wanted):
             continue
         planned = record["models"][model]["latency_ms_planned"]
@@ -368,7 +364,7 @@ def main() -> None:
             record["models"][model]["latency_ms_remeasured"] = round(measure_patch_latency(
                 configuration["architecture"], built["channels"],
                 num_segmentation_heads(built["plans"], built["dataset_json"]), built["patch_size"], "cpu", "torch"), 1)
-            save_measurements(path, record)
+            write_json_atomic(path, record)
         for mirroring in args.mirroring.split(","):
             for runtime in args.runtimes.split(","):
                 key = f"{model}/{runtime}/{mirroring}"
@@ -379,7 +375,7 @@ def main() -> None:
                 record["measurements"][key] = measure(args, built, runtime, mirroring == "on", cases)
                 print(f"  {record['measurements'][key]['seconds_per_case']:.2f} s per case "
                       f"({time.time() - started:.0f} s)", flush=True)
-                save_measurements(path, record)
+                write_json_atomic(path, record)
     if record["measurements"]:
         report(args, record)
 

@@ -342,13 +342,7 @@ def test_int8_calibration_patch_by_patch_gives_the_ranges_of_all_patches_at_once
     assert strided.keys() == together.keys() and any("scale" in k for k in strided)
     for name, value in strided.items():
         np.testing.assert_array_equal(value, together[name], err_msg=name)
-    only_last = initializers(_quantized_on(fp32, patches[-1:], tmp_path))  # the ranges do depend on every patch
+    quantize_student(fp32, tmp_path / "last.onnx", patches[-1:])
+    only_last = initializers(tmp_path / "last.onnx")  # the ranges do depend on every patch
     assert any(not np.array_equal(v, only_last[k]) for k, v in strided.items() if "scale" in k)
 
-
-def _quantized_on(fp32: Path, patches, tmp_path: Path) -> Path:
-    from nnkd.inference.quantize import quantize_student
-
-    out = tmp_path / f"on{len(patches)}.onnx"
-    quantize_student(fp32, out, patches)
-    return out
