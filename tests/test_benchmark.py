@@ -62,6 +62,22 @@ def test_quick_benchmark_reports_every_measure_and_resumes(planned, teacher, tmp
     assert "'epochs': 2" in changed.stderr and "give another -o" in changed.stderr
     assert {p: p.stat().st_mtime_ns for p in logs} == logs
 
+    # --int8: every model also quantized (nnkd_export's calibration) and measured in ONNX Runtime int8, with its
+    # own Dice; nothing retrained
+    run_cli("nnkd_benchmark", *args, "--int8", env=planned["env"])
+    assert {p: p.stat().st_mtime_ns for p in logs} == logs
+    results = json.loads((out / "results.json").read_text())
+    for model in [results["teacher"], *results["runs"]]:
+        assert model["seconds_per_case_int8"] > 0 and 0 <= model["dice_int8"] <= 1
+        assert 0 <= model["dice_onnx"] <= 1 and set(model["dice_per_class_int8"]) == {"1", "2", "3"}
+        assert abs(model["dice_onnx"] - model["dice"]) < 0.02  # the same network in ONNX Runtime fp32
+    assert all(r["speedup_int8"] > 0 for r in results["runs"])
+    assert "## Runtimes" in (out / "report.md").read_text() and "| teacher |" in (out / "report.md").read_text()
+    assert (out / "dice_vs_latency.png").stat().st_size > 1000
+    bad = run_cli("nnkd_benchmark", *args[:-1], tmp_path / "never", "--int8", "--no-onnx", env=planned["env"],
+                  check=False)
+    assert bad.returncode != 0 and "--no-onnx turns ONNX off" in bad.stderr and not (tmp_path / "never").exists()
+
     # a second seed: only its runs train, seed 0's are reused (--cached-only: no online logit run)
     more = run_cli("nnkd_benchmark", *args, "--seeds", 2, "--cached-only", "--no-onnx", env=planned["env"])
     assert more.returncode == 0

@@ -295,13 +295,10 @@ def test_int8_needs_onnx_and_a_calibration_set(deployed, tmp_path, monkeypatch):
     from nnkd.errors import NnkdError
     from nnkd.inference.quantize import fold_cases
 
-    class Student:  # a student whose preprocessed data is gone
-        dataset_name, configuration = "Dataset991_Synthetic", "3d_fullres"
-        plans = {"configurations": {"3d_fullres": {"data_identifier": "missing_identifier"}}}
-
+    plans = {"configurations": {"3d_fullres": {"data_identifier": "missing_identifier"}}}  # its data is gone
     monkeypatch.setenv("nnUNet_preprocessed", deployed["env"]["nnUNet_preprocessed"])
     with pytest.raises(NnkdError, match="no preprocessed training case of fold 0"):
-        fold_cases(Student(), "0")
+        fold_cases("Dataset991_Synthetic", plans, "3d_fullres", "0")
 
 
 def test_int8_calibration_patch_by_patch_gives_the_ranges_of_all_patches_at_once(tmp_path):

@@ -1,6 +1,7 @@
 """What a benchmark measures per model, the same way for the teacher and every student: nnU-Net's whole
 per-case prediction of the validation cases (preprocessing, sliding window, resampling back; no mirroring)
-timed in torch and in ONNX Runtime, and nnU-Net's own evaluation of those predictions."""
+timed in torch, in ONNX Runtime fp32 and (with calibration patches) in ONNX Runtime int8, and nnU-Net's own
+evaluation of each runtime's predictions."""
 
 import json
 import statistics
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nnkd.benchmark.stats import RUNTIMES
 from nnkd.inference.onnx_export import OnnxNetwork, export_onnx
 from nnkd.inference.predict import make_predictor
 
@@ -53,9 +55,17 @@ def predict_and_time(predictor, images: list[tuple], output: Path | None, writer
     return statistics.median(seconds)
 
 
+def runtime_folder(output: Path, runtime: str) -> Path:
+    """Where a model's predictions in `runtime` are written: torch's in `output`, the others beside them."""
+    return output if runtime == "torch" else output / runtime
+
+
 def measure_model(network: nn.Module, weights: dict, plans: dict, configuration: str, dataset_json: dict,
-                  images: list[tuple], output: Path, device: torch.device, onnx: bool, progress=None) -> dict:
-    """Torch latency with predictions saved to `output`, then ONNX Runtime latency (when `onnx`)."""
+                  images: list[tuple], output: Path, device: torch.device, onnx: bool, progress=None,
+                  calibration: list | None = None) -> dict:
+    """Seconds per case in torch, then in ONNX Runtime fp32 (when `onnx`) and int8 (when `calibration` patches
+    are given: nnkd_export's static QDQ quantization calibrated on them); each runtime's predictions are written
+    to runtime_folder(output, runtime) for evaluation."""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
     from nnkd.plans import num_input_channels
@@ -67,17 +77,26 @@ def measure_model(network: nn.Module, weights: dict, plans: dict, configuration:
                                use_mirroring=False)
     predictor.allow_tqdm = False
     result = {"seconds_per_case_torch": predict_and_time(predictor, images, output, writer, ending, progress),
-              "seconds_per_case_onnx": None}
+              "seconds_per_case_onnx": None, "seconds_per_case_int8": None}
     if onnx:
         channels = num_input_channels(plans, configuration, dataset_json)
         with tempfile.TemporaryDirectory() as tmp:
-            onnx_file = Path(tmp) / "model.onnx"
+            files = {"onnx": Path(tmp) / "model.onnx"}
             export_onnx(network.cpu().eval(), channels, plans["configurations"][configuration]["patch_size"],
-                        onnx_file)
-            predictor = make_predictor(plans, configuration, dataset_json, [{}], OnnxNetwork(onnx_file, channels),
-                                       None, torch.device("cpu"), use_mirroring=False)
-            predictor.allow_tqdm = False
-            result["seconds_per_case_onnx"] = predict_and_time(predictor, images, None, writer, ending, progress)
+                        files["onnx"])
+            if calibration:
+                from nnkd.inference.quantize import quantize_student
+
+                files["int8"] = Path(tmp) / "model.int8.onnx"
+                quantize_student(files["onnx"], files["int8"], calibration)
+            for runtime, file in files.items():
+                predictor = make_predictor(plans, configuration, dataset_json, [{}], OnnxNetwork(file, channels),
+                                           None, torch.device("cpu"), use_mirroring=False)
+                predictor.allow_tqdm = False
+                folder = runtime_folder(output, runtime)
+                folder.mkdir(parents=True, exist_ok=True)
+                result[f"seconds_per_case_{runtime}"] = predict_and_time(predictor, images, folder, writer, ending,
+                                                                         progress)
     return result
 
 
@@ -90,3 +109,15 @@ def evaluate(predictions: Path, raw_dataset: Path, dataset_json_file: Path, plan
     summary = json.loads((predictions / "summary.json").read_text())
     return {"dice": summary["foreground_mean"]["Dice"],
             "dice_per_class": {str(k): v["Dice"] for k, v in summary["mean"].items()}}
+
+
+def evaluate_runtimes(measured: dict, output: Path, raw_dataset: Path, dataset_json_file: Path,
+                      plans_file: Path) -> dict:
+    """Dice of every runtime that was measured: `dice` / `dice_per_class` for torch, `dice_onnx`, `dice_int8`
+    (and their `_per_class`) for ONNX Runtime fp32 and int8."""
+    result = evaluate(output, raw_dataset, dataset_json_file, plans_file)
+    for runtime in RUNTIMES[1:]:
+        if measured.get(f"seconds_per_case_{runtime}") is not None:
+            scores = evaluate(runtime_folder(output, runtime), raw_dataset, dataset_json_file, plans_file)
+            result |= {f"dice_{runtime}": scores["dice"], f"dice_per_class_{runtime}": scores["dice_per_class"]}
+    return result

@@ -76,7 +76,9 @@ def write_report(results: dict, output: Path) -> None:
              f"`{teacher['spec']}`: {teacher['parameters'] / 1e6:.2f} M parameters, "
              f"{_fmt(teacher.get('gflops_per_patch'), '{:.1f}')} GFLOPs per patch, Dice "
              f"{_fmt(teacher.get('dice'))}, {_fmt(teacher.get('seconds_per_case_torch'), '{:.2f}')} s per case "
-             f"(torch), {_fmt(teacher.get('seconds_per_case_onnx'), '{:.2f}')} s (ONNX Runtime).", "",
+             f"(torch), {_fmt(teacher.get('seconds_per_case_onnx'), '{:.2f}')} s (ONNX Runtime)"
+             + (f", {teacher['seconds_per_case_int8']:.2f} s and Dice {_fmt(teacher.get('dice_int8'))} "
+                "(ONNX Runtime int8)" if teacher.get("seconds_per_case_int8") else "") + ".", "",
              *summary_lines(results),
              "## Students" + (", every run" if results.get("summary") else ""), "",
              "| budget | method | params | × smaller | GFLOPs/patch | Dice | Δ vs no KD | Δ vs teacher | s/case torch "
@@ -92,6 +94,21 @@ def write_report(results: dict, output: Path) -> None:
             f"{_fmt(r.get('speedup_torch'), '{:.1f}')} | {_fmt(r.get('seconds_per_case_onnx'), '{:.2f}')} | "
             f"{_fmt(r.get('speedup_onnx'), '{:.1f}')} | {r['seconds_per_iteration']:.2f} | "
             f"{_fmt(r['step_vs_none'], '{:.2f}')} | {_fmt(r['peak_memory_mb'], '{:.0f}')} |")
+    if any(r.get("seconds_per_case_int8") for r in runs):
+        lines += ["", "## Runtimes", "", "Each model's validation Dice and seconds per case in torch fp32, ONNX Runtime "
+                  "fp32 and ONNX Runtime int8 (nnkd_export --int8's quantization, calibrated on the fold's training "
+                  "cases); × faster is against the teacher in torch.", "",
+                  "| run | Dice torch | Dice ORT | Dice int8 | Δ int8 − torch | s/case torch | s/case ORT | "
+                  "s/case int8 | × faster int8 |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in ([{"run": "teacher", **teacher}] if teacher.get("seconds_per_case_int8") else []) + runs:
+            int8_gain = (teacher.get("seconds_per_case_torch") / r["seconds_per_case_int8"]
+                         if r.get("seconds_per_case_int8") and teacher.get("seconds_per_case_torch") else None)
+            delta = r["dice_int8"] - r["dice"] if r.get("dice_int8") is not None else None
+            lines.append(f"| {r['run']} | {_fmt(r.get('dice'))} | {_fmt(r.get('dice_onnx'))} | "
+                         f"{_fmt(r.get('dice_int8'))} | {_fmt(delta, '{:+.4f}')} | "
+                         f"{_fmt(r.get('seconds_per_case_torch'), '{:.2f}')} | "
+                         f"{_fmt(r.get('seconds_per_case_onnx'), '{:.2f}')} | "
+                         f"{_fmt(r.get('seconds_per_case_int8'), '{:.2f}')} | {_fmt(int8_gain, '{:.1f}')} |")
     classes = sorted({c for r in runs for c in r["dice_per_class"]})
     lines += ["", "## Dice per class", "", "| run | " + " | ".join(classes) + " |",
               "|---|" + "---|" * len(classes)]
@@ -139,34 +156,48 @@ def plot_learning_curves(runs: list[dict], names: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _scatter(ax, teacher: dict, runs: list[dict], key: str, teacher_value) -> None:
+def _scatter(ax, teacher: dict, runs: list[dict], key: str, teacher_value, dice_key: str = "dice") -> None:
     budgets = sorted({r["budget"] for r in runs})
     colors = dict(zip(budgets, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for r in runs:
-        if r.get(key) is None:
+        if r.get(key) is None or r.get(dice_key) is None:
             continue
-        ax.scatter(r[key], r["dice"], marker=MARKERS.get(r["method"], "x"), color=colors[r["budget"]],
+        ax.scatter(r[key], r[dice_key], marker=MARKERS.get(r["method"], "x"), color=colors[r["budget"]],
                    facecolors="none" if r["cached"] else colors[r["budget"]],
                    label=f"{r['budget']} {_method_label(r)}")
-    if teacher_value and teacher.get("dice") is not None:
-        ax.scatter(teacher_value, teacher["dice"], marker="*", s=200, color="black", label="teacher")
+    if teacher_value and teacher.get(dice_key) is not None:
+        ax.scatter(teacher_value, teacher[dice_key], marker="*", s=200, color="black", label="teacher")
     ax.set_xscale("log")
     ax.set_ylabel("validation Dice")
     ax.grid(alpha=0.3)
 
 
+RUNTIME_LABELS = {"torch": "torch fp32", "onnx": "ONNX Runtime fp32", "int8": "ONNX Runtime int8"}
+
+
 def _plots(teacher: dict, runs: list[dict], output: Path) -> None:
-    for key, xlabel, title, name in (("parameters", "parameters", "Dice vs size", "dice_vs_params.png"),
-                                     ("seconds_per_case_torch", "seconds per case (CPU, torch)", "Dice vs latency",
-                                      "dice_vs_latency.png")):
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        _scatter(ax, teacher, runs, key, teacher.get(key))
-        ax.set_xlabel(xlabel)
-        ax.set_title(title)
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        fig.savefig(output / name, dpi=120)
-        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    _scatter(ax, teacher, runs, "parameters", teacher.get("parameters"))
+    ax.set(xlabel="parameters", title="Dice vs size")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(output / "dice_vs_params.png", dpi=120)
+    plt.close(fig)
+
+    # Dice vs latency: one panel per runtime measured, each with that runtime's own Dice
+    runtimes = [rt for rt in RUNTIME_LABELS if rt == "torch" or any(r.get(f"dice_{rt}") is not None for r in runs)]
+    fig, axes = plt.subplots(1, len(runtimes), figsize=(6.5 * len(runtimes) - 0.5 * (len(runtimes) - 1), 4.2),
+                             sharey=True, squeeze=False)
+    for ax, runtime in zip(axes[0], runtimes):
+        key = f"seconds_per_case_{runtime}"
+        _scatter(ax, teacher, runs, key, teacher.get(key), "dice" if runtime == "torch" else f"dice_{runtime}")
+        ax.set(xlabel=f"seconds per case ({RUNTIME_LABELS[runtime]})", title=f"Dice vs latency, {RUNTIME_LABELS[runtime]}")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    axes[0][-1].legend(unique.values(), unique.keys(), fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(output / "dice_vs_latency.png", dpi=120)
+    plt.close(fig)
 
     methods = list(dict.fromkeys(_method_label(r) for r in runs))
     budgets = list(dict.fromkeys(r["budget"] for r in runs))

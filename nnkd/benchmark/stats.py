@@ -5,6 +5,7 @@ import math
 import statistics
 
 FOUND_AT = 0.5  # a class counts as found once its pseudo Dice reaches this
+RUNTIMES = ("torch", "onnx", "int8")  # torch fp32, ONNX Runtime fp32, ONNX Runtime int8
 
 
 def derived_ratios(records: list[dict], teacher: dict) -> list[dict]:
@@ -16,7 +17,7 @@ def derived_ratios(records: list[dict], teacher: dict) -> list[dict]:
         r["dice_vs_none"] = r["dice"] - base["dice"] if base else None
         r["dice_vs_teacher"] = r["dice"] - teacher["dice"] if "dice" in teacher else None
         r["param_ratio"] = r["parameters"] / teacher["parameters"] if r.get("parameters") else None
-        for runtime in ("torch", "onnx"):
+        for runtime in RUNTIMES:
             mine, theirs = r.get(f"seconds_per_case_{runtime}"), teacher.get(f"seconds_per_case_{runtime}")
             r[f"speedup_{runtime}"] = theirs / mine if mine and theirs else None
     return records

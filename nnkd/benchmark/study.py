@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from nnkd.atomic import write_json_atomic
-from nnkd.benchmark.measure import TeacherLogits, evaluate, measure_model, validation_images
+from nnkd.benchmark.measure import TeacherLogits, evaluate, evaluate_runtimes, measure_model, validation_images
 from nnkd.benchmark.runs import Run, check, is_finished, parse_method, train
 from nnkd.benchmark.stats import derived_ratios, summarize
 from nnkd.errors import NnkdError
@@ -40,6 +40,7 @@ class BenchmarkRequest:
     cached: bool = True
     cached_only: bool = False  # logit KD only from the cached teacher (no online logit runs)
     onnx: bool = True
+    int8: bool = False  # also ONNX Runtime int8 (nnkd_export --int8's quantization): its Dice and latency
     quick: bool = False
     num_processes: int = 2
 
@@ -117,6 +118,18 @@ def _validation_cases(preprocessed: Path, fold) -> list[str]:
     return list(splits[int(fold)]["val"])
 
 
+def _calibration(request, dataset_name: str, plans: dict, configuration: str) -> list | None:
+    """With --int8: nnkd_export's calibration patches for a model planned by `plans`, from the fold's
+    preprocessed training cases."""
+    if not (request.int8 and request.onnx):
+        return None
+    from nnkd.inference.export import network_patch_size
+    from nnkd.inference.quantize import calibration_patches, fold_cases
+
+    data_folder, train, _ = fold_cases(dataset_name, plans, configuration, request.fold)
+    return calibration_patches(data_folder, train, network_patch_size(plans, configuration))
+
+
 def _teacher_measurements(teacher, request, dataset_name, plans_file, dataset_json, images, output, device,
                           progress) -> dict:
     """The teacher measured like a student when it predicts this dataset's labels; its size otherwise."""
@@ -135,7 +148,7 @@ def _teacher_measurements(teacher, request, dataset_name, plans_file, dataset_js
     folder = output / "predictions" / "teacher"
     done = folder / "measure.json"
     key = {"spec": request.teacher, "checkpoint_sha256": teacher.checkpoint_sha256, "onnx": request.onnx,
-           "configuration": request.configuration, "cases": [case for case, *_ in images]}
+           "int8": request.int8, "configuration": request.configuration, "cases": [case for case, *_ in images]}
     if done.is_file():  # a rerun: the same teacher on the same cases was measured before
         measured = json.loads(done.read_text())
         if measured.get("key") == key:
@@ -146,8 +159,9 @@ def _teacher_measurements(teacher, request, dataset_name, plans_file, dataset_js
         plans = json.loads((teacher_folder / "plans.json").read_text())
         network = teacher.networks[0]
         result = measure_model(network, network.state_dict(), plans, teacher.configuration, dataset_json,
-                               images, folder, device, request.onnx, progress)
-        result |= evaluate(folder, raw, teacher_folder / "dataset.json", teacher_folder / "plans.json")
+                               images, folder, device, request.onnx, progress,
+                               _calibration(request, dataset_name, plans, teacher.configuration))
+        result |= evaluate_runtimes(result, folder, raw, teacher_folder / "dataset.json", teacher_folder / "plans.json")
     else:
         network = TeacherLogits(teacher)
         plans = json.loads(plans_file.read_text())
@@ -166,15 +180,18 @@ def _student_measurements(record: dict, request, dataset_name, dataset_json, ima
     folder = output / "predictions" / record["run"]
     done = folder / "measure.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        measured = json.loads(done.read_text())
+        if measured.get("int8", False) == request.int8:  # measured before with the same runtimes
+            return measured
     fold_dir = Path(record["fold_folder"])
     plans = json.loads((fold_dir.parent / "plans.json").read_text())
     network = network_from_plans(plans, request.configuration, dataset_json)
     weights = load_checkpoint(fold_dir / "checkpoint_final.pth")["network_weights"]
     result = measure_model(network, weights, plans, request.configuration, dataset_json, images, folder, device,
-                           request.onnx, progress)
-    result |= evaluate(folder, Path(os.environ["nnUNet_raw"]) / dataset_name, fold_dir.parent / "dataset.json",
-                       fold_dir.parent / "plans.json")
+                           request.onnx, progress, _calibration(request, dataset_name, plans, request.configuration))
+    result |= evaluate_runtimes(result, folder, Path(os.environ["nnUNet_raw"]) / dataset_name,
+                                fold_dir.parent / "dataset.json", fold_dir.parent / "plans.json")
+    result["int8"] = request.int8
     student = plans["configurations"][request.configuration].get("nnkd_student", {})
     result |= {"parameters": student.get("params"), "gflops_per_patch": student.get("gflops_per_patch")}
     write_json_atomic(done, result)
@@ -187,6 +204,13 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
     from nnkd.devices import resolve_device
     from nnkd.teachers.registry import create_teacher
 
+    if request.int8:  # before anything is written
+        from nnkd.inference.quantize import require_quantization
+
+        if not request.onnx:
+            raise NnkdError("--int8 measures an ONNX Runtime int8 model, and --no-onnx turns ONNX off",
+                            "drop one of them")
+        require_quantization()
     output = Path(request.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     paths = require_env("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
@@ -225,7 +249,8 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
     cases = _validation_cases(preprocessed, request.fold)
     images = validation_images(paths["nnUNet_raw"] / dataset_name, cases, dataset_json)
     models = len(records) + 1
-    progress = tqdm(total=models * len(images) * (2 if request.onnx else 1), desc="validation cases predicted")
+    runtimes = 1 + request.onnx + (request.onnx and request.int8)
+    progress = tqdm(total=models * len(images) * runtimes, desc="validation cases predicted")
     teacher_info = _teacher_measurements(teacher, request, dataset_name,
                                          preprocessed / f"{plans[request.budgets[0]]}.json", dataset_json, images,
                                          output, device, progress)

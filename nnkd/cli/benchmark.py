@@ -35,6 +35,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--cached-only", action="store_true",
                    help="logit KD only from the cached teacher (skip the online logit run)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime latency")
+    p.add_argument("--int8", action="store_true",
+                   help="also quantize every model as nnkd_export --int8 does (calibrated on the fold's training "
+                        "cases) and measure its Dice and latency in ONNX Runtime int8")
     p.add_argument("--device", "-device", default=None, choices=("cpu", "cuda", "mps"),
                    help="training device, latency is measured on it too (default: cuda if available, else cpu)")
     p.add_argument("-np", type=int, default=2, help="processes for preprocessing and data augmentation")
@@ -58,7 +61,7 @@ def _benchmark(args) -> None:
         epochs=args.epochs, iterations=args.iterations, val_iterations=args.val_iterations,
         seeds=args.seeds if args.seeds is not None else (0 if args.quick else 3),
         cached_only=args.cached_only, device=args.device, cached=not args.no_cache,
-        onnx=not args.no_onnx, quick=args.quick, num_processes=args.np))
+        onnx=not args.no_onnx, int8=args.int8, quick=args.quick, num_processes=args.np))
     print(f"nnkd: benchmark written to {Path(args.o) / 'report.md'} and results.json")
 
 

@@ -103,13 +103,11 @@ def exported_plans_name(student: LocatedStudent) -> str:
 def _calibration_sets(students: list[LocatedStudent]) -> dict:
     """dataset name -> fold -> (data folder, training cases, validation cases), found before anything is
     written; onnxruntime's quantization tools must be importable."""
-    from nnkd.inference.quantize import fold_cases
+    from nnkd.inference.quantize import fold_cases, require_quantization
 
-    try:
-        import onnxruntime.quantization  # noqa: F401
-    except ImportError as e:
-        raise NnkdError("onnxruntime is not installed", 'pip install "nnkd[onnx]"') from e
-    return {s.dataset_name: {fold: fold_cases(s, fold) for fold in s.checkpoints} for s in students}
+    require_quantization()
+    return {s.dataset_name: {fold: fold_cases(s.dataset_name, s.plans, s.configuration, fold)
+                              for fold in s.checkpoints} for s in students}
 
 
 def write_model_folder(student: LocatedStudent, folder: Path, onnx: bool, calibration: dict | None = None) -> None:

@@ -22,12 +22,21 @@ CALIBRATION_SEED = 0
 QUANTIZED_OPS = ("Conv",)
 
 
-def fold_cases(student, fold: str) -> tuple[Path, list[str], list[str]]:
-    """(preprocessed data folder, the fold's training cases there, its validation cases) of a student."""
+def require_quantization() -> None:
+    """Stop with one line when onnxruntime's quantization tools cannot be imported."""
+    try:
+        import onnxruntime.quantization  # noqa: F401
+    except ImportError as e:
+        raise NnkdError("onnxruntime is not installed", 'pip install "nnkd[onnx]"') from e
+
+
+def fold_cases(dataset_name: str, plans: dict, configuration: str, fold: str) -> tuple[Path, list[str], list[str]]:
+    """(preprocessed data folder, the fold's training cases there, its validation cases) of a model planned by
+    `plans`."""
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
-    preprocessed = require_env("nnUNet_preprocessed")["nnUNet_preprocessed"] / student.dataset_name
-    identifier = student.plans["configurations"][student.configuration]["data_identifier"]
+    preprocessed = require_env("nnUNet_preprocessed")["nnUNet_preprocessed"] / dataset_name
+    identifier = plans["configurations"][configuration]["data_identifier"]
     data_folder = preprocessed / identifier
     present = set(infer_dataset_class(str(data_folder)).get_identifiers(str(data_folder))) \
         if data_folder.is_dir() else set()
