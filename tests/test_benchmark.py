@@ -158,3 +158,12 @@ def test_seed_summary_pairs_each_run_with_the_no_kd_run_of_its_seed():
     assert rows["none"]["found_at"]["2"]["per_seed"] == [30, None, None]
     assert rows["none"]["found_at"]["2"]["median"] is None  # most seeds never found it
     assert found_at(runs[0]["learning_curve"], 0) == 10
+    # KD as an accelerator: no KD's final level is the mean of classes and seeds at its last epoch
+    level = (0.9 + (0.6 + 0.2 + 0.0) / 3) / 2
+    assert rows["none"]["reaches_no_kd_final"]["level"] == pytest.approx(level)
+    assert rows["none"]["reaches_no_kd_final"]["iteration"] == 30
+    assert kd["reaches_no_kd_final"]["iteration"] == 10 and kd["reaches_no_kd_final"]["iterations"] == 30
+    from nnkd.benchmark.report import summary_lines
+
+    lines = summary_lines({"summary": list(rows.values()), "schedule": {"epochs": 3, "iterations_per_epoch": 10}})
+    assert "| tiny | logit | 0.900 | 0.583 | 10 | 33% |" in lines

@@ -44,6 +44,44 @@ def found_at(curve: dict, class_index: int, threshold: float = FOUND_AT) -> int 
     return None
 
 
+FINAL_SHARE = 0.1  # a run's final pseudo Dice: the mean over its last 10 % of epochs (at least one)
+
+
+def mean_curve(curves: list[dict]) -> tuple[list[int], list[float]]:
+    """Training iterations and, per epoch, the mean over seeds of the pseudo Dice averaged over classes
+    (over the epochs every seed has)."""
+    epochs = min(len(c["iterations"]) for c in curves)
+    values = [statistics.fmean(statistics.fmean(c["pseudo_dice_per_class"][e]) for c in curves)
+              for e in range(epochs)]
+    return list(curves[0]["iterations"][:epochs]), values
+
+
+def final_level(values: list[float], share: float = FINAL_SHARE) -> float:
+    return statistics.fmean(values[-max(1, round(len(values) * share)):])
+
+
+def first_reaching(iterations: list[int], values: list[float], level: float) -> int | None:
+    """The first training iteration at which `values` reached `level` (None: never)."""
+    return next((i for i, v in zip(iterations, values) if v >= level), None)
+
+
+def _accelerator(rows: list[dict], groups: dict) -> None:
+    """KD as an accelerator: per row, the iteration at which its seed-mean learning curve first reached the
+    final pseudo Dice of the no-KD row of its budget (the same level for every row, no KD included)."""
+    for budget in {r["budget"] for r in rows}:
+        plain = next((g for (b, label), g in groups.items() if b == budget and g[0]["method"] == "none"
+                      and all(r.get("learning_curve") for r in g)), None)
+        if plain is None:
+            continue
+        level = final_level(mean_curve([r["learning_curve"] for r in plain])[1])
+        for row in rows:
+            members = groups[(row["budget"], row["label"])]
+            if row["budget"] == budget and all(r.get("learning_curve") for r in members):
+                iterations, values = mean_curve([r["learning_curve"] for r in members])
+                row["reaches_no_kd_final"] = {"level": level, "iteration": first_reaching(iterations, values, level),
+                                              "final": final_level(values), "iterations": iterations[-1]}
+
+
 def summarize(runs: list[dict]) -> list[dict]:
     """One row per (budget, method variant, cached): Dice over the seeds, per class, the paired difference to
     the no-KD run of the same seed with its 95 % interval, and when each class was found (median seed)."""
@@ -66,6 +104,7 @@ def summarize(runs: list[dict]) -> list[dict]:
                 found[name] = {"per_seed": at, "median": _median_or_never(at)}
             row["found_at"] = found
         rows.append(row)
+    _accelerator(rows, groups)
     return rows
 
 
