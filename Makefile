@@ -19,7 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
-# The main job on the embedded default: synthetic dataset, plans, a brief teacher, a distilled tiny student.
+# The main job on the embedded default: a synthetic 2D dataset, plans, a teacher that learns every class, a
+# distilled tiny student and, for comparison, the same student without KD (16 min on 2 CPU cores).
 demo: setup
 	BIN=$(BIN) bash scripts/demo.sh
 
