@@ -269,6 +269,7 @@ def test_int8_export_quantizes_checks_on_validation_and_predicts(deployed, tmp_p
     sidecar = json.loads((out / "student.int8.onnx.json").read_text())
     quantization = sidecar["quantization"]
     assert quantization["format"] == "QDQ" and quantization["calibration"]["patches"] > 0
+    assert len(quantization["kept_float"]) == 2  # the convolutions that read the image and write the logits
     check = quantization["validation"]
     # "most voxels": this student trained 2 iterations, its logits are near ties that int8 rounding can flip
     # (a trained 2D student's labels agreed on 99.89 %, docs/deploy.md)
@@ -310,16 +311,24 @@ def test_int8_calibration_patch_by_patch_gives_the_ranges_of_all_patches_at_once
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from nnkd.inference.onnx_export import export_onnx
-    from nnkd.inference.quantize import QUANTIZED_OPS, quantize_student
+    from nnkd.inference.quantize import QUANTIZED_OPS, edge_convolutions, quantize_student
 
     torch.manual_seed(0)
-    network = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.InstanceNorm3d(4, affine=True),
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.LeakyReLU(),
+                                  torch.nn.Conv3d(4, 4, 3, padding=1), torch.nn.InstanceNorm3d(4, affine=True),
                                   torch.nn.LeakyReLU(), torch.nn.Conv3d(4, 3, 1))
     fp32 = tmp_path / "net.onnx"
     export_onnx(network, 1, (8, 16, 16), fp32)
     rng = np.random.default_rng(0)
     patches = [rng.normal(scale=s, size=(1, 1, 8, 16, 16)).astype(np.float32) for s in (0.5, 1, 3, 2)]
-    quantize_student(fp32, tmp_path / "strided.onnx", patches)
+    kept_float = quantize_student(fp32, tmp_path / "strided.onnx", patches)
+
+    # the convolution that reads the image and the one that writes the logits stay float, the middle one is int8
+    quantized = onnx.load(str(tmp_path / "strided.onnx")).graph
+    dequantized = {n.output[0] for n in quantized.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in quantized.node if n.op_type == "Conv"]
+    assert len(convs) == 3 and kept_float == [convs[0].name, convs[2].name]
+    assert [bool(set(c.input) & dequantized) for c in convs] == [False, True, False]
 
     class AllAtOnce(CalibrationDataReader):
         items = iter([{"input": p} for p in patches])
@@ -330,7 +339,8 @@ def test_int8_calibration_patch_by_patch_gives_the_ranges_of_all_patches_at_once
     quant_pre_process(str(fp32), str(tmp_path / "prepared.onnx"), skip_symbolic_shape=True)
     quantize_static(str(tmp_path / "prepared.onnx"), str(tmp_path / "all.onnx"), AllAtOnce(),
                     quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS))
+                    weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
+                    nodes_to_exclude=edge_convolutions(onnx.load(str(tmp_path / "prepared.onnx"))))
 
     def initializers(path):
         return {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}

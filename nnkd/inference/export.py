@@ -155,12 +155,12 @@ def write_int8(student: LocatedStudent, folder: Path, name: str, cases: tuple, m
     data_folder, train, val = cases
     int8_name = name.replace(".onnx", ".int8.onnx")
     patches = calibration_patches(data_folder, train, network_patch_size(student.plans, student.configuration))
-    quantize_student(folder / name, folder / int8_name, patches)
+    kept_float = quantize_student(folder / name, folder / int8_name, patches)
     check = compare_on_validation(student, {"float32": folder / name, "int8": folder / int8_name}, val, mirror_axes)
     sidecar = json.loads((folder / f"{name}.json").read_text())
     sidecar["quantization"] = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
                                "weights": "int8, per output channel", "activations": "int8, per tensor",
-                               "quantized_operators": list(QUANTIZED_OPS),
+                               "quantized_operators": list(QUANTIZED_OPS), "kept_float": kept_float,
                                "calibration": {"patches": len(patches), "cases": len(train), "seed": CALIBRATION_SEED,
                                                "data": str(data_folder)},
                                "validation": check}
