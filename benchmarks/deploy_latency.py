@@ -14,8 +14,9 @@ Cases (one process, one machine, side by side):
 Models: nnU-Net's default 3d_fullres plan (the teacher) and the students of --budgets, plus with
 --latency-student MS the student `nnkd_plan_and_preprocess --max-latency MS` plans on this machine. The networks
 get random weights (seed 0): the time does not depend on them, and the same weights run in every runtime. int8 is
-nnkd_export's quantization (nnkd.inference.quantize: QDQ, per-channel, Conv only) calibrated on patches of the
-preprocessed training cases, as `nnkd_export --int8` calibrates on the fold's training cases.
+nnkd_export's quantization (nnkd.inference.quantize: QDQ, per-channel, Conv only, the first and last float)
+calibrated on patches of the preprocessed training cases, as `nnkd_export --int8` calibrates on the fold's training
+cases.
 
 Each measurement is nnU-Net's whole per-case prediction from the NIfTI file to the written label map, the five
 steps timed by `nnkd_predict --profile`'s code (read, preprocess, network = sliding window with or without
