@@ -39,11 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from nnkd.atomic import write_json_atomic
+from nnkd.benchmark.stats import RUNTIME_LABELS, RUNTIMES
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = {"ct": 996, "colin27": 997, "synthetic": 990}
-RUNTIMES = ("torch", "onnx", "int8")
-RUNTIME_LABEL = {"torch": "torch fp32", "onnx": "ONNX Runtime fp32", "int8": "ONNX Runtime int8"}
 CONFIGURATION = "3d_fullres"
 
 
@@ -280,7 +279,7 @@ def report(args, record: dict) -> None:
     for r in rows:
         s = sizes[r["model"]]
         lines.append(f"| {r['model']} | {s['params'] / 1e6:.2f} M | {s['gflops_per_patch']:.1f} | {r['patches']} | "
-                     f"{'on' if r['mirroring'] else 'off'} | {RUNTIME_LABEL[r['runtime']]} | {r['seconds_per_case']:.2f}"
+                     f"{'on' if r['mirroring'] else 'off'} | {RUNTIME_LABELS[r['runtime']]} | {r['seconds_per_case']:.2f}"
                      f" | {r['steps']['network']:.2f} | {r['network_share']:.0%} | "
                      f"{r['faster_than_teacher_torch'] or '–'} | {r['faster_than_teacher_same_runtime'] or '–'} | "
                      f"{r['runs']} |")
@@ -289,7 +288,7 @@ def report(args, record: dict) -> None:
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         st = r["steps"]
-        lines.append(f"| {r['model']} | {'on' if r['mirroring'] else 'off'} | {RUNTIME_LABEL[r['runtime']]} | "
+        lines.append(f"| {r['model']} | {'on' if r['mirroring'] else 'off'} | {RUNTIME_LABELS[r['runtime']]} | "
                      f"{st['read']:.2f} | {st['preprocess']:.2f} | {st['network']:.2f} | {st['resample']:.2f} | "
                      f"{st['write']:.2f} |")
     if teacher:
@@ -313,7 +312,7 @@ def report(args, record: dict) -> None:
             sel = [r for r in rows if r["mirroring"] == mirroring and r["runtime"] == runtime]
             sel.sort(key=lambda r: sizes[r["model"]]["gflops_per_patch"])
             ax.plot([sizes[r["model"]]["gflops_per_patch"] for r in sel], [r["seconds_per_case"] for r in sel],
-                    marker=marker, label=RUNTIME_LABEL[runtime])
+                    marker=marker, label=RUNTIME_LABELS[runtime])
             for r in sel if runtime == "torch" else []:
                 ax.annotate(r["model"], (sizes[r["model"]]["gflops_per_patch"], r["seconds_per_case"]),
                             textcoords="offset points", xytext=(5, 6), fontsize=8)

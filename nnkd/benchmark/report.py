@@ -7,6 +7,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from nnkd.benchmark.stats import RUNTIME_LABELS  # noqa: E402
+
 MARKERS = {"none": "o", "logit": "s", "feature": "^", "cka": "D", "drd": "P"}
 
 
@@ -182,9 +184,6 @@ def _scatter(ax, teacher: dict, runs: list[dict], key: str, teacher_value, dice_
     ax.set_xscale("log")
     ax.set_ylabel("validation Dice")
     ax.grid(alpha=0.3)
-
-
-RUNTIME_LABELS = {"torch": "torch fp32", "onnx": "ONNX Runtime fp32", "int8": "ONNX Runtime int8"}
 
 
 def _plots(teacher: dict, runs: list[dict], output: Path) -> None:

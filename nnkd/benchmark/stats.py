@@ -5,7 +5,8 @@ import math
 import statistics
 
 FOUND_AT = 0.5  # a class counts as found once its pseudo Dice reaches this
-RUNTIMES = ("torch", "onnx", "int8")  # torch fp32, ONNX Runtime fp32, ONNX Runtime int8
+RUNTIME_LABELS = {"torch": "torch fp32", "onnx": "ONNX Runtime fp32", "int8": "ONNX Runtime int8"}
+RUNTIMES = tuple(RUNTIME_LABELS)  # the runtimes a model is measured in
 
 
 def derived_ratios(records: list[dict], teacher: dict) -> list[dict]:

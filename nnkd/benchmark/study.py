@@ -119,9 +119,9 @@ def _validation_cases(preprocessed: Path, fold) -> list[str]:
 
 
 def _calibration(request, dataset_name: str, plans: dict, configuration: str) -> list | None:
-    """With --int8: nnkd_export's calibration patches for a model planned by `plans`, from the fold's
-    preprocessed training cases."""
-    if not (request.int8 and request.onnx):
+    """With --int8 (which run_benchmark accepts only with ONNX on): nnkd_export's calibration patches for a model
+    planned by `plans`, from the fold's preprocessed training cases."""
+    if not request.int8:
         return None
     from nnkd.inference.export import network_patch_size
     from nnkd.inference.quantize import calibration_patches, fold_cases
