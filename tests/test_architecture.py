@@ -20,7 +20,7 @@ ALLOWED = {
     "inference": {"planners", "teachers", "models"},
     "run": {"trainers", "distill", "teachers", "cache", "planners", "datasets", "models"},
     "benchmark": {"run", "trainers", "inference", "teachers", "cache", "planners", "datasets", "models", "distill"},
-    "pipeline": {"run", "benchmark", "inference", "trainers", "cache", "planners", "teachers", "models"},
+    "pipeline": {"run", "benchmark", "inference", "trainers", "cache", "planners", "datasets", "teachers", "models"},
     "cli": {"pipeline", "run", "benchmark", "inference", "trainers", "cache", "planners", "datasets", "teachers", "models"},
 }
 

@@ -131,5 +131,8 @@ def nnunet_teacher(path: str, options: dict, fold=None, device="cpu", **_) -> Nn
                             f"{str(e).splitlines()[0]}", "use the plans.json the checkpoint was trained with") from e
         networks.append(network)
     teacher = NnUNetTeacher(networks, plans, configuration, dataset_json).to(device)
+    teacher.dataset_json = dataset_json
+    axes = loaded[0][1].get("inference_allowed_mirroring_axes")  # what nnU-Net's predictor would mirror
+    teacher.mirror_axes = tuple(int(a) for a in axes) if axes is not None else None
     teacher.set_checkpoint(*[f for f, _ in loaded])
     return teacher

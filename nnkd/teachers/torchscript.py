@@ -96,10 +96,11 @@ class TorchScriptTeacher(Teacher):
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         try:
             with torch.no_grad():
-                output, features = self._run(x.to(next(self.model.parameters()).device))
+                device = next(iter([*self.model.parameters(), *self.model.buffers()]), x).device
+                output, features = self._run(x.to(device))
         except Exception as e:
-            raise NnkdError(f"the scripted model fails on a probe input of shape {list(shape)}: "
-                            f"{str(e).strip().splitlines()[-1][:200]}",
+            reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+            raise NnkdError(f"the scripted model fails on a probe input of shape {list(shape)}: {reason}",
                             "set ?dims=, ?channels= or a ?probe= size the model divides") from e
         self.feature_channels = [f.shape[1] for f in features]
         self.feature_strides = [tuple(probe // s for s in f.shape[2:]) for f in features]
