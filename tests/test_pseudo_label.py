@@ -110,3 +110,43 @@ def test_a_missing_image_folder_is_named(source, tmp_path):
     result = run_cli("nnkd_pseudo_label", "-d", TARGET_ID + 2, "-i", tmp_path / "nowhere", "--teacher",
                      source["teacher"], env=source["env"], check=False)
     assert result.returncode != 0 and "nowhere not found" in result.stderr
+
+
+def test_a_killed_run_resumes_where_it_stopped(source, monkeypatch, capsys):
+    """Cases labelled before an interruption are kept in the hidden staging folder and skipped by the rerun; the
+    finished dataset equals one made in a single run."""
+    from nnkd.pipeline import pseudo_labels
+    from nnkd.pipeline.pseudo_labels import PseudoLabelRequest, pseudo_label
+
+    monkeypatch.setenv("nnUNet_raw", str(source["raw"]))
+    request = PseudoLabelRequest(dataset_id=TARGET_ID + 3, teacher=source["teacher"], source_dataset=SOURCE_ID,
+                                 name="Resumed", device="cpu")
+    calls = []
+    original = pseudo_labels.WholeCaseTeacher.__call__
+
+    def interrupted(self, files, output):
+        calls.append(files)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, files, output)
+
+    monkeypatch.setattr(pseudo_labels.WholeCaseTeacher, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pseudo_label(request)
+    target = source["raw"] / f"Dataset{TARGET_ID + 3}_Resumed"
+    assert not target.exists() and (source["raw"] / f".{target.name}.partial").is_dir()
+    monkeypatch.setattr(pseudo_labels.WholeCaseTeacher, "__call__", original)
+    capsys.readouterr()
+    pseudo_label(request)
+    assert "2 of 4 Tr case(s) already labelled" in capsys.readouterr().out
+    assert not (source["raw"] / f".{target.name}.partial").exists()
+    single = source["raw"] / f"Dataset{TARGET_ID + 4}_Single"
+    pseudo_label(PseudoLabelRequest(dataset_id=TARGET_ID + 4, teacher=source["teacher"], source_dataset=SOURCE_ID,
+                                    name="Single", device="cpu"))
+    assert tree_digest(target).keys() == tree_digest(single).keys()
+    for name in ("labelsTr", "labelsTs"):
+        for file in (single / name).iterdir():
+            a = sitk.GetArrayFromImage(sitk.ReadImage(str(file)))
+            assert np.array_equal(a, sitk.GetArrayFromImage(sitk.ReadImage(str(target / name / file.name))))
+    assert json.loads((target / "nnkd_pseudo_labels.json").read_text())["cases"] == \
+        json.loads((single / "nnkd_pseudo_labels.json").read_text())["cases"]

@@ -14,10 +14,13 @@ SUBFOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
 
 
 @contextmanager
-def staged_raw_dataset(raw_root: Path, dataset_id: int, folder_name: str, overwrite: bool) -> Iterator[Path]:
+def staged_raw_dataset(raw_root: Path, dataset_id: int, folder_name: str, overwrite: bool,
+                       resumable: bool = False) -> Iterator[Path]:
     """A staging folder with nnU-Net's raw sub-folders, swapped in as raw_root/folder_name when the block
     ends without error. A dataset ID used by another dataset, or an existing one without `overwrite`,
-    stops before anything is written."""
+    stops before anything is written. `resumable`: the staging folder has a fixed name and is kept when the
+    block fails or the process is killed, so a rerun finds what was done (nnU-Net lists only `Dataset*`
+    folders, never this hidden one)."""
     raw_root = Path(raw_root)
     target = raw_root / folder_name
     others = [n for n in datasets_with_id(raw_root, dataset_id) if n != folder_name]
@@ -27,12 +30,14 @@ def staged_raw_dataset(raw_root: Path, dataset_id: int, folder_name: str, overwr
     if target.exists() and not overwrite:
         raise NnkdError(f"{target} already exists", "pass --overwrite to replace it")
     raw_root.mkdir(parents=True, exist_ok=True)
-    staging = raw_root / f".{folder_name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = raw_root / (f".{folder_name}.partial" if resumable else f".{folder_name}.tmp-{os.getpid()}")
+    if not resumable:
+        shutil.rmtree(staging, ignore_errors=True)
     try:
         for sub in SUBFOLDERS:
-            (staging / sub).mkdir(parents=True)
+            (staging / sub).mkdir(parents=True, exist_ok=True)
         yield staging
         replace_folder(staging, target)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not resumable:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -21,13 +21,15 @@ foreground voxels; a case whose segmentation is empty is named in a warning (the
 """
 
 import json
+import os
 import shutil
-import warnings
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from nnkd.datasets.raw import staged_raw_dataset
 from nnkd.errors import NnkdError
@@ -36,6 +38,7 @@ from nnkd.teachers.nnunet import DEFAULTS as NNUNET_OPTIONS
 from nnkd.teachers.registry import TeacherSpec, create_teacher, parse_options
 
 MANIFEST = "nnkd_pseudo_labels.json"
+PARTIAL = "nnkd_pseudo_labels.partial.json"  # the request an unfinished run was labelling for
 
 
 @dataclass
@@ -191,39 +194,69 @@ def pseudo_label(request: PseudoLabelRequest) -> Path:
         segment = WholeCaseTeacher(teacher, source.file_ending, device)
         how = "one forward pass of the teacher on each whole image (z-scored per channel)"
     folder_name = f"Dataset{request.dataset_id:03d}_{request.name}"
-    manifest = {"teacher": spec.text, "source": source.description, "how": how, "cases": {}}
-    with staged_raw_dataset(raw_root, request.dataset_id, folder_name, request.overwrite) as staging:
+    manifest = {"teacher": spec.text, "source": source.description, "how": how, "labels": labels, "cases": {}}
+    with staged_raw_dataset(raw_root, request.dataset_id, folder_name, request.overwrite, resumable=True) as staging:
+        _resume_or_restart(staging, manifest)
         for split, cases in splits.items():
-            targets = {case: staging / f"labels{split}" / f"{case}{source.file_ending}" for case in cases}
-            if spec.family == "nnunet":  # nnU-Net writes its plans and arguments beside the segmentations
-                predicted = staging / f".predicted{split}"
-                predictor.predict_from_files([cases[c] for c in cases], [str(predicted / c) for c in cases],
+            done = {c for c in cases if _case_done(staging, split, c, len(cases[c]), source.file_ending)}
+            if done:
+                print(f"{len(done)} of {len(cases)} {split} case(s) already labelled by an earlier run: skipped")
+            todo = {c: files for c, files in cases.items() if c not in done}
+            targets = {case: staging / f"labels{split}" / f"{case}{source.file_ending}" for case in todo}
+            predicted = staging / f".predicted{split}"
+            shutil.rmtree(predicted, ignore_errors=True)
+            if spec.family == "nnunet" and todo:  # nnU-Net writes its plans and arguments beside the segmentations
+                predictor.predict_from_files([todo[c] for c in todo], [str(predicted / c) for c in todo],
                                              save_probabilities=False, overwrite=True,
                                              num_processes_preprocessing=request.num_processes,
                                              num_processes_segmentation_export=request.num_processes)
-                for case, target in targets.items():
-                    (predicted / target.name).rename(target)
-                shutil.rmtree(predicted)
-            from tqdm import tqdm
-
-            for case in tqdm(cases, desc=f"pseudo-labels {split}", unit="case"):
+            predicted.mkdir(exist_ok=True)
+            for case in tqdm(todo, desc=f"pseudo-labels {split}", unit="case"):
+                for c, file in enumerate(todo[case]):  # images first: a case is done when its label is there
+                    _copy(Path(file), staging / f"images{split}" / f"{case}_{c:04d}{source.file_ending}")
                 if spec.family != "nnunet":
-                    segmentation = segment(cases[case], targets[case])
-                else:
-                    segmentation = reader.read_seg(str(targets[case]))[0]
-                for c, file in enumerate(cases[case]):
-                    shutil.copyfile(file, staging / f"images{split}" / f"{case}_{c:04d}{source.file_ending}")
+                    segment(todo[case], predicted / targets[case].name)
+                os.replace(predicted / targets[case].name, targets[case])
+            shutil.rmtree(predicted)
+            for case in cases:
+                segmentation = reader.read_seg(str(staging / f"labels{split}" / f"{case}{source.file_ending}"))[0][0]
                 manifest["cases"][case] = {"split": split, "foreground": {
                     name: float(np.mean(segmentation == value)) for name, value in labels.items() if value}}
         empty = [c for c, entry in manifest["cases"].items() if not any(entry["foreground"].values())]
         if empty:
-            warnings.warn(f"the teacher found no foreground in {len(empty)} case(s): {', '.join(empty[:5])}"
-                          f"{' …' if len(empty) > 5 else ''} — check that the teacher's spec fits these images",
-                          stacklevel=2)
+            print(f"nnkd: warning: the teacher found no foreground in {len(empty)} case(s): {', '.join(empty[:5])}"
+                  f"{' …' if len(empty) > 5 else ''} — check that the teacher's spec fits these images",
+                  file=sys.stderr)
         dataset_json = {"channel_names": source.channel_names, "labels": labels,
                         "numTraining": len(splits["Tr"]), "file_ending": source.file_ending,
                         "description": f"labels: {spec.text} ({how}) on {source.description}"}
         (staging / "dataset.json").write_text(json.dumps(dataset_json, indent=4) + "\n")
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        (staging / PARTIAL).unlink()
     return raw_root / folder_name
 
+
+
+def _resume_or_restart(staging: Path, manifest: dict) -> None:
+    """Keep what an earlier, interrupted run of the same request labelled; anything else in the staging folder
+    (another teacher, source or labels) is discarded."""
+    record = staging / PARTIAL
+    request = {k: manifest[k] for k in ("teacher", "source", "how", "labels")}
+    if record.is_file() and json.loads(record.read_text()) != request:
+        print(f"note: {staging.name} holds an unfinished run of another request; starting over")
+        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+            shutil.rmtree(staging / sub, ignore_errors=True)
+            (staging / sub).mkdir()
+    record.write_text(json.dumps(request) + "\n")
+
+
+def _case_done(staging: Path, split: str, case: str, channels: int, ending: str) -> bool:
+    return (staging / f"labels{split}" / f"{case}{ending}").is_file() and all(
+        (staging / f"images{split}" / f"{case}_{c:04d}{ending}").is_file() for c in range(channels))
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy under a temporary name, then rename: a killed copy never looks complete."""
+    partial = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
