@@ -150,3 +150,17 @@ def test_a_killed_run_resumes_where_it_stopped(source, monkeypatch, capsys):
             assert np.array_equal(a, sitk.GetArrayFromImage(sitk.ReadImage(str(target / name / file.name))))
     assert json.loads((target / "nnkd_pseudo_labels.json").read_text())["cases"] == \
         json.loads((single / "nnkd_pseudo_labels.json").read_text())["cases"]
+
+
+def test_an_unfinished_run_of_another_request_is_discarded(source, monkeypatch, capsys):
+    from nnkd.pipeline.pseudo_labels import PARTIAL, PseudoLabelRequest, pseudo_label
+
+    monkeypatch.setenv("nnUNet_raw", str(source["raw"]))
+    staging = source["raw"] / f".Dataset{TARGET_ID + 5:03d}_Other.partial"
+    (staging / "labelsTr").mkdir(parents=True)
+    (staging / "labelsTr" / "stale.nii.gz").write_bytes(b"from another teacher")
+    (staging / PARTIAL).write_text(json.dumps({"teacher": "deepbet", "source": "elsewhere"}))
+    target = pseudo_label(PseudoLabelRequest(dataset_id=TARGET_ID + 5, teacher=source["teacher"],
+                                             source_dataset=SOURCE_ID, name="Other", device="cpu"))
+    assert "holds an unfinished run of another request; starting over" in capsys.readouterr().out
+    assert not (target / "labelsTr" / "stale.nii.gz").exists() and len(list((target / "labelsTr").iterdir())) == 4
