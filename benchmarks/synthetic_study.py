@@ -3,7 +3,7 @@
     python benchmarks/synthetic_study.py -o study_synthetic [-d 990] [--cases 24] [--shape 32 48 48]
         [--teacher-epochs 48] [--teacher-iterations 20] [--epochs 40] [--low-label-epochs 40]
         [--iterations 20] [--val-iterations 4] [--seeds 3] [--labeled 4]
-        [--all-label-methods none,logit,feature,cka,drd] [--low-label-methods none,logit,tskd]
+        [--all-label-methods none,logit,feature,cka,drd] [--low-label-methods 'none,logit,tskd?feature_weight=0']
         [--budgets tiny,small] [-np 2] [--device cpu|cuda]
 
 1. Dataset: `nnkd_make_synthetic` (multi-class: organ, lesion, vessel; --cases training + 4 test cases of
@@ -19,7 +19,8 @@
 
 Every student run has the same schedule, --epochs × --iterations (the low-label runs --low-label-epochs),
 with --val-iterations validation batches per epoch for the learning curves, and is repeated with --seeds
-seeds; logit KD runs from the cached teacher only (`--cached-only`: it costs about a plain step). A method
+seeds; logit KD, and TS-KD without its feature term, run from the cached teacher only (`--cached-only`: each
+costs about a plain step; TS-KD's transfer set, the fold's unlabelled rest, is in the same cache). A method
 may carry hyper-parameters (`'logit?kd_loss=kl&kd_temperature=3'`) to compare settings.
 
 Every step skips what is finished, so a rerun resumes. Each benchmark writes results.json, report.md and plots.
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per run")
     parser.add_argument("--labeled", type=int, default=4, help="labelled training cases of the low-label study")
     parser.add_argument("--all-label-methods", default="none,logit,feature,cka,drd")
-    parser.add_argument("--low-label-methods", default="none,logit,tskd")
+    parser.add_argument("--low-label-methods", default="none,logit,tskd?feature_weight=0")
     parser.add_argument("--budgets", default="tiny,small", help="budgets of the all-label study")
     parser.add_argument("-np", type=int, default=2, help="processes for preprocessing and augmentation")
     parser.add_argument("--device", default="cpu", help="training device (the benchmark measures latency on it)")

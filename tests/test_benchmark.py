@@ -132,6 +132,19 @@ def test_method_variants_name_their_runs():
         assert Run.from_name(named.name) == named  # a run folder's name gives back its run
 
 
+def test_methods_that_read_only_teacher_logits_also_run_from_the_cache():
+    """logit, and tskd without its feature term, get a cached run (the only one with --cached-only); methods that
+    read teacher features never do."""
+    from nnkd.benchmark.study import BenchmarkRequest, _runs
+
+    request = BenchmarkRequest(output=Path("out"), methods=("none", "logit", "tskd", "tskd?feature_weight=0", "cka"),
+                               budgets=("tiny",), seeds=1, cached_only=True)
+    assert [r.name for r in _runs(request, True)] == [
+        "tiny-none-s0", "tiny-logit-cached-s0", "tiny-tskd-s0", "tiny-tskd@feature_weight=0-cached-s0", "tiny-cka-s0"]
+    request.cached_only = False
+    assert "tiny-tskd@feature_weight=0-s0" in [r.name for r in _runs(request, True)]
+
+
 def test_seed_summary_pairs_each_run_with_the_no_kd_run_of_its_seed():
     from scipy.stats import t
 

@@ -161,6 +161,38 @@ def test_feature_methods_refuse_the_cache(cached, tmp_path):
     assert result.returncode != 0 and "method feature needs live teacher features" in result.stderr
 
 
+def test_tskd_distils_the_unlabelled_rest_of_the_fold_from_the_cache(cached, tmp_path):
+    """TS-KD in the low-label regime at plain-training cost: logit KD only (feature_weight=0), the labelled
+    cases and the fold's other training cases (their labels unread) both taught by the cache; no teacher built."""
+    hidden = cached["folder"].with_name(cached["folder"].name + ".away")
+    cached["folder"].rename(hidden)
+    try:
+        env = {**cached["env"], "nnUNet_results": str(tmp_path / "results"), "nnUNet_n_proc_DA": "0"}
+        result = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "tskd",
+                         "--labeled", "2", "--hp", "feature_weight=0", "--teacher", cached["spec"], "--teacher-cache",
+                         *QUICK_TRAINING, env=env)
+    finally:
+        hidden.rename(cached["folder"])
+    fold = run_fold(tmp_path / "results" / "Dataset991_Synthetic", "nnKDTrainer_TSKD")
+    log = next(fold.glob("training_log_*.txt")).read_text()
+    assert "the teacher itself is not loaded" in log and "kd_logit" in log and "kd_feature" not in log
+    assert "training case(s) --labeled left unlabelled" in log
+    assert "validation Dice" in result.stdout
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "method tskd needs live teacher features"),
+    (["--hp", "feature_weight=0", "--synthetic", "somewhere"], "a teacher cache holds the fold's training cases only"),
+])
+def test_tskd_uses_the_cache_only_where_it_can(cached, tmp_path, extra, message):
+    env = {**cached["env"], "nnUNet_results": str(tmp_path / "results")}
+    result = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "tskd",
+                     "--labeled", "2", "--teacher", cached["spec"], "--teacher-cache", *extra, *QUICK_TRAINING,
+                     env=env, check=False)
+    assert result.returncode != 0 and message in result.stderr and result.stderr.count("nnkd: error:") == 1
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("teacher.json"))
+
+
 def test_corrupt_and_stale_entries_are_detected_and_recomputed(cached, tmp_path):
     """On the module's cache (no second teacher to cache from scratch). The test ends with every entry recomputed
     for the changed checkpoint, so the copy and its cache still agree for this module's other tests, in any order."""

@@ -104,9 +104,12 @@ def _runs(request: BenchmarkRequest, teacher_has_logits: bool) -> list[Run]:
                     if seed == 0:
                         print(f"note: {request.teacher} has no logits for this dataset; logit KD is left out")
                     continue
-                if not (method == "logit" and request.cached_only):
+                cls = METHODS[method]  # logit KD, and TS-KD without its feature term, can learn from the cache
+                cacheable = cls.needs_teacher_logits and not cls.takes_several_teachers and \
+                    not cls.uses_teacher_features(cls.default_settings() | cls.coerce_settings(dict(hp)))
+                if not (cacheable and request.cached_only):
                     runs.append(Run(budget, method, seed=seed, hp=hp))
-                if method == "logit" and request.cached:
+                if cacheable and request.cached:
                     runs.append(Run(budget, method, cached=True, seed=seed, hp=hp))
     return runs
 

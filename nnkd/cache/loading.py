@@ -31,18 +31,21 @@ class ImageWithSoftLabels:
 
 
 class CachedTeacherDataset:
-    """An nnU-Net dataset whose `load_case` returns ImageWithSoftLabels as the image."""
+    """An nnU-Net dataset whose `load_case` returns ImageWithSoftLabels as the image. `case_of` maps the
+    dataset's identifier to the cached case (a transfer dataset's `0/case` to `case`)."""
 
-    def __init__(self, dataset, cache):
+    def __init__(self, dataset, cache, case_of=None):
         self.dataset = dataset
         self.cache = cache
+        self.case_of = case_of
 
     def load_case(self, identifier):
         data, seg, seg_prev, properties = self.dataset.load_case(identifier)
-        return ImageWithSoftLabels(data, self.cache.open_case(identifier)), seg, seg_prev, properties
+        case = self.case_of(identifier) if self.case_of else identifier
+        return ImageWithSoftLabels(data, self.cache.open_case(case)), seg, seg_prev, properties
 
     def __getattr__(self, name):  # identifiers, keys(), … of the wrapped dataset
-        if name in ("dataset", "cache"):
+        if name in ("dataset", "cache", "case_of"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 

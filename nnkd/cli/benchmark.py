@@ -31,9 +31,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seeds", type=int, default=None,
                    help="repeat every run with seeds 0 … N−1 and report mean ± std and the paired Δ to no KD with "
                         "its 95 %% interval (default 3; 1 with --quick)")
-    p.add_argument("--no-cache", action="store_true", help="skip the cached-teacher logit run")
+    p.add_argument("--no-cache", action="store_true",
+                   help="skip the cached-teacher runs (logit KD, and tskd with feature_weight=0)")
     p.add_argument("--cached-only", action="store_true",
-                   help="logit KD only from the cached teacher (skip the online logit run)")
+                   help="logit KD (and tskd with feature_weight=0) only from the cached teacher (skip their online runs)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime latency")
     p.add_argument("--int8", action="store_true",
                    help="also quantize every model as nnkd_export --int8 does (calibrated on the fold's training "

@@ -76,13 +76,13 @@ def resolve_trainer_class(method: str | None, trainer: str | None):
     return cls
 
 
-def cached_teacher_record(spec: str, cls, config: PreprocessedConfiguration, fold) -> dict:
+def cached_teacher_record(spec: str, cls, config: PreprocessedConfiguration, fold, settings: dict) -> dict:
     """The run's teacher as its stored predictions: the cache must exist and fit; the teacher is not loaded."""
     from nnkd.cache.store import TeacherCache, cache_folder
 
-    if cls.needs_teacher_features:
+    if cls.uses_teacher_features(settings):
         raise NnkdError(f"method {cls.method} needs live teacher features; a teacher cache holds only the "
-                        "teacher's predictions", "drop --teacher-cache, or use a logit-based method (logit)")
+                        "teacher's predictions", cls.without_teacher_features)
     cache = TeacherCache(cache_folder(config.folder, config.configuration_manager.data_identifier, fold, spec))
     if not cache.manifest.get("cases"):
         raise NnkdError(f"no teacher cache of {spec} for fold {fold} in {cache.folder}",
@@ -127,6 +127,10 @@ def check_request(request: TrainRequest, cls) -> None:
     if (request.unlabeled or request.synthetic) and not cls.takes_transfer_set:
         raise NnkdError(f"method {cls.method} has no transfer set; --unlabeled and --synthetic feed TS-KD's",
                         "use --method tskd")
+    if (request.unlabeled or request.synthetic) and request.teacher_cache:
+        raise NnkdError("a teacher cache holds the fold's training cases only, not --unlabeled or --synthetic sets",
+                        "drop --teacher-cache to distil those sets with the live teacher, or keep the cache and "
+                        "--labeled N alone (the fold's other training cases are the transfer set)")
     if request.labeled is not None and request.labeled < 1:
         raise NnkdError(f"--labeled {request.labeled} keeps no labelled case", "give --labeled 1 or more")
     if not request.resuming:
@@ -161,7 +165,7 @@ def new_record(request: TrainRequest, cls, config: PreprocessedConfiguration, fo
     if spec and not cls.needs_teacher:
         print(f"note: method {cls.method} trains without a teacher; --teacher is ignored")
     elif request.teacher_cache:
-        teacher = cached_teacher_record(spec, cls, config, fold)
+        teacher = cached_teacher_record(spec, cls, config, fold, cls.default_settings() | given)
     elif cls.takes_several_teachers:
         teachers = [checked_teacher_record(s, config, fold, cls.needs_teacher_logits, user) for s in request.teachers]
     elif spec:

@@ -9,6 +9,7 @@ from torch import autocast, nn
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 
+from nnkd.cache.loading import CachedTeacherDataset
 from nnkd.distill.cka import cka_per_stage
 from nnkd.distill.feature import FeatureProjectors, feature_distance, pair_stages_by_resolution, resize_to
 from nnkd.distill.logits import KD_LOSSES, kd_kl_loss, kd_loss
@@ -295,6 +296,27 @@ class nnKDTrainer_TSKD(LogitKD, nnKDTrainer_Feature):
     hyperparameters = nnKDTrainer_Feature.hyperparameters + LogitKD.logit_hyperparameters + ("transfer_ratio",)
     hyperparameter_rules = {"transfer_ratio": Rule(minimum=0)}
 
+    without_teacher_features = ("add --hp feature_weight=0 (logit KD only, which the cache serves) or drop "
+                                "--teacher-cache")
+
+    @classmethod
+    def uses_teacher_features(cls, settings: dict) -> bool:
+        return bool(settings.get("feature_weight", cls.feature_weight))
+
+    def initialize(self):
+        if not self.was_initialized:  # without the feature term: no student hooks, no projectors
+            self.needs_student_features = bool(self.feature_weight)
+        super().initialize()
+
+    def build_kd_helpers(self) -> nn.Module | None:
+        return super().build_kd_helpers() if self.feature_weight else None
+
+    def open_teacher_cache(self):
+        """The cache must also hold the training cases `--labeled` left unlabelled: they are the transfer set."""
+        cache = super().open_teacher_cache()
+        cache.check(self.unlabeled_training_cases(), self.run_config.teacher["spec"])
+        return cache
+
     def transfer_sources(self) -> list[Path | tuple[Path, list[str]]]:
         """The transfer-set folders (`--unlabeled`, `--synthetic`) and, with `--labeled N`, the fold's other
         training cases as unlabelled images (the low-label regime: few labels, many images)."""
@@ -305,6 +327,8 @@ class nnKDTrainer_TSKD(LogitKD, nnKDTrainer_Feature):
     def get_tr_and_val_datasets(self):
         if getattr(self, "_loading_transfer", False):
             dataset = TransferDataset(self.transfer_sources())
+            if self.teacher_cache is not None:  # only the fold's own cases: "0/<case>" is <case> in the cache
+                dataset = CachedTeacherDataset(dataset, self.teacher_cache, lambda i: i.split("/", 1)[1])
             return dataset, dataset
         return super().get_tr_and_val_datasets()
 

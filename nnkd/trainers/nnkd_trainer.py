@@ -196,6 +196,13 @@ class nnKDTrainer(nnUNetTrainer):
         check_teacher_fits(teacher, self.plans_manager, self.configuration_name, self.dataset_json,
                            self.needs_teacher_logits, f"method {self.method}")
 
+    without_teacher_features = "drop --teacher-cache, or use a logit-based method (logit)"  # the remedy
+
+    @classmethod
+    def uses_teacher_features(cls, settings: dict) -> bool:
+        """Whether a run with these hyper-parameters reads the teacher's features (a cache holds none)."""
+        return cls.needs_teacher_features
+
     @classmethod
     def default_settings(cls) -> dict:
         """Every hyper-parameter's class default, by name (what teacher.json records when --hp leaves it)."""
