@@ -72,7 +72,7 @@ def test_an_nnunet_teacher_predicts_with_its_own_pipeline(teacher, tmp_path):
     env = make_env(tmp_path)
     images = Path(teacher["env"]["nnUNet_raw"]) / f"Dataset{PLANNED_ID}_Synthetic" / "imagesTs"
     before = tree_digest(images)
-    run_cli("nnkd_pseudo_label", "-d", TARGET_ID, "-i", images, "--teacher", teacher["spec"], "--disable-tta",
+    run_cli("nnkd_pseudo_label", "-d", TARGET_ID, "-i", images, "--teacher", teacher["spec"], "--disable_tta",
             "--device", "cpu", env=env)
     target = Path(env["nnUNet_raw"]) / f"Dataset{TARGET_ID}_PseudoLabels"
     teacher_json = json.loads((teacher["folder"] / "dataset.json").read_text())

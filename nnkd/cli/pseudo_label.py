@@ -27,8 +27,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--labels", nargs="+", metavar="NAME",
                    help="the teacher's classes, background first (default: the names the teacher gives)")
     p.add_argument("--file-ending", default=".nii.gz", help="with -i: the images' file ending (default .nii.gz)")
-    p.add_argument("--disable-tta", action="store_true", help="nnU-Net teachers: predict without mirroring")
-    p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
+    p.add_argument("--disable_tta", action="store_true", help="nnU-Net teachers: predict without mirroring (nnU-Net's flag)")
+    p.add_argument("--device", "-device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
     p.add_argument("-np", type=int, default=1, help="processes for nnU-Net's preprocessing and export (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     add_verbose(p)

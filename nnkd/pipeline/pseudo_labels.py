@@ -9,7 +9,7 @@ of each whole case — that `nnkd_plan_and_preprocess` and `nnkd_train` then tak
 How the teacher segments a whole case:
 - an nnU-Net model folder (`nnunet:` teacher): nnU-Net's own prediction of the folder (its preprocessing and
   plans, sliding window, every trained fold as an ensemble unless the spec names `fold` / `folds`, mirroring
-  unless `--disable-tta`), exactly as `nnUNetv2_predict` would segment the images;
+  unless `--disable_tta`), exactly as `nnUNetv2_predict` would segment the images;
 - any other family: the image read by nnU-Net's reader for the file ending, each channel z-scored over the
   whole image (nnU-Net's default normalisation; the teacher maps intensities its own way from there), one
   forward pass of the teacher on the whole volume (its spec's `size` / `zoom` / `axes` options adapt it to the
