@@ -25,6 +25,8 @@ BAD_PLANNING = {  # nnkd_plan_and_preprocess arguments (with --no_pp), fragments
                               ["unknown configuration 4d_fullres", "3d_fullres"]),
     "budget-unreachable": (["-d", str(PLANNED_ID), "--max-params", "10", "-c", "3d_fullres"],
                            ["no student architecture meets the budget", "smallest candidate"]),
+    "compute-below-floor": (["-d", str(PLANNED_ID), "--max-gflops", "0.0001", "-c", "3d_fullres"],
+                            ["smallest candidate", "coarser spacing", "-overwrite_target_spacing", "--teacher-plans"]),
     "teacher-plans-missing": (["-d", str(PLANNED_ID), "--budget", "tiny", "--teacher-plans", "MyPlans"],
                               ["MyPlans.json not found"]),
 }

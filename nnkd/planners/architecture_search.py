@@ -128,8 +128,11 @@ class StudentSearch:
                                self.input_channels, self.num_classes, self.patch_size)
             limits = [f"≤ {param_limit:,.0f} parameters" if param_limit != float("inf") else "",
                       f"≤ {gflop_limit:.4g} GFLOPs per patch" if gflop_limit != float("inf") else ""]
+            coarser = smallest.params <= param_limit  # only the compute is out of reach: fewer voxels help
             raise NnkdError(
                 f"no student architecture meets the budget ({', '.join(x for x in limits if x)}); the smallest "
                 f"candidate has {smallest.params:,} parameters and {smallest.gflops:.4g} GFLOPs per patch",
-                "raise --max-params/--max-gflops or use a larger preset")
+                "raise --max-params/--max-gflops or use a larger preset" + (
+                    "; or plan the student at a coarser spacing (nnUNetv2_plan_experiment -overwrite_target_spacing "
+                    "… -overwrite_plans_name P, then --teacher-plans P; docs/planning.md)" if coarser else ""))
         return best
