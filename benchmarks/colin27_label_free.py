@@ -218,7 +218,7 @@ def time_cases(run_case, n: int) -> float:
 def groups(result: dict) -> list[tuple[str, str, list[dict]]]:
     """The runs by (student, labels), in the order they were measured."""
     def key(run):
-        return run.get("student", "student"), run["labels"]
+        return run["student"], run["labels"]
 
     keys = list(dict.fromkeys(key(r) for r in result["runs"]))
     return [(*k, [r for r in result["runs"] if key(r) == k]) for k in keys]
@@ -255,7 +255,7 @@ def report(result: dict) -> str:
                      + (f" {seconds:.2f} | {t['seconds_per_case'] / seconds:.1f} |" if timing else ""))
     lines += ["", "Per seed (test Dice vs BET / vs deepbet):"]
     for r in result["runs"]:
-        lines.append(f"- `{r.get('student', 'student')}` {r['labels']} s{r['seed']}: "
+        lines.append(f"- `{r['student']}` {r['labels']} s{r['seed']}: "
                      f"{np.mean(r['test_dice_vs_bet']):.4f} / {np.mean(r['test_dice_vs_deepbet']):.4f}")
     return "\n".join(lines) + "\n"
 
