@@ -48,10 +48,11 @@ def read_mask(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0
 
 
-def flops(fn) -> float:
+def counted(fn):
+    """fn's result and the GFLOPs it took (torch's FlopCounterMode: convolutions and matrix products)."""
     with torch.no_grad(), FlopCounterMode(display=False, depth=0) as counter:
-        fn()
-    return counter.get_total_flops() / 1e9
+        out = fn()
+    return out, counter.get_total_flops() / 1e9
 
 
 def student(dataset: str, configuration: str, plans: str, seed: int):
@@ -107,7 +108,7 @@ def main() -> None:
     args.o.mkdir(parents=True, exist_ok=True)
 
     teacher = WholeCaseTeacher(create_teacher(args.teacher), ".nii.gz", torch.device("cpu"))
-    teacher_flops = [flops(lambda: teacher.segment([str(p)])) for p in test_images]
+    teacher_flops = [counted(lambda: teacher.segment([str(p)]))[1] for p in test_images]
     result = {"settings": vars(args) | {"o": str(args.o)}, "versions": software_versions(), "test_cases": cases,
               "teacher": {"spec": args.teacher, "params": sum(p.numel() for p in teacher.teacher.parameters()),
                           "gflops_per_case": float(np.mean(teacher_flops))}, "runs": []}
@@ -123,9 +124,11 @@ def main() -> None:
             continue
         folder = args.o / f"{configuration}-{plans}" / f"{labels_from}-s{seed}"
         folder.mkdir(parents=True, exist_ok=True)
-        for case, image, properties in images:
-            io.write_seg(predictor.predict_single_npy_array(image, properties), str(folder / f"{case}.nii.gz"),
-                         properties)
+        case_gflops = []
+        for case, image, properties in images:  # predicted once: written, and its FLOPs counted on the way
+            segmentation, gflops = counted(lambda: predictor.predict_single_npy_array(image, properties))
+            io.write_seg(segmentation, str(folder / f"{case}.nii.gz"), properties)
+            case_gflops.append(gflops)
         predicted = {case: read_mask(folder / f"{case}.nii.gz") for case in cases}
         summary = json.loads((located.model_folder / "fold_0" / "validation" / "summary.json").read_text())
         run = {"student": f"{configuration}:{plans}", "configuration": configuration, "plans": plans,
@@ -135,8 +138,7 @@ def main() -> None:
                "test_dice_vs_bet": [dice(predicted[c], read_mask(bet / "labelsTs" / f"{c}.nii.gz")) for c in cases],
                "test_dice_vs_deepbet": [dice(predicted[c], read_mask(deepbet / "labelsTs" / f"{c}.nii.gz"))
                                         for c in cases],
-               "gflops_per_case": float(np.mean([flops(lambda: predictor.predict_single_npy_array(i, p))
-                                                 for _, i, p in images]))}
+               "gflops_per_case": float(np.mean(case_gflops))}
         if not args.no_timing:
             run["seconds_per_case"] = time_cases(lambda i: predictor.predict_single_npy_array(*images[i][1:]),
                                                  len(images))
