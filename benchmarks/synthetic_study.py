@@ -4,7 +4,7 @@
         [--teacher-epochs 48] [--teacher-iterations 20] [--epochs 40] [--low-label-epochs 40]
         [--iterations 20] [--val-iterations 4] [--seeds 3] [--labeled 4]
         [--all-label-methods none,logit,feature,cka,drd] [--low-label-methods 'none,logit,tskd?feature_weight=0']
-        [--budgets tiny,small] [-np 2] [--device cpu|cuda]
+        [--budgets tiny,small] [-np 2] [--jobs 1] [--device cpu|cuda]
 
 1. Dataset: `nnkd_make_synthetic` (multi-class: organ, lesion, vessel; --cases training + 4 test cases of
    about --shape voxels), unless `$nnUNet_raw` has it already.
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--low-label-methods", default="none,logit,tskd?feature_weight=0")
     parser.add_argument("--budgets", default="tiny,small", help="budgets of the all-label study")
     parser.add_argument("-np", type=int, default=2, help="processes for preprocessing and augmentation")
+    parser.add_argument("--jobs", type=int, default=1, help="runs each benchmark trains at once (nnkd_benchmark --jobs)")
     parser.add_argument("--device", default="cpu", help="training device (the benchmark measures latency on it)")
     args = parser.parse_args()
 
@@ -78,7 +79,7 @@ def main() -> None:
                2, "--device", args.device, *start], env, logs / "teacher.log")
 
     schedule = ["--iterations-per-epoch", args.iterations, "--val-iterations-per-epoch", args.val_iterations, "--seeds", args.seeds,
-                "--cached-only", "-np", args.np, "--device", args.device]
+                "--cached-only", "-np", args.np, "--jobs", args.jobs, "--device", args.device]
     studies = {f"labeled{args.labeled}": ["--labeled", args.labeled, "--methods", args.low_label_methods,
                                           "--budgets", "tiny", "--epochs", args.low_label_epochs],
                "all_labels": ["--methods", args.all_label_methods, "--budgets", args.budgets, "--epochs",

@@ -77,10 +77,14 @@ def test_quick_benchmark_reports_every_measure_and_resumes(planned, teacher, tmp
     bad = run_cli("nnkd_benchmark", *args[:-1], tmp_path / "never", "--int8", "--no-onnx", env=planned["env"],
                   check=False)
     assert bad.returncode != 0 and "--no-onnx turns ONNX off" in bad.stderr and not (tmp_path / "never").exists()
+    bad = run_cli("nnkd_benchmark", *args[:-1], tmp_path / "never", "--jobs", 0, env=planned["env"], check=False)
+    assert bad.returncode != 0 and "--jobs 0" in bad.stderr and not (tmp_path / "never").exists()
 
-    # a second seed: only its runs train, seed 0's are reused (--cached-only: no online logit run)
-    more = run_cli("nnkd_benchmark", *args, "--seeds", 2, "--cached-only", "--no-onnx", env=planned["env"])
-    assert more.returncode == 0
+    # a second seed: only its runs train, seed 0's are reused (--cached-only: no online logit run); --jobs 2
+    # trains the two new runs at once
+    more = run_cli("nnkd_benchmark", *args, "--seeds", 2, "--cached-only", "--no-onnx", "--jobs", 2,
+                   env=planned["env"])
+    assert more.returncode == 0 and json.loads((out / "results.json").read_text())["jobs"] == 2
     kept = out / "runs" / "tiny-none-s0" / "train.log"
     assert kept.stat().st_mtime_ns == logs[kept]
     results = json.loads((out / "results.json").read_text())

@@ -98,3 +98,27 @@ def test_help_and_the_docs_list_every_method_of_the_table():
     for name, method in METHOD_TABLE.items():
         assert f"  {name:13s}{method.summary}" in out.getvalue(), name
         assert f"| `{name}` | `{method.trainer}` |" in training_doc, name
+
+
+@pytest.mark.parametrize("value, expected", [("1", 1), ("3", 3), (None, "cores"), ("0", "cores"), ("two", "cores")])
+def test_cpu_threads_follow_omp_num_threads_else_every_core(monkeypatch, value, expected):
+    """Trainings side by side (nnkd_benchmark --jobs) each keep to their OMP_NUM_THREADS share of the cores;
+    without a usable value nnkd uses every core, as nnU-Net does."""
+    import multiprocessing
+
+    import torch
+
+    from nnkd.devices import cpu_threads, resolve_device
+
+    if value is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+    wanted = multiprocessing.cpu_count() if expected == "cores" else expected
+    before = torch.get_num_threads()
+    try:
+        assert cpu_threads() == wanted
+        resolve_device("cpu")
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)

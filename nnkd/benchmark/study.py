@@ -43,6 +43,7 @@ class BenchmarkRequest:
     int8: bool = False  # also ONNX Runtime int8 (nnkd_export --int8's quantization): its Dice and latency
     quick: bool = False
     num_processes: int = 2
+    jobs: int = 1  # runs trained at once (each its own nnkd_train process)
 
 
 def _quick_setup(request: BenchmarkRequest, env: dict, output: Path) -> None:
@@ -201,12 +202,32 @@ def _student_measurements(record: dict, request, dataset_name, dataset_json, ima
     return result
 
 
+def _train_runs(runs: list, plans: dict, request, dataset_name: str, env: dict, output: Path, device) -> list[dict]:
+    """Train (or reuse) every run, --jobs of them at once; their records in the order of `runs`. On the CPU each
+    of the parallel trainings gets its share of the cores (OMP_NUM_THREADS, unless the caller set it). A run
+    that fails does not stop the others; the first failure is raised once all have ended."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    if request.jobs > 1 and device.type == "cpu" and "OMP_NUM_THREADS" not in env:
+        env = {**env, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // request.jobs))}
+    with ThreadPoolExecutor(max_workers=request.jobs) as pool:
+        futures = [pool.submit(train, run, plans[run.budget], request, dataset_name, env, output) for run in runs]
+        for _ in tqdm(as_completed(futures), total=len(futures), desc="training runs", unit="run"):
+            pass
+    failed = next((f.exception() for f in futures if f.exception() is not None), None)
+    if failed is not None:
+        raise failed
+    return [f.result() for f in futures]
+
+
 def run_benchmark(request: BenchmarkRequest) -> dict:
     """Plan, train, measure; write results.json, report.md and the plots to request.output."""
     from nnkd.benchmark.report import write_report
     from nnkd.devices import resolve_device
     from nnkd.teachers.registry import create_teacher
 
+    if request.jobs < 1:
+        raise NnkdError(f"--jobs {request.jobs}: at least one run has to train at a time", "pass --jobs 1 or more")
     if request.int8:  # before anything is written
         from nnkd.inference.quantize import require_quantization
 
@@ -243,9 +264,7 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
         check(["nnkd_cache_teacher", "-d", dataset_name, "-c", request.configuration, "-f", request.fold,
                "--teacher", request.teacher, "--device", request.device], env, output / "logs" / "cache.log")
     steps.update()
-    records = []
-    for run in tqdm(runs, desc="training runs", unit="run"):
-        records.append(train(run, plans[run.budget], request, dataset_name, env, output))
+    records = _train_runs(runs, plans, request, dataset_name, env, output, device)
     steps.update()
     steps.close()
 
@@ -269,8 +288,8 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
                "labeled": request.labeled, "validation_cases": cases,
                "schedule": {"epochs": request.epochs, "iterations_per_epoch": request.iterations,
                             "val_iterations_per_epoch": request.val_iterations},
-               "seeds": request.seeds, "labels": {str(v): k for k, v in dataset_json["labels"].items()
-                                                   if k != "background" and k != "ignore"},
+               "seeds": request.seeds, "jobs": request.jobs,
+               "labels": {str(v): k for k, v in dataset_json["labels"].items() if k != "background" and k != "ignore"},
                "teacher": teacher_info, "runs": derived_ratios(records, teacher_info)}
     results["summary"] = summarize(results["runs"])
     write_json_atomic(output / "results.json", results)

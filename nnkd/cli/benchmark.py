@@ -42,6 +42,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--device", "-device", default=None, choices=("cpu", "cuda", "mps"),
                    help="training device, latency is measured on it too (default: cuda if available, else cpu)")
     p.add_argument("-np", type=int, default=2, help="processes for preprocessing and data augmentation")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train N runs at once (default 1); on the CPU each gets its share of the cores "
+                        "(OMP_NUM_THREADS = cores / N unless set). Seconds per iteration then include the sharing")
     p.add_argument("--quick", action="store_true",
                    help="minutes-long smoke run: a small synthetic dataset, 1 epoch × 2 iterations")
     p.add_argument("-o", required=True, metavar="OUT", help="output folder (runs, predictions, report)")
@@ -62,7 +65,8 @@ def _benchmark(args) -> None:
         epochs=args.epochs, iterations=args.iterations, val_iterations=args.val_iterations,
         seeds=args.seeds if args.seeds is not None else (0 if args.quick else 3),
         cached_only=args.cached_only, device=args.device, cached=not args.no_cache,
-        onnx=not args.no_onnx, int8=args.int8, quick=args.quick, num_processes=args.np))
+        onnx=not args.no_onnx, int8=args.int8, quick=args.quick, num_processes=args.np,
+        jobs=args.jobs))
     print(f"nnkd: benchmark written to {Path(args.o) / 'report.md'} and results.json")
 
 
