@@ -49,15 +49,15 @@ def main() -> None:
     args.o.mkdir(parents=True, exist_ok=True)
     names = {"1": "organ", "2": "lesion", "3": "vessel"}
     (args.o / "results.json").write_text(json.dumps({"runs": records, "summary": rows}, indent=1))
-    lines = ["| run | seed | Dice | organ | lesion | vessel | Δ vs no KD (same seed) | found at: organ | lesion | vessel |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| budget | run | seed | Dice | organ | lesion | vessel | Δ vs no KD (same budget and seed) | "
+             "found at: organ | lesion | vessel |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         found = {}
         for row in rows:
-            if row["label"] == r["label"]:
+            if (row["budget"], row["label"]) == (r["budget"], r["label"]):
                 found = {c: v["per_seed"][row["seeds"].index(r["seed"])] for c, v in row["found_at"].items()}
         delta = "–" if r["dice_vs_none"] is None else f"{r['dice_vs_none']:+.3f}"
-        lines.append(f"| {r['label']} | {r['seed']} | {r['dice']:.3f} | " +
+        lines.append(f"| {r['budget']} | {r['label']} | {r['seed']} | {r['dice']:.3f} | " +
                      " | ".join(f"{r['dice_per_class'][c]:.3f}" for c in sorted(r["dice_per_class"])) +
                      f" | {delta} | " + " | ".join(str(found.get(c) or "never") for c in sorted(found)) + " |")
     (args.o / "report.md").write_text("\n".join(lines) + "\n\n![Learning curves](learning_curves.png)\n")

@@ -51,3 +51,50 @@ def test_colin27_label_free_report_and_plot(tmp_path, timing):
         assert "faster" not in text
     module.plot(result, tmp_path / "dice_vs_cost.png")
     assert (tmp_path / "dice_vs_cost.png").stat().st_size > 10_000
+
+
+def fake_run(runs: Path, name: str, method: str, seed: int, dice: float, lesion_curve: list[float]) -> None:
+    """A finished run in nnkd_benchmark's layout: teacher.json, nnU-Net's validation summary and a checkpoint
+    holding only nnU-Net's logging (what runs_report.py reads)."""
+    import torch
+
+    fold = runs / name / "Dataset990_Synthetic" / f"nnKDTrainer_X@s{seed}__P__3d_fullres" / "fold_0"
+    (fold / "validation").mkdir(parents=True)
+    (fold / "teacher.json").write_text(json.dumps({"method": method, "seed": seed, "hyperparameters": {},
+                                                   "schedule": {"num_epochs": len(lesion_curve)}}))
+    per_class = {"1": 0.9, "2": dice, "3": dice}
+    summary = {"foreground_mean": {"Dice": sum(per_class.values()) / 3},
+               "mean": {c: {"Dice": v} for c, v in per_class.items()}}
+    (fold / "validation" / "summary.json").write_text(json.dumps(summary))
+    torch.save({"logging": {"dice_per_class_or_region": [[0.9, v, v] for v in lesion_curve]}},
+               fold / "checkpoint_final.pth")
+
+
+def test_runs_report_pairs_each_run_with_no_kd_of_its_own_budget(tmp_path):
+    """Two budgets with different seeds finished (a study part-way): every run is compared with the no-KD run
+    of its budget and seed, and 'found at' comes from its own budget's seeds."""
+    runs = tmp_path / "runs"
+    fake_run(runs, "tiny-none-s0", "none", 0, 0.0, [0.0, 0.0, 0.0])
+    fake_run(runs, "tiny-none-s1", "none", 1, 0.0, [0.0, 0.0, 0.0])
+    fake_run(runs, "tiny-logit-cached-s0", "logit", 0, 0.9, [0.0, 0.6, 0.9])
+    fake_run(runs, "tiny-logit-cached-s1", "logit", 1, 0.8, [0.0, 0.0, 0.7])
+    fake_run(runs, "small-none-s0", "none", 0, 0.5, [0.0, 0.0, 0.6])
+    fake_run(runs, "small-logit-cached-s0", "logit", 0, 0.9, [0.7, 0.9, 0.9])
+    (runs / "small-logit-cached-s1").mkdir()  # started, not finished: left out
+    module = load("runs_report")
+    import sys
+
+    argv, sys.argv = sys.argv, ["runs_report.py", str(runs), "-o", str(tmp_path / "out"), "--iterations", "10"]
+    try:
+        module.main()
+    finally:
+        sys.argv = argv
+    rows = [line.split(" | ") for line in (tmp_path / "out" / "report.md").read_text().splitlines()[2:]
+            if line.startswith("| ")]
+    found = {(r[0].strip("| "), r[1], r[2]): r for r in rows}
+    assert len(found) == 6
+    assert found[("tiny", "logit (cached)", "1")][7] == "+0.533"  # (0.9 + 0.8 + 0.8) / 3 − 0.9 / 3
+    assert found[("small", "logit (cached)", "0")][7] == "+0.267"
+    assert found[("small", "none", "0")][9] == "30" and found[("tiny", "logit (cached)", "0")][9] == "20"
+    assert found[("tiny", "none", "1")][9] == "never"
+    assert (tmp_path / "out" / "learning_curves.png").stat().st_size > 1000
