@@ -169,6 +169,7 @@ def plot(result: dict, path: Path) -> None:
         else [])
     fig, axes = plt.subplots(len(costs), 2, figsize=(10, 3.6 * len(costs) + 1.4), squeeze=False)
     t = result["teacher"]
+    grouped = groups(result)
     for row, (key, label) in enumerate(costs):
         for col, (score, title) in enumerate((("test_dice_vs_bet", "Dice vs BET (test cases)"),
                                               ("test_dice_vs_deepbet", "Dice vs deepbet's masks (test cases)"))):
@@ -177,7 +178,7 @@ def plot(result: dict, path: Path) -> None:
                 ax.scatter([t[key]], [np.mean(t[score])], marker="*", s=160, color="black", label="deepbet")
             else:
                 ax.axvline(t[key], color="black", linestyle="--", label="deepbet's cost")
-            for (student, labels, runs), marker in zip(groups(result), "osD^v<>p"):
+            for (student, labels, runs), marker in zip(grouped, "osD^v<>p"):
                 ax.scatter([r[key] for r in runs], [np.mean(r[score]) for r in runs], marker=marker, alpha=0.8,
                            color="tab:blue" if labels == "bet" else "tab:orange",
                            label=f"{student}, trained on {labels_name(labels)} (one dot per seed)")
@@ -187,7 +188,7 @@ def plot(result: dict, path: Path) -> None:
             ax.set_xscale("log")
             ax.set_xlim(min(values) / 1.5, max(values) * 1.5)
             ticks = []  # the costs themselves (deepbet's, each student's median), in plain numbers, none crowded
-            medians = [float(np.median([r[key] for r in runs])) for _, _, runs in groups(result)]
+            medians = [float(np.median([r[key] for r in runs])) for _, _, runs in grouped]
             for v in sorted(values[:2] + medians):
                 if not ticks or v > ticks[-1] * 1.15:
                     ticks.append(float(f"{v:.2g}"))
