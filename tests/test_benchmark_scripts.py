@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,3 +99,28 @@ def test_runs_report_pairs_each_run_with_no_kd_of_its_own_budget(tmp_path):
     assert found[("small", "none", "0")][9] == "30" and found[("tiny", "logit (cached)", "0")][9] == "20"
     assert found[("tiny", "none", "1")][9] == "never"
     assert (tmp_path / "out" / "learning_curves.png").stat().st_size > 1000
+
+
+def test_ensemble_stretch_scores_classes_and_reports_the_gap_to_the_ensemble():
+    module = load("ensemble_stretch")
+    reference = np.zeros((4, 4, 4), dtype=np.uint8)
+    reference[:2] = 1
+    reference[0, 0, 0] = 2
+    predicted = reference.copy()
+    predicted[1] = 0  # half the organ missed
+    scores = module.class_dice(predicted, reference, [1, 2, 3])
+    assert scores == pytest.approx({"1": 2 * 15 / (15 + 31), "2": 1.0})  # label 3 absent from both: left out
+
+    def entry(dices, gflops):
+        return {"dice_per_case": {"a": {"1": dices[0], "2": dices[1]}, "b": {"1": dices[0]}}, "gflops_per_case": gflops}
+
+    result = {"labels": [1, 2], "label_names": ["organ", "lesion"], "test_cases": ["a", "b"], "folds": ["0", "1"],
+              "teacher": {"params": 5e6, "ensemble_mirrored": entry((0.98, 0.96), 800.0),
+                          "fold0_mirrored": entry((0.97, 0.96), 400.0), "fold0_plain": entry((0.96, 0.95), 50.0)},
+              "students": [entry((0.97, 0.95), 4.0) | {"run": f"tiny-logit-cached-s{s}", "group": "tiny logit (cached)",
+                                                       "seed": s, "params": 3e5} for s in (0, 1)]}
+    # per case: a = mean(0.97, 0.95) = 0.96, b = 0.97 -> 0.965; the ensemble: (0.97 + 0.98) / 2 = 0.975
+    assert module.mean_dice(result["students"][0]) == pytest.approx(0.965)
+    text = module.report(result)
+    assert "| tiny-logit-cached-s0 | 0.300 M | off | 0.9650 | 0.9700 | 0.9500 | -1.00 | 4.00 | 200 |" in text
+    assert "| tiny logit (cached) | 2 | 0.9650 ± 0.0000 | -1.00, -1.00 |" in text

@@ -218,3 +218,13 @@ def test_default_logit_kd_pushes_a_small_class_like_a_large_one():
         g = -(student.grad - student.grad.mean(1, keepdim=True))
         push_lesion = float(g[:, 2][classes == 2].sum())
         assert push_lesion > 0.1, (trainer.kd_loss, push_lesion)  # voxel-mean KL: ~0.004 on this patch
+
+
+def test_combined_kd_loss_is_the_sum_of_its_parts():
+    torch.manual_seed(3)
+    teacher = _scene()
+    student = torch.randn_like(teacher)
+    parts = kd_loss(student, teacher, 1.0, "kl") + kd_loss(student, teacher, 1.0, "kl_balanced")
+    assert float(kd_loss(student, teacher, 1.0, "kl+kl_balanced")) == pytest.approx(float(parts), rel=1e-6)
+    with pytest.raises(ValueError, match="unknown KD loss"):
+        kd_loss(student, teacher, 1.0, "kl+kl")

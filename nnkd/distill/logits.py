@@ -63,18 +63,21 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     - ``kl_balanced``: the same KL with `class_balanced_weights`, every class the teacher sees weighing alike;
     - ``dice``: nnU-Net's soft Dice (foreground classes, per sample) between the student's and the teacher's
       temperature-softened probabilities;
-    - ``kl+dice``: the sum of the first and the third, the KD analogue of nnU-Net's CE + Dice.
+    - ``kl+dice``: the sum of the first and the third, the KD analogue of nnU-Net's CE + Dice;
+    - ``kl+kl_balanced``: the sum of the first two: the small classes' push of ``kl_balanced`` and the plain
+      KL's push on the large classes (the organ), which the balanced weights all but remove.
     """
     if kind not in KD_LOSSES:
         raise ValueError(f"unknown KD loss {kind!r}; use one of {', '.join(KD_LOSSES)}")
     loss = student_logits.new_zeros((), dtype=torch.float32)
-    if kind in ("kl", "kl+dice"):
-        loss = loss + kd_kl_loss(student_logits, teacher_logits, temperature, regions, mask)
-    if kind == "kl_balanced":
-        loss = loss + kd_kl_loss(student_logits, teacher_logits, temperature, regions, mask,
-                                 class_balanced_weights(teacher_logits, regions, mask))
-    if kind in ("dice", "kl+dice"):
-        loss = loss + kd_dice_loss(student_logits, teacher_logits, temperature, regions, mask)
+    for part in kind.split("+"):
+        if part == "kl":
+            loss = loss + kd_kl_loss(student_logits, teacher_logits, temperature, regions, mask)
+        elif part == "kl_balanced":
+            loss = loss + kd_kl_loss(student_logits, teacher_logits, temperature, regions, mask,
+                                     class_balanced_weights(teacher_logits, regions, mask))
+        else:
+            loss = loss + kd_dice_loss(student_logits, teacher_logits, temperature, regions, mask)
     return loss
 
 
@@ -91,7 +94,7 @@ def kd_dice_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
     return dice(p_s, p_t.detach(), loss_mask=None if mask is None else mask[:, None].to(p_s.dtype))
 
 
-KD_LOSSES = ("kl", "kl_balanced", "dice", "kl+dice")
+KD_LOSSES = ("kl", "kl_balanced", "dice", "kl+dice", "kl+kl_balanced")
 
 
 def logits_from_probabilities(probabilities: torch.Tensor, regions: bool = False, eps: float = 1e-8) -> torch.Tensor:
