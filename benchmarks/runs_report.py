@@ -1,6 +1,7 @@
 """Summarise finished nnkd_benchmark runs without measuring them again: validation Dice from each run's own
-nnU-Net validation (summary.json), learning curves from its checkpoint, mean ± std over seeds and when each
-class was found; writes results.json, report.md and learning_curves.png to OUT.
+nnU-Net validation (summary.json; with each class's false positive and false negative voxels per case, which
+tell over- from under-segmentation), learning curves from its checkpoint, mean ± std over seeds and when
+each class was found; writes results.json, report.md and learning_curves.png to OUT.
 
     python benchmarks/runs_report.py BENCHMARK_OUTPUT/runs -o OUT [--iterations 20]
 
@@ -41,6 +42,7 @@ def main() -> None:
                         "schedule": config["schedule"], "seconds_per_iteration": 1.0,
                         "dice": validation["foreground_mean"]["Dice"],
                         "dice_per_class": {k: v["Dice"] for k, v in validation["mean"].items()},
+                        "errors_per_class": {k: {"FP": v["FP"], "FN": v["FN"]} for k, v in validation["mean"].items()},
                         "learning_curve": learning_curve(fold, args.iterations)})
     derived_ratios(records, {})
     for r in records:
@@ -50,7 +52,8 @@ def main() -> None:
     names = {"1": "organ", "2": "lesion", "3": "vessel"}
     (args.o / "results.json").write_text(json.dumps({"runs": records, "summary": rows}, indent=1))
     lines = ["| budget | run | seed | Dice | organ | lesion | vessel | Δ vs no KD (same budget and seed) | "
-             "found at: organ | lesion | vessel |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "found at: organ | lesion | vessel | FP / FN voxels per case: organ | lesion | vessel |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         found = {}
         for row in rows:
@@ -59,7 +62,9 @@ def main() -> None:
         delta = "–" if r["dice_vs_none"] is None else f"{r['dice_vs_none']:+.3f}"
         lines.append(f"| {r['budget']} | {r['label']} | {r['seed']} | {r['dice']:.3f} | " +
                      " | ".join(f"{r['dice_per_class'][c]:.3f}" for c in sorted(r["dice_per_class"])) +
-                     f" | {delta} | " + " | ".join(str(found.get(c) or "never") for c in sorted(found)) + " |")
+                     f" | {delta} | " + " | ".join(str(found.get(c) or "never") for c in sorted(found)) + " | " +
+                     " | ".join(f"{e['FP']:.0f} / {e['FN']:.0f}" for _, e in sorted(r["errors_per_class"].items())) +
+                     " |")
     (args.o / "report.md").write_text("\n".join(lines) + "\n\n![Learning curves](learning_curves.png)\n")
     plot_learning_curves(records, names, args.o / "learning_curves.png")
     print("\n".join(lines))

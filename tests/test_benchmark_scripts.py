@@ -65,7 +65,7 @@ def fake_run(runs: Path, name: str, method: str, seed: int, dice: float, lesion_
                                                    "schedule": {"num_epochs": len(lesion_curve)}}))
     per_class = {"1": 0.9, "2": dice, "3": dice}
     summary = {"foreground_mean": {"Dice": sum(per_class.values()) / 3},
-               "mean": {c: {"Dice": v} for c, v in per_class.items()}}
+               "mean": {c: {"Dice": v, "FP": 10 * seed + int(c), "FN": 7.4} for c, v in per_class.items()}}
     (fold / "validation" / "summary.json").write_text(json.dumps(summary))
     torch.save({"logging": {"dice_per_class_or_region": [[0.9, v, v] for v in lesion_curve]}},
                fold / "checkpoint_final.pth")
@@ -98,6 +98,7 @@ def test_runs_report_pairs_each_run_with_no_kd_of_its_own_budget(tmp_path):
     assert found[("small", "logit (cached)", "0")][7] == "+0.267"
     assert found[("small", "none", "0")][9] == "30" and found[("tiny", "logit (cached)", "0")][9] == "20"
     assert found[("tiny", "none", "1")][9] == "never"
+    assert found[("tiny", "none", "1")][11:14] == ["11 / 7", "12 / 7", "13 / 7 |"]  # nnU-Net's FP / FN per case
     assert (tmp_path / "out" / "learning_curves.png").stat().st_size > 1000
 
 
