@@ -22,7 +22,12 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
+def cpu_count() -> int:
+    """The machine's CPU cores, as nnkd counts them everywhere (threads per job, machine records)."""
+    return multiprocessing.cpu_count()
+
+
 def cpu_threads() -> int:
     """Torch threads on the CPU: OMP_NUM_THREADS when it is a positive number, else every core."""
     asked = os.environ.get("OMP_NUM_THREADS", "")
-    return int(asked) if asked.isdigit() and int(asked) > 0 else multiprocessing.cpu_count()
+    return int(asked) if asked.isdigit() and int(asked) > 0 else cpu_count()

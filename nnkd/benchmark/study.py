@@ -14,6 +14,7 @@ from nnkd.atomic import write_json_atomic
 from nnkd.benchmark.measure import TeacherLogits, evaluate, evaluate_runtimes, measure_model, validation_images
 from nnkd.benchmark.runs import Run, check, is_finished, parse_method, train
 from nnkd.benchmark.stats import derived_ratios, summarize
+from nnkd.devices import cpu_count
 from nnkd.errors import NnkdError
 from nnkd.method_table import METHOD_TRAINERS
 from nnkd.nnunet_env import find_dataset_name, require_env
@@ -209,7 +210,7 @@ def _train_runs(runs: list, plans: dict, request, dataset_name: str, env: dict, 
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     if request.jobs > 1 and device.type == "cpu" and "OMP_NUM_THREADS" not in env:
-        env = {**env, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // request.jobs))}
+        env = {**env, "OMP_NUM_THREADS": str(max(1, cpu_count() // request.jobs))}
     with ThreadPoolExecutor(max_workers=request.jobs) as pool:
         futures = [pool.submit(train, run, plans[run.budget], request, dataset_name, env, output) for run in runs]
         for _ in tqdm(as_completed(futures), total=len(futures), desc="training runs", unit="run"):
@@ -282,7 +283,7 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
                                         progress)
     progress.close()
 
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    results = {"machine": f"{platform.processor() or platform.machine()}, {cpu_count()} CPUs, "
                           f"{torch.get_num_threads()} torch threads, device {device.type}, torch {torch.__version__}",
                "dataset": dataset_name, "configuration": request.configuration, "fold": request.fold,
                "labeled": request.labeled, "validation_cases": cases,

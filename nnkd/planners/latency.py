@@ -14,7 +14,6 @@ the largest student under the limit and measures it — and the largest measured
 
 import hashlib
 import json
-import os
 import platform
 import statistics
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from nnkd.atomic import write_json_atomic
+from nnkd.devices import cpu_count
 from nnkd.errors import NnkdError
 
 REPEATS = 7
@@ -35,7 +35,7 @@ def machine() -> dict:
     """What a latency depends on besides the network: recorded with it, part of the cache key."""
     import torch
 
-    return {"machine": platform.machine(), "processor": platform.processor() or None, "cpus": os.cpu_count(),
+    return {"machine": platform.machine(), "processor": platform.processor() or None, "cpus": cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
