@@ -16,7 +16,9 @@ each loss term on its own and measures, without changing the weights:
 - `push_<class>`: how hard the term raises the true class's logit on the voxels of that class (the
   negative gradient of the term w.r.t. the full-resolution logits, centred over classes and summed over
   the voxels whose label is that class) — the signal that makes a network find a class;
-- for the whole step: the clipping factor min(1, 12 / ‖g‖) nnU-Net's `clip_grad_norm_` applies.
+- for the whole step: the clipping factor min(1, 12 / ‖g‖) nnU-Net's `clip_grad_norm_` applies, and the voxels of
+  each class in the label map, in the argmax of the (augmented) soft labels and in the student's argmax — whether
+  the teacher's targets or the student make a class larger than the labels do.
 
 `--hp` overrides the run's method hyper-parameters for the measurement (e.g. another temperature or KD
 loss), so one checkpoint shows what each setting would do at that point of training.
@@ -108,6 +110,9 @@ def main() -> None:
                       None, teacher)
         terms.update({f"kd_{k}": v for k, v in trainer.distillation_terms(step).items()})
         label_map = targets[0][:, 0].long()
+        known = torch.ones_like(label_map, dtype=torch.bool) if valid is None else valid.bool()
+        teacher_classes = torch.where(known, probabilities.argmax(1), -1)  # the augmented soft labels' argmax
+        student_classes = torch.where(known, full.detach().argmax(1), -1)
         row, total = {}, [torch.zeros_like(p) for p in params]
         for name, loss in terms.items():
             grads = torch.autograd.grad(loss, [full, *params], retain_graph=True, allow_unused=True)
@@ -121,7 +126,9 @@ def main() -> None:
             row[name] = {"value": float(loss), "grad_norm": norm, **{f"push_{k}": v for k, v in push.items()}}
         step_norm = float(torch.sqrt(sum((g ** 2).sum() for g in total)))
         row["step"] = {"grad_norm": step_norm, "clip_factor": min(1.0, GRADIENT_CLIP / max(step_norm, 1e-12)),
-                       "voxels": {labels[c]: int((label_map == c).sum()) for c in classes}}
+                       "voxels": {labels[c]: int((label_map == c).sum()) for c in classes},
+                       "teacher_voxels": {labels[c]: int((teacher_classes == c).sum()) for c in classes},
+                       "student_voxels": {labels[c]: int((student_classes == c).sum()) for c in classes}}
         rows.append(row)
     finish_loader(validation)
     finish_loader(loader)
@@ -130,9 +137,9 @@ def main() -> None:
     summary = {}
     for name in names:
         keys = rows[0][name].keys()
-        summary[name] = {k: float(np.mean([r[name][k] for r in rows])) for k in keys if k != "voxels"}
-    summary["step"]["voxels"] = {k: float(np.mean([r["step"]["voxels"][k] for r in rows]))
-                                 for k in rows[0]["step"]["voxels"]}
+        summary[name] = {k: float(np.mean([r[name][k] for r in rows])) for k in keys if "voxels" not in k}
+    for key in ("voxels", "teacher_voxels", "student_voxels"):
+        summary["step"][key] = {k: float(np.mean([r["step"][key][k] for r in rows])) for k in rows[0]["step"][key]}
     settings = trainer.current_settings()
     weights = str(args.weights) if args.weights else None if args.init else str(fold_folder / args.checkpoint)
     result = {"fold_folder": str(fold_folder), "weights": weights,
@@ -147,6 +154,9 @@ def main() -> None:
     s = summary["step"]
     print(f"whole step: ‖grad‖ {s['grad_norm']:.3f}, nnU-Net's clipping factor {s['clip_factor']:.3f}; "
           f"voxels per batch {s['voxels']}")
+    for key, what in (("voxels", "label map"), ("teacher_voxels", "teacher (argmax of the augmented soft labels)"),
+                      ("student_voxels", "student (argmax)")):
+        print(f"voxels per batch, {what}: " + ", ".join(f"{k} {v:.0f}" for k, v in s[key].items()))
     if args.o:
         args.o.parent.mkdir(parents=True, exist_ok=True)
         args.o.write_text(json.dumps(result, indent=1))
