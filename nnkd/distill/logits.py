@@ -69,15 +69,15 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     """
     if kind not in KD_LOSSES:
         raise ValueError(f"unknown KD loss {kind!r}; use one of {', '.join(KD_LOSSES)}")
+    parts = kind.split("+")
     loss = student_logits.new_zeros((), dtype=torch.float32)
-    for part in kind.split("+"):
-        if part == "kl":
-            loss = loss + kd_kl_loss(student_logits, teacher_logits, temperature, regions, mask)
-        elif part == "kl_balanced":
-            loss = loss + kd_kl_loss(student_logits, teacher_logits, temperature, regions, mask,
-                                     class_balanced_weights(teacher_logits, regions, mask))
-        else:
-            loss = loss + kd_dice_loss(student_logits, teacher_logits, temperature, regions, mask)
+    if "kl" in parts or "kl_balanced" in parts:  # one KL pass: the sum of both kinds is the KL with weights 1 + w
+        weights = class_balanced_weights(teacher_logits, regions, mask) if "kl_balanced" in parts else None
+        if weights is not None and "kl" in parts:
+            weights = weights + 1
+        loss = loss + kd_kl_loss(student_logits, teacher_logits, temperature, regions, mask, weights)
+    if "dice" in parts:
+        loss = loss + kd_dice_loss(student_logits, teacher_logits, temperature, regions, mask)
     return loss
 
 
