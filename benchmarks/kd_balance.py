@@ -152,8 +152,7 @@ def main() -> None:
         s = summary[name]
         print(f"{name:12s} {s['value']:8.4f} {s['grad_norm']:8.3f} " + " ".join(f"{s['push_' + n]:12.4f}" for n in fg))
     s = summary["step"]
-    print(f"whole step: ‖grad‖ {s['grad_norm']:.3f}, nnU-Net's clipping factor {s['clip_factor']:.3f}; "
-          f"voxels per batch {s['voxels']}")
+    print(f"whole step: ‖grad‖ {s['grad_norm']:.3f}, nnU-Net's clipping factor {s['clip_factor']:.3f}")
     for key, what in (("voxels", "label map"), ("teacher_voxels", "teacher (argmax of the augmented soft labels)"),
                       ("student_voxels", "student (argmax)")):
         print(f"voxels per batch, {what}: " + ", ".join(f"{k} {v:.0f}" for k, v in s[key].items()))
