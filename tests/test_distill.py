@@ -255,3 +255,34 @@ def test_balanced_kl_makes_false_organ_cheap_and_the_plain_kl_term_restores_its_
     assert asymmetry("kl") == pytest.approx(1.0, rel=1e-4)
     assert asymmetry("kl_balanced") == pytest.approx((32 ** 3 - 512) / 512, rel=1e-3)  # 63: false organ is cheap
     assert asymmetry("kl+kl_balanced") < asymmetry("kl_balanced") / 2.5
+    assert asymmetry("kl_balanced_fp") == pytest.approx(1.0, rel=1e-4)  # false organ costs what missed organ does
+
+
+@pytest.mark.parametrize("regions", [False, True])
+def test_fp_weights_equal_balanced_weights_where_the_student_agrees_and_charge_false_voxels_their_class(regions):
+    teacher = _scene()
+    if regions:  # nested regions: 1 = organ or lesion, 2 = lesion only
+        teacher = torch.stack([teacher[:, 1:].amax(1) - teacher[:, 0], teacher[:, 2] - teacher[:, :2].amax(1)], 1)
+    balanced = class_balanced_weights(teacher, regions)
+    assert torch.allclose(class_balanced_weights(teacher, regions, student_logits=teacher), balanced)
+    student = teacher.clone()
+    false = (slice(None), slice(None), 0, 0, slice(0, 4))  # 4 background voxels the student calls the small class
+    student[false] = teacher[0, :, 7, 7, 7][:, None]
+    small = balanced[0, 7, 7, 7]
+    weights = class_balanced_weights(teacher, regions, student_logits=student)
+    assert torch.allclose(weights[0, 0, 0, :4], small.expand(4))  # the small class weight
+    assert float(balanced[0, 0, 0, 0]) < float(small) / 10
+    unchanged = torch.ones_like(weights, dtype=torch.bool)
+    unchanged[0, 0, 0, :4] = False
+    assert torch.equal(weights[unchanged], balanced[unchanged])
+
+
+def test_fp_weights_charge_a_class_the_teacher_does_not_predict_by_the_student_s_own_count():
+    teacher = torch.zeros(1, 3, 4, 4, 4)
+    teacher[:, 0] = 5.0
+    teacher[:, 1, :2] = 10.0  # background and class 1 only
+    student = teacher.clone()
+    student[:, 2, 3, 3, :2] = 20.0  # 2 voxels of class 2, absent in the teacher's map
+    weights = class_balanced_weights(teacher, student_logits=student)
+    # two classes present over 64 voxels: scale 32; class 2's 2 voxels weigh 32 / 2 each, a class's share
+    assert torch.allclose(weights[0, 3, 3, :2], torch.tensor(16.0))

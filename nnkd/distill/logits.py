@@ -32,26 +32,48 @@ def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
 
 
 def class_balanced_weights(teacher_logits: torch.Tensor, regions: bool = False,
-                           mask: torch.Tensor | None = None) -> torch.Tensor:
+                           mask: torch.Tensor | None = None,
+                           student_logits: torch.Tensor | None = None) -> torch.Tensor:
     """Per-voxel weights (B, *spatial) under which each class the teacher predicts in a sample carries the same
     total weight, normalised to a mean of 1 over the (valid) voxels: the KD analogue of nnU-Net's Dice term,
     which weighs a 40-voxel lesion like a 20,000-voxel background. Classes come from the teacher's argmax
-    (for regions: the deepest region a voxel is in, 0 outside all)."""
+    (for regions: the deepest region a voxel is in, 0 outside all).
+
+    With `student_logits`, a voxel weighs the larger of its teacher class's and its student class's weight
+    (a class the teacher does not predict in the sample: 1 / the student's voxels of it), so a false organ
+    voxel costs what a missed one does, as a false positive costs in Dice; where both agree the weights are
+    those without the student."""
     with torch.no_grad():
-        if regions:
-            inside = teacher_logits > 0
-            depth = inside.long().cumprod(1).sum(1)  # regions nest: 0 outside, k inside the first k
-            classes, count = depth, teacher_logits.shape[1] + 1
-        else:
-            classes, count = teacher_logits.argmax(1), teacher_logits.shape[1]
-        valid = torch.ones_like(classes, dtype=torch.bool) if mask is None else mask
-        onehot = torch.nn.functional.one_hot(classes, count).movedim(-1, 1) & valid[:, None]
-        per_class = onehot.flatten(2).sum(2).float()  # (B, classes)
-        present = (per_class > 0).sum(1).clamp_min(1).float()  # (B,)
-        class_weight = torch.where(per_class > 0, 1 / per_class.clamp_min(1), per_class.new_zeros(()))
-        weights = (class_weight[(...,) + (None,) * (classes.ndim - 1)] * onehot).sum(1)
+        teacher_classes, count = _classes(teacher_logits, regions)
+        valid = torch.ones_like(teacher_classes, dtype=torch.bool) if mask is None else mask
+
+        def per_class(classes):
+            onehot = torch.nn.functional.one_hot(classes, count).movedim(-1, 1) & valid[:, None]
+            return onehot, onehot.flatten(2).sum(2).float()  # (B, classes)
+
+        onehot, teacher_count = per_class(teacher_classes)
+        present = (teacher_count > 0).sum(1).clamp_min(1).float()  # (B,)
+
+        def voxel_weights(onehot, counts):
+            class_weight = torch.where(counts > 0, 1 / counts.clamp_min(1), counts.new_zeros(()))
+            return (class_weight[(...,) + (None,) * (teacher_classes.ndim - 1)] * onehot).sum(1)
+
+        weights = voxel_weights(onehot, teacher_count)
+        if student_logits is not None:
+            student_onehot, student_count = per_class(_classes(student_logits.detach(), regions)[0])
+            counts = torch.where(teacher_count > 0, teacher_count, student_count)
+            weights = torch.maximum(weights, voxel_weights(student_onehot, counts))
         voxels = valid.flatten(1).sum(1).clamp_min(1).float()
-        return weights * (voxels / present)[(...,) + (None,) * (classes.ndim - 1)]
+        return weights * (voxels / present)[(...,) + (None,) * (teacher_classes.ndim - 1)]
+
+
+def _classes(logits: torch.Tensor, regions: bool) -> tuple[torch.Tensor, int]:
+    """Each voxel's class (argmax; for nested regions the deepest region it is in, 0 outside all) and the
+    number of classes."""
+    if regions:
+        depth = (logits > 0).long().cumprod(1).sum(1)  # regions nest: 0 outside, k inside the first k
+        return depth, logits.shape[1] + 1
+    return logits.argmax(1), logits.shape[1]
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, kind: str = "kl",
@@ -65,14 +87,20 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
       temperature-softened probabilities;
     - ``kl+dice``: the sum of the first and the third, the KD analogue of nnU-Net's CE + Dice;
     - ``kl+kl_balanced``: the sum of the first two: the small classes' push of ``kl_balanced`` and the plain
-      KL's push on the large classes (the organ), which the balanced weights all but remove.
+      KL's push on the large classes (the organ), which the balanced weights all but remove;
+    - ``kl_balanced_fp``: ``kl_balanced`` where a voxel the student puts in another class than the teacher
+      weighs the larger of the two classes' weights: a false organ voxel in the background costs what a missed
+      organ voxel costs (as in Dice), where ``kl_balanced`` charges it the background's small weight.
     """
     if kind not in KD_LOSSES:
         raise ValueError(f"unknown KD loss {kind!r}; use one of {', '.join(KD_LOSSES)}")
     parts = kind.split("+")
     loss = student_logits.new_zeros((), dtype=torch.float32)
-    if "kl" in parts or "kl_balanced" in parts:  # one KL pass: the sum of both kinds is the KL with weights 1 + w
-        weights = class_balanced_weights(teacher_logits, regions, mask) if "kl_balanced" in parts else None
+    if {"kl", "kl_balanced", "kl_balanced_fp"} & set(parts):  # one KL pass: kl + kl_balanced is the KL with 1 + w
+        weights = None
+        if "kl_balanced" in parts or "kl_balanced_fp" in parts:
+            student = student_logits if "kl_balanced_fp" in parts else None
+            weights = class_balanced_weights(teacher_logits, regions, mask, student)
         if weights is not None and "kl" in parts:
             weights = weights + 1
         loss = loss + kd_kl_loss(student_logits, teacher_logits, temperature, regions, mask, weights)
@@ -94,7 +122,7 @@ def kd_dice_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
     return dice(p_s, p_t.detach(), loss_mask=None if mask is None else mask[:, None].to(p_s.dtype))
 
 
-KD_LOSSES = ("kl", "kl_balanced", "dice", "kl+dice", "kl+kl_balanced")
+KD_LOSSES = ("kl", "kl_balanced", "dice", "kl+dice", "kl+kl_balanced", "kl_balanced_fp")
 
 
 def logits_from_probabilities(probabilities: torch.Tensor, regions: bool = False, eps: float = 1e-8) -> torch.Tensor:
