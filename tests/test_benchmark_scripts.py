@@ -125,3 +125,25 @@ def test_ensemble_stretch_scores_classes_and_reports_the_gap_to_the_ensemble():
     text = module.report(result)
     assert "| tiny-logit-cached-s0 | 0.300 M | off | 0.9650 | 0.9700 | 0.9500 | -1.00 | 4.00 | 200 |" in text
     assert "| tiny logit (cached) | 2 | 0.9650 ± 0.0000 | -1.00, -1.00 |" in text
+
+
+def test_false_positives_finds_false_voxels_on_a_look_alike_neighbour_and_the_model_s_belief_there():
+    module = load("false_positives")
+    reference = np.zeros((1, 6, 12), dtype=np.uint8)
+    reference[0, :, :4] = 1  # the organ
+    image = np.where(reference == 1, 100.0, 0.0)
+    image[0, :, 8:] = 100.0  # an unlabelled neighbour with the organ's intensity, 4 voxels away
+    predicted = reference.copy()
+    predicted[0, :2, 8:] = 1  # 8 false organ voxels on the neighbour
+    predicted[0, 0, 4] = 1  # one touching the organ
+    probability = np.where(predicted == 1, 0.9, 0.05)
+    out = module.where_false(predicted, probability, reference, image, 1)
+    assert out["false_positives"] == 9 and out["false_positives_by_label"] == {"0": 9}
+    assert out["lookalike_voxels"] == 24 and out["false_positives_on_lookalikes"] == 8
+    assert out["probability_on_lookalikes"] == pytest.approx((8 * 0.9 + 16 * 0.05) / 24)
+    assert out["median_distance"] == pytest.approx(6.0)  # 1, then columns 8-11 of two rows: 5, 5, 6, 6, 7, 7, 8, 8
+    summary = module.summarise({"a": out, "b": out | {"median_distance": None}})
+    assert summary["median_distance"] == pytest.approx(6.0) and summary["false_positives"] == 9
+    result = {"class_name": "organ", "fold": "0", "cases": ["a", "b"],
+              "models": [{"name": "teacher", "summary": summary}]}
+    assert "| teacher | 9 | 8 | 6.0 | 24 | 0.333 |" in module.report(result)
