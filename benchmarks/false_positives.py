@@ -108,7 +108,7 @@ def main() -> None:
             if len(finished) == 1:
                 models.append((run_folder.name, finished[0].parent.parent))
             else:
-                print(f"{run_folder.name}: left out ({len(finished)} finished runs of fold {args.fold})", file=sys.stderr)
+                print(f"{run_folder.name}: left out ({len(finished)} finished fold-{args.fold} runs)", file=sys.stderr)
     if not models:
         parser.error("no model: give --teacher or --runs with finished runs")
     validation = models[0][1] / f"fold_{args.fold}" / "validation"
