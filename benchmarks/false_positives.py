@@ -9,8 +9,8 @@ fold_<F>/validation) are predicted again with nnU-Net's predictor, without mirro
 Per case, against labelsTr and the first channel of imagesTr:
 - false positives of the class (voxels predicted as it, labelled otherwise) and the labels they carry;
 - how far they lie from the labelled class (median Euclidean distance in voxels; 1 = touching it);
-- look-alikes: background voxels whose intensity lies between the 5th and 95th percentile of the class's
-  intensities in the case, farther than 1 voxel from the class (the structures a model must tell apart by
+- look-alikes: background voxels whose intensity is nearer the class's median intensity in the case than the
+  background's, farther than 1 voxel from the class (the structures a model must tell apart by
   shape or context, such as an organ's unlabelled neighbour of similar intensity): how many false positives
   fall on them, and the model's mean probability of the class there.
 Writes OUT/results.json and OUT/report.md.
@@ -33,8 +33,9 @@ def where_false(predicted: np.ndarray, probability: np.ndarray, reference: np.nd
     inside = reference == label
     distance = ndimage.distance_transform_edt(~inside) if inside.any() else np.full(reference.shape, np.inf)
     if inside.any():
-        low, high = np.percentile(image[inside], [5, 95])
-        lookalike = (reference == 0) & (image >= low) & (image <= high) & (distance > 1)
+        background = reference == 0
+        own, other = np.median(image[inside]), np.median(image[background]) if background.any() else -np.inf
+        lookalike = background & (np.abs(image - own) < np.abs(image - other)) & (distance > 1)
     else:
         lookalike = np.zeros(reference.shape, dtype=bool)
     labels = np.bincount(reference[false].astype(np.int64), minlength=int(reference.max()) + 1)
@@ -60,8 +61,8 @@ def report(result: dict) -> str:
     name = result["class_name"]
     lines = [f"# False {name} voxels: where they lie", "",
              f"Fold {result['fold']} validation cases ({len(result['cases'])}), predicted without mirroring. "
-             f"Look-alikes: background voxels with the {name}'s intensity (its 5th-95th percentile in the case), "
-             f"more than 1 voxel from the {name}.", "",
+             f"Look-alikes: background voxels whose intensity is nearer the {name}'s median than the background's "
+             f"(per case), more than 1 voxel from the {name}.", "",
              f"| model | false {name} voxels / case | on look-alikes | median distance to the {name} (voxels) "
              f"| look-alike voxels / case | mean p({name}) on look-alikes |",
              "|---|---|---|---|---|---|"]

@@ -145,6 +145,28 @@ def test_continue_prediction_skips_finished_cases(deployed):
     assert "0 case(s) left to predict" in result.stdout
 
 
+def test_nnunet_postprocessing_tools_run_on_a_student(deployed, trained, tmp_path):
+    """nnU-Net's connected-component postprocessing, as docs/deploy.md shows it: determined on the student's
+    validation predictions with nnUNetv2_determine_postprocessing, applied to nnkd_predict's output with
+    nnUNetv2_apply_postprocessing. Postprocessing only removes voxels."""
+    env = deployed["env"]
+    fold = trained["logit"][0]
+    validation = tmp_path / "validation"  # a copy: the session's trained run stays as it was
+    shutil.copytree(fold / "validation", validation)
+    gt = Path(env["nnUNet_preprocessed"]) / "Dataset991_Synthetic" / "gt_segmentations"
+    run_cli("nnUNetv2_determine_postprocessing", "-i", validation, "-ref", gt, "-plans_json",
+            fold.parent / "plans.json", "-dataset_json", fold.parent / "dataset.json", "-np", "1", env=env)
+    assert (validation / "postprocessing.pkl").is_file() and (validation / "postprocessing.json").is_file()
+    out = tmp_path / "postprocessed"
+    run_cli("nnUNetv2_apply_postprocessing", "-i", deployed["root"] / "nnkd", "-o", out, "-pp_pkl_file",
+            validation / "postprocessing.pkl", "-np", "1", env=env)
+    before, after = _labels(deployed["root"] / "nnkd"), _labels(out)
+    assert before.keys() == after.keys() and before
+    for name in before:
+        kept = after[name] > 0
+        assert np.array_equal(after[name][kept], before[name][kept]), name
+
+
 def _corrupt_copy(images: Path, tmp: Path) -> Path:
     folder = tmp / "corrupt"
     shutil.copytree(images, folder)
