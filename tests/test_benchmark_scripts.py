@@ -125,6 +125,19 @@ def test_ensemble_stretch_scores_classes_and_reports_the_gap_to_the_ensemble():
     text = module.report(result)
     assert "| tiny-logit-cached-s0 | 0.300 M | off | 0.9650 | 0.9700 | 0.9500 | -1.00 | 4.00 | 200 |" in text
     assert "| tiny logit (cached) | 2 | 0.9650 ± 0.0000 | -1.00, -1.00 |" in text
+    assert "postprocessed" not in text
+    for entry_ in (result["teacher"]["ensemble_mirrored"], result["students"][0]):  # postprocessing: +1 point
+        entry_["dice_per_case_postprocessed"] = {c: {k: v + 0.01 for k, v in d.items()}
+                                                 for c, d in entry_["dice_per_case"].items()}
+    result["students"][1]["dice_per_case_postprocessed"] = result["students"][1]["dice_per_case"]
+    for key in ("fold0_mirrored", "fold0_plain"):
+        result["teacher"][key]["dice_per_case_postprocessed"] = result["teacher"][key]["dice_per_case"]
+    text = module.report(result)
+    assert "| tiny-logit-cached-s0 | 0.300 M | off | 0.9650 | 0.9700 | 0.9500 | -1.00 | 4.00 | 200 | 0.9750 | -1.00 |" \
+        in text
+    assert "| tiny-logit-cached-s1 | 0.300 M | off | 0.9650 | 0.9700 | 0.9500 | -1.00 | 4.00 | 200 | 0.9650 | -2.00 |" \
+        in text
+    assert "| tiny logit (cached) | 2 | 0.9700 ± 0.0071 | -1.00, -2.00 |" in text  # the postprocessed summary
 
 
 def test_false_positives_finds_false_voxels_on_a_look_alike_neighbour_and_the_model_s_belief_there():
