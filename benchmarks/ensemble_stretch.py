@@ -67,6 +67,37 @@ def predictor_for(model_folder: Path, folds: list[str], configuration: str, mirr
     return predictor, sum(p.numel() for p in network.parameters())
 
 
+def raw_dataset(dataset_id: str) -> tuple[str, Path, dict]:
+    """(dataset name, its nnUNet_raw folder, its dataset.json) of a dataset ID or name."""
+    from nnkd.nnunet_env import find_dataset_name, require_env
+
+    dataset = find_dataset_name(dataset_id)
+    raw = require_env("nnUNet_raw")["nnUNet_raw"] / dataset
+    return dataset, raw, json.loads((raw / "dataset.json").read_text())
+
+
+def finished_runs(runs: list[Path], dataset: str, configuration: str, fold: str = "0") -> list[tuple[str, Path]]:
+    """(run name, model folder) of every run folder in `runs` with exactly one finished `fold` (others are named on
+    stderr and left out)."""
+    found = []
+    for folder in runs:
+        for run_folder in sorted(p for p in folder.iterdir() if p.is_dir()):
+            finished = sorted(run_folder.glob(f"{dataset}/*__{configuration}/fold_{fold}/checkpoint_final.pth"))
+            if len(finished) == 1:
+                found.append((run_folder.name, finished[0].parent.parent))
+            else:
+                print(f"{run_folder.name}: left out ({len(finished)} finished fold-{fold} runs)", file=sys.stderr)
+    return found
+
+
+def write_outputs(out: Path, result: dict, text: str) -> None:
+    """OUT/results.json and OUT/report.md; the report is printed too."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "report.md").write_text(text)
+    print(text)
+
+
 def determine_postprocessing(model_folder: Path, folds: list[str], work: Path) -> tuple[list, list]:
     """nnU-Net's postprocessing for a model: determined on the validation predictions of `folds` (merged as
     nnUNetv2_find_best_configuration merges a cross-validation), in `work`; returns (functions, kwargs)."""
@@ -176,13 +207,10 @@ def main() -> None:
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
     from nnkd.benchmark.runs import Run
-    from nnkd.nnunet_env import find_dataset_name, require_env
     from nnkd.records import software_versions
 
     torch.set_num_threads(1)
-    dataset = find_dataset_name(args.d)
-    raw = require_env("nnUNet_raw")["nnUNet_raw"] / dataset
-    dataset_json = json.loads((raw / "dataset.json").read_text())
+    dataset, raw, dataset_json = raw_dataset(args.d)
     label_names = {int(v): k for k, v in dataset_json["labels"].items() if isinstance(v, int) and int(v) > 0}
     labels = sorted(label_names)
     io = SimpleITKIO()
@@ -209,25 +237,15 @@ def main() -> None:
         result["teacher"]["params"] = params
         print(f"teacher {key}: Dice {mean_dice(result['teacher'][key]):.4f}, "
               f"{result['teacher'][key]['gflops_per_case']:.1f} GFLOPs/case", file=sys.stderr)
-    for runs in args.runs:
-        for run_folder in sorted(p for p in runs.iterdir() if p.is_dir()):
-            finished = sorted(run_folder.glob(f"{dataset}/*__{args.c}/fold_0/checkpoint_final.pth"))
-            if len(finished) != 1:
-                print(f"{run_folder.name}: left out ({len(finished)} finished fold-0 runs)", file=sys.stderr)
-                continue
-            run = Run.from_name(run_folder.name)
-            predictor, params = predictor_for(finished[0].parent.parent, ["0"], args.c, mirroring=False)
-            entry = evaluate(predictor, images, references, labels,
-                             postprocessing(finished[0].parent.parent, ["0"], run_folder.name))
-            entry |= {"run": run_folder.name, "group": f"{run.budget} {run.label}", "seed": run.seed,
-                      "params": params, "folder": str(run_folder)}
-            result["students"].append(entry)
-            print(f"{run_folder.name}: Dice {mean_dice(entry):.4f}, {entry['gflops_per_case']:.2f} GFLOPs/case",
-                  file=sys.stderr)
-    args.o.mkdir(parents=True, exist_ok=True)
-    (args.o / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.o / "report.md").write_text(report(result))
-    print(report(result))
+    for run_name, model_folder in finished_runs(args.runs, dataset, args.c):
+        run = Run.from_name(run_name)
+        predictor, params = predictor_for(model_folder, ["0"], args.c, mirroring=False)
+        entry = evaluate(predictor, images, references, labels, postprocessing(model_folder, ["0"], run_name))
+        entry |= {"run": run_name, "group": f"{run.budget} {run.label}", "seed": run.seed, "params": params,
+                  "folder": str(model_folder.parent.parent)}
+        result["students"].append(entry)
+        print(f"{run_name}: Dice {mean_dice(entry):.4f}, {entry['gflops_per_case']:.2f} GFLOPs/case", file=sys.stderr)
+    write_outputs(args.o, result, report(result))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Writes OUT/results.json and OUT/report.md.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -92,24 +91,15 @@ def main() -> None:
 
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-    from ensemble_stretch import predictor_for
-    from nnkd.nnunet_env import find_dataset_name, require_env
+    from ensemble_stretch import finished_runs, predictor_for, raw_dataset, write_outputs
     from nnkd.records import software_versions
 
     torch.set_num_threads(1)
-    dataset = find_dataset_name(args.d)
-    raw = require_env("nnUNet_raw")["nnUNet_raw"] / dataset
-    dataset_json = json.loads((raw / "dataset.json").read_text())
+    dataset, raw, dataset_json = raw_dataset(args.d)
     ending = dataset_json["file_ending"]
     names = {int(v): k for k, v in dataset_json["labels"].items() if isinstance(v, int)}
-    models = [("teacher", args.teacher)] if args.teacher else []
-    for runs in args.runs:
-        for run_folder in sorted(p for p in runs.iterdir() if p.is_dir()):
-            finished = sorted(run_folder.glob(f"{dataset}/*__{args.c}/fold_{args.fold}/checkpoint_final.pth"))
-            if len(finished) == 1:
-                models.append((run_folder.name, finished[0].parent.parent))
-            else:
-                print(f"{run_folder.name}: left out ({len(finished)} finished fold-{args.fold} runs)", file=sys.stderr)
+    models = ([("teacher", args.teacher)] if args.teacher else []) + finished_runs(args.runs, dataset, args.c,
+                                                                                   args.fold)
     if not models:
         parser.error("no model: give --teacher or --runs with finished runs")
     validation = models[0][1] / f"fold_{args.fold}" / "validation"
@@ -133,10 +123,7 @@ def main() -> None:
         result["models"].append({"name": name, "folder": str(folder), "cases": per_case,
                                  "summary": summarise(per_case)})
         print(f"{name}: {result['models'][-1]['summary']}", file=sys.stderr)
-    args.o.mkdir(parents=True, exist_ok=True)
-    (args.o / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.o / "report.md").write_text(report(result))
-    print(report(result))
+    write_outputs(args.o, result, report(result))
 
 
 if __name__ == "__main__":
