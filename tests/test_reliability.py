@@ -384,3 +384,22 @@ def test_plan_train_predict_export_never_write_nnunet_raw(planned, trained, depl
     root = deployed_student["root"]
     assert (root / "model.zip").is_file() and any((root / "nnkd").glob("*.nii.gz"))
     assert tree_digest(Path(planned["env"]["nnUNet_raw"])) == planned["raw_before"]
+
+
+def test_checkpoints_load_from_several_threads_at_once(tmp_path):
+    """nnkd_benchmark --jobs reads run checkpoints from parallel threads; torch's allowance for the numpy scalars
+    in nnU-Net's training log is one process-wide list, so one thread's load must not end another's allowance."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"network_weights": {"w": torch.ones(2)}, "_best_ema": np.float64(0.5),
+                "logging": {"ema_fg_dice": [np.float64(0.25)]}}, path)
+
+    def load_many(_):
+        return [load_checkpoint(path)["_best_ema"] for _ in range(40)]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        loaded = [v for values in pool.map(load_many, range(8)) for v in values]
+    assert loaded == [0.5] * 320

@@ -2,6 +2,7 @@
 
 import hashlib
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,9 @@ _SAFE_GLOBALS = [np.ndarray, np.dtype, _multiarray.scalar, _multiarray._reconstr
                  (_multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
 _SAFE_GLOBALS += [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "int16", "uint8",
                                                "bool")]
+# torch's safe_globals context adds to and removes from one process-wide list: two threads loading at once
+# (nnkd_benchmark --jobs) would take each other's allowances away mid-load, so loads go one at a time.
+_LOAD_LOCK = threading.RLock()
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -52,7 +56,7 @@ def load_checkpoint(path: Path, map_location="cpu", allowed_globals=()) -> dict:
     if not path.is_file():
         raise NnkdError(f"checkpoint {path} not found", "check the path or the fold")
     try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS + list(allowed_globals)):
+        with _LOAD_LOCK, torch.serialization.safe_globals(_SAFE_GLOBALS + list(allowed_globals)):
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated, foreign or unsafe files
         reason, refused = _failure_reason(e)
