@@ -236,3 +236,23 @@ def test_latency_budget_names_round_trip():
         assert Budget.from_name(budget.name) == budget
     with pytest.raises(NnkdError, match="not positive"):
         Budget(max_latency_ms=0)
+
+
+
+def test_a_latency_measured_on_another_cpu_is_not_reused(monkeypatch):
+    """Cloud machines may report only "AMD EPYC": the family / model numbers and the vector features (AVX-512,
+    VNNI) tell two of them apart, and they are part of the latency cache's key and of the plans' record."""
+    from nnkd.planners import latency
+
+    zen3 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n" \
+           "flags\t\t: fpu sse avx avx2 fma\n\nprocessor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu\n"
+    zen5 = zen3.replace("family\t: 25", "family\t: 26").replace("avx2 fma", "avx2 fma avx512f avx512_vnni avx_vnni")
+    assert latency.cpu_identity(zen3) == {"cpu": "AMD EPYC, cpu family 25, model 1", "cpu_features": ["avx2", "fma"]}
+    assert latency.cpu_identity(zen5)["cpu_features"] == ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni"]
+    real = latency.cpu_identity
+    keys = []
+    for cpuinfo in (zen3, zen5, zen3):
+        monkeypatch.setattr(latency, "cpu_identity", lambda text=cpuinfo: real(text))
+        assert latency.machine()["cpu"] == real(cpuinfo)["cpu"]
+        keys.append(latency.LatencyCache.key({"a": 1}, 1, 2, (8, 8, 8), "cpu", "torch"))
+    assert keys[0] != keys[1] and keys[0] == keys[2]

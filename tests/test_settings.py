@@ -29,6 +29,7 @@ def test_every_default_passes_and_every_rule_names_a_hyperparameter(cls):
     ("logit", {"kd_loss": "hinton"}, 1, "kd_loss 'hinton' is unknown"),
     ("logit", {"kd_temperature": "0"}, 1, "kd_temperature 0.0 must be positive"),
     ("logit", {"kd_weight": "-1"}, 1, "kd_weight -1.0 must be at least 0"),
+    ("logit", {"kd_schedule": "cosine"}, 1, "kd_schedule 'cosine' is unknown"),
     ("tskd", {"kd_loss": "hinton"}, 1, "kd_loss 'hinton' is unknown"),  # the LogitKD mixin's rules hold for tskd
     ("tskd", {"feature_loss": "l1"}, 1, "feature_loss 'l1' is unknown"),
     ("tskd", {"transfer_ratio": "-0.5"}, 1, "transfer_ratio -0.5 must be at least 0"),
@@ -122,3 +123,19 @@ def test_cpu_threads_follow_omp_num_threads_else_every_core(monkeypatch, value, 
         assert torch.get_num_threads() == wanted
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("method", ["logit", "tskd"])
+def test_a_linear_kd_schedule_fades_the_logit_weight_to_zero_at_the_last_epoch(method):
+    """kd_schedule=linear: kd_weight at the first epoch, 0 at the last, linear in between; constant: kd_weight."""
+    cls = METHODS[method]
+    trainer = cls.__new__(cls)  # the weight depends on the settings and the epoch only
+    trainer.kd_weight, trainer.num_epochs = 2.0, 5
+    weights = {}
+    for schedule in ("constant", "linear"):
+        trainer.kd_schedule = schedule
+        weights[schedule] = []
+        for epoch in range(5):
+            trainer.current_epoch = epoch
+            weights[schedule].append(trainer.logit_weight())
+    assert weights == {"constant": [2.0] * 5, "linear": [2.0, 1.5, 1.0, 0.5, 0.0]}

@@ -31,12 +31,37 @@ BISECTION_STEPS = 8
 CACHE_FILE = "nnkd_latency.json"
 
 
+# CPU features that change how fast a convolution runs (fp32 vector width; int8 dot products)
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+                "asimd", "sve", "i8mm")
+
+
+def cpu_identity(cpuinfo: str | None = None) -> dict:
+    """The CPU beyond its architecture name: vendor model (family / model numbers where the name is generic,
+    as on cloud machines that report only "AMD EPYC") and the vector features of CPU_FEATURES it has. Read from
+    /proc/cpuinfo on Linux; platform.processor() elsewhere."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {"cpu": platform.processor() or None, "cpu_features": None}
+    fields = {}
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())  # the first processor's entry
+    name = fields.get("model name") or fields.get("Hardware") or platform.processor() or None
+    numbers = [f"{k} {fields[k]}" for k in ("cpu family", "model", "CPU part") if fields.get(k)]
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return {"cpu": ", ".join(filter(None, [name, *numbers])) or None,
+            "cpu_features": [f for f in CPU_FEATURES if f in flags]}
+
+
 def machine() -> dict:
     """What a latency depends on besides the network: recorded with it, part of the cache key."""
     import torch
 
-    return {"machine": platform.machine(), "processor": platform.processor() or None, "cpus": cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"machine": platform.machine(), "processor": platform.processor() or None, **cpu_identity(),
+            "cpus": cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 

@@ -33,6 +33,9 @@ class nnKDTrainer_NoKD(nnKDTrainer):
     needs_teacher = False
 
 
+KD_SCHEDULES = ("constant", "linear")
+
+
 class LogitKD:
     """Logit distillation settings and term shared by `logit` and `tskd` (nnkd.distill.logits.kd_loss)."""
 
@@ -41,13 +44,22 @@ class LogitKD:
     kd_temperature = 1.0
     kd_weight = 1.0
     kd_loss = "kl_balanced"  # one of nnkd.distill.logits.KD_LOSSES
-    logit_hyperparameters = ("kd_temperature", "kd_weight", "kd_loss")
+    # "constant": kd_weight throughout; "linear": kd_weight at the first epoch down to 0 at the last (as DRD's α, β),
+    # so the student ends on the labels alone and is not held at its teacher's level where it can do better
+    kd_schedule = "constant"
+    logit_hyperparameters = ("kd_temperature", "kd_weight", "kd_loss", "kd_schedule")
     hyperparameter_rules = {"kd_temperature": Rule(positive=True), "kd_weight": Rule(minimum=0),
-                            "kd_loss": Rule(choices=KD_LOSSES)}
+                            "kd_loss": Rule(choices=KD_LOSSES), "kd_schedule": Rule(choices=KD_SCHEDULES)}
+
+    def logit_weight(self) -> float:
+        """The logit KD weight of the current epoch."""
+        decay = linear_decay(self.current_epoch, self.num_epochs) if self.kd_schedule == "linear" else 1.0
+        return self.kd_weight * decay
 
     def logit_term(self, step: KDStep) -> torch.Tensor:
-        return self.kd_weight * kd_loss(step.student_logits, step.teacher.logits, self.kd_temperature, self.kd_loss,
-                                        regions=self.label_manager.has_regions, mask=step.teacher.valid)
+        return self.logit_weight() * kd_loss(step.student_logits, step.teacher.logits, self.kd_temperature,
+                                             self.kd_loss, regions=self.label_manager.has_regions,
+                                             mask=step.teacher.valid)
 
 
 class nnKDTrainer_Logit(LogitKD, nnKDTrainer):
