@@ -267,7 +267,9 @@ def report(args, record: dict) -> None:
     m = record["machine"]
     case = rows[0] if rows else {}
     lines = [f"# Per-case latency: {args.case} case", "",
-             f"Machine: {m['processor'] or m['machine']}, {m['cpus']} CPUs, {m['torch_threads']} torch threads, "
+             f"Machine: {m.get('cpu') or m['processor'] or m['machine']}"
+             + (f" ({', '.join(m['cpu_features'])})" if m.get("cpu_features") else "")
+             + f", {m['cpus']} CPUs, {m['torch_threads']} torch threads, "
              f"torch {m['torch']}, onnxruntime {m['onnxruntime']}. Case: {case.get('original_shape')} voxels "
              f"({case.get('preprocessed_shape')} after nnU-Net's preprocessing). "
              "Random weights (seed 0): time does not depend on them. Each number is nnU-Net's whole per-case "
