@@ -38,7 +38,8 @@ def test_each_method_trains_through_nnunets_pipeline(trained, teacher, method, t
 
     record = json.loads((folder / "teacher.json").read_text())
     assert record["method"] == method and record["schedule"]["num_iterations_per_epoch"] == 2
-    expected = {"none": {}, "logit": {"kd_temperature": 1.0, "kd_weight": 1.0, "kd_loss": "kl_balanced"},
+    expected = {"none": {}, "logit": {"kd_temperature": 1.0, "kd_weight": 1.0, "kd_loss": "kl_balanced",
+                          "kd_schedule": "constant"},
                 "feature": {"feature_loss": "mse", "feature_weight": 1.0, "feature_stages": None}}[method]
     assert record["hyperparameters"] == expected
     if method == "none":
