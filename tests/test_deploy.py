@@ -375,3 +375,39 @@ def test_int8_calibration_patch_by_patch_gives_the_ranges_of_all_patches_at_once
     only_last = initializers(tmp_path / "last.onnx")  # the ranges do depend on every patch
     assert any(not np.array_equal(v, only_last[k]) for k, v in strided.items() if "scale" in k)
 
+
+
+_FAULTS = r"""
+import resource, sys, torch
+from nnkd.devices import resolve_device
+resolve_device("cpu")
+torch.set_num_threads(1)
+net = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.LeakyReLU(), torch.nn.Conv3d(8, 4, 1)).eval()
+x = torch.randn(1, 1, 48, 128, 128)  # 8 × 786,432 voxels × 4 bytes: 24 MiB per activation, above glibc's threshold
+faults = []
+with torch.inference_mode():
+    for _ in range(10):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        net(x)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(min(faults[6:]))  # once the heap has grown to the passes' peak
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's malloc")
+def test_cpu_passes_reuse_freed_memory_instead_of_faulting_in_fresh_pages(tmp_path):
+    """A network pass on the CPU after the first ones takes no fresh pages from the kernel (nnkd's malloc setting,
+    applied by resolve_device: nnkd_predict, training, latency planning); with the setting off every pass faults
+    in its activations again. Counted page faults, not time."""
+    import os
+    import subprocess
+    import sys
+
+    def faults(**env) -> int:
+        out = subprocess.run([sys.executable, "-c", _FAULTS], env={**os.environ, **env}, capture_output=True,
+                             text=True, check=True)
+        return int(out.stdout.split()[-1])
+
+    kept, default = faults(), faults(nnkd_keep_freed_memory="0")
+    assert default > 5000, default  # 24 MiB activations: ~6,000 pages each, faulted in on every pass
+    assert kept < default / 20, (kept, default)

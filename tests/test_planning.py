@@ -192,6 +192,12 @@ def test_a_latency_budget_plans_the_largest_student_that_fits_and_a_smaller_one_
         assert record["latency"]["device"] == "cpu" and record["latency"]["runtime"] == "torch"
         assert record["latency"]["torch_threads"] >= 1 and record["latency"]["candidates_measured"] >= 1
         chosen[ms] = configuration.student.cost.gflops
+        # the widest of its shape within the budget: one more channel of base width would not fit
+        teacher = _plans(planned, "nnUNetPlans")["configurations"]["3d_fullres"]
+        search = StudentSearch(teacher["architecture"], 1, 4, teacher["patch_size"])
+        wider = search.widened(configuration.student, float("inf"), float("inf"))
+        assert wider and wider[0].base_width == configuration.student.base_width + 1
+        assert wider[0].cost.gflops * 2.0 > ms
     assert chosen[1.0] < chosen[4.0]
     assert (tmp_path / "nnkd_latency.json").is_file()
     measured = len(calls)
@@ -256,3 +262,5 @@ def test_a_latency_measured_on_another_cpu_is_not_reused(monkeypatch):
         assert latency.machine()["cpu"] == real(cpuinfo)["cpu"]
         keys.append(latency.LatencyCache.key({"a": 1}, 1, 2, (8, 8, 8), "cpu", "torch"))
     assert keys[0] != keys[1] and keys[0] == keys[2]
+    # measured as nnkd_predict runs: with its malloc setting (nnkd.devices.keep_freed_memory), recorded
+    assert latency.machine()["keep_freed_memory"] is (__import__("sys").platform == "linux")

@@ -99,6 +99,26 @@ class StudentSearch:
         cost = NetworkCost(self._params[key], self._gflops[key])
         return cost if cost.gflops <= gflop_limit else None
 
+    def widened(self, student: StudentArchitecture, param_limit: float, gflop_limit: float) -> list:
+        """`student`'s shape (its max-width cap, encoder and decoder depth) at each larger base width, one channel
+        at a time up to the teacher's, while it fits the limits: the finer steps that a measured latency budget is
+        fitted with (the search moves the base width 2 channels at a time and may jump between shapes)."""
+        enc_k, dec_k = max(student.encoder_depth), max(student.decoder_depth)
+        widths = student.architecture["arch_kwargs"]["features_per_stage"]
+        caps = [f for f in MAX_WIDTH_FRACTIONS if list(self._widths(student.base_width, f)) == list(widths)]
+        if not caps:
+            return []
+        wider = []
+        for base in range(student.base_width + 1, self.teacher_widths[0] + 1):
+            arch = self._candidate(base, caps[0], enc_k, dec_k)
+            cost = self._fits(arch, param_limit, gflop_limit)
+            if cost is None:
+                break  # parameters and GFLOPs only grow with width
+            kwargs = arch["arch_kwargs"]
+            wider.append(StudentArchitecture(arch, cost, base, max(kwargs["features_per_stage"]),
+                                             tuple(kwargs[self.encoder_key]), tuple(kwargs[DECODER_DEPTH_KEY])))
+        return wider
+
     def search(self, param_limit: float, gflop_limit: float) -> StudentArchitecture:
         bases = list(range(MIN_BASE_WIDTH, self.teacher_widths[0] + 1, 2)) or [self.teacher_widths[0]]
         best, best_key = None, None

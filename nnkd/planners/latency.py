@@ -10,6 +10,9 @@ measures nothing twice.
 The search: the parameter/GFLOPs search (architecture_search) already gives, for any GFLOPs limit, the largest
 student under it. Latency grows with GFLOPs along that family, so the GFLOPs limit is bisected — each step plans
 the largest student under the limit and measures it — and the largest measured student within the budget wins.
+That family is coarse (its base width moves 2 channels at a time, and a lower limit may change the student's shape),
+so the winner is then widened one channel of base width at a time, keeping its shape, by a second bisection on
+measured latency: the plan lands close under the budget instead of at the last family member below it.
 """
 
 import hashlib
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from nnkd.atomic import write_json_atomic
-from nnkd.devices import cpu_count
+from nnkd.devices import cpu_count, keep_freed_memory
 from nnkd.errors import NnkdError
 
 REPEATS = 7
@@ -57,11 +60,13 @@ def cpu_identity(cpuinfo: str | None = None) -> dict:
 
 
 def machine() -> dict:
-    """What a latency depends on besides the network: recorded with it, part of the cache key."""
+    """What a latency depends on besides the network: recorded with it, part of the cache key. Measuring runs
+    with nnkd's CPU memory setting, as nnkd_predict does (`keep_freed_memory`, switched on here)."""
     import torch
 
     return {"machine": platform.machine(), "processor": platform.processor() or None, **cpu_identity(),
             "cpus": cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "keep_freed_memory": keep_freed_memory(),
             "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
@@ -72,6 +77,7 @@ def measure_patch_latency(architecture: dict, input_channels: int, num_classes: 
 
     from nnkd.planners.network_cost import build_network
 
+    keep_freed_memory()  # as nnkd_predict runs it
     if device == "cuda" and not torch.cuda.is_available():
         raise NnkdError("--latency-device cuda was asked for but no CUDA GPU is visible",
                         "plan on the machine the student will run on, or use --latency-device cpu")
@@ -177,6 +183,17 @@ def fit_latency(search, param_limit: float, gflop_limit: float, budget, cache: L
         if hi <= lo * 1.02:
             break
         limit = (lo + hi) / 2 if lo else hi / 4
+    if best is not None:  # the widest of the winner's shape that fits, one channel of base width at a time
+        wider = search.widened(best[0], param_limit, gflop_limit)
+        lo, hi = 0, len(wider) - 1
+        while lo <= hi:  # latency grows with width within one shape
+            mid = (lo + hi) // 2
+            ms = timed(wider[mid])
+            tried.append((wider[mid].cost.gflops, ms))
+            if ms <= target:
+                best, lo = (wider[mid], ms), mid + 1
+            else:
+                hi = mid - 1
     if best is None:
         fastest = min(ms for _, ms in tried) if tried else None
         raise NnkdError(f"no student architecture runs a patch within {target:g} ms on this machine "
