@@ -184,3 +184,35 @@ def test_seed_summary_pairs_each_run_with_the_no_kd_run_of_its_seed():
 
     lines = summary_lines({"summary": list(rows.values()), "schedule": {"epochs": 3, "iterations_per_epoch": 10}})
     assert "| tiny | logit | 0.900 | 0.583 | 10 | 33% |" in lines
+
+
+def test_a_run_stopped_during_its_final_validation_is_validated_not_retrained(tmp_path, monkeypatch):
+    """nnU-Net removes checkpoint_latest.pth once checkpoint_final.pth is written: a benchmark killed during the
+    final validation must resume that run with `nnkd_train --val` (validate only), not start it again (which
+    nnkd_train refuses) nor train it on."""
+    from types import SimpleNamespace
+
+    from nnkd.benchmark import runs
+
+    fold = tmp_path / "out" / "runs" / "tiny-none-s0" / "Dataset990_Synthetic" / "T__P__3d_fullres" / "fold_0"
+    fold.mkdir(parents=True)
+    (fold / "checkpoint_final.pth").write_bytes(b"")
+    commands = []
+
+    def fake_check(args, env, log):
+        commands.append([str(a) for a in args])
+        (fold / "validation").mkdir()
+        (fold / "validation" / "summary.json").write_text(json.dumps(
+            {"foreground_mean": {"Dice": 0.9}, "mean": {"1": {"Dice": 0.9}}}))
+        return 1.0
+
+    monkeypatch.setattr(runs, "fold_folder", lambda *a: fold)
+    monkeypatch.setattr(runs, "started_as_asked", lambda *a: True)
+    monkeypatch.setattr(runs, "check", fake_check)
+    monkeypatch.setattr(runs, "seconds_per_iteration", lambda *a: 0.1)
+    monkeypatch.setattr(runs, "learning_curve", lambda *a: {})
+    request = SimpleNamespace(epochs=2, iterations=2, labeled=None, teacher=None, extra_teachers=[], seed=0,
+                              val_iterations=1, configuration="3d_fullres", fold=0, device="cpu")
+    record = runs.train(runs.Run("tiny", "none", seed=0), "P", request, "Dataset990_Synthetic", {}, tmp_path / "out")
+    assert len(commands) == 1 and "--val" in commands[0] and "--c" not in commands[0]
+    assert record["dice"] == 0.9

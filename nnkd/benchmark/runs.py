@@ -177,7 +177,11 @@ def train(run: Run, plans: str, request, dataset_name: str, env: dict, output: P
     if started and (fold_dir / "validation" / "summary.json").is_file() and (fold_dir / "checkpoint_final.pth").is_file():
         peak = None  # trained by nnkd_train in this folder before (the benchmark was not watching its memory)
     else:
-        resume = ["--c"] if started and (fold_dir / "checkpoint_latest.pth").is_file() else []
+        resume = []
+        if started and (fold_dir / "checkpoint_latest.pth").is_file():
+            resume = ["--c"]
+        elif started and (fold_dir / "checkpoint_final.pth").is_file():
+            resume = ["--val"]  # trained to its end, stopped during its final validation: validate only
         log = results / ("train_resumed.log" if resume else "train.log")
         peak = check(["nnkd_train", dataset_name, request.configuration, request.fold, "-p", plans, "--method",
                       run.method, *teacher_args, *labeled, *hp, "--seed", run.seed, "--epochs", request.epochs,
