@@ -36,6 +36,7 @@ class StudentArchitecture:
     max_width: int
     encoder_depth: tuple[int, ...]
     decoder_depth: tuple[int, ...]
+    cap_fraction: float = 1.0  # the widest stages' cap, a fraction of the scaled teacher maximum
 
 
 def _even(x: float) -> int:
@@ -104,20 +105,19 @@ class StudentSearch:
         at a time up to the teacher's, while it fits the limits: the finer steps that a measured latency budget is
         fitted with (the search moves the base width 2 channels at a time and may jump between shapes)."""
         enc_k, dec_k = max(student.encoder_depth), max(student.decoder_depth)
-        widths = student.architecture["arch_kwargs"]["features_per_stage"]
-        caps = [f for f in MAX_WIDTH_FRACTIONS if list(self._widths(student.base_width, f)) == list(widths)]
-        if not caps:
-            return []
         wider = []
         for base in range(student.base_width + 1, self.teacher_widths[0] + 1):
-            arch = self._candidate(base, caps[0], enc_k, dec_k)
+            arch = self._candidate(base, student.cap_fraction, enc_k, dec_k)
             cost = self._fits(arch, param_limit, gflop_limit)
             if cost is None:
                 break  # parameters and GFLOPs only grow with width
-            kwargs = arch["arch_kwargs"]
-            wider.append(StudentArchitecture(arch, cost, base, max(kwargs["features_per_stage"]),
-                                             tuple(kwargs[self.encoder_key]), tuple(kwargs[DECODER_DEPTH_KEY])))
+            wider.append(self._student(arch, cost, base, student.cap_fraction))
         return wider
+
+    def _student(self, arch: dict, cost: NetworkCost, base: int, cap_fraction: float) -> StudentArchitecture:
+        kwargs = arch["arch_kwargs"]
+        return StudentArchitecture(arch, cost, base, max(kwargs["features_per_stage"]), tuple(kwargs[self.encoder_key]),
+                                   tuple(kwargs[DECODER_DEPTH_KEY]), cap_fraction)
 
     def search(self, param_limit: float, gflop_limit: float) -> StudentArchitecture:
         bases = list(range(MIN_BASE_WIDTH, self.teacher_widths[0] + 1, 2)) or [self.teacher_widths[0]]
@@ -140,9 +140,7 @@ class StudentSearch:
                     key = (cost.params, cost.gflops, base, enc_k, dec_k, cap_fraction)
                     if best_key is None or key > best_key:
                         best_key = key
-                        kwargs = arch["arch_kwargs"]
-                        best = StudentArchitecture(arch, cost, base, max(kwargs["features_per_stage"]),
-                                                   tuple(kwargs[self.encoder_key]), tuple(kwargs[DECODER_DEPTH_KEY]))
+                        best = self._student(arch, cost, base, cap_fraction)
         if best is None:
             smallest = measure(self._candidate(bases[0], MAX_WIDTH_FRACTIONS[-1], 1, 1),
                                self.input_channels, self.num_classes, self.patch_size)

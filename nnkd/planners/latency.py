@@ -12,7 +12,8 @@ student under it. Latency grows with GFLOPs along that family, so the GFLOPs lim
 the largest student under the limit and measures it — and the largest measured student within the budget wins.
 That family is coarse (its base width moves 2 channels at a time, and a lower limit may change the student's shape),
 so the winner is then widened one channel of base width at a time, keeping its shape, by a second bisection on
-measured latency: the plan lands close under the budget instead of at the last family member below it.
+measured latency. On a CPU widths that are not multiples of 8 run far slower per FLOP, so this often finds nothing
+and a budget can still fall in a gap of the family (docs/planning.md).
 """
 
 import hashlib
