@@ -192,12 +192,21 @@ def test_a_latency_budget_plans_the_largest_student_that_fits_and_a_smaller_one_
         assert record["latency"]["device"] == "cpu" and record["latency"]["runtime"] == "torch"
         assert record["latency"]["torch_threads"] >= 1 and record["latency"]["candidates_measured"] >= 1
         chosen[ms] = configuration.student.cost.gflops
-        # the widest of its shape within the budget: one more channel of base width would not fit
+        # the widest of its shape within the budget: no family of finer steps from the plan (its stages after the
+        # first k one base width wider, for every k) has a member that would fit
         teacher = _plans(planned, "nnUNetPlans")["configurations"]["3d_fullres"]
         search = StudentSearch(teacher["architecture"], 1, 4, teacher["patch_size"])
-        wider = search.widened(configuration.student, float("inf"), float("inf"))
-        assert wider and wider[0].base_width == configuration.student.base_width + 1
-        assert wider[0].cost.gflops * 2.0 > ms
+        widths = configuration.student.architecture["arch_kwargs"]["features_per_stage"]
+        unlimited = float("inf")
+        families = [search.widened(configuration.student, unlimited, unlimited, k) for k in range(len(widths) - 1)]
+        assert families[0] and all(not wider or wider[0].cost.gflops * 2.0 > ms for wider in families)
+        for k, wider in enumerate(families):
+            assert [c.cost.gflops for c in wider] == sorted(c.cost.gflops for c in wider)
+            for candidate in wider:  # CPU-friendly widths, never narrower than the plan's, its first k kept
+                wider_widths = candidate.architecture["arch_kwargs"]["features_per_stage"]
+                assert all(w % 8 == 0 or w < 8 for w in wider_widths) and wider_widths != widths
+                assert all(w >= v for w, v in zip(wider_widths, widths)) and wider_widths[:k] == widths[:k]
+                assert candidate.encoder_depth == configuration.student.encoder_depth
     assert chosen[1.0] < chosen[4.0]
     assert (tmp_path / "nnkd_latency.json").is_file()
     measured = len(calls)

@@ -11,9 +11,11 @@ The search: the parameter/GFLOPs search (architecture_search) already gives, for
 student under it. Latency grows with GFLOPs along that family, so the GFLOPs limit is bisected — each step plans
 the largest student under the limit and measures it — and the largest measured student within the budget wins.
 That family is coarse (its base width moves 2 channels at a time, and a lower limit may change the student's shape),
-so the winner is then widened one channel of base width at a time, keeping its shape, by a second bisection on
-measured latency. On a CPU widths that are not multiples of 8 run far slower per FLOP, so this often finds nothing
-and a budget can still fall in a gap of the family (docs/planning.md).
+so the winner is then widened, keeping its shape: for every k, its stages after the first k grow one base width at
+a time (the first k keep their widths), a bisection on measured latency finds the widest of that family within the
+budget, and the one with the most parameters of all families becomes the plan; this repeats from the new plan
+until no family has a wider member within the budget. Keeping the full-resolution stages lets the cheap deep ones
+grow alone, in the steps of 8 channels the widths are rounded to (architecture_search; docs/planning.md).
 """
 
 import hashlib
@@ -184,17 +186,23 @@ def fit_latency(search, param_limit: float, gflop_limit: float, budget, cache: L
         if hi <= lo * 1.02:
             break
         limit = (lo + hi) / 2 if lo else hi / 4
-    if best is not None:  # the widest of the winner's shape that fits, one channel of base width at a time
-        wider = search.widened(best[0], param_limit, gflop_limit)
-        lo, hi = 0, len(wider) - 1
-        while lo <= hi:  # latency grows with width within one shape
-            mid = (lo + hi) // 2
-            ms = timed(wider[mid])
-            tried.append((wider[mid].cost.gflops, ms))
-            if ms <= target:
-                best, lo = (wider[mid], ms), mid + 1
-            else:
-                hi = mid - 1
+    while best is not None:  # finer steps: the winner made wider, keeping its first k stages, for every k
+        improved = False
+        for kept in range(len(search.teacher_widths) - 1):
+            wider = search.widened(best[0], param_limit, gflop_limit, kept)
+            lo, hi = 0, len(wider) - 1
+            while lo <= hi:  # latency grows with width along one such family
+                mid = (lo + hi) // 2
+                ms = timed(wider[mid])
+                tried.append((wider[mid].cost.gflops, ms))
+                if ms <= target:
+                    lo = mid + 1
+                    if (wider[mid].cost.params, wider[mid].cost.gflops) > (best[0].cost.params, best[0].cost.gflops):
+                        best, improved = (wider[mid], ms), True
+                else:
+                    hi = mid - 1
+        if not improved:
+            break  # no family of the plan has a wider member within the budget
     if best is None:
         fastest = min(ms for _, ms in tried) if tried else None
         raise NnkdError(f"no student architecture runs a patch within {target:g} ms on this machine "
