@@ -2,9 +2,12 @@
 
 import ctypes
 import ctypes.util
+import functools
 import multiprocessing
 import os
+import platform
 import sys
+from pathlib import Path
 
 import torch
 
@@ -53,6 +56,55 @@ def keep_freed_memory() -> bool:
             mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
             _kept = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     return _kept
+
+
+# CPU features that change how fast a convolution runs (fp32 vector width; int8 and bf16 dot products)
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+                "amx_bf16", "asimd", "sve", "i8mm")
+
+
+def cpu_identity(cpuinfo: str | None = None) -> dict:
+    """The CPU beyond its architecture name: vendor model (family / model numbers where the name is generic,
+    as on cloud machines that report only "AMD EPYC") and the vector features of CPU_FEATURES it has. Read from
+    /proc/cpuinfo on Linux; platform.processor() elsewhere."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {"cpu": platform.processor() or None, "cpu_features": None}
+    fields = {}
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())  # the first processor's entry
+    name = fields.get("model name") or fields.get("Hardware") or platform.processor() or None
+    numbers = [f"{k} {fields[k]}" for k in ("cpu family", "model", "CPU part") if fields.get(k)]
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return {"cpu": ", ".join(filter(None, [name, *numbers])) or None,
+            "cpu_features": [f for f in CPU_FEATURES if f in flags]}
+
+
+# features with which oneDNN computes bf16 convolutions natively (elsewhere bf16 is emulated, slower than fp32)
+BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16")
+CPU_BF16_ENV = "nnkd_cpu_bf16"
+
+
+@functools.cache
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16)."""
+    return any(f in BF16_CPU_FEATURES for f in cpu_identity()["cpu_features"] or ())
+
+
+def cpu_bf16(device: torch.device) -> bool:
+    """Whether training on this device runs in bf16 — the student's steps under bf16 autocast, the teacher's
+    forward passes too —, as nnU-Net trains in float16 autocast on a GPU: on a CPU that computes bf16 natively,
+    unless `nnkd_cpu_bf16=0` (`1` asks for it on any CPU, where it is emulated and slower). Never on a GPU, where
+    nnU-Net's own autocast applies."""
+    if device.type != "cpu":
+        return False
+    asked = os.environ.get(CPU_BF16_ENV, "auto")
+    if asked not in ("auto", "0", "1"):
+        raise NnkdError(f"{CPU_BF16_ENV}={asked} is not auto, 0 or 1", f"unset {CPU_BF16_ENV} or set it to 0 or 1")
+    return asked == "1" or (asked == "auto" and cpu_computes_bf16())
 
 
 def cpu_count() -> int:

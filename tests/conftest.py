@@ -114,11 +114,13 @@ def teacher(planned):
 @pytest.fixture(scope="session")
 def trained(teacher):
     """The tiny student trained once with each built-in method; method -> (fold folder, stdout). The three
-    trainings are independent (each its own trainer folder) and run side by side."""
+    trainings are independent (each its own trainer folder) and run side by side; none in float32, feature in bf16
+    (nnkd_cpu_bf16 0 and 1, whatever the CPU), logit as this CPU chooses."""
     methods = ("none", "logit", "feature")
+    precision = {"none": {"nnkd_cpu_bf16": "0"}, "logit": {}, "feature": {"nnkd_cpu_bf16": "1"}}
     calls = [("nnkd_train", [PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", method,
                              *([] if method == "none" else ["--teacher", teacher["spec"]]), *QUICK_TRAINING],
-              teacher["env"]) for method in methods]
+              {**teacher["env"], **precision[method]}) for method in methods]
     runs = {}
     for method, result in zip(methods, run_clis(calls, check=True, workers=len(calls))):
         trainer = {"none": "NoKD", "logit": "Logit", "feature": "Feature"}[method]

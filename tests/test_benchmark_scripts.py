@@ -160,3 +160,23 @@ def test_false_positives_finds_false_voxels_on_a_look_alike_neighbour_and_the_mo
     result = {"class_name": "organ", "fold": "0", "cases": ["a", "b"],
               "models": [{"name": "teacher", "summary": summary}]}
     assert "| teacher | 9 | 8 | 6.0 | 24 | 0.333 |" in module.report(result)
+
+
+def test_teacher_precision_compares_a_teachers_bf16_pass_with_float32(teacher, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import PLANNED_ID
+
+    out = tmp_path / "precision.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "teacher_precision.py"), "--teacher",
+                             teacher["spec"], "-d", str(PLANNED_ID), "--cases", "2", "--repeats", "1", "-o", str(out)],
+                            env=teacher["env"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert len(record["cases"]) == 2 and record["batch"] == 2 and record["speedup"] > 0
+    for case in record["cases"]:
+        assert 0.95 < case["argmax_agreement"] <= 1 and 0 <= case["kl"] < 1e-2
+        assert case["feature_relative_error"] and max(case["feature_relative_error"]) < 0.05
+    assert record["worst"]["argmax_agreement"] == min(c["argmax_agreement"] for c in record["cases"])
+    assert "argmax agreement" in result.stdout

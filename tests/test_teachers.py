@@ -357,3 +357,33 @@ def test_nnkd_teachers_lists_each_familys_options_without_building_a_teacher(reg
     assert listed["sam"] == {"summary": registry.family_summary("sam"),
                              "options": {"blocks": [], "slices": 8, "variant": ""}}
     assert listed["deepbet"]["options"] == {"size": [], "zoom": 1.0, "axes": [], "probe": 64}
+
+
+def test_teachers_teach_in_bf16_where_training_runs_in_bf16_and_return_float32(monkeypatch):
+    """Teacher.infer, what every trainer's teach calls: bf16 autocast on the CPU when nnkd_cpu_bf16 asks for it
+    (auto: CPUs with AVX512-BF16 / AMX-BF16), float32 results close to the float32 pass; 0 is the plain pass."""
+    from nnkd.devices import cpu_bf16, cpu_computes_bf16
+
+    teacher = create_teacher("deepbet").freeze()
+    x = torch.randn(1, 1, 40, 36, 44, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setenv("nnkd_cpu_bf16", "0")
+    assert not cpu_bf16(torch.device("cpu"))
+    plain = teacher.infer(x)
+    with torch.no_grad():
+        reference = teacher(x)
+    assert torch.equal(plain.logits, reference.logits)
+    monkeypatch.setenv("nnkd_cpu_bf16", "1")
+    assert cpu_bf16(torch.device("cpu")) and not cpu_bf16(torch.device("cuda"))
+    low = teacher.infer(x)
+    assert low.logits.dtype == torch.float32 and all(f.dtype == torch.float32 for f in low.features)
+    assert not low.logits.requires_grad
+    assert not torch.equal(low.logits, reference.logits)  # it did run in bf16
+    agree = (low.logits.argmax(1) == reference.logits.argmax(1)).float().mean()
+    assert agree > 0.99, float(agree)
+    for a, b in zip(low.features, reference.features):
+        assert (a - b).norm() / b.norm() < 0.05
+    monkeypatch.setenv("nnkd_cpu_bf16", "auto")
+    assert cpu_bf16(torch.device("cpu")) == cpu_computes_bf16()
+    monkeypatch.setenv("nnkd_cpu_bf16", "yes")
+    with pytest.raises(NnkdError, match="nnkd_cpu_bf16=yes is not auto, 0 or 1"):
+        teacher.infer(x)

@@ -132,11 +132,13 @@ class nnKDStudentPlanner:
         """The largest student within the limits whose measured patch latency fits --max-latency."""
         from nnkd.planners.latency import REPEATS, WARMUP, LatencyCache, fit_latency, machine
 
-        student, ms, tried = fit_latency(search, param_limit, gflop_limit, self.budget, LatencyCache(self.folder))
+        student, ms, tried, confirmations = fit_latency(search, param_limit, gflop_limit, self.budget,
+                                                        LatencyCache(self.folder))
         return student, {"ms": ms, "measured_on": {
             "device": self.budget.latency_device, "runtime": self.budget.latency_runtime, **machine(),
-            "what": f"one patch, batch 1, median of {REPEATS} after {WARMUP} warm-up runs",
-            "candidates_measured": len(tried)}}
+            "what": f"one patch, batch 1, median of {REPEATS} after {WARMUP} warm-up runs, measured again after "
+                    "the search",
+            "candidates_measured": len(tried), "confirmations": confirmations}}
 
     @staticmethod
     def _drop(plans: dict, name: str) -> None:

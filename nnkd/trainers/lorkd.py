@@ -110,11 +110,10 @@ class nnKDTrainer_LoRKD(MultiDatasetTrainer, nnKDTrainer):
     def teach(self, data: torch.Tensor) -> dict[int, TeacherOutput]:
         """Each task's teacher on that task's samples only, without gradients."""
         outputs = {}
-        with torch.no_grad():
-            for task in self.training_tasks:
-                index = (self.batch_task_ids == task.index).nonzero(as_tuple=True)[0]
-                if task.teacher is not None and len(index):
-                    outputs[task.index] = task.teacher(data[index])
+        for task in self.training_tasks:
+            index = (self.batch_task_ids == task.index).nonzero(as_tuple=True)[0]
+            if task.teacher is not None and len(index):
+                outputs[task.index] = task.teacher.infer(data[index])
         return outputs
 
     def distillation_terms(self, step: KDStep) -> dict[str, torch.Tensor]:

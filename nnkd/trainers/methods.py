@@ -254,8 +254,7 @@ class nnKDTrainer_MultiTeacher(nnKDTrainer):
 
     def teach(self, data: torch.Tensor) -> list[TeacherOutput]:
         """Every teacher in turn under no_grad, so only one teacher's activations are alive at a time."""
-        with torch.no_grad():
-            return [teacher(data) for teacher in self.teachers]
+        return [teacher.infer(data) for teacher in self.teachers]
 
     def on_train_start(self):
         super().on_train_start()

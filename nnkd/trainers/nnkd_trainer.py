@@ -23,6 +23,7 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnkd.atomic import remove_stale_temporaries, write_json_atomic
 from nnkd.cache.loading import CachedTeacherDataset, SoftLabelAugmentation, split_soft_labels
 from nnkd.cache.store import TeacherCache
+from nnkd.devices import CPU_BF16_ENV, cpu_bf16
 from nnkd.distill.feature import pair_stages_by_resolution
 from nnkd.distill.logits import logits_from_probabilities
 from nnkd.errors import NnkdError
@@ -119,6 +120,9 @@ class nnKDTrainer(nnUNetTrainer):
         if self.is_ddp and self.kd_helpers is not None:
             broadcast_state(self.kd_helpers)  # every rank starts from rank 0's helpers
         self.print_to_log_file(f"nnkd method: {self.method}; hyper-parameters: {self.current_settings()}")
+        if cpu_bf16(self.device):
+            self.print_to_log_file(f"nnkd: training in bf16 autocast on this CPU, student and teacher "
+                                   f"({CPU_BF16_ENV}=0 trains in float32)")
 
     def setup_teachers(self) -> None:
         """Build the live teacher(s) of the run and check they fit; `teach` runs them."""
@@ -276,8 +280,7 @@ class nnKDTrainer(nnUNetTrainer):
         """The live teacher's output for the batch, without gradients (None when it comes from a cache)."""
         if self.teacher is None:
             return None
-        with torch.no_grad():
-            return self.teacher(data)
+        return self.teacher.infer(data)
 
     def distillation_terms(self, step: KDStep) -> dict[str, torch.Tensor]:
         """Weighted loss terms added to nnU-Net's segmentation loss, by name (shown in the log)."""
@@ -296,6 +299,13 @@ class nnKDTrainer(nnUNetTrainer):
             params += list(self.network.parameters())
         average_gradients(params)
 
+    def step_autocast(self):
+        """The precision of a training step: nnU-Net's float16 autocast on CUDA, bf16 autocast on a CPU that
+        computes bf16 natively (`nnkd.devices.cpu_bf16`), else float32."""
+        if self.device.type == "cuda":
+            return autocast(self.device.type, enabled=True)
+        return autocast("cpu", dtype=torch.bfloat16) if cpu_bf16(self.device) else dummy_context()
+
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
         cached = None
@@ -310,7 +320,7 @@ class nnKDTrainer(nnUNetTrainer):
             self.kd_helpers.train()
 
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        with self.step_autocast():
             features, outputs = self.student_forward(data)
             seg_loss = self.segmentation_loss(outputs, target, batch)
             step = KDStep(data, target, outputs, features, cached if cached is not None else self.teach(data))
