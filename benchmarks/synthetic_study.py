@@ -4,14 +4,15 @@
         [--teacher-epochs 48] [--teacher-iterations 20] [--epochs 40] [--low-label-epochs 40]
         [--iterations 20] [--val-iterations 4] [--seeds 3] [--labeled 4]
         [--all-label-methods none,logit,feature,cka,drd] [--low-label-methods 'none,logit,tskd?feature_weight=0']
-        [--budgets tiny,small] [-np 2] [--jobs 1] [--device cpu|cuda]
+        [--budgets tiny,small] [-np 2] [--jobs 1] [--device cpu|cuda] [--teacher-only]
 
 1. Dataset: `nnkd_make_synthetic` (multi-class: organ, lesion, vessel; --cases training + 4 test cases of
    about --shape voxels), unless `$nnUNet_raw` has it already.
 2. Plans: `nnkd_plan_and_preprocess --budget tiny` (nnU-Net's default plans, preprocessed, and a student).
 3. Teacher: nnU-Net's default 3d_fullres network (`-p nnUNetPlans`) trained by nnU-Net's loop without
-   distillation (`nnkd_train --method none`) for --teacher-epochs × --teacher-iterations on fold 0, into
-   `$nnUNet_results`; skipped when its checkpoint_final.pth exists.
+   distillation (`nnkd_train --method none --seed 0`) for --teacher-epochs × --teacher-iterations on fold 0,
+   into `$nnUNet_results/<dataset>/nnKDTrainer_NoKD@s0__nnUNetPlans__3d_fullres` (nnkd's run name of a seeded
+   run); skipped when its checkpoint_final.pth exists, continued when it stopped. --teacher-only stops here.
 4. Low-label regime: `nnkd_benchmark --labeled N --methods <--low-label-methods> --budgets tiny` into
    OUT/labeled<N>: every run keeps N labelled training cases; tskd also distils on the fold's other training
    images (their labels unread), which is what a teacher trained elsewhere offers a student with few labels.
@@ -31,6 +32,15 @@ import os
 from pathlib import Path
 
 from nnkd.benchmark.runs import check
+from nnkd.run_names import derived_run_name, run_trainer_name
+
+TEACHER_SEED = 0
+
+
+def teacher_folder(results: Path, dataset: str) -> Path:
+    """Where `nnkd_train --method none --seed TEACHER_SEED -p nnUNetPlans` files the teacher (nnkd's run names)."""
+    trainer = run_trainer_name("nnKDTrainer_NoKD", derived_run_name([], seed=TEACHER_SEED))
+    return results / dataset / f"{trainer}__nnUNetPlans__3d_fullres"
 
 
 def main() -> None:
@@ -54,6 +64,7 @@ def main() -> None:
     parser.add_argument("-np", type=int, default=2, help="processes for preprocessing and augmentation")
     parser.add_argument("--jobs", type=int, default=1, help="runs each benchmark trains at once (nnkd_benchmark --jobs)")
     parser.add_argument("--device", default="cpu", help="training device (the benchmark measures latency on it)")
+    parser.add_argument("--teacher-only", action="store_true", help="stop after training the teacher")
     args = parser.parse_args()
 
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -69,14 +80,19 @@ def main() -> None:
     check(["nnkd_plan_and_preprocess", "-d", args.d, "-c", "3d_fullres", "--budget", "tiny", "-np", args.np], env,
           logs / "plan.log")
 
-    teacher = Path(env["nnUNet_results"]) / dataset / "nnKDTrainer_NoKD__nnUNetPlans__3d_fullres"
+    teacher = teacher_folder(Path(env["nnUNet_results"]), dataset)
     fold = teacher / "fold_0"
     if not (fold / "checkpoint_final.pth").is_file():
         print(f"training the teacher ({args.teacher_epochs} × {args.teacher_iterations} iterations) into {teacher}")
-        start = ["--c"] if (fold / "checkpoint_latest.pth").is_file() else ["--seed", 0]  # a stopped teacher resumes
+        resume = ["--c"] if (fold / "checkpoint_latest.pth").is_file() else []  # a stopped teacher continues
         check(["nnkd_train", dataset, "3d_fullres", 0, "-p", "nnUNetPlans", "--method", "none", "--epochs",
                args.teacher_epochs, "--iterations-per-epoch", args.teacher_iterations, "--val-iterations-per-epoch",
-               2, "--device", args.device, *start], env, logs / "teacher.log")
+               2, "--device", args.device, "--seed", TEACHER_SEED, *resume], env, logs / "teacher.log")
+    if not (fold / "checkpoint_final.pth").is_file():
+        raise SystemExit(f"synthetic_study: error: no {fold / 'checkpoint_final.pth'} after training the teacher")
+    print(f"teacher: {teacher}")
+    if args.teacher_only:
+        return
 
     schedule = ["--iterations-per-epoch", args.iterations, "--val-iterations-per-epoch", args.val_iterations, "--seeds", args.seeds,
                 "--cached-only", "-np", args.np, "--jobs", args.jobs, "--device", args.device]

@@ -180,3 +180,23 @@ def test_teacher_precision_compares_a_teachers_bf16_pass_with_float32(teacher, t
         assert case["feature_relative_error"] and max(case["feature_relative_error"]) < 0.05
     assert record["worst"]["argmax_agreement"] == min(c["argmax_agreement"] for c in record["cases"])
     assert "argmax agreement" in result.stdout
+
+
+def test_synthetic_study_trains_its_teacher_where_its_benchmarks_look_for_it(nnunet_env, tmp_path):
+    """The study trains the teacher with a seed, so nnkd_train files it under a run name; the study must look
+    there (it once looked in the unnamed folder and stopped after the teacher had trained)."""
+    import subprocess
+    import sys
+
+    module = load("synthetic_study")
+    command = [sys.executable, str(ROOT / "benchmarks" / "synthetic_study.py"), "-o", str(tmp_path / "out"), "--cases", "8",
+               "--shape", "32", "32", "32", "--teacher-epochs", "1", "--teacher-iterations", "2", "-np", "1",
+               "--teacher-only"]
+    env = nnunet_env
+    first = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    folder = module.teacher_folder(Path(env["nnUNet_results"]), "Dataset990_Synthetic")
+    assert "@s0__" in folder.name and (folder / "fold_0" / "checkpoint_final.pth").is_file()
+    assert "training the teacher" in first.stdout and f"teacher: {folder}" in first.stdout
+    again = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "training the teacher" not in again.stdout and f"teacher: {folder}" in again.stdout
