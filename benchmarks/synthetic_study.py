@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--low-label-methods", default="none,logit,tskd?feature_weight=0")
     parser.add_argument("--budgets", default="tiny,small", help="budgets of the all-label study")
     parser.add_argument("-np", type=int, default=2, help="processes for preprocessing and augmentation")
-    parser.add_argument("--jobs", type=int, default=1, help="runs each benchmark trains at once (nnkd_benchmark --jobs)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs each benchmark trains at once (its --jobs)")
     parser.add_argument("--device", default="cpu", help="training device (the benchmark measures latency on it)")
     parser.add_argument("--teacher-only", action="store_true", help="stop after training the teacher")
     args = parser.parse_args()
@@ -94,8 +94,8 @@ def main() -> None:
     if args.teacher_only:
         return
 
-    schedule = ["--iterations-per-epoch", args.iterations, "--val-iterations-per-epoch", args.val_iterations, "--seeds", args.seeds,
-                "--cached-only", "-np", args.np, "--jobs", args.jobs, "--device", args.device]
+    schedule = ["--iterations-per-epoch", args.iterations, "--val-iterations-per-epoch", args.val_iterations,
+                "--seeds", args.seeds, "--cached-only", "-np", args.np, "--jobs", args.jobs, "--device", args.device]
     studies = {f"labeled{args.labeled}": ["--labeled", args.labeled, "--methods", args.low_label_methods,
                                           "--budgets", "tiny", "--epochs", args.low_label_epochs],
                "all_labels": ["--methods", args.all_label_methods, "--budgets", args.budgets, "--epochs",

@@ -189,9 +189,9 @@ def test_synthetic_study_trains_its_teacher_where_its_benchmarks_look_for_it(nnu
     import sys
 
     module = load("synthetic_study")
-    command = [sys.executable, str(ROOT / "benchmarks" / "synthetic_study.py"), "-o", str(tmp_path / "out"), "--cases", "8",
-               "--shape", "32", "32", "32", "--teacher-epochs", "1", "--teacher-iterations", "2", "-np", "1",
-               "--teacher-only"]
+    command = [sys.executable, str(ROOT / "benchmarks" / "synthetic_study.py"), "-o", str(tmp_path / "out"),
+               "--cases", "8", "--shape", "32", "32", "32", "--teacher-epochs", "1", "--teacher-iterations", "2",
+               "-np", "1", "--teacher-only"]
     env = nnunet_env
     first = subprocess.run(command, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
