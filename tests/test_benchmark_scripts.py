@@ -200,3 +200,50 @@ def test_synthetic_study_trains_its_teacher_where_its_benchmarks_look_for_it(nnu
     assert "training the teacher" in first.stdout and f"teacher: {folder}" in first.stdout
     again = subprocess.run(command, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "training the teacher" not in again.stdout and f"teacher: {folder}" in again.stdout
+
+
+def test_study_time_splits_a_study_into_its_steps_from_the_runs_own_files(tmp_path):
+    import os
+    from datetime import datetime
+
+    def stamp(minute: float) -> float:
+        return datetime(2026, 12, 4, 10, 0).timestamp() + minute * 60
+
+    def fold(folder: Path, start: float, end: float, summary: bool = True) -> Path:
+        folder.mkdir(parents=True)
+        lines = [f"{datetime.fromtimestamp(t).strftime('%Y-%m-%d %H:%M:%S.%f')}: epoch line" for t in (start, end)]
+        (folder / "training_log_x.txt").write_text("\nnnU-Net banner\n" + "\n".join(lines) + "\n")
+        if summary:
+            (folder / "validation").mkdir()
+            (folder / "validation" / "summary.json").write_text("{}")
+            os.utime(folder / "validation" / "summary.json", (end, end))
+        return folder
+
+    def run(benchmark: str, name: str, start: float, end: float, summary: bool = True) -> None:
+        fold(tmp_path / "study" / benchmark / "runs" / name / "Dataset990_S" / "T__P__3d_fullres" / "fold_0",
+             stamp(start), stamp(end), summary)
+
+    teacher = fold(tmp_path / "teacher" / "fold_0", stamp(-20), stamp(0))
+    run("labeled4", "tiny-none-s0", 2, 7)  # 2 minutes of planning and caching before the runs
+    run("labeled4", "tiny-none-s1", 3, 9)
+    run("labeled4", "tiny-logit-cached-s0", 7, 10)
+    (tmp_path / "study" / "labeled4" / "results.json").write_text("{}")
+    os.utime(tmp_path / "study" / "labeled4" / "results.json", (stamp(11), stamp(11)))  # 1 minute of measuring
+    run("all_labels", "small-drd-s0", 12, 42)
+    run("all_labels", "small-drd-s1", 13, 40)
+    run("all_labels", "small-none-s0", 40, 41, summary=False)  # unfinished: left out, the benchmark too
+    module = load("study_time")
+    times = module.study_times(tmp_path / "study", teacher, None)
+    assert times["teacher_minutes"] == pytest.approx(20)
+    first, second = times["benchmarks"]
+    assert first["name"] == "labeled4" and second["name"] == "all_labels"
+    assert first["before_runs_minutes"] == pytest.approx(2) and first["runs_minutes"] == pytest.approx(8)
+    assert first["after_runs_minutes"] == pytest.approx(1) and first["finished"]
+    assert first["groups"]["tiny-none"] == {"runs": 2, "min": pytest.approx(5), "median": pytest.approx(5.5),
+                                            "max": pytest.approx(6), "sum": pytest.approx(11)}
+    assert second["before_runs_minutes"] == pytest.approx(1) and second["runs_minutes"] == pytest.approx(30)
+    assert not second["finished"] and second["after_runs_minutes"] is None and len(second["runs"]) == 2
+    assert times["benchmark_minutes"] == pytest.approx(2 + 8 + 1 + 1 + 30)
+    text = module.markdown(times, wall=45 * 60)
+    assert "| all_labels: small-drd | 2 | 27.0 / 28.5 / 30.0 | 57.0 | |" in text
+    assert "**62.0** (1.03 h)" in text and "not finished" in text and "| 45.0 |" in text
