@@ -1,7 +1,7 @@
 """Per-case CPU latency of nnU-Net's default teacher vs nnkd students, torch fp32 / ONNX Runtime fp32 / int8.
 
     python benchmarks/deploy_latency.py --case ct|colin27|synthetic [--work DIR] [--budgets tiny,small]
-        [--latency-student MS] [--models M,...] [--runtimes torch,onnx,int8] [--mirroring off,on]
+        [--latency-student MS] [--models M,...] [--runtimes torch,onnx,int8[,bf16]] [--mirroring off,on]
         [--repeats N] [--remeasure N] [--prepare-only] [--out DIR]
 
 Cases (one process, one machine, side by side):
@@ -16,7 +16,8 @@ Models: nnU-Net's default 3d_fullres plan (the teacher) and the students of --bu
 get random weights (seed 0): the time does not depend on them, and the same weights run in every runtime. int8 is
 nnkd_export's quantization (nnkd.inference.quantize: QDQ, per-channel, Conv only, the first and last float)
 calibrated on patches of the preprocessed training cases, as `nnkd_export --int8` calibrates on the fold's training
-cases.
+cases. bf16 (not in the default runtimes) is `nnkd_predict --bf16`: the torch network under CPU bf16 autocast, on
+CPUs with AVX512-BF16 or AMX.
 
 Each measurement is nnU-Net's whole per-case prediction from the NIfTI file to the written label map, the five
 steps timed by `nnkd_predict --profile`'s code (read, preprocess, network = sliding window with or without
@@ -40,7 +41,11 @@ from pathlib import Path
 import numpy as np
 
 from nnkd.atomic import write_json_atomic
-from nnkd.benchmark.stats import RUNTIME_LABELS, RUNTIMES
+from nnkd.benchmark.stats import RUNTIME_LABELS as BENCHMARK_RUNTIME_LABELS
+
+RUNTIME_LABELS = {**BENCHMARK_RUNTIME_LABELS, "bf16": "torch bf16"}  # nnkd_benchmark's runtimes and nnkd_predict --bf16
+RUNTIMES = tuple(RUNTIME_LABELS)
+DEFAULT_RUNTIMES = tuple(BENCHMARK_RUNTIME_LABELS)
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = {"ct": 996, "colin27": 997, "synthetic": 990}
@@ -59,7 +64,8 @@ def parse_args():
     parser.add_argument("--latency-student", type=float, default=None, metavar="MS",
                         help="also plan a student with --max-latency MS (ms per patch on this machine)")
     parser.add_argument("--models", default=None, help="measure only these models (default: all)")
-    parser.add_argument("--runtimes", default=",".join(RUNTIMES), help="default torch,onnx,int8")
+    parser.add_argument("--runtimes", default=",".join(DEFAULT_RUNTIMES),
+                        help="default torch,onnx,int8; bf16: torch under CPU bf16 autocast (nnkd_predict --bf16)")
     parser.add_argument("--mirroring", default="off,on", help="off, on or off,on (default)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per measurement (median; default 1)")
     parser.add_argument("--remeasure", type=int, default=5,
@@ -74,6 +80,16 @@ def parse_args():
     unknown = set(args.runtimes.split(",")) - set(RUNTIMES) or set(args.mirroring.split(",")) - {"off", "on"}
     if unknown:
         parser.error(f"unknown runtime or mirroring value(s): {', '.join(sorted(unknown))}")
+    if "bf16" in args.runtimes.split(","):
+        import torch
+
+        from nnkd.errors import NnkdError
+        from nnkd.inference.predict import check_bf16
+
+        try:
+            check_bf16(torch.device("cpu"), onnx=False)
+        except NnkdError as error:
+            parser.error(f"--runtimes bf16: {error}")
     return args
 
 
@@ -221,13 +237,15 @@ def measure(args, built: dict, runtime: str, mirroring: bool, cases: list[Path])
     from nnkd.inference.predict import make_predictor
     from nnkd.inference.profile import STEPS, predict_profiled
 
-    network = built["network"] if runtime == "torch" else OnnxNetwork(built["onnx"][runtime], built["channels"])
-    weights = [built["network"].state_dict()] if runtime == "torch" else [{}]
+    in_torch = runtime in ("torch", "bf16")
+    network = built["network"] if in_torch else OnnxNetwork(built["onnx"][runtime], built["channels"])
+    weights = [built["network"].state_dict()] if in_torch else [{}]
     predictor = make_predictor(built["plans"], CONFIGURATION, built["dataset_json"], weights, network, (0, 1, 2),
-                               resolve_device("cpu"), use_mirroring=mirroring)  # threads, memory: as nnkd_predict
+                               resolve_device("cpu"), use_mirroring=mirroring,  # threads, memory: as nnkd_predict
+                               bf16=runtime == "bf16")
     predictor.allow_tqdm = False
-    with torch.inference_mode():  # warm-up: one patch through the network (kernels, ONNX Runtime's arenas)
-        network(torch.zeros(1, built["channels"], *built["patch_size"]))
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=runtime == "bf16"):
+        network(torch.zeros(1, built["channels"], *built["patch_size"]))  # warm-up: kernels, ONNX Runtime's arenas
     runs = []
     with tempfile.TemporaryDirectory() as out:
         for _ in range(args.repeats):
@@ -331,7 +349,7 @@ def report(args, record: dict) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 0.5, 4.5), sharey=True, squeeze=False)
     axes = axes[0]
     for ax, mirroring in zip(axes, panels):
-        for runtime, marker in zip(RUNTIMES, "osD"):
+        for runtime, marker in zip(RUNTIMES, "osD^"):
             sel = [r for r in rows if r["mirroring"] == mirroring and r["runtime"] == runtime]
             sel.sort(key=lambda r: sizes[r["model"]]["gflops_per_patch"])
             ax.plot([sizes[r["model"]]["gflops_per_patch"] for r in sel], [r["seconds_per_case"] for r in sel],

@@ -247,3 +247,26 @@ def test_study_time_splits_a_study_into_its_steps_from_the_runs_own_files(tmp_pa
     text = module.markdown(times, wall=45 * 60)
     assert "| all_labels: small-drd | 2 | 27.0 / 28.5 / 30.0 | 57.0 | |" in text
     assert "**62.0** (1.03 h)" in text and "not finished" in text and "| 45.0 |" in text
+
+
+def test_predict_bf16_compares_a_trained_students_bf16_labels_with_float32(deployed_student, tmp_path):
+    import subprocess
+    import sys
+
+    env = {**deployed_student["env"], "nnkd_cpu_bf16": "1"}  # bf16 on any CPU (emulated where it is not native)
+    raw = Path(env["nnUNet_raw"]) / "Dataset991_Synthetic"
+    model = f"logit|{env['nnUNet_results']}|-d 991 -c 3d_fullres --budget tiny --method logit -f 0 -npp 1 -nps 1"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "predict_bf16.py"), "-i", str(raw / "imagesTs"),
+                             "--labels", str(raw / "labelsTs"), "-o", str(tmp_path), "--model", model,
+                             "--disable_tta"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    record = json.loads((tmp_path / "results.json").read_text())
+    (row,) = record["rows"]
+    assert record["classes"] == [1, 2, 3] and record["mirroring"] is False
+    assert row["label_agreement"] > 0.99 and row["bf16"]["runtime"] == "torch bf16"
+    assert row["float32"]["runtime"] == "torch"
+    for precision in ("float32", "bf16"):
+        assert set(row[precision]["dice_per_class"]) == {"1", "2", "3"}
+        assert all(0 <= v <= 1 for v in row[precision]["dice_per_class"].values())
+        assert row[precision]["network_seconds_per_case"] > 0
+    assert "| logit |" in (tmp_path / "report.md").read_text()

@@ -115,6 +115,28 @@ def test_profile_splits_each_case_and_predicts_the_same_labels(deployed):
     assert ours.keys() == profiled.keys() and all(np.array_equal(ours[n], profiled[n]) for n in ours)
 
 
+def test_bf16_predicts_the_float32_labels_and_is_refused_where_it_cannot_run(deployed, tmp_path):
+    """--bf16: the network under CPU bf16 autocast (nnkd_cpu_bf16=1 forces it on any CPU, 0 refuses it); never with
+    --onnx; nothing written when refused."""
+    student = [*STUDENT, "--method", "logit", "--bf16", *FAST]
+    env = deployed["env"]
+    forced, off, onnx = run_clis([
+        ("nnkd_predict", ["-i", deployed["images"], "-o", tmp_path / "bf16", *student, "--profile"],
+         {**env, "nnkd_cpu_bf16": "1"}),
+        ("nnkd_predict", ["-i", deployed["images"], "-o", tmp_path / "off", *student], {**env, "nnkd_cpu_bf16": "0"}),
+        ("nnkd_predict", ["-i", deployed["images"], "-o", tmp_path / "onnx", *student, "--onnx",
+                          deployed["root"] / "model" / "student.onnx"], env)])
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert "in bf16 autocast" in forced.stdout
+    assert json.loads((tmp_path / "bf16" / "profile.json").read_text())["runtime"] == "torch bf16"
+    ours, bf16 = _labels(deployed["root"] / "nnkd"), _labels(tmp_path / "bf16")
+    assert ours.keys() == bf16.keys() and ours
+    for name in ours:
+        assert np.mean(ours[name] == bf16[name]) > 0.99, name
+    assert "does not compute bf16 natively" in _error_line(off) and not (tmp_path / "off").exists()
+    assert "does not apply with --onnx" in _error_line(onnx) and not (tmp_path / "onnx").exists()
+
+
 def test_onnx_prediction_loads_no_torch_checkpoint(deployed, monkeypatch, tmp_path):
     """--onnx takes the mirroring axes from the ONNX file's JSON; the torch checkpoints are never read."""
     import nnkd.inference.predict as predict_module

@@ -49,6 +49,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="predict case by case and time each step (read, preprocess, network, resample, write); "
                         "prints the median split and writes OUT/profile.json")
+    p.add_argument("--bf16", action="store_true",
+                   help="CPU: run the network under bf16 autocast, on CPUs with AVX512-BF16 or AMX-BF16 (labels may "
+                        "differ from float32's on a few voxels; docs/deploy.md); refused on other CPUs")
     p.add_argument("-npp", type=int, default=3, help="processes for preprocessing (default 3)")
     p.add_argument("-nps", type=int, default=3, help="processes for segmentation export (default 3)")
     add_verbose(p)
@@ -66,7 +69,7 @@ def _predict(args) -> None:
         onnx=Path(args.onnx) if args.onnx else None,
         device=args.device, step_size=args.step_size, disable_tta=args.disable_tta,
         save_probabilities=args.save_probabilities, continue_prediction=args.continue_prediction, profile=args.profile,
-        num_processes_preprocessing=args.npp, num_processes_export=args.nps))
+        num_processes_preprocessing=args.npp, num_processes_export=args.nps, bf16=args.bf16))
 
 
 def main(argv=None) -> None:

@@ -26,16 +26,51 @@ class PredictRequest:
     num_processes_preprocessing: int = 3
     num_processes_export: int = 3
     profile: bool = False  # predict case by case, timing read / preprocess / network / resample / write
+    bf16: bool = False  # the network under bf16 autocast on a CPU that computes bf16 (nnkd.devices.cpu_bf16)
+
+
+def predictor_class(bf16: bool = False):
+    """nnU-Net's nnUNetPredictor, or (bf16) its subclass that runs the sliding window under CPU bf16 autocast, as
+    nnU-Net's own runs it under float16 autocast on a GPU (nnU-Net autocasts only there: CPUs without bf16
+    instructions emulate it, slowly). The logits go into nnU-Net's own float16 accumulator either way."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    if not bf16:
+        return nnUNetPredictor
+
+    class nnUNetPredictorCPUbf16(nnUNetPredictor):
+        def predict_sliding_window_return_logits(self, input_image: torch.Tensor):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return super().predict_sliding_window_return_logits(input_image)
+
+    return nnUNetPredictorCPUbf16
+
+
+def check_bf16(device: torch.device, onnx: bool) -> None:
+    """`--bf16` asks for something this device and runtime can do, else one clear error."""
+    from nnkd.devices import CPU_BF16_ENV, cpu_bf16
+    from nnkd.errors import NnkdError
+
+    if onnx:
+        raise NnkdError("--bf16 runs the torch network; it does not apply with --onnx",
+                        "leave out --bf16 or --onnx")
+    if device.type != "cpu":
+        raise NnkdError(f"--bf16 is for the CPU; on {device.type} nnU-Net's predictor already runs in float16 "
+                        "autocast", "leave out --bf16")
+    if not cpu_bf16(device):
+        raise NnkdError("this CPU does not compute bf16 natively (no AVX512-BF16 / AMX-BF16), or "
+                        f"{CPU_BF16_ENV}=0 turned it off: bf16 would be emulated and slower than float32",
+                        f"leave out --bf16 (or set {CPU_BF16_ENV}=1 to force it)")
 
 
 def make_predictor(plans: dict, configuration: str, dataset_json: dict, weights: list[dict], network,
                    mirror_axes, device: torch.device, step_size: float = 0.5, use_mirroring: bool = True,
-                   trainer_name: str = "nnUNetTrainer"):
-    """An nnUNetPredictor around `network` (the student, or its ONNX session) without importing a trainer."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+                   trainer_name: str = "nnUNetTrainer", bf16: bool = False):
+    """An nnUNetPredictor around `network` (the student, or its ONNX session) without importing a trainer; bf16:
+    the network runs under CPU bf16 autocast (predictor_class)."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
+    predictor = predictor_class(bf16)(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                 perform_everything_on_device=device.type == "cuda", device=device,
                                 verbose=False, allow_tqdm=True)
     manager = PlansManager(plans)
@@ -62,6 +97,8 @@ def predict(request: PredictRequest) -> Path:
         cases = {c: f for c, f in cases.items() if not all((output_folder / (c + e)).is_file() for e in endings)}
         print(f"--continue_prediction: {len(cases)} case(s) left to predict")
     device = resolve_device(request.device)
+    if request.bf16:
+        check_bf16(device, request.onnx is not None)
     if request.onnx is not None:  # the torch checkpoints are not loaded
         from nnkd.inference.onnx_export import OnnxNetwork, onnx_mirror_axes
 
@@ -72,10 +109,12 @@ def predict(request: PredictRequest) -> Path:
         network = network_from_plans(plans, configuration, dataset_json, allow_init=False)
         mirror_axes, trainer_name = first.get("inference_allowed_mirroring_axes"), first.get("trainer_name")
     predictor = make_predictor(plans, configuration, dataset_json, weights, network, mirror_axes, device,
-                               request.step_size, not request.disable_tta, trainer_name or "nnUNetTrainer")
+                               request.step_size, not request.disable_tta, trainer_name or "nnUNetTrainer",
+                               request.bf16)
     task = f", task {student.task} (its experts fused)" if student.task else ""
+    runtime = " through ONNX Runtime" if request.onnx else (" in bf16 autocast" if request.bf16 else "")
     print(f"Predicting {len(cases)} case(s) with {student.model_folder.name}{task}, folds "
-          f"{', '.join(student.checkpoints)}{' through ONNX Runtime' if request.onnx else ''}")
+          f"{', '.join(student.checkpoints)}{runtime}")
     output_folder.mkdir(parents=True, exist_ok=True)
     if not cases:
         return output_folder
@@ -116,8 +155,9 @@ def _profiled(predictor, cases: dict, staging: Path, request: PredictRequest, st
     staging.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(cases), desc="profile", unit="case") as progress:
         record = predict_profiled(predictor, cases, staging, request.save_probabilities, progress)
-    return {"model": str(student.model_folder), "folds": list(student.checkpoints),
-            "runtime": "onnxruntime" if request.onnx else "torch", "onnx": str(request.onnx) if request.onnx else None,
+    runtime = "onnxruntime" if request.onnx else ("torch bf16" if request.bf16 else "torch")
+    return {"model": str(student.model_folder), "folds": list(student.checkpoints), "runtime": runtime,
+            "onnx": str(request.onnx) if request.onnx else None,
             "device": device.type, "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
             "processor": platform.processor() or None, "step_size": request.step_size,
             "mirroring": not request.disable_tta and bool(predictor.allowed_mirroring_axes), **record}
