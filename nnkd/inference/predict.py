@@ -55,8 +55,8 @@ def check_bf16(device: torch.device, onnx: bool) -> None:
         raise NnkdError("--bf16 runs the torch network; it does not apply with --onnx",
                         "leave out --bf16 or --onnx")
     if device.type != "cpu":
-        raise NnkdError(f"--bf16 is for the CPU; on {device.type} nnU-Net's predictor already runs in float16 "
-                        "autocast", "leave out --bf16")
+        raise NnkdError(f"--bf16 is for the CPU, and this prediction runs on {device.type}",
+                        "leave out --bf16 (on CUDA nnU-Net's predictor already runs in float16 autocast)")
     if not cpu_bf16(device):
         raise NnkdError("this CPU does not compute bf16 natively (no AVX512-BF16 / AMX-BF16), or "
                         f"{CPU_BF16_ENV}=0 turned it off: bf16 would be emulated and slower than float32",
@@ -71,8 +71,8 @@ def make_predictor(plans: dict, configuration: str, dataset_json: dict, weights:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     predictor = predictor_class(bf16)(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
-                                perform_everything_on_device=device.type == "cuda", device=device,
-                                verbose=False, allow_tqdm=True)
+                                      perform_everything_on_device=device.type == "cuda", device=device,
+                                      verbose=False, allow_tqdm=True)
     manager = PlansManager(plans)
     network = network.to(device).eval()
     network.load_state_dict(weights[0])
