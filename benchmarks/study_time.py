@@ -52,8 +52,8 @@ def run_times(benchmark: Path) -> list[dict]:
     return runs
 
 
-def benchmark_times(benchmark: Path, previous_end: float | None) -> dict:
-    runs = run_times(benchmark)
+def benchmark_times(benchmark: Path, runs: list[dict], previous_end: float | None) -> dict:
+    """A benchmark's steps from its finished runs (run_times) and its results.json."""
     if not runs:
         raise SystemExit(f"study_time: error: no finished run under {benchmark / 'runs'}")
     first, last = min(r["start"] for r in runs), max(r["end"] for r in runs)
@@ -75,12 +75,12 @@ def study_times(output: Path, teacher: Path | None, start: float | None) -> dict
     teacher_times = log_times(teacher) if teacher else None
     if teacher and teacher_times is None:
         raise SystemExit(f"study_time: error: no nnU-Net training log in {teacher}")
-    benchmarks = sorted((p for p in output.iterdir() if (p / "runs").is_dir()),
-                        key=lambda p: min(r["start"] for r in run_times(p)) if run_times(p) else float("inf"))
+    runs = {p: run_times(p) for p in output.iterdir() if (p / "runs").is_dir()}  # each log read once
+    benchmarks = sorted(runs, key=lambda p: min((r["start"] for r in runs[p]), default=float("inf")))
     previous = start if start is not None else (teacher_times[1] if teacher_times else None)
     steps = []
     for benchmark in benchmarks:
-        steps.append(benchmark_times(benchmark, previous))
+        steps.append(benchmark_times(benchmark, runs[benchmark], previous))
         previous = steps[-1]["end"]
     total = sum(max(s["before_runs_minutes"] or 0, 0) for s in steps) + sum(
         s["runs_minutes"] + (s["after_runs_minutes"] or 0) for s in steps)
