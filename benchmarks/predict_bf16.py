@@ -7,8 +7,9 @@
 Each --model is `name|nnUNet_results of the run|nnkd_predict's student arguments`. Every model predicts the input
 folder twice with `nnkd_predict --profile` (case by case, each step timed), once in float32 and once with
 `--bf16`, one after the other in this process's environment (keep the machine quiet); then per model: the Dice of
-each class against --labels (nnU-Net's region-free Dice: 2|A∩B| / (|A| + |B|), a class absent from both counts
-1), the share of voxels whose label is the same in both runs, and the median network seconds per case of each.
+each class against --labels (2|A∩B| / (|A| + |B|) per case, averaged over the cases; a case where the class is
+in neither is left out, as nnU-Net's evaluation leaves out its NaN), the share of voxels whose label is the same
+in both runs, and the median network seconds per case of each.
 Writes OUT/results.json and OUT/report.md and prints the report.
 """
 
@@ -32,14 +33,16 @@ def labels(folder: Path) -> dict[str, np.ndarray]:
 
 
 def dice_per_class(predicted: dict, reference: dict, classes: list[int]) -> dict[int, float]:
-    """Mean over cases of each class's Dice (1 where the class is in neither)."""
+    """Mean over cases of each class's Dice; cases where the class is in neither map are left out (nnU-Net's NaN).
+    Every class is in some reference map (main collects them from the references)."""
     out = {}
     for c in classes:
         values = []
         for name, ref in reference.items():
             a, b = predicted[name] == c, ref == c
             total = a.sum() + b.sum()
-            values.append(1.0 if total == 0 else 2 * np.logical_and(a, b).sum() / total)
+            if total:
+                values.append(2 * np.logical_and(a, b).sum() / total)
         out[c] = float(np.mean(values))
     return out
 
