@@ -39,14 +39,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 def class_dice(predicted: np.ndarray, reference: np.ndarray, labels: list[int]) -> dict[str, float]:
-    """Dice per foreground label; a label absent from both is left out (nnU-Net's NaN)."""
-    out = {}
-    for label in labels:
-        p, r = predicted == label, reference == label
-        total = int(p.sum() + r.sum())
-        if total:
-            out[str(label)] = float(2 * np.logical_and(p, r).sum() / total)
-    return out
+    """nnkd.metrics.dice_per_label (nnU-Net's Dice; a label in neither map left out), keyed as in results.json."""
+    from nnkd.metrics import dice_per_label
+
+    return {str(label): value for label, value in dice_per_label(predicted, reference, labels).items()}
 
 
 def predictor_for(model_folder: Path, folds: list[str], configuration: str, mirroring: bool):

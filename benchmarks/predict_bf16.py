@@ -24,27 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from nnkd.atomic import write_json_atomic
+from nnkd.metrics import mean_dice_per_label
 
 
 def labels(folder: Path) -> dict[str, np.ndarray]:
     import SimpleITK as sitk
 
     return {p.name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in sorted(folder.glob("*.nii.gz"))}
-
-
-def dice_per_class(predicted: dict, reference: dict, classes: list[int]) -> dict[int, float]:
-    """Mean over cases of each class's Dice; cases where the class is in neither map are left out (nnU-Net's NaN).
-    Every class is in some reference map (main collects them from the references)."""
-    out = {}
-    for c in classes:
-        values = []
-        for name, ref in reference.items():
-            a, b = predicted[name] == c, ref == c
-            total = a.sum() + b.sum()
-            if total:
-                values.append(2 * np.logical_and(a, b).sum() / total)
-        out[c] = float(np.mean(values))
-    return out
 
 
 def predict(model: str, results: str, arguments: list[str], images: Path, out: Path, bf16: bool,
@@ -85,7 +71,7 @@ def main() -> None:
             predicted[precision] = labels(out)
             if set(predicted[precision]) != set(reference):
                 parser.error(f"{name}: predicted {sorted(predicted[precision])}, labels {sorted(reference)}")
-            dice = dice_per_class(predicted[precision], reference, classes)
+            dice = mean_dice_per_label(predicted[precision], reference, classes)
             row[precision] = {"dice_per_class": {str(c): v for c, v in dice.items()},
                               "dice": float(np.mean(list(dice.values()))),
                               "network_seconds_per_case": profile["median"]["seconds"]["network"],

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from nnkd.errors import NnkdError
+from nnkd.metrics import dice_per_label
 from nnkd.nnunet_env import require_env
 
 CALIBRATION_PATCHES = 16
@@ -145,16 +146,6 @@ def quantize_student(fp32: Path, int8: Path, patches: list[np.ndarray]) -> list[
         prepared.unlink(missing_ok=True)
 
 
-def _dice(prediction: np.ndarray, truth: np.ndarray, labels: list[int]) -> list[float]:
-    values = []
-    for label in labels:
-        p, t = prediction == label, truth == label
-        denominator = p.sum() + t.sum()
-        if denominator:
-            values.append(2 * float(np.logical_and(p, t).sum()) / float(denominator))
-    return values
-
-
 def compare_on_validation(student, models: dict[str, Path], cases: list[str], mirror_axes) -> dict:
     """Predict the validation cases with each ONNX model (nnU-Net's predictor, no mirroring) against the ground
     truth nnU-Net keeps (gt_segmentations): Dice per model (mean over cases and foreground labels) and the share
@@ -191,7 +182,7 @@ def compare_on_validation(student, models: dict[str, Path], cases: list[str], mi
         for name, predictor in predictors.items():
             predictor.allow_tqdm = False
             predicted[name] = predictor.predict_single_npy_array(image, properties)
-            dice[name] += _dice(predicted[name], truth, labels)
+            dice[name] += list(dice_per_label(predicted[name], truth, labels).values())
         first, *others = predicted.values()
         for other in others:
             agree += int((first == other).sum())
