@@ -270,3 +270,19 @@ def test_predict_bf16_compares_a_trained_students_bf16_labels_with_float32(deplo
         assert all(0 <= v <= 1 for v in row[precision]["dice_per_class"].values())
         assert row[precision]["network_seconds_per_case"] > 0
     assert "| logit |" in (tmp_path / "report.md").read_text()
+
+
+def test_network_step_times_each_plans_network_alone_and_names_its_largest_ops(planned, tmp_path, capsys):
+    module = load("network_step")
+    out = tmp_path / "step.json"
+    assert module.main([str(planned["preprocessed"]), "--repeats", "1", "--no-compile", "-o", str(out)]) == 0
+    result = json.loads(out.read_text())
+    teacher, tiny = result["rows"]
+    assert (teacher["plans"], tiny["plans"]) == ("nnUNetPlans", "nnKDPlans_tiny")
+    assert tiny["params"] < teacher["params"] and tiny["gflops_per_patch"] < teacher["gflops_per_patch"]
+    for row in (teacher, tiny):
+        assert row["eager_s"] > 0 and row["channels_last_s"] > 0 and "compiled_s" not in row
+        assert 0 < sum(row["ops"].values()) <= 1 + 1e-9 and any("conv" in op for op in row["ops"])
+    assert "| nnKDPlans_tiny |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        module.main([str(planned["preprocessed"]), "-p", "nnKDPlans_missing"])
