@@ -103,5 +103,6 @@ def main() -> int:
     print(f"gpu_check: all {len(steps)} steps passed in {seconds:.0f} s")
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())

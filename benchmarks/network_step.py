@@ -1,10 +1,11 @@
 """Where a network's per-patch time goes on this CPU: one patch through each plans' network alone (no
 sliding window, no nnU-Net per-case work), eager, channels-last and torch.compile, and the share of each op type.
 
-    python benchmarks/network_step.py PREPROCESSED_DATASET_FOLDER [-p nnUNetPlans,nnKDPlans_tiny]
-        [-c 3d_fullres] [--repeats 3] [--no-compile] [-o OUT.json]
+    python benchmarks/network_step.py -d DATASET [-p nnUNetPlans,nnKDPlans_tiny] [-c 3d_fullres] [--repeats 3]
+        [--no-compile] [-o OUT.json]
 
-Each plans name is a JSON file in the preprocessed dataset folder; the patch is that configuration's patch size,
+Each plans is read from $nnUNet_preprocessed/<dataset> by nnkd's plans loader (a missing plans or configuration
+stops the script with its one error line before anything is measured); the patch is that configuration's size,
 batch 1, random input and nnU-Net's initialisation (time does not depend on the weights). Times are the median of
 --repeats runs after one warm-up, with torch's threads as set (torch.set_num_threads via OMP_NUM_THREADS). The
 profile is one eager pass under torch.profiler, grouped by op (self CPU time). Prints a markdown table; -o also
@@ -41,21 +42,21 @@ def op_shares(network, x: torch.Tensor, top: int = 6) -> dict[str, float]:
     return {e.key: e.self_cpu_time_total / total for e in ranked}
 
 
-def measure(folder: Path, plans_name: str, configuration: str, repeats: int, compile_too: bool) -> dict:
+def measure(config, repeats: int, compile_too: bool) -> dict:
+    """Times and op shares of one PreprocessedConfiguration's network."""
     from nnkd.plans import network_from_plans, num_input_channels
     from nnkd.planners.network_cost import count_gflops, count_params
 
-    plans = json.loads((folder / f"{plans_name}.json").read_text())
-    dataset_json = json.loads((folder / "dataset.json").read_text())
+    plans, configuration, dataset_json = config.plans, config.configuration, config.dataset_json
     patch = plans["configurations"][configuration]["patch_size"]
     network = network_from_plans(plans, configuration, dataset_json).eval()
     x = torch.randn(1, num_input_channels(plans, configuration, dataset_json), *patch)
-    row = {"plans": plans_name, "patch_size": patch, "params": count_params(network),
+    row = {"plans": config.plans_name, "patch_size": patch, "params": count_params(network),
            "gflops_per_patch": count_gflops(network, x.shape[1], patch), "eager_s": median_seconds(network, x, repeats),
            "ops": op_shares(network, x)}
-    last = network.to(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
-    row["channels_last_s"] = median_seconds(last, x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5
-                                                                  else torch.channels_last), repeats)
+    memory_format = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
+    row["channels_last_s"] = median_seconds(network.to(memory_format=memory_format),
+                                            x.contiguous(memory_format=memory_format), repeats)
     if compile_too:
         fresh = network_from_plans(plans, configuration, dataset_json).eval()
         compiled = torch.compile(fresh)
@@ -81,17 +82,21 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("folder", type=Path, help="a preprocessed dataset folder ($nnUNet_preprocessed/DatasetXXX)")
+    parser.add_argument("-d", required=True, help="dataset ID or name, in $nnUNet_preprocessed")
     parser.add_argument("-p", default="nnUNetPlans,nnKDPlans_tiny", help="plans names, the teacher first")
     parser.add_argument("-c", default="3d_fullres", help="configuration")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (its first call compiles)")
     parser.add_argument("-o", type=Path, help="also write the numbers as JSON")
     args = parser.parse_args(argv)
-    for name in args.p.split(","):
-        if not (args.folder / f"{name}.json").is_file():
-            parser.error(f"no {name}.json in {args.folder}")
-    rows = [measure(args.folder, name, args.c, args.repeats, not args.no_compile) for name in args.p.split(",")]
+    from nnkd.errors import NnkdError
+    from nnkd.plans import PreprocessedConfiguration
+
+    try:
+        configs = [PreprocessedConfiguration.load(args.d, name, args.c) for name in args.p.split(",")]
+    except NnkdError as error:
+        parser.error(str(error))
+    rows = [measure(config, args.repeats, not args.no_compile) for config in configs]
     text = markdown(rows)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, configuration {args.c}\n\n{text}")
     if args.o:

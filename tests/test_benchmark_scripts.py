@@ -272,10 +272,12 @@ def test_predict_bf16_compares_a_trained_students_bf16_labels_with_float32(deplo
     assert "| logit |" in (tmp_path / "report.md").read_text()
 
 
-def test_network_step_times_each_plans_network_alone_and_names_its_largest_ops(planned, tmp_path, capsys):
+def test_network_step_times_each_plans_network_alone_and_names_its_largest_ops(planned, tmp_path, capsys,
+                                                                              monkeypatch):
     module = load("network_step")
+    monkeypatch.setenv("nnUNet_preprocessed", planned["env"]["nnUNet_preprocessed"])
     out = tmp_path / "step.json"
-    assert module.main([str(planned["preprocessed"]), "--repeats", "1", "--no-compile", "-o", str(out)]) == 0
+    assert module.main(["-d", planned["preprocessed"].name, "--repeats", "1", "--no-compile", "-o", str(out)]) == 0
     result = json.loads(out.read_text())
     teacher, tiny = result["rows"]
     assert (teacher["plans"], tiny["plans"]) == ("nnUNetPlans", "nnKDPlans_tiny")
@@ -284,5 +286,6 @@ def test_network_step_times_each_plans_network_alone_and_names_its_largest_ops(p
         assert row["eager_s"] > 0 and row["channels_last_s"] > 0 and "compiled_s" not in row
         assert 0 < sum(row["ops"].values()) <= 1 + 1e-9 and any("conv" in op for op in row["ops"])
     assert "| nnKDPlans_tiny |" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        module.main([str(planned["preprocessed"]), "-p", "nnKDPlans_missing"])
+    with pytest.raises(SystemExit):  # the plans loader's error line, before anything is measured
+        module.main(["-d", planned["preprocessed"].name, "-p", "nnUNetPlans,nnKDPlans_missing"])
+    assert "nnKDPlans_missing.json not found" in capsys.readouterr().err
