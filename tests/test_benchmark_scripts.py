@@ -209,9 +209,11 @@ def test_study_time_splits_a_study_into_its_steps_from_the_runs_own_files(tmp_pa
     def stamp(minute: float) -> float:
         return datetime(2026, 12, 4, 10, 0).timestamp() + minute * 60
 
-    def fold(folder: Path, start: float, end: float, summary: bool = True) -> Path:
+    def fold(folder: Path, start: float, end: float, summary: bool = True, pause: tuple = ()) -> Path:
         folder.mkdir(parents=True)
-        lines = [f"{datetime.fromtimestamp(t).strftime('%Y-%m-%d %H:%M:%S.%f')}: epoch line" for t in (start, end)]
+        # a line a minute, as nnU-Net writes one every epoch; none during a pause (killed or stopped)
+        times = [t for t in range(int(start), int(end), 60) if not (pause and pause[0] < t < pause[1])] + [end]
+        lines = [f"{datetime.fromtimestamp(t).strftime('%Y-%m-%d %H:%M:%S.%f')}: epoch line" for t in times]
         (folder / "training_log_x.txt").write_text("\nnnU-Net banner\n" + "\n".join(lines) + "\n")
         if summary:
             (folder / "validation").mkdir()
@@ -219,9 +221,9 @@ def test_study_time_splits_a_study_into_its_steps_from_the_runs_own_files(tmp_pa
             os.utime(folder / "validation" / "summary.json", (end, end))
         return folder
 
-    def run(benchmark: str, name: str, start: float, end: float, summary: bool = True) -> None:
+    def run(benchmark: str, name: str, start: float, end: float, summary: bool = True, pause: tuple = ()) -> None:
         fold(tmp_path / "study" / benchmark / "runs" / name / "Dataset990_S" / "T__P__3d_fullres" / "fold_0",
-             stamp(start), stamp(end), summary)
+             stamp(start), stamp(end), summary, tuple(stamp(t) for t in pause))
 
     teacher = fold(tmp_path / "teacher" / "fold_0", stamp(-20), stamp(0))
     run("labeled4", "tiny-none-s0", 2, 7)  # 2 minutes of planning and caching before the runs
@@ -240,13 +242,35 @@ def test_study_time_splits_a_study_into_its_steps_from_the_runs_own_files(tmp_pa
     assert first["before_runs_minutes"] == pytest.approx(2) and first["runs_minutes"] == pytest.approx(8)
     assert first["after_runs_minutes"] == pytest.approx(1) and first["finished"]
     assert first["groups"]["tiny-none"] == {"runs": 2, "min": pytest.approx(5), "median": pytest.approx(5.5),
-                                            "max": pytest.approx(6), "sum": pytest.approx(11)}
+                                            "max": pytest.approx(6), "sum": pytest.approx(11),
+                                            "interrupted": 0, "interrupted_active_sum": 0}
     assert second["before_runs_minutes"] == pytest.approx(1) and second["runs_minutes"] == pytest.approx(30)
     assert not second["finished"] and second["after_runs_minutes"] is None and len(second["runs"]) == 2
     assert times["benchmark_minutes"] == pytest.approx(2 + 8 + 1 + 1 + 30)
     text = module.markdown(times, wall=45 * 60)
     assert "| all_labels: small-drd | 2 | 27.0 / 28.5 / 30.0 | 57.0 | |" in text
     assert "**62.0** (1.03 h)" in text and "not finished" in text and "| 45.0 |" in text
+
+    # the study stopped from minute 50 to 80 (a pause, or killed and resumed): both runs going then say so,
+    # and the runs step and the per-run statistics leave the silence out
+    run("all_labels", "small-none-s1", 42, 90, pause=(50, 80))
+    run("all_labels", "small-none-s2", 43, 88, pause=(50, 80))
+    run("all_labels", "small-none-s3", 90, 95)
+    later = module.study_times(tmp_path / "study", teacher, None)["benchmarks"][1]
+    assert later["runs_minutes"] == pytest.approx(95 - 12 - 30, abs=1)
+    assert later["paused_minutes"] == pytest.approx(30, abs=1)
+    interrupted = {r["run"]: r for r in later["runs"] if r["interrupted"]}
+    assert set(interrupted) == {"small-none-s1", "small-none-s2"}
+    assert interrupted["small-none-s1"]["active_minutes"] == pytest.approx(48 - 30, abs=1)
+    assert later["groups"]["small-none"]["runs"] == 1 and later["groups"]["small-none"]["interrupted"] == 2
+    assert later["groups"]["small-none"]["median"] == pytest.approx(5)
+    text = module.markdown({**times, "benchmarks": [first, later]}, wall=None)
+    assert "(+ 2 interrupted:" in text and "paused, left out" in text
+    only = module.study_times(tmp_path / "study", None, stamp(11.5), only=["all_labels"])
+    assert [b["name"] for b in only["benchmarks"]] == ["all_labels"]
+    assert only["benchmarks"][0]["before_runs_minutes"] == pytest.approx(0.5)
+    with pytest.raises(SystemExit, match="no benchmark"):
+        module.study_times(tmp_path / "study", None, None, only=["nothing"])
 
 
 def test_predict_bf16_compares_a_trained_students_bf16_labels_with_float32(deployed_student, tmp_path):
