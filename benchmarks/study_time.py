@@ -5,7 +5,8 @@
 
 STUDY_OUTPUT is `synthetic_study.py -o`: one nnkd_benchmark folder per regime (labeled4, all_labels), each with
 its runs under runs/. Every time is read from the runs' own files:
-- the teacher (--teacher, its fold folder): first to last timestamp of its nnU-Net training log;
+- the teacher (--teacher, its fold folder): first to last timestamp of its nnU-Net training log(s), without
+  silences longer than --gap (a stopped teacher that the study continued);
 - each training run: the first timestamp of its training log to its final validation's summary.json;
 - each benchmark: "before the runs" (planning, caching the teacher) from the end of the previous step
   (--start, or the teacher, for the first) to its first run's start; "runs" from the first run's start to the
@@ -40,12 +41,6 @@ def log_stamps(fold: Path) -> list[float]:
             if match:
                 stamps.append(datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp())
     return sorted(stamps)
-
-
-def log_times(fold: Path) -> tuple[float, float] | None:
-    """(first, last) timestamp of a fold folder's training logs; None without any."""
-    stamps = log_stamps(fold)
-    return (stamps[0], stamps[-1]) if stamps else None
 
 
 def segments(spans: list[tuple[float, float]], gap_seconds: float) -> list[tuple[float, float]]:
@@ -109,22 +104,23 @@ def benchmark_times(benchmark: Path, runs: list[dict], previous_end: float | Non
 
 def study_times(output: Path, teacher: Path | None, start: float | None, gap_minutes: float = 3,
                 only: list[str] | None = None) -> dict:
-    teacher_times = log_times(teacher) if teacher else None
-    if teacher and teacher_times is None:
+    teacher_stamps = log_stamps(teacher) if teacher else []
+    if teacher and not teacher_stamps:
         raise SystemExit(f"study_time: error: no nnU-Net training log in {teacher}")
+    teacher_going = segments([(t, t) for t in teacher_stamps], gap_minutes * 60)
     folders = [p for p in output.iterdir() if (p / "runs").is_dir() and (not only or p.name in only)]
     if only and len(folders) < len(set(only)):
         raise SystemExit(f"study_time: error: no benchmark {sorted(set(only) - {p.name for p in folders})} in {output}")
     runs = {p: run_times(p, gap_minutes) for p in folders}  # each log read once
     benchmarks = sorted(runs, key=lambda p: min((r["start"] for r in runs[p]), default=float("inf")))
-    previous = start if start is not None else (teacher_times[1] if teacher_times else None)
+    previous = start if start is not None else (teacher_stamps[-1] if teacher_stamps else None)
     steps = []
     for benchmark in benchmarks:
         steps.append(benchmark_times(benchmark, runs[benchmark], previous, gap_minutes))
         previous = steps[-1]["end"]
     total = sum(max(s["before_runs_minutes"] or 0, 0) for s in steps) + sum(
         s["runs_minutes"] + (s["after_runs_minutes"] or 0) for s in steps)
-    return {"teacher_minutes": (teacher_times[1] - teacher_times[0]) / 60 if teacher_times else None,
+    return {"teacher_minutes": sum(b - a for a, b in teacher_going) / 60 if teacher_stamps else None,
             "benchmarks": steps, "benchmark_minutes": total}
 
 

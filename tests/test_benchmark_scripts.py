@@ -269,6 +269,8 @@ def test_study_time_splits_a_study_into_its_steps_from_the_runs_own_files(tmp_pa
     only = module.study_times(tmp_path / "study", None, stamp(11.5), only=["all_labels"])
     assert [b["name"] for b in only["benchmarks"]] == ["all_labels"]
     assert only["benchmarks"][0]["before_runs_minutes"] == pytest.approx(0.5)
+    stopped = fold(tmp_path / "stopped" / "fold_0", stamp(-60), stamp(0), pause=(stamp(-50), stamp(-20)))
+    assert module.study_times(tmp_path / "study", stopped, None)["teacher_minutes"] == pytest.approx(30, abs=1)
     with pytest.raises(SystemExit, match="no benchmark"):
         module.study_times(tmp_path / "study", None, None, only=["nothing"])
 
