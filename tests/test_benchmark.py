@@ -149,6 +149,52 @@ def test_methods_that_read_only_teacher_logits_also_run_from_the_cache():
     assert "tiny-tskd@feature_weight=0-s0" in [r.name for r in _runs(request, True)]
 
 
+def test_runs_start_costliest_first_so_no_lane_ends_alone_on_a_long_run():
+    """--jobs starts the runs with a live teacher and the larger student first (the full study's order, seed by
+    seed, left its last DRD run training alone); equal costs keep the order of _runs."""
+    from nnkd.benchmark.study import BenchmarkRequest, _runs, longest_first
+
+    request = BenchmarkRequest(output=Path("out"), methods=("none", "logit", "feature", "drd"),
+                               budgets=("tiny", "small"), seeds=2, cached_only=True)
+    runs = _runs(request, True)
+    info = {"tiny": {"gflops_per_patch": 2.3, "teacher_gflops_per_patch": 46.3},
+            "small": {"gflops_per_patch": 7.47, "teacher_gflops_per_patch": 46.3}}
+    assert [r.name for r in longest_first(runs, info)] == [
+        "small-feature-s0", "small-drd-s0", "small-feature-s1", "small-drd-s1",
+        "tiny-feature-s0", "tiny-drd-s0", "tiny-feature-s1", "tiny-drd-s1",
+        "small-none-s0", "small-logit-cached-s0", "small-none-s1", "small-logit-cached-s1",
+        "tiny-none-s0", "tiny-logit-cached-s0", "tiny-none-s1", "tiny-logit-cached-s1"]
+    assert longest_first(runs, {}) == runs  # plans without nnkd's cost entry: the order of _runs
+
+
+def test_train_runs_reads_the_costs_from_the_student_plans_and_keeps_the_records_in_order(tmp_path, monkeypatch):
+    import torch
+
+    from nnkd.benchmark import study
+
+    folder = tmp_path / "Dataset990_Synthetic"
+    folder.mkdir()
+    for budget, gflops in (("tiny", 2.3), ("small", 7.47)):
+        plans = {"configurations": {"3d_fullres": {"nnkd_student": {"gflops_per_patch": gflops,
+                                                                    "teacher_gflops_per_patch": 46.3}}}}
+        (folder / f"nnKDPlans_{budget}.json").write_text(json.dumps(plans))
+    started = []
+
+    def train(run, plans, request, dataset_name, env, output):
+        started.append(run.name)
+        return {"run": run.name, "plans": plans}
+
+    monkeypatch.setattr(study, "train", train)
+    request = study.BenchmarkRequest(output=tmp_path, methods=("none", "drd"), budgets=("tiny", "small"), seeds=1)
+    runs = study._runs(request, True)
+    records = study._train_runs(runs, {"tiny": "nnKDPlans_tiny", "small": "nnKDPlans_small"}, request,
+                                folder.name, {"nnUNet_preprocessed": str(tmp_path)}, tmp_path, torch.device("cpu"))
+    assert started == ["small-drd-s0", "tiny-drd-s0", "small-none-s0", "tiny-none-s0"]
+    assert [r["run"] for r in records] == [r.name for r in runs] == ["tiny-none-s0", "tiny-drd-s0", "small-none-s0",
+                                                                       "small-drd-s0"]
+    assert records[0]["plans"] == "nnKDPlans_tiny"
+
+
 def test_seed_summary_pairs_each_run_with_the_no_kd_run_of_its_seed():
     from scipy.stats import t
 

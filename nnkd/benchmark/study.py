@@ -203,16 +203,38 @@ def _student_measurements(record: dict, request, dataset_name, dataset_json, ima
     return result
 
 
+def longest_first(runs: list[Run], student_info: dict[str, dict]) -> list[Run]:
+    """The order in which to start the runs: the costliest first, so that with --jobs the last lane does not
+    train a long run alone at the end. A run's cost per iteration is estimated from its student plans
+    (`student_info[budget]`, the plans' nnkd_student entry): the student's forward and backward, ~3× its GFLOPs
+    per patch, plus the teacher's forward when the teacher runs live (not from the cache). Equal costs keep
+    the order of `runs` (seed, budget, --methods)."""
+    from nnkd.trainers.methods import METHODS
+
+    def cost(run: Run) -> float:
+        info = student_info.get(run.budget, {})
+        live_teacher = METHODS[run.method].needs_teacher and not run.cached
+        return 3 * (info.get("gflops_per_patch") or 0) + (info.get("teacher_gflops_per_patch") or 0) * live_teacher
+
+    return sorted(runs, key=cost, reverse=True)
+
+
 def _train_runs(runs: list, plans: dict, request, dataset_name: str, env: dict, output: Path, device) -> list[dict]:
-    """Train (or reuse) every run, --jobs of them at once; their records in the order of `runs`. On the CPU each
-    of the parallel trainings gets its share of the cores (OMP_NUM_THREADS, unless the caller set it). A run
-    that fails does not stop the others; the first failure is raised once all have ended."""
+    """Train (or reuse) every run, --jobs of them at once, the costliest first (`longest_first`); their records in
+    the order of `runs`. On the CPU each of the parallel trainings gets its share of the cores (OMP_NUM_THREADS,
+    unless the caller set it). A run that fails does not stop the others; the first failure is raised once all
+    have ended."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     if request.jobs > 1 and device.type == "cpu" and "OMP_NUM_THREADS" not in env:
         env = {**env, "OMP_NUM_THREADS": str(max(1, cpu_count() // request.jobs))}
+    preprocessed = Path(env["nnUNet_preprocessed"]) / dataset_name
+    student_info = {budget: json.loads((preprocessed / f"{identifier}.json").read_text())["configurations"]
+                    .get(request.configuration, {}).get("nnkd_student", {}) for budget, identifier in plans.items()}
     with ThreadPoolExecutor(max_workers=request.jobs) as pool:
-        futures = [pool.submit(train, run, plans[run.budget], request, dataset_name, env, output) for run in runs]
+        started = {id(run): pool.submit(train, run, plans[run.budget], request, dataset_name, env, output)
+                   for run in longest_first(runs, student_info)}
+        futures = [started[id(run)] for run in runs]
         for _ in tqdm(as_completed(futures), total=len(futures), desc="training runs", unit="run"):
             pass
     failed = next((f.exception() for f in futures if f.exception() is not None), None)

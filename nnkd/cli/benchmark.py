@@ -44,7 +44,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("-np", type=int, default=2, help="processes for preprocessing and data augmentation")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="train N runs at once (default 1); on the CPU each gets its share of the cores "
-                        "(OMP_NUM_THREADS = cores / N unless set). Seconds per iteration then include the sharing")
+                        "(OMP_NUM_THREADS = cores / N unless set), the costliest runs (live teacher, larger "
+                        "student) first. Seconds per iteration then include the sharing")
     p.add_argument("--quick", action="store_true",
                    help="minutes-long smoke run: a small synthetic dataset, 1 epoch × 2 iterations")
     p.add_argument("-o", required=True, metavar="OUT", help="output folder (runs, predictions, report)")
