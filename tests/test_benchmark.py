@@ -174,6 +174,8 @@ def test_train_runs_reads_the_costs_from_the_student_plans_and_keeps_the_records
 
     folder = tmp_path / "Dataset990_Synthetic"
     folder.mkdir()
+    (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "organ": 1}}))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
     for budget, gflops in (("tiny", 2.3), ("small", 7.47)):
         plans = {"configurations": {"3d_fullres": {"nnkd_student": {"gflops_per_patch": gflops,
                                                                     "teacher_gflops_per_patch": 46.3}}}}

@@ -18,6 +18,8 @@ from nnkd.devices import cpu_count
 from nnkd.errors import NnkdError
 from nnkd.method_table import METHOD_TRAINERS
 from nnkd.nnunet_env import find_dataset_name, require_env
+from nnkd.planners.student_planner import STUDENT_KEY
+from nnkd.plans import PreprocessedConfiguration
 
 QUICK_DATASET = 999
 
@@ -197,7 +199,7 @@ def _student_measurements(record: dict, request, dataset_name, dataset_json, ima
     result |= evaluate_runtimes(result, folder, Path(os.environ["nnUNet_raw"]) / dataset_name,
                                 fold_dir.parent / "dataset.json", fold_dir.parent / "plans.json")
     result["int8"] = request.int8
-    student = plans["configurations"][request.configuration].get("nnkd_student", {})
+    student = plans["configurations"][request.configuration].get(STUDENT_KEY, {})
     result |= {"parameters": student.get("params"), "gflops_per_patch": student.get("gflops_per_patch")}
     write_json_atomic(done, result)
     return result
@@ -228,9 +230,9 @@ def _train_runs(runs: list, plans: dict, request, dataset_name: str, env: dict, 
 
     if request.jobs > 1 and device.type == "cpu" and "OMP_NUM_THREADS" not in env:
         env = {**env, "OMP_NUM_THREADS": str(max(1, cpu_count() // request.jobs))}
-    preprocessed = Path(env["nnUNet_preprocessed"]) / dataset_name
-    student_info = {budget: json.loads((preprocessed / f"{identifier}.json").read_text())["configurations"]
-                    .get(request.configuration, {}).get("nnkd_student", {}) for budget, identifier in plans.items()}
+    student_info = {budget: PreprocessedConfiguration.load(dataset_name, identifier, request.configuration)
+                    .plans["configurations"][request.configuration].get(STUDENT_KEY, {})
+                    for budget, identifier in plans.items()}
     with ThreadPoolExecutor(max_workers=request.jobs) as pool:
         started = {id(run): pool.submit(train, run, plans[run.budget], request, dataset_name, env, output)
                    for run in longest_first(runs, student_info)}
