@@ -55,6 +55,11 @@ def segments(spans: list[tuple[float, float]], gap_seconds: float) -> list[tuple
     return [(a, b) for a, b in out]
 
 
+def minutes(stretches: list[tuple[float, float]]) -> float:
+    """The minutes that stretches (from segments) cover."""
+    return sum(b - a for a, b in stretches) / 60
+
+
 def run_times(benchmark: Path, gap_minutes: float = 3) -> list[dict]:
     """Each finished run of a benchmark folder: name, group (the name without its seed), start, end, minutes
     (start to end), active minutes (without silences longer than gap_minutes), its active stretches, and
@@ -68,7 +73,7 @@ def run_times(benchmark: Path, gap_minutes: float = 3) -> list[dict]:
         end = summaries[0].stat().st_mtime
         active = segments([(t, t) for t in stamps + [max(end, stamps[-1])]], gap_minutes * 60)
         runs.append({"run": run.name, "group": SEED.sub("", run.name), "start": stamps[0], "end": end,
-                     "minutes": (end - stamps[0]) / 60, "active_minutes": sum(b - a for a, b in active) / 60,
+                     "minutes": (end - stamps[0]) / 60, "active_minutes": minutes(active),
                      "segments": active, "interrupted": len(active) > 1})
     return runs
 
@@ -93,7 +98,7 @@ def benchmark_times(benchmark: Path, runs: list[dict], previous_end: float | Non
                         "max": max(m) if m else None, "sum": sum(m),
                         "interrupted_active_sum": sum(r["active_minutes"] for r in members if r["interrupted"])}
     going = segments([span for r in runs for span in r["segments"]], gap_minutes * 60)
-    runs_minutes = sum(b - a for a, b in going) / 60
+    runs_minutes = minutes(going)
     return {"name": benchmark.name, "runs": runs, "groups": stats,
             "before_runs_minutes": (first - previous_end) / 60 if previous_end is not None else None,
             "runs_minutes": runs_minutes, "paused_minutes": (last - first) / 60 - runs_minutes,
@@ -120,7 +125,7 @@ def study_times(output: Path, teacher: Path | None, start: float | None, gap_min
         previous = steps[-1]["end"]
     total = sum(max(s["before_runs_minutes"] or 0, 0) for s in steps) + sum(
         s["runs_minutes"] + (s["after_runs_minutes"] or 0) for s in steps)
-    return {"teacher_minutes": sum(b - a for a, b in teacher_going) / 60 if teacher_stamps else None,
+    return {"teacher_minutes": minutes(teacher_going) if teacher_stamps else None,
             "benchmarks": steps, "benchmark_minutes": total}
 
 
