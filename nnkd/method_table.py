@@ -20,6 +20,7 @@ LORKD_TRAINER = "nnKDTrainer_LoRKD"
 METHOD_TABLE = {
     "none": Method("nnKDTrainer_NoKD", "the student alone on the same schedule: the baseline"),
     "logit": Method("nnKDTrainer_Logit", "logit KD, class-balanced KL at T = 1 by default; a cached teacher serves it"),
+    "cwd": Method("nnKDTrainer_CWD", "channel-wise distillation: per-class spatial softmax of the logits, KL × τ²"),
     "feature": Method("nnKDTrainer_Feature", "FitNets: projected encoder-stage features, MSE or cosine"),
     "cka": Method("nnKDTrainer_CKA", "linear CKA between student and teacher stage features, no projector"),
     "drd": Method("nnKDTrainer_DRD", "Deep Reprogramming Distillation: reprogrammed teacher stages, hybrid logits, CKA"),

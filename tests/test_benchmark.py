@@ -219,6 +219,8 @@ def test_seed_summary_pairs_each_run_with_the_no_kd_run_of_its_seed():
     assert kd["dice_vs_none"]["mean"] == pytest.approx(sum(differences) / 3)
     half = t.ppf(0.975, 2) * statistics.stdev(differences) / 3 ** 0.5
     assert kd["dice_vs_none"]["ci95"] == pytest.approx([sum(differences) / 3 - half, sum(differences) / 3 + half])
+    assert kd["dice_vs_none_per_class"]["2"]["mean"] == pytest.approx(sum(differences) / 6)  # per class, paired
+    assert kd["dice_vs_none_per_class"]["1"]["ci95"] == pytest.approx(kd["dice_vs_none"]["ci95"])
     assert kd["found_at"]["2"] == {"per_seed": [10, 10, 20], "median": 10}
     assert rows["none"]["found_at"]["2"]["per_seed"] == [30, None, None]
     assert rows["none"]["found_at"]["2"]["median"] is None  # most seeds never found it

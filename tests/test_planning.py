@@ -285,6 +285,20 @@ def test_a_patch_latency_is_measured_in_each_runtime(planned, runtime):
     assert measure_patch_latency(student.architecture, 1, 4, teacher["patch_size"], "cpu", runtime) > 0
 
 
+def test_fraction_budgets_allow_one_nth_of_the_teacher_and_name_their_plans(planned):
+    budget = Budget(preset="1/64")
+    assert budget.name == "frac64" and Budget.from_name("frac64") == Budget.from_name("1/64") == budget
+    assert Budget(preset="frac64") == budget and budget.to_json()["fraction_of_teacher"] == 1 / 64
+    assert Budget(preset="1/16").name == "frac16" != Budget(preset="tiny").name  # tiny's plans keep their name
+    for bad in ("1/1", "1/0", "2/3", "1/x", "frac1"):
+        with pytest.raises(NnkdError, match="unknown budget"):
+            Budget(preset=bad)
+    planner = nnKDStudentPlanner(planned["preprocessed"], budget)
+    for c in planner.plan()[1]:
+        assert c.param_limit == pytest.approx(c.teacher.params / 64)
+        assert c.student.cost.params <= c.param_limit and c.student.cost.gflops <= c.gflop_limit
+
+
 def test_latency_budget_names_round_trip():
     for budget in (Budget(max_latency_ms=50), Budget(max_params=10, max_latency_ms=12.5, latency_device="cuda",
                                                      latency_runtime="onnx")):

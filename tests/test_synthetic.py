@@ -6,6 +6,7 @@ import SimpleITK as sitk
 
 from conftest import SMALL, run_cli, tree_digest
 from nnkd.datasets.synthetic import LABELS, SyntheticSpec, write_synthetic_dataset
+from nnkd.errors import NnkdError
 
 
 def _read(path):
@@ -113,3 +114,41 @@ def test_default_shape_gives_a_realistic_nnunet_plan(nnunet_env, tmp_path):
     assert teacher["architecture"]["arch_kwargs"]["n_stages"] >= 5
     assert student["nnkd_student"]["teacher_params"] >= 10_000_000
     assert not (folder / "nnUNetPlans_3d_fullres").exists()  # --no_pp: nothing preprocessed
+
+
+def test_the_multiorgan_preset_has_a_capacity_gap_task_in_3d_and_2d(tmp_path):
+    """Eleven structures, sizes over about three orders of magnitude in 3D, left/right pairs that only position
+    tells apart, shapes that vary between cases; a 2D case is the central slice of the same anatomy."""
+    from nnkd.datasets import multiorgan
+    from nnkd.datasets.synthetic import make_case
+
+    spec = SyntheticSpec(980, preset="multiorgan", cases=2, shape=(32, 96, 96))
+    assert list(spec.dataset_labels) == ["background", *multiorgan.STRUCTURES] and len(multiorgan.STRUCTURES) >= 8
+    labels = [make_case(np.random.default_rng([0, 0, i]), spec)[1] for i in range(3)]
+    for label in labels:
+        counts = np.bincount(label.ravel(), minlength=12)[1:]
+        assert (counts > 0).all(), counts  # every structure in every case
+        assert counts.max() / counts.min() > 300  # liver against an adrenal gland
+    assert not np.array_equal(labels[0] > 0, labels[1] > 0)  # anatomy varies between cases
+    left, right = spec.dataset_labels["kidney_left"], spec.dataset_labels["kidney_right"]
+    x = np.arange(labels[0].shape[2])
+    centre = (labels[0].shape[2] - 1) / 2
+    for label in labels:  # the pair sits on mirrored sides: x > centre is the patient's left
+        assert x[np.nonzero(label == left)[2]].mean() > centre > x[np.nonzero(label == right)[2]].mean()
+    tissue = multiorgan.CONTRAST  # same tissue intensity for a pair; overlapping neighbours
+    assert tissue[left] == tissue[right] and tissue[multiorgan.LABELS["adrenal_left"]] == tissue[multiorgan.LABELS["adrenal_right"]]
+    assert abs(tissue[multiorgan.LABELS["liver"]] - tissue[multiorgan.LABELS["spleen"]]) < 0.05
+    assert abs(tissue[multiorgan.LABELS["pancreas"]] - tissue[multiorgan.BOWEL]) < 0.05
+
+    flat = SyntheticSpec(981, preset="multiorgan", dim=2, cases=2, shape=(96, 96))
+    folder = write_synthetic_dataset(flat, tmp_path)
+    dataset = json.loads((folder / "dataset.json").read_text())
+    assert dataset["nnkd_synthetic"]["preset"] == "multiorgan" and len(dataset["labels"]) == 12
+    label, spacing = _read(folder / "labelsTr" / "case_000.nii.gz")
+    assert label.shape[0] == 1 and len(np.unique(label)) == 12 and spacing == (1.0, 1.0, 999.0)
+    only = SyntheticSpec(982, preset="multiorgan", cases=2, shape=(32, 64, 64), labels=("liver", "vessels"))
+    assert only.dataset_labels == {"background": 0, "liver": 1, "vessels": 2}
+    with pytest.raises(NnkdError, match="not a set of structures"):
+        SyntheticSpec(983, preset="multiorgan", labels=("organ",))
+    with pytest.raises(NnkdError, match="--preset"):
+        SyntheticSpec(983, preset="brain")

@@ -137,20 +137,22 @@ def test_augmented_soft_labels_stay_aligned_with_their_image(planned, tmp_path):
     assert min(agreement) > 0.97, agreement
 
 
-def test_training_from_the_cache_never_builds_the_teacher(cached, tmp_path):
+@pytest.mark.parametrize("method, trainer, term", [("logit", "nnKDTrainer_Logit", "kd_logit"),
+                                                   ("cwd", "nnKDTrainer_CWD", "kd_cwd")])
+def test_training_from_the_cache_never_builds_the_teacher(cached, tmp_path, method, trainer, term):
     hidden = cached["folder"].with_name(cached["folder"].name + ".away")
     cached["folder"].rename(hidden)  # no teacher to build: only the cache can teach
     try:
         env = {**cached["env"], "nnUNet_results": str(tmp_path / "results"), "nnUNet_n_proc_DA": "0"}
-        result = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "logit",
+        result = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", method,
                          "--teacher", cached["spec"], "--teacher-cache", *QUICK_TRAINING, env=env)
     finally:
         hidden.rename(cached["folder"])
-    fold = run_fold(tmp_path / "results" / "Dataset991_Synthetic", "nnKDTrainer_Logit")
+    fold = run_fold(tmp_path / "results" / "Dataset991_Synthetic", trainer)
     record = json.loads((fold / "teacher.json").read_text())["teacher"]
     assert record["cache"] == str(cached["cache"].folder) and record["spec"] == cached["spec"]
     log = next(fold.glob("training_log_*.txt")).read_text()
-    assert "the teacher itself is not loaded" in log and "kd_logit" in log
+    assert "the teacher itself is not loaded" in log and term in log
     assert "validation Dice" in result.stdout
 
 
@@ -175,7 +177,7 @@ def test_tskd_distils_the_unlabelled_rest_of_the_fold_from_the_cache(cached, tmp
         hidden.rename(cached["folder"])
     fold = run_fold(tmp_path / "results" / "Dataset991_Synthetic", "nnKDTrainer_TSKD")
     log = next(fold.glob("training_log_*.txt")).read_text()
-    assert "the teacher itself is not loaded" in log and "kd_logit" in log and "kd_feature" not in log
+    assert "the teacher itself is not loaded" in log and term in log and "kd_feature" not in log
     assert "training case(s) --labeled left unlabelled" in log
     assert "validation Dice" in result.stdout
 

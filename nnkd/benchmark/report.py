@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from nnkd.benchmark.stats import RUNTIME_LABELS  # noqa: E402
 
-MARKERS = {"none": "o", "logit": "s", "feature": "^", "cka": "D", "drd": "P"}
+MARKERS = {"none": "o", "logit": "s", "cwd": "v", "feature": "^", "cka": "D", "drd": "P"}
 
 
 def _method_label(run: dict) -> str:

@@ -16,6 +16,8 @@ def derived_ratios(records: list[dict], teacher: dict) -> list[dict]:
         base = plain.get((r["budget"], r.get("seed", 0)))
         r["step_vs_none"] = r["seconds_per_iteration"] / base["seconds_per_iteration"] if base else None
         r["dice_vs_none"] = r["dice"] - base["dice"] if base else None
+        r["dice_vs_none_per_class"] = {c: v - base["dice_per_class"][c] for c, v in r["dice_per_class"].items()
+                                       if c in base["dice_per_class"]} if base else None
         r["dice_vs_teacher"] = r["dice"] - teacher["dice"] if "dice" in teacher else None
         r["param_ratio"] = r["parameters"] / teacher["parameters"] if r.get("parameters") else None
         for runtime in RUNTIMES:
@@ -96,7 +98,10 @@ def summarize(runs: list[dict]) -> list[dict]:
                "seeds": sorted(r.get("seed", 0) for r in members),
                "dice": mean_interval([r["dice"] for r in members]),
                "dice_per_class": {c: mean_interval([r["dice_per_class"][c] for r in members]) for c in classes},
-               "dice_vs_none": mean_interval([r["dice_vs_none"] for r in members if r.get("dice_vs_none") is not None])}
+               "dice_vs_none": mean_interval([r["dice_vs_none"] for r in members if r.get("dice_vs_none") is not None]),
+               "dice_vs_none_per_class": {c: mean_interval([r["dice_vs_none_per_class"][c] for r in members
+                                                            if c in (r.get("dice_vs_none_per_class") or {})])
+                                          for c in classes}}
         curves = [r["learning_curve"] for r in members if r.get("learning_curve")]
         if curves:
             found = {}

@@ -62,6 +62,44 @@ def add_deprecated(parser: argparse.ArgumentParser, old: str, replacement: str, 
     parser.add_argument(old, dest=dest, action=DeprecatedSpelling, replacement=replacement, **kwargs)
 
 
+SEED_MAX = 2 ** 32 - 1  # NumPy's seeds end there; torch and Python take more, a run records one for all three
+
+
+def seed_value(text: str) -> int:
+    """argparse type of --seed: an integer in 0…2**32−1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer seed") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0…{SEED_MAX}; give a seed in that range")
+    return value
+
+
+def count_value(text: str) -> int:
+    """argparse type of a number of processes: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def finite_value(text: str) -> float:
+    """argparse type of a limit or factor: a finite number (inf and nan are refused)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
 def add_dataset_configuration_fold(parser: argparse.ArgumentParser, fold_help: str = "0-4 or all") -> None:
     """`-d DATASET -c CONFIG -f FOLD`, as nnU-Net's commands other than nnUNetv2_train take them."""
     parser.add_argument("-d", required=True, metavar="DATASET", help="dataset ID or name")
@@ -76,13 +114,14 @@ def add_budget_arguments(parser: argparse.ArgumentParser, title: str) -> None:
     from nnkd.planners.budget import LATENCY_DEVICES, LATENCY_RUNTIMES, PRESETS
 
     budget = parser.add_argument_group(title)
-    budget.add_argument("--budget", choices=sorted(PRESETS), default=None,
+    budget.add_argument("--budget", default=None, metavar="PRESET|1/N",
                         help="fraction of the teacher plan's parameters and GFLOPs: "
-                             + ", ".join(f"{k} ≤ 1/{round(1 / v)}" for k, v in PRESETS.items()))
+                             + ", ".join(f"{k} ≤ 1/{round(1 / v)}" for k, v in PRESETS.items())
+                             + ", or any 1/N with N ≥ 2, e.g. 1/64 (plans nnKDPlans_frac64)")
     budget.add_argument("--max-params", type=int, default=None, metavar="N", help="absolute parameter limit")
-    budget.add_argument("--max-gflops", type=float, default=None, metavar="G",
+    budget.add_argument("--max-gflops", type=finite_value, default=None, metavar="G",
                         help="absolute limit on GFLOPs per patch (may be combined with --max-params)")
-    budget.add_argument("--max-latency", type=float, default=None, metavar="MS",
+    budget.add_argument("--max-latency", type=finite_value, default=None, metavar="MS",
                         help="milliseconds per patch, measured on this machine (may be combined with the absolute "
                              "limits): the largest student whose forward pass fits")
     budget.add_argument("--latency-device", choices=LATENCY_DEVICES, default="cpu",
@@ -104,7 +143,7 @@ def budget_of(args: argparse.Namespace, default_preset: str | None = None):
 
 def add_step_size(parser: argparse.ArgumentParser, what: str) -> None:
     """nnU-Net's `-step_size`, the sliding-window step as a fraction of the patch (checked by check_step_size)."""
-    parser.add_argument("-step_size", dest="step_size", type=float, default=0.5,
+    parser.add_argument("-step_size", dest="step_size", type=finite_value, default=0.5,
                         help=f"sliding-window step of {what}, a fraction of the patch in (0, 1] (default 0.5)")
 
 

@@ -17,6 +17,7 @@ from scipy.ndimage import distance_transform_edt, gaussian_filter
 from tqdm import tqdm
 
 from nnkd import __version__
+from nnkd.datasets import multiorgan
 from nnkd.datasets.raw import staged_raw_dataset
 from nnkd.errors import NnkdError
 
@@ -33,6 +34,16 @@ CONTRASTS = np.array([
 ])
 VESSEL_RADIUS_MM = 1.2
 CASE_SIZE_JITTER = 0.15
+# The generator's presets: the default task (organ, lesion, vessel) and `multiorgan` (nnkd.datasets.multiorgan:
+# eleven structures over three orders of magnitude in size, for accuracy-size studies with a capacity gap).
+PRESET_LABELS = {"default": LABELS, "multiorgan": multiorgan.LABELS}
+PRESET_SHAPE = {"default": DEFAULT_SHAPE, "multiorgan": multiorgan.DEFAULT_SHAPE}
+PRESET_SPACING = {"default": SPACING, "multiorgan": multiorgan.SPACING}
+PRESET_DESCRIPTION = {
+    "default": "organ with a nested lesion, a touching unlabelled neighbour and a thin vessel",
+    "multiorgan": "an abdomen-like body with eleven structures from liver to adrenal glands, a branching vessel "
+                  "tree, left/right pairs, overlapping intensities and an unlabelled spine and bowel",
+}
 
 
 @dataclass(frozen=True)
@@ -46,12 +57,15 @@ class SyntheticSpec:
     name: str = "Synthetic"
     test_cases: int | None = None
     labels: tuple[str, ...] | None = None  # structures to label (others stay in the image, as background); None: all
+    preset: str = "default"  # the anatomy: a key of PRESET_LABELS
     base_shape: tuple[int, int, int] = field(init=False)
     spacing: tuple[float, float, float] = field(init=False)
 
     def __post_init__(self):
         if not 0 < self.dataset_id < 1000:
             raise NnkdError(f"dataset ID {self.dataset_id} is out of range", "use 1-999 as nnU-Net does")
+        if self.preset not in PRESET_LABELS:
+            raise NnkdError(f"--preset {self.preset} is unknown", f"use one of {', '.join(PRESET_LABELS)}")
         if self.dim not in (2, 3):
             raise NnkdError(f"--dim {self.dim} is not supported", "use --dim 3 or --dim 2")
         if self.cases < 2:
@@ -60,20 +74,20 @@ class SyntheticSpec:
             raise NnkdError(f"--channels {self.channels} is invalid", "use 1 or more channels")
         if not self.name.replace("-", "").replace("_", "").isalnum() or "__" in self.name:
             raise NnkdError(f"dataset name '{self.name}' is invalid", "use letters, digits and single '-' or '_'")
-        shape = tuple(self.shape) if self.shape else DEFAULT_SHAPE[self.dim]
+        shape = tuple(self.shape) if self.shape else PRESET_SHAPE[self.preset][self.dim]
         if len(shape) != self.dim:
             raise NnkdError(f"--shape has {len(shape)} values for a {self.dim}D dataset",
                             "give Z Y X for --dim 3 or Y X for --dim 2")
         if min(shape) < 16:
             raise NnkdError(f"--shape {' '.join(map(str, shape))} is too small", "use at least 16 voxels per axis")
-        structures = [name for name in LABELS if name != "background"]
+        structures = [name for name in self.all_labels if name != "background"]
         if self.labels is not None:
             unknown = [name for name in self.labels if name not in structures]
             if unknown or not self.labels or len(set(self.labels)) != len(self.labels):
                 raise NnkdError(f"--labels {' '.join(self.labels)} is not a set of structures",
                                 f"name each structure once, from {', '.join(structures)}")
         object.__setattr__(self, "base_shape", (1, *shape) if self.dim == 2 else shape)
-        object.__setattr__(self, "spacing", SPACING[self.dim])
+        object.__setattr__(self, "spacing", PRESET_SPACING[self.preset][self.dim])
 
     @property
     def folder_name(self) -> str:
@@ -84,9 +98,15 @@ class SyntheticSpec:
         return self.test_cases if self.test_cases is not None else max(2, self.cases // 4)
 
     @property
+    def all_labels(self) -> dict[str, int]:
+        """Every structure of the preset with its tissue index (background 0)."""
+        return PRESET_LABELS[self.preset]
+
+    @property
     def dataset_labels(self) -> dict[str, int]:
-        """dataset.json's labels: the chosen structures numbered 1, 2, … in LABELS order."""
-        kept = [name for name in LABELS if name != "background" and (self.labels is None or name in self.labels)]
+        """dataset.json's labels: the chosen structures numbered 1, 2, … in the preset's order."""
+        kept = [name for name in self.all_labels
+                if name != "background" and (self.labels is None or name in self.labels)]
         return {"background": 0, **{name: i for i, name in enumerate(kept, start=1)}}
 
 
@@ -109,29 +129,38 @@ def _inside_ellipsoid(coords: np.ndarray, centre, semi_axes, rotation: np.ndarra
     return np.sum((local / np.asarray(semi_axes)[:, None, None, None]) ** 2, axis=0) <= 1.0
 
 
-def _vessel_mask(shape, spacing, coords_origin, points: np.ndarray) -> np.ndarray:
-    """Voxels within VESSEL_RADIUS_MM of a centre line given as dense points in mm."""
+def _vessel_mask(shape, spacing, coords_origin, points: np.ndarray, radius: float = VESSEL_RADIUS_MM) -> np.ndarray:
+    """Voxels within `radius` mm of a centre line given as dense points in mm."""
     index = np.round((points - coords_origin) / np.asarray(spacing)).astype(int)
     keep = np.all((index >= 0) & (index < np.asarray(shape)), axis=1)
     centre_line = np.ones(shape, dtype=bool)
     centre_line[tuple(index[keep].T)] = False
     if centre_line.all():
         return np.zeros(shape, dtype=bool)
-    return distance_transform_edt(centre_line, sampling=spacing) <= VESSEL_RADIUS_MM
+    return distance_transform_edt(centre_line, sampling=spacing) <= radius
 
 
-def make_case(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[list[np.ndarray], np.ndarray]:
-    """One case: a list of float32 channel images (Z, Y, X) and its uint8 label map (of the chosen labels; the
-    images do not depend on which structures are labelled)."""
-    flat = spec.dim == 2
-    jitter = rng.uniform(1 - CASE_SIZE_JITTER, 1 + CASE_SIZE_JITTER, size=3)
-    shape = tuple(1 if (flat and a == 0) else max(16, int(round(s * j)))
-                  for a, (s, j) in enumerate(zip(spec.base_shape, jitter)))
-    spacing = np.asarray(spec.spacing)
-    extent = np.asarray(shape) * spacing
-    axes = [(np.arange(n) - (n - 1) / 2) * sp for n, sp in zip(shape, spacing)]
-    coords = np.stack(np.meshgrid(*axes, indexing="ij"))
-    origin = np.array([a[0] for a in axes])
+class _Grid:
+    """One case's voxel grid: its shape (jittered around the spec's), spacing, extent and mm coordinates."""
+
+    def __init__(self, rng: np.random.Generator, spec: SyntheticSpec):
+        self.flat = spec.dim == 2
+        jitter = rng.uniform(1 - CASE_SIZE_JITTER, 1 + CASE_SIZE_JITTER, size=3)
+        self.shape = tuple(1 if (self.flat and a == 0) else max(16, int(round(s * j)))
+                           for a, (s, j) in enumerate(zip(spec.base_shape, jitter)))
+        self.spacing = np.asarray(spec.spacing)
+        self.extent = np.asarray(self.shape) * self.spacing
+        axes = [(np.arange(n) - (n - 1) / 2) * sp for n, sp in zip(self.shape, self.spacing)]
+        self.coords = np.stack(np.meshgrid(*axes, indexing="ij"))
+        self.origin = np.array([a[0] for a in axes])
+
+    def vessel_mask(self, points: np.ndarray, radius: float = VESSEL_RADIUS_MM) -> np.ndarray:
+        return _vessel_mask(self.shape, self.spacing, self.origin, points, radius)
+
+
+def _default_tissue(rng: np.random.Generator, grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
+    """The default preset's tissue indices (LABELS, then NEIGHBOUR) and body mask."""
+    flat, shape, extent, coords = grid.flat, grid.shape, grid.extent, grid.coords
     in_plane = np.array([0.0, 1.0, 1.0]) if flat else np.ones(3)
 
     rotation = _rotation_about_z(rng.uniform(0, np.pi))
@@ -161,30 +190,53 @@ def make_case(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[list[np.nd
     tilt = np.array([0.0 if flat else rng.uniform(-0.3, 0.3) * extent[0], 0, 0])
     wiggle = rng.uniform(0.1, 0.2) * extent[1] * np.sin(np.pi * (rng.uniform(1, 2) * t + rng.uniform(0, 2)))
     points = organ_centre + t * (0.6 * extent * along + tilt) + wiggle * across
-    vessel = _vessel_mask(shape, spacing, origin, points)
+    vessel = grid.vessel_mask(points)
 
     tissue = np.zeros(shape, dtype=np.int64)
     tissue[organ] = LABELS["organ"]
     tissue[lesion & organ] = LABELS["lesion"]
     tissue[vessel] = LABELS["vessel"]
-    kept = spec.dataset_labels
-    relabel = np.array([kept.get(name, 0) for name in LABELS], dtype=np.uint8)  # unlabelled structures → background
-    label = relabel[tissue]
     tissue[neighbour & (tissue == 0)] = NEIGHBOUR
-
     body = _inside_ellipsoid(coords, np.zeros(3), extent * np.array([0.49 if not flat else 1, 0.47, 0.47]),
                              np.eye(3)) | (tissue > 0)
-    unit = coords / (extent[:, None, None, None] / 2)
+    return tissue, body
+
+
+def _render(rng: np.random.Generator, grid: _Grid, tissue: np.ndarray, body: np.ndarray, channels: int,
+            contrast) -> list[np.ndarray]:
+    """The channel images of a tissue map: each tissue's intensity (`contrast(c)[tissue]`) under a smooth
+    bias field, with texture and noise."""
+    unit = grid.coords / (grid.extent[:, None, None, None] / 2)
     images = []
-    for c in range(spec.channels):
+    for c in range(channels):
         coeffs = rng.normal(0, 0.12, size=6)
         bias = np.exp(coeffs[0] * unit[0] + coeffs[1] * unit[1] + coeffs[2] * unit[2]
                       + coeffs[3] * unit[1] * unit[2] + coeffs[4] * unit[1] ** 2 + coeffs[5] * unit[2] ** 2)
-        texture = gaussian_filter(rng.normal(size=shape), sigma=(0 if flat else 1.0, 1.5, 1.5)) * 0.6
-        intensity = channel_contrast(c)[tissue] * body * bias
-        image = intensity + 0.08 * texture * body + rng.normal(0, 0.05, size=shape)
+        texture = gaussian_filter(rng.normal(size=grid.shape), sigma=(0 if grid.flat else 1.0, 1.5, 1.5)) * 0.6
+        intensity = contrast(c)[tissue] * body * bias
+        image = intensity + 0.08 * texture * body + rng.normal(0, 0.05, size=grid.shape)
         images.append((1000.0 * image).astype(np.float32))
-    return images, label
+    return images
+
+
+def make_case(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[list[np.ndarray], np.ndarray]:
+    """One case: a list of float32 channel images (Z, Y, X) and its uint8 label map (of the chosen labels; the
+    images do not depend on which structures are labelled)."""
+    grid = _Grid(rng, spec)
+    if spec.preset == "multiorgan":
+        tissue, body = multiorgan.make_tissue(
+            rng, grid.coords, grid.extent, grid.flat,
+            lambda points: grid.vessel_mask(points, multiorgan.VESSEL_RADIUS_MM))
+        contrast = multiorgan.contrast
+    else:
+        tissue, body = _default_tissue(rng, grid)
+        contrast = channel_contrast
+    kept = spec.dataset_labels  # tissue index → label; unlabelled structures and tissues → background
+    relabel = np.zeros(int(tissue.max()) + 1, dtype=np.uint8)
+    for name, index in spec.all_labels.items():
+        if index <= tissue.max():
+            relabel[index] = kept.get(name, 0)
+    return _render(rng, grid, tissue, body, spec.channels, contrast), relabel[tissue]
 
 
 def _write_nifti(array: np.ndarray, spacing, path: Path) -> None:
@@ -201,11 +253,11 @@ def dataset_json(spec: SyntheticSpec) -> dict:
         "numTraining": spec.cases,
         "file_ending": ".nii.gz",
         "name": spec.folder_name,
-        "description": "Synthetic scans from nnkd_make_synthetic: organ with a nested lesion, a touching "
-                       "unlabelled neighbour and a thin vessel; bias field, texture and noise.",
+        "description": f"Synthetic scans from nnkd_make_synthetic: {PRESET_DESCRIPTION[spec.preset]}; bias field, "
+                       "texture and noise.",
         "reference": f"nnkd {__version__}",
         "licence": "CC0",
-        "nnkd_synthetic": {"seed": spec.seed, "dim": spec.dim, "shape": list(spec.base_shape),
+        "nnkd_synthetic": {"preset": spec.preset, "seed": spec.seed, "dim": spec.dim, "shape": list(spec.base_shape),
                            "spacing": list(spec.spacing), "channels": spec.channels,
                            "test_cases": spec.n_test_cases},
     }

@@ -11,10 +11,21 @@ if TYPE_CHECKING:  # keeps the console scripts' argument parsing free of torch i
 
 # A preset allows this fraction of the teacher plan's parameters and of its GFLOPs per patch.
 PRESETS = {"tiny": 1 / 16, "small": 1 / 6, "medium": 1 / 2}
+# Any other fraction is written 1/N (N ≥ 2): `--budget 1/64`; its plans are named nnKDPlans_fracN.
+_FRACTION = re.compile(r"^1/([1-9]\d*)$")
+_FRACTION_NAME = re.compile(r"^frac([1-9]\d*)$")
 _ABSOLUTE_NAME = re.compile(r"^(?:params(\d+))?-?(?:gflops(\d+(?:\.\d+)?))?-?"
                             r"(?:latency(\d+(?:\.\d+)?)ms(-cuda)?(-onnx)?)?$")
 LATENCY_DEVICES = ("cpu", "cuda")
 LATENCY_RUNTIMES = ("torch", "onnx")
+
+
+def preset_fraction(preset: str) -> float | None:
+    """The fraction of the teacher a preset or a `1/N` budget allows; None for anything else."""
+    if preset in PRESETS:
+        return PRESETS[preset]
+    match = _FRACTION.match(preset or "")
+    return 1 / int(match.group(1)) if match and int(match.group(1)) >= 2 else None
 
 
 def _number(value: float) -> str:
@@ -32,9 +43,12 @@ class Budget:
 
     def __post_init__(self):
         if self.preset is not None:
-            if self.preset not in PRESETS:
+            if _FRACTION_NAME.match(self.preset):  # the plans name of a fraction: frac64 is 1/64
+                object.__setattr__(self, "preset", "1/" + self.preset.removeprefix("frac"))
+            if preset_fraction(self.preset) is None:
                 raise NnkdError(f"unknown budget '{self.preset}'",
-                                f"use one of {', '.join(PRESETS)} or --max-params/--max-gflops")
+                                f"use one of {', '.join(PRESETS)}, a fraction 1/N with N ≥ 2 (e.g. 1/64), or "
+                                "--max-params/--max-gflops")
             if self.max_params is not None or self.max_gflops is not None or self.max_latency_ms is not None:
                 raise NnkdError("a preset budget and --max-params/--max-gflops/--max-latency were both given",
                                 "give one of them")
@@ -56,7 +70,7 @@ class Budget:
     def name(self) -> str:
         """The part of the plans identifier after nnKDPlans_ (no '__', which nnU-Net uses as a separator)."""
         if self.preset:
-            return self.preset
+            return self.preset if self.preset in PRESETS else "frac" + self.preset.split("/")[1]
         parts = []
         if self.max_params is not None:
             parts.append(f"params{self.max_params}")
@@ -73,10 +87,12 @@ class Budget:
         """Inverse of `name`, for commands that take `--budget` after planning."""
         if name in PRESETS:
             return cls(preset=name)
+        if _FRACTION_NAME.match(name) or _FRACTION.match(name):
+            return cls(preset="1/" + name.removeprefix("frac").removeprefix("1/"))
         match = _ABSOLUTE_NAME.match(name)
         if not name or not match or not any(match.groups()):
             raise NnkdError(f"unknown budget '{name}'",
-                            f"use one of {', '.join(PRESETS)} or a planned name like params2000000")
+                            f"use one of {', '.join(PRESETS)}, 1/N or a planned name like params2000000 or frac64")
         params, gflops, latency, cuda, onnx = match.groups()
         return cls(max_params=int(params) if params else None, max_gflops=float(gflops) if gflops else None,
                    max_latency_ms=float(latency) if latency else None, latency_device="cuda" if cuda else "cpu",
@@ -85,13 +101,13 @@ class Budget:
     def limits(self, teacher: "NetworkCost") -> tuple[float, float]:
         """(max parameters, max GFLOPs per patch) for a student of this teacher; inf where unbounded."""
         if self.preset:
-            fraction = PRESETS[self.preset]
+            fraction = preset_fraction(self.preset)
             return teacher.params * fraction, teacher.gflops * fraction
         return (float(self.max_params) if self.max_params is not None else float("inf"),
                 float(self.max_gflops) if self.max_gflops is not None else float("inf"))
 
     def to_json(self) -> dict:
-        return {"name": self.name, "preset": self.preset, "fraction_of_teacher": PRESETS.get(self.preset),
+        return {"name": self.name, "preset": self.preset, "fraction_of_teacher": preset_fraction(self.preset),
                 "max_params": self.max_params, "max_gflops": self.max_gflops, "max_latency_ms": self.max_latency_ms,
                 "latency_device": self.latency_device if self.max_latency_ms else None,
                 "latency_runtime": self.latency_runtime if self.max_latency_ms else None}

@@ -10,6 +10,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnkd.cache.loading import CachedTeacherDataset
+from nnkd.distill.channel_wise import cwd_loss
 from nnkd.distill.cka import cka_per_stage
 from nnkd.distill.feature import FeatureProjectors, feature_distance, pair_stages_by_resolution, resize_to
 from nnkd.distill.logits import KD_LOSSES, kd_kl_loss, kd_loss
@@ -73,6 +74,24 @@ class nnKDTrainer_Logit(LogitKD, nnKDTrainer):
 
     def distillation_terms(self, step: KDStep) -> dict[str, torch.Tensor]:
         return {"logit": self.logit_term(step)}
+
+
+class nnKDTrainer_CWD(nnKDTrainer):
+    """Channel-wise distillation (Shu et al., ICCV 2021; DPRD's baseline): per class channel, the spatial
+    softmax of the student's full-resolution logits against the teacher's at temperature τ, KL × τ²
+    (nnkd.distill.channel_wise). Reads teacher logits only, so a teacher cache serves it."""
+
+    method = "cwd"
+    needs_teacher_logits = True
+    needs_teacher_features = False
+    cwd_temperature = 4.0  # the paper's τ for semantic segmentation
+    cwd_weight = 3.0  # the paper's loss weight for segmentation logits
+    hyperparameters = ("cwd_temperature", "cwd_weight")
+    hyperparameter_rules = {"cwd_temperature": Rule(positive=True), "cwd_weight": Rule(minimum=0)}
+
+    def distillation_terms(self, step: KDStep) -> dict[str, torch.Tensor]:
+        return {"cwd": self.cwd_weight * cwd_loss(step.student_logits, step.teacher.logits, self.cwd_temperature,
+                                                  mask=step.teacher.valid)}
 
 
 class nnKDTrainer_Feature(nnKDTrainer):

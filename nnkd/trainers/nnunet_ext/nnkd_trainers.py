@@ -13,9 +13,9 @@ from functools import lru_cache
 
 from nnkd.run_names import run_name_problem, split_run_trainer_name
 from nnkd.trainers.lorkd import nnKDTrainer_LoRKD  # noqa: F401
-from nnkd.trainers.methods import (nnKDTrainer_CKA, nnKDTrainer_DRD, nnKDTrainer_Feature,  # noqa: F401
-                                   nnKDTrainer_Logit, nnKDTrainer_MultiTeacher, nnKDTrainer_NoKD,
-                                   nnKDTrainer_TSKD)
+from nnkd.trainers.methods import (nnKDTrainer_CKA, nnKDTrainer_CWD, nnKDTrainer_DRD,  # noqa: F401
+                                   nnKDTrainer_Feature, nnKDTrainer_Logit, nnKDTrainer_MultiTeacher,
+                                   nnKDTrainer_NoKD, nnKDTrainer_TSKD)
 from nnkd.trainers.nnkd_trainer import nnKDTrainer  # noqa: F401
 
 

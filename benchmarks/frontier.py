@@ -1,0 +1,148 @@
+"""The accuracy–size frontier against a converged teacher, as one resumable command.
+
+    python benchmarks/frontier.py -o OUT -d 980 --preset multiorgan --dim 2 --shape 128 128 -c 2d
+        [--cases 50] [--test-cases 12] [--teacher-epochs 120] [--iterations 50] [--val-iterations 4]
+        [--budgets 1/4,1/16,1/64,1/256] [--methods none,logit] [--seeds 3] [--jobs 1] [--device cpu|cuda]
+        [--allow-unconverged]
+
+1. Dataset: `nnkd_make_synthetic -d ID --preset P --dim D` unless `$nnUNet_raw` has it (an existing dataset,
+   e.g. 990, is used as it is).
+2. Teacher: nnU-Net's default plans for -c (`-p nnUNetPlans`), trained without distillation by nnU-Net's loop
+   (`nnkd_train --method none --seed 0`) for --teacher-epochs × --iterations on fold 0 into
+   `$nnUNet_results/<dataset>/nnKDTrainer_NoKD@s0__nnUNetPlans__<c>`; continued when it stopped.
+3. Convergence: the teacher's EMA pseudo Dice must gain < --plateau-gain points over the last
+   --plateau-share of its epochs (nnkd.benchmark.convergence); otherwise the study stops (train the teacher
+   longer) unless --allow-unconverged. Its curve is drawn to OUT/teacher_curve.png.
+4. Students: `nnkd_benchmark --budgets <fractions of the teacher> --methods <methods> --cached-only` with the
+   teacher's own schedule (--teacher-epochs × --iterations: the same number of iterations), --seeds seeds,
+   into OUT/benchmark; logit-only methods learn from the cached teacher.
+5. OUT/results.json (teacher: spec, iterations, Dice, plateau; one record per run: budget, method, seed, Dice;
+   the frontier answers), OUT/report.md and the plots frontier_params.png / frontier_gflops.png.
+
+Every step skips what is finished, so a rerun resumes; a rerun with more --seeds adds seeds.
+"""
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+
+from nnkd.benchmark.convergence import PLATEAU_GAIN, PLATEAU_SHARE, plateau, training_curve
+from nnkd.benchmark.frontier import frontier, plot_teacher_curve, write_frontier
+from nnkd.benchmark.runs import check
+from nnkd.planners.budget import Budget
+from nnkd.run_names import derived_run_name, run_trainer_name
+
+TEACHER_SEED = 0
+
+
+def teacher_folder(results: Path, dataset: str, configuration: str) -> Path:
+    trainer = run_trainer_name("nnKDTrainer_NoKD", derived_run_name([], seed=TEACHER_SEED))
+    return results / dataset / f"{trainer}__nnUNetPlans__{configuration}"
+
+
+def train_teacher(args, env: dict, dataset: str, logs: Path) -> Path:
+    folder = teacher_folder(Path(env["nnUNet_results"]), dataset, args.c)
+    fold = folder / "fold_0"
+    if not (fold / "checkpoint_final.pth").is_file():
+        print(f"training the teacher ({args.teacher_epochs} × {args.iterations} iterations) into {folder}")
+        resume = ["--c"] if (fold / "checkpoint_latest.pth").is_file() else []
+        check(["nnkd_train", dataset, args.c, 0, "-p", "nnUNetPlans", "--method", "none", "--epochs",
+               args.teacher_epochs, "--iterations-per-epoch", args.iterations, "--val-iterations-per-epoch",
+               args.val_iterations, "--device", args.device, "--seed", TEACHER_SEED, *resume], env,
+              logs / "teacher.log")
+    return folder
+
+
+def teacher_record(args, folder: Path, benchmark: dict) -> dict:
+    """The teacher's spec, schedule, convergence and Dice (measured by the benchmark on the validation cases)."""
+    curve = training_curve(folder / "fold_0")
+    judged = plateau(curve["ema_fg_dice"], args.plateau_share, args.plateau_gain).to_json()
+    record = json.loads((folder / "fold_0" / "teacher.json").read_text())
+    measured = benchmark["teacher"]
+    return {"spec": f"nnunet:{folder}", "plans": "nnUNetPlans", "configuration": args.c, "seed": record.get("seed"),
+            "epochs": args.teacher_epochs, "iterations_per_epoch": args.iterations,
+            "iterations": len(curve["ema_fg_dice"]) * args.iterations, "parameters": measured.get("parameters"),
+            "gflops_per_patch": measured.get("gflops_per_patch"), "dice": measured["dice"],
+            "dice_per_class": measured.get("dice_per_class"), "plateau": judged, "curve": curve}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("-o", required=True, type=Path, help="the study's output folder")
+    parser.add_argument("-d", type=int, default=980, help="dataset ID (default 980)")
+    parser.add_argument("-c", default="2d", help="configuration (default 2d)")
+    parser.add_argument("--preset", default="multiorgan", help="nnkd_make_synthetic --preset, when it makes the data")
+    parser.add_argument("--dim", type=int, default=2, help="nnkd_make_synthetic --dim")
+    parser.add_argument("--shape", type=int, nargs="+", default=(128, 128), help="nnkd_make_synthetic --shape")
+    parser.add_argument("--cases", type=int, default=50)
+    parser.add_argument("--test-cases", type=int, default=12)
+    parser.add_argument("--teacher-epochs", type=int, default=120, help="teacher epochs; students get as many")
+    parser.add_argument("--iterations", type=int, default=50, help="iterations per epoch (teacher and students)")
+    parser.add_argument("--val-iterations", type=int, default=4, help="validation batches per epoch (curves)")
+    parser.add_argument("--budgets", default="1/4,1/16,1/64,1/256", help="fractions of the teacher (or presets)")
+    parser.add_argument("--methods", default="none,logit", help="nnkd_benchmark --methods")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--plateau-share", type=float, default=PLATEAU_SHARE)
+    parser.add_argument("--plateau-gain", type=float, default=PLATEAU_GAIN, help="as a Dice fraction (0.002 = 0.2 points)")
+    parser.add_argument("--allow-unconverged", action="store_true", help="go on when the teacher misses the criterion")
+    parser.add_argument("-np", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        if name not in os.environ:
+            parser.error(f"set {name} (nnU-Net's folders) first")
+    budgets = [Budget.from_name(b).name for b in args.budgets.split(",") if b]  # stops on a bad budget
+    env = {**os.environ, "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", str(args.np))}
+    logs = args.o / "logs"
+    raw = Path(env["nnUNet_raw"])
+    if not any(raw.glob(f"Dataset{args.d:03d}_*")):
+        check(["nnkd_make_synthetic", "-d", args.d, "--preset", args.preset, "--dim", args.dim, "--shape",
+               *args.shape, "--cases", args.cases, "--test-cases", args.test_cases], env, logs / "make_synthetic.log")
+    dataset = next(raw.glob(f"Dataset{args.d:03d}_*")).name
+    check(["nnkd_plan_and_preprocess", "-d", args.d, "-c", args.c, "--budget", "tiny", "-np", args.np], env,
+          logs / "plan.log")
+
+    folder = train_teacher(args, env, dataset, logs)
+    curve = training_curve(folder / "fold_0")
+    judged = plateau(curve["ema_fg_dice"], args.plateau_share, args.plateau_gain)
+    args.o.mkdir(parents=True, exist_ok=True)
+    plot_teacher_curve(curve, judged.to_json(), args.iterations, args.o / "teacher_curve.png")
+    print(f"teacher: {folder}; {judged.criterion}: gain {100 * judged.gain:.2f} points → "
+          f"{'converged' if judged.converged else 'not converged'}")
+    if not judged.converged and not args.allow_unconverged:
+        raise SystemExit("frontier: error: the teacher has not converged by the criterion; train it longer "
+                         "(a larger --teacher-epochs in a new -o and $nnUNet_results) or pass --allow-unconverged")
+
+    benchmark = args.o / "benchmark"
+    check(["nnkd_benchmark", "-d", args.d, "-c", args.c, "--teacher", f"nnunet:{folder}", "--methods", args.methods,
+           "--budgets", ",".join(budgets), "--epochs", args.teacher_epochs, "--iterations-per-epoch", args.iterations,
+           "--val-iterations-per-epoch", args.val_iterations, "--seeds", args.seeds, "--cached-only", "--no-onnx",
+           "-np", args.np, "--jobs", args.jobs, "--device", args.device, "-o", benchmark], env,
+          logs / "benchmark.log")
+    results = json.loads((benchmark / "results.json").read_text())
+    teacher = teacher_record(args, folder, results)
+    fractions = {b: Budget.from_name(b).to_json()["fraction_of_teacher"] for b in budgets}
+    runs = [{"budget": r["budget"], "fraction_of_teacher": fractions.get(r["budget"]), "method": r["method"],
+             "label": r["label"], "cached": r["cached"], "seed": r["seed"], "dice": r["dice"],
+             "dice_per_class": r["dice_per_class"], "parameters": r.get("parameters"),
+             "gflops_per_patch": r.get("gflops_per_patch"), "seconds_per_iteration": r.get("seconds_per_iteration")}
+            for r in results["runs"]]
+    study = {"dataset": results["dataset"], "configuration": args.c, "fold": results["fold"],
+             "machine": f"{platform.processor() or platform.machine()}; {results['machine']}",
+             "validation_cases": results["validation_cases"], "labels": results["labels"], "seeds": args.seeds,
+             "teacher": teacher,
+             "students_schedule": {"epochs": args.teacher_epochs, "iterations_per_epoch": args.iterations,
+                                   "iterations": args.teacher_epochs * args.iterations,
+                                   "val_iterations_per_epoch": args.val_iterations},
+             "runs": runs, "frontier": frontier(results, teacher)}
+    write_frontier(study, args.o)
+    print((args.o / "report.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
