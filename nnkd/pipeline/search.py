@@ -1,0 +1,194 @@
+"""The search behind `nnkd_distill --max-dice-loss D`: the smallest (or fastest) student within D Dice points of
+its teacher, found by successive halving over a ladder of budgets.
+
+Candidates are sorted from the smallest to the largest. Every candidate trains on the same schedule as a
+single student would (the same epochs, so the same learning-rate curve); the search only decides how far each
+goes:
+
+1. Rungs: all candidates still in the race train to the first rung (e.g. 1/8 of the schedule), then to the
+   next. After a rung, a candidate whose EMA pseudo Dice (nnU-Net's validation patches) lies more than
+   D + slack points below the teacher's own curve at the same iteration (where the teacher was trained by
+   nnU-Net and its curve is known) or below the leading candidate (never above it, so the leader goes on) is
+   dropped: it is not on course to end within D. The slack halves from rung to rung: students catch up late.
+2. The end: the candidates left finish the schedule one by one from the smallest. The first whose validation
+   Dice is within D of the teacher's on the same fold is the answer, and the larger ones are not trained on:
+   the answer is known.
+
+`run_search` takes a `train(candidate, epochs) -> Progress` callback, so the logic is tested without training;
+nnkd_distill passes one that resumes nnkd_train up to the given epoch.
+"""
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from nnkd.errors import NnkdError
+from nnkd.planners.budget import Budget
+
+OBJECTIVES = ("params", "gflops", "latency")
+LADDER_FRACTIONS = (4, 8, 16, 32, 64, 128, 256)  # 1/N of the teacher, for the params and gflops objectives
+RUNGS = (0.125, 0.5)  # fractions of the schedule after which candidates may be dropped (the end is 1.0)
+SLACK_POINTS = 10.0  # at the first rung; halved at every later rung
+
+
+@dataclass(frozen=True)
+class Candidate:
+    budget: Budget
+    parameters: int | None = None
+    gflops_per_patch: float | None = None
+    latency_ms: float | None = None
+
+    def size(self, objective: str) -> float:
+        value = {"params": self.parameters, "gflops": self.gflops_per_patch, "latency": self.latency_ms}[objective]
+        return float("inf") if value is None else value
+
+
+@dataclass
+class Progress:
+    """What a candidate's training reports after reaching an epoch: its EMA pseudo Dice per epoch so far, its
+    validation Dice once it has finished the schedule, and the seconds it spent per iteration."""
+    ema: list[float]
+    dice: float | None = None
+    seconds_per_iteration: float | None = None
+
+
+@dataclass
+class Entry:
+    """One candidate in the search record (distill.json's `candidates`)."""
+    budget: str
+    parameters: int | None
+    gflops_per_patch: float | None
+    latency_ms: float | None
+    epochs_trained: int = 0
+    ema_pseudo_dice: float | None = None
+    dice: float | None = None
+    status: str = "waiting"  # waiting, dropped, within, outside, not needed
+    reason: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    chosen: str | None
+    teacher_dice: float
+    max_dice_loss: float
+    entries: list[Entry] = field(default_factory=list)
+    epochs: int = 0
+    iterations_per_epoch: int = 0
+
+    @property
+    def search_seconds(self) -> float:
+        return sum(e.seconds for e in self.entries)
+
+    def cost_vs_chosen(self) -> float | None:
+        """The search's training time over what the chosen student alone costs (its own full schedule)."""
+        chosen = next((e for e in self.entries if e.budget == self.chosen), None)
+        if chosen is None or not chosen.seconds:
+            return None
+        return self.search_seconds / chosen.seconds
+
+    def to_json(self) -> dict:
+        return {"chosen": self.chosen, "teacher_dice": self.teacher_dice, "max_dice_loss": self.max_dice_loss,
+                "epochs": self.epochs, "iterations_per_epoch": self.iterations_per_epoch,
+                "search_seconds": self.search_seconds, "cost_vs_chosen_alone": self.cost_vs_chosen(),
+                "candidates": [e.to_json() for e in self.entries]}
+
+
+def ladder(objective: str, teacher_latency_ms: float | None = None) -> list[Budget]:
+    """The candidate budgets: 1/4 … 1/256 of the teacher's parameters (or GFLOPs: a fraction bounds both), or
+    for `latency` the same fractions of the teacher's measured patch latency."""
+    if objective not in OBJECTIVES:
+        raise NnkdError(f"--objective {objective} is unknown", f"use one of {', '.join(OBJECTIVES)}")
+    if objective == "latency":
+        if not teacher_latency_ms or teacher_latency_ms <= 0:
+            raise NnkdError("--objective latency needs the teacher's measured patch latency", "measure it first")
+        return [Budget(max_latency_ms=round(teacher_latency_ms / n, 3)) for n in LADDER_FRACTIONS]
+    return [Budget(preset=f"1/{n}") for n in LADDER_FRACTIONS]
+
+
+def _reference(teacher_ema: list[float] | None, leader: float, epoch: int) -> float:
+    """The level a candidate is compared with at a rung: the teacher's own EMA pseudo Dice at that epoch when
+    its curve is known, but never above the leading candidate's (so the leader always goes on)."""
+    if teacher_ema:
+        return min(teacher_ema[min(epoch, len(teacher_ema)) - 1], leader)
+    return leader
+
+
+def run_search(candidates: list[Candidate], train: Callable[[Candidate, int], Progress], *, teacher_dice: float,
+               max_dice_loss: float, epochs: int, iterations_per_epoch: int, objective: str = "params",
+               teacher_ema: list[float] | None = None, rungs: tuple[float, ...] = RUNGS,
+               slack_points: float = SLACK_POINTS) -> SearchResult:
+    """Successive halving over `candidates` (see the module doc). `train(candidate, epoch)` trains a candidate
+    on until `epoch` (of `epochs`) and reports its Progress; Dice values are fractions, `max_dice_loss` and
+    `slack_points` Dice points."""
+    if not max_dice_loss > 0 or max_dice_loss != max_dice_loss or max_dice_loss == float("inf"):
+        raise NnkdError(f"--max-dice-loss {max_dice_loss} is not a positive number of Dice points",
+                        "give the loss you accept, e.g. --max-dice-loss 1.0")
+    if not candidates:
+        raise NnkdError("no candidate student to search", "check the budgets")
+    ordered = sorted(candidates, key=lambda c: c.size(objective))
+    entries = {id(c): Entry(c.budget.name, c.parameters, c.gflops_per_patch, c.latency_ms) for c in ordered}
+    result = SearchResult(None, teacher_dice, max_dice_loss, [entries[id(c)] for c in ordered], epochs,
+                          iterations_per_epoch)
+    target = teacher_dice - max_dice_loss / 100
+
+    def advance(candidate: Candidate, epoch: int) -> Progress:
+        entry = entries[id(candidate)]
+        progress = train(candidate, epoch)
+        trained = epoch - entry.epochs_trained
+        entry.seconds += trained * iterations_per_epoch * (progress.seconds_per_iteration or 0.0)
+        entry.epochs_trained = epoch
+        entry.ema_pseudo_dice = progress.ema[-1] if progress.ema else None
+        return progress
+
+    alive = list(ordered)
+    slack = slack_points
+    for fraction in rungs:
+        epoch = max(1, round(epochs * fraction))
+        if epoch >= epochs:
+            break
+        levels = {}
+        for candidate in alive:
+            progress = advance(candidate, epoch)
+            levels[id(candidate)] = progress.ema[-1] if progress.ema else 0.0
+        reference = _reference(teacher_ema, max(levels.values()), epoch)
+        for candidate in list(alive):
+            level = levels[id(candidate)]
+            behind = 100 * (reference - level)
+            if behind > max_dice_loss + slack:
+                entry = entries[id(candidate)]
+                entry.status = "dropped"
+                entry.reason = (f"at iteration {epoch * iterations_per_epoch}: EMA pseudo Dice {level:.3f}, "
+                                f"{behind:.1f} points behind {reference:.3f} (the teacher's curve or the leading "
+                                f"candidate; more than {max_dice_loss:g} + {slack:g} slack)")
+                alive.remove(candidate)
+        slack /= 2
+    for candidate in alive:
+        entry = entries[id(candidate)]
+        if result.chosen is not None:
+            entry.status, entry.reason = "not needed", f"{result.chosen} is smaller and within {max_dice_loss:g} points"
+            continue
+        progress = advance(candidate, epochs)
+        entry.dice = progress.dice
+        loss = 100 * (teacher_dice - (progress.dice or 0.0))
+        if progress.dice is not None and progress.dice >= target:
+            entry.status, entry.reason = "within", f"validation Dice {progress.dice:.4f}: {loss:.2f} points below the teacher"
+            result.chosen = entry.budget
+        else:
+            entry.status, entry.reason = "outside", f"validation Dice {progress.dice or 0:.4f}: {loss:.2f} points below the teacher"
+    return result
+
+
+def no_candidate_error(result: SearchResult) -> NnkdError:
+    """The one line when no candidate ended within D: the best one found and its loss."""
+    finished = [e for e in result.entries if e.dice is not None]
+    if not finished:
+        return NnkdError(f"no candidate student reached the end within {result.max_dice_loss:g} Dice points: "
+                         "every one fell behind the teacher's curve", "accept a larger --max-dice-loss or train longer")
+    best = max(finished, key=lambda e: e.dice)
+    return NnkdError(f"no candidate student is within {result.max_dice_loss:g} Dice points of the teacher "
+                     f"({result.teacher_dice:.4f}); the best, {best.budget}, reached {best.dice:.4f} "
+                     f"({100 * (result.teacher_dice - best.dice):.2f} points below)",
+                     f"accept --max-dice-loss {100 * (result.teacher_dice - best.dice):.1f} or more, or train longer")
