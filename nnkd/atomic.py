@@ -9,11 +9,27 @@ import tempfile
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """`data` to `path` through a temporary file renamed into place, with the permissions a plain open() would
+    give (0666 less the umask; mkstemp alone makes it 0600, which colleagues sharing the folder cannot read)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -43,17 +59,23 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
-def replace_folder(staging: Path, target: Path) -> None:
+def replace_folder(staging: Path, target: Path, carry=None) -> None:
     """Move a fully written `staging` folder to `target`, replacing an old `target`. On Linux the two are
     swapped in one step, so `target` is always the old folder or the new one; elsewhere the old one is
-    renamed aside first (for an instant `target` is absent, the old folder kept under a hidden name)."""
+    renamed aside first (for an instant `target` is absent, the old folder kept under a hidden name).
+    `carry(old, new)`, where given, moves what must survive from the old folder into the new one before the old
+    one is deleted."""
     staging, target = Path(staging), Path(target)
     if target.exists() and _exchange(staging, target):
+        if carry is not None:
+            carry(staging, target)
         shutil.rmtree(staging)  # now the old folder
     elif target.exists():
         retired = target.parent / f".{target.name}.old-{os.getpid()}"
         os.rename(target, retired)
         os.rename(staging, target)
+        if carry is not None:
+            carry(retired, target)
         shutil.rmtree(retired)
     else:
         os.rename(staging, target)

@@ -68,9 +68,24 @@ def test_distill_runs_every_fold_resumes_after_the_cache_and_exports_one_model(t
     assert (out / "plans.json").is_file() and (out / "fold_0" / "checkpoint_final.pth").is_file() \
         and (out / "fold_1" / "checkpoint_final.pth").is_file()
 
+    (out / "notes.txt").write_text("the user's")  # files a user adds to OUT survive a rerun
+    (out / "figures").mkdir()
+    (out / "figures" / "dice.png").write_bytes(b"png")
     again = run_cli("nnkd_distill", "-d", "991", "--teacher", spec, "-o", out, *QUICK_TRAINING, "--no-timing",
                     env=env)  # everything done: nothing is retrained
     assert again.stdout.count("is trained and validated") == 2 and "Epoch" not in again.stdout
+    assert (out / "notes.txt").read_text() == "the user's" and (out / "figures" / "dice.png").is_file()
+    assert "distill.json" in json.loads((out / "nnkd_manifest.json").read_text())["files"]
+
+    schedule = [*QUICK_TRAINING]
+    schedule[schedule.index("--epochs") + 1] = "2"
+    other = run_cli("nnkd_distill", "-d", "991", "--teacher", spec, "-o", tmp_path / "other", *schedule, "--no-timing",
+                    env=env, check=False)  # the finished 1-epoch folds are not what --epochs 2 asks for
+    assert other.returncode != 0 and "was started with --epochs 1, not 2" in other.stderr.strip().splitlines()[-1]
+    assert "--run-name" in other.stderr and not (tmp_path / "other").exists()
+    moved = run_cli("nnkd_distill", "-d", "991", "--teacher", spec, "-o", out, *schedule, "--no-timing", env=env,
+                    check=False)  # nor may it replace OUT, the 1-epoch student
+    assert moved.returncode != 0 and "holds the nnkd_distill output of another request" in moved.stderr
 
 
 def _labels_differ(setup, tmp_path):
@@ -99,17 +114,39 @@ BAD = {
     "unwritable": (_unwritable, "cannot write to -o"),
     "foreign-output": (_foreign_output, "was not written by nnkd_distill"),
     "method": (lambda s, t: ["--teacher", s["spec"], "-o", str(t / "out"), "--method", "tskd"],
-               "nnkd_distill runs one teacher"),
+               "trains on a transfer set"),
 }
+
+
+def _lock_held(setup, tmp_path):
+    """Another nnkd_distill (a live process) holds OUT's lock."""
+    import socket
+
+    holder = subprocess.Popen(["sleep", "60"])
+    setup["holders"].append(holder)
+    (tmp_path / ".out.nnkd-lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                          "command": "nnkd_distill", "since": "now"}))
+    return ["--teacher", setup["spec"], "-o", str(tmp_path / "out")]
+
+
+BAD["locked"] = (_lock_held, "is being written by nnkd_distill (pid")
+BAD["teacher-folder-missing"] = (lambda s, t: ["--teacher", f"nnunet:{t}/nowhere", "-o", str(t / "out")],
+                                 "teacher folder")
 
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_stops_with_one_line_before_anything_is_written(two_fold_setup, tmp_path, case):
     make_args, message = BAD[case]
+    two_fold_setup["holders"] = []
     args = make_args(two_fold_setup, tmp_path)
     roots = [Path(two_fold_setup["env"][n]) for n in ("nnUNet_preprocessed", "nnUNet_results")]
     before = [tree_digest(r) for r in roots]
-    result = run_cli("nnkd_distill", "-d", "991", *args, env=two_fold_setup["env"], check=False)
+    try:
+        result = run_cli("nnkd_distill", "-d", "991", *args, env=two_fold_setup["env"], check=False)
+    finally:
+        for holder in two_fold_setup["holders"]:
+            holder.kill()
+            holder.wait()
     assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
     assert [line for line in result.stderr.splitlines() if line.strip()][-1].startswith("nnkd: error:")
     assert [tree_digest(r) for r in roots] == before

@@ -101,6 +101,10 @@ def cache_teacher(request: CacheRequest) -> Path:
     if request.settings.topk and label_manager.has_regions:
         raise NnkdError("--topk needs mutually exclusive classes, this dataset trains regions",
                         "leave --topk out for region-based datasets")
+    if request.settings.topk > label_manager.num_segmentation_heads:
+        raise NnkdError(f"--topk {request.settings.topk} is more than the dataset's "
+                        f"{label_manager.num_segmentation_heads} classes",
+                        f"give --topk 1 to {label_manager.num_segmentation_heads}, or leave it out to keep every class")
 
     device = resolve_device(request.device)
     teacher = create_teacher(request.teacher, fold=fold, device=device)

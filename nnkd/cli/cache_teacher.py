@@ -19,8 +19,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored precision")
     p.add_argument("--resolution", default="full", choices=["full", "half"],
                    help="half: 2× average-pooled along the patch axes, upsampled linearly when read")
-    p.add_argument("--topk", type=int, default=0, metavar="K",
-                   help="keep the K most probable classes per voxel (the rest share the remaining mass)")
+    p.add_argument("--topk", type=int, default=None, metavar="K",
+                   help="keep the K most probable classes per voxel (the rest share the remaining mass), K from 1 to "
+                        "the number of classes; default: every class")
     add_step_size(p, "the teacher")
     add_deprecated(p, "--step_size", "-step_size", "step_size", type=float)
     p.add_argument("--device", "-device", default=None, choices=("cpu", "cuda", "mps"),
@@ -32,9 +33,14 @@ def build_parser() -> ArgumentParser:
 def _cache(args) -> None:
     from nnkd.cache.compute import CacheRequest, cache_teacher
     from nnkd.cache.store import CacheSettings
+    from nnkd.errors import NnkdError
+
+    if args.topk is not None and args.topk < 1:
+        raise NnkdError(f"--topk {args.topk} keeps no class", "give --topk 1 or more, or leave it out to keep every "
+                                                               "class")
 
     cache_teacher(CacheRequest(dataset=args.d, configuration=args.configuration, fold=args.f, teacher=args.teacher,
-                               plans=args.teacher_plans, settings=CacheSettings(args.dtype, args.resolution, args.topk),
+                               plans=args.teacher_plans, settings=CacheSettings(args.dtype, args.resolution, args.topk or 0),
                                device=args.device, step_size=check_step_size(args.step_size, "-step_size")))
 
 

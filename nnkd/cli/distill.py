@@ -4,7 +4,7 @@ import argparse
 import textwrap
 
 from nnkd.cli._common import (ArgumentParser, add_budget_arguments, add_schedule_arguments, add_step_size, add_verbose,
-                              budget_of, check_step_size, run, schedule_of)
+                              budget_of, check_step_size, count_value, run, schedule_of, seed_value)
 from nnkd.cli.train import hyperparameters_of
 from nnkd.method_table import METHOD_TRAINERS
 
@@ -41,7 +41,7 @@ def build_parser() -> ArgumentParser:
                    help="run the teacher in every training step instead of caching its predictions once (feature "
                         "methods are always online)")
     p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE", help="method hyper-parameter (repeatable)")
-    p.add_argument("--seed", type=int, default=None, metavar="N", help="seed of every fold's training")
+    p.add_argument("--seed", type=seed_value, default=None, metavar="N", help="seed of every fold's training")
     p.add_argument("--run-name", default=None, metavar="NAME",
                    help="name of the training runs (default: derived from teacher and settings, as nnkd_train does)")
     add_schedule_arguments(p)
@@ -50,7 +50,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--onnx", action="store_true", help="also write student.onnx per fold")
     p.add_argument("--no-timing", action="store_true",
                    help="skip timing teacher and student on the first fold's validation cases")
-    p.add_argument("-np", type=int, default=None, metavar="N", help="processes for planning and preprocessing")
+    p.add_argument("-np", type=count_value, default=None, metavar="N", help="processes for planning and preprocessing")
     add_verbose(p)
     return p
 

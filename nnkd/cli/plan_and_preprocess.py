@@ -1,6 +1,6 @@
 """nnkd_plan_and_preprocess: nnU-Net's fingerprint, plans and preprocessing, plus budget student plans."""
 
-from nnkd.cli._common import ArgumentParser, add_budget_arguments, add_verbose, budget_of, run
+from nnkd.cli._common import ArgumentParser, add_budget_arguments, add_verbose, budget_of, count_value, run
 
 
 def build_parser() -> ArgumentParser:
@@ -24,7 +24,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--teacher-plans", default="nnUNetPlans",
                    help="the teacher plans the student pairs with (default nnUNetPlans; ResEnc plans such as "
                         "nnUNetResEncUNetMPlans work too)")
-    p.add_argument("-np", type=int, default=None, metavar="N",
+    p.add_argument("-np", type=count_value, default=None, metavar="N",
                    help="processes for fingerprinting and preprocessing (default: nnU-Net's)")
     p.add_argument("--verify_dataset_integrity", action="store_true", help="run nnU-Net's dataset check first")
     p.add_argument("--no_pp", action="store_true", help="plan only, do not preprocess")
@@ -34,6 +34,7 @@ def build_parser() -> ArgumentParser:
 
 def _plan(args) -> None:
     from nnkd.nnunet_env import find_dataset_name, require_env
+    from nnkd.pipeline.distill import check_budget_shrinks
     from nnkd.planners.plan_and_preprocess import plan_and_preprocess, plan_from
 
     budget = budget_of(args)
@@ -46,7 +47,10 @@ def _plan(args) -> None:
         plan_from(args.plans_from, args.d, budget, **options)
         return
     require_env("nnUNet_raw", "nnUNet_preprocessed")
-    for dataset in [find_dataset_name(d) for d in args.d]:  # every ID checked before the first is planned
+    datasets = [find_dataset_name(d) for d in args.d]  # every ID checked before the first is planned
+    for dataset in datasets:
+        check_budget_shrinks(dataset, budget, args.teacher_plans, args.c)
+    for dataset in datasets:
         plan_and_preprocess(dataset, budget, **options)
 
 

@@ -1,6 +1,6 @@
 """nnkd_predict: segment a folder of images with a trained student, as nnUNetv2_predict does."""
 
-from nnkd.cli._common import ArgumentParser, add_step_size, add_verbose, check_step_size, run
+from nnkd.cli._common import ArgumentParser, add_step_size, add_verbose, check_step_size, count_value, run
 
 
 def add_student_arguments(p: ArgumentParser) -> None:
@@ -52,8 +52,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--bf16", action="store_true",
                    help="CPU: run the network under bf16 autocast, on CPUs with AVX512-BF16 or AMX-BF16 (labels may "
                         "differ from float32's on a few voxels; docs/deploy.md); refused on other CPUs")
-    p.add_argument("-npp", type=int, default=3, help="processes for preprocessing (default 3)")
-    p.add_argument("-nps", type=int, default=3, help="processes for segmentation export (default 3)")
+    p.add_argument("-npp", type=count_value, default=3, help="processes for preprocessing (default 3)")
+    p.add_argument("-nps", type=count_value, default=3, help="processes for segmentation export (default 3)")
     add_verbose(p)
     return p
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from nnkd.cli._common import ArgumentParser, add_verbose, run
+from nnkd.cli._common import ArgumentParser, add_verbose, count_value, run
 
 
 def build_parser() -> ArgumentParser:
@@ -29,7 +29,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--file-ending", default=".nii.gz", help="with -i: the images' file ending (default .nii.gz)")
     p.add_argument("--disable_tta", action="store_true", help="nnU-Net teachers: predict without mirroring (nnU-Net's flag)")
     p.add_argument("--device", "-device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
-    p.add_argument("-np", type=int, default=1, help="processes for nnU-Net's preprocessing and export (default 1)")
+    p.add_argument("-np", type=count_value, default=1, help="processes for nnU-Net's preprocessing and export (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     add_verbose(p)
     return p

@@ -1,6 +1,6 @@
 """nnkd_synthesize: train a small diffusion model on a task's preprocessed images and add synthetic transfer cases."""
 
-from nnkd.cli._common import ArgumentParser, add_deprecated, add_verbose, run
+from nnkd.cli._common import ArgumentParser, add_deprecated, add_verbose, run, seed_value
 from nnkd.datasets.synthesis import DEFAULT_CHANNELS, DiffusionSettings
 
 
@@ -35,7 +35,7 @@ def build_parser() -> ArgumentParser:
                    help=f"widths per level, multiples of 8 (default {' '.join(map(str, DEFAULT_CHANNELS))})")
     p.add_argument("--inference-steps", type=int, default=50, help="DDIM sampling steps (default 50)")
     p.add_argument("--device", "-device", default=None, help="cpu, cuda or mps (default: cuda if visible)")
-    p.add_argument("--seed", type=int, default=0, help="seeds training and each case's starting noise (default 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seeds training and each case's starting noise (default 0)")
     add_verbose(p)
     return p
 

@@ -3,7 +3,7 @@
 import argparse
 import textwrap
 
-from nnkd.cli._common import ArgumentParser, add_schedule_arguments, add_verbose, run, schedule_of
+from nnkd.cli._common import ArgumentParser, add_schedule_arguments, add_verbose, run, schedule_of, seed_value
 from nnkd.errors import NnkdError
 from nnkd.method_table import METHOD_TRAINERS, methods_help
 
@@ -50,7 +50,7 @@ def build_parser() -> ArgumentParser:
                    help="file the run as <trainer>@NAME__<plans>__<configuration>; default: a name derived from the "
                         "teacher, cached or online, --labeled, the transfer set, --hp and --seed, so runs that differ "
                         "in any of them never share a folder (the no-KD baseline without --seed keeps nnU-Net's name)")
-    p.add_argument("--seed", type=int, default=None, metavar="N",
+    p.add_argument("--seed", type=seed_value, default=None, metavar="N",
                    help="seed the RNGs of network initialisation and sampling (recorded in teacher.json); "
                         "augmentation workers stay random, so equal seeds give repeats, not copies")
     add_schedule_arguments(p)

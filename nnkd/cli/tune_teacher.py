@@ -1,7 +1,7 @@
 """nnkd_tune_teacher: TS-KD step 1, a foundation teacher tuned to the task with LoRA and a light head."""
 
 from nnkd.cli._common import (ArgumentParser, add_dataset_configuration_fold, add_deprecated, add_schedule_arguments,
-                              add_verbose, run, schedule_of)
+                              add_verbose, run, schedule_of, seed_value)
 from nnkd.errors import NnkdError
 
 
@@ -24,7 +24,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate, poly-decayed (default 1e-3)")
     p.add_argument("--labeled", type=int, default=None, metavar="N",
                    help="tune on N labelled training cases of the fold (the same seeded choice as nnkd_train)")
-    p.add_argument("--seed", type=int, default=None, metavar="N",
+    p.add_argument("--seed", type=seed_value, default=None, metavar="N",
                    help="seed Python's, NumPy's and torch's RNGs before the head and LoRA adapters are built "
                         "(recorded in tuning.json; a resumed tuning keeps it)")
     add_schedule_arguments(p)

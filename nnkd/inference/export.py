@@ -11,6 +11,8 @@ import torch
 
 from nnkd.atomic import replace_folder, write_json_atomic
 from nnkd.errors import NnkdError
+from nnkd.outputs import (MANIFEST, OutputLock, carry_foreign, check_output, check_sibling, files_under, own_files,
+                          write_manifest)
 from nnkd.inference.students import LocatedStudent, StudentRef, load_student_checkpoints, locate_tasks
 from nnkd.models.lorkd import TASK_FOLDER
 from nnkd.run_names import split_run_trainer_name
@@ -26,6 +28,7 @@ class ExportRequest:
     onnx: bool = False
     int8: bool = False  # also an ONNX Runtime int8 model per fold (static QDQ quantization), checked on validation
     overwrite: bool = False
+    command: str = "nnkd_export"  # whose output OUT is (nnkd_distill exports into its own)
 
 
 def stock_checkpoint(source: dict, plans: dict, configuration: str, fold: str, dataset_json: dict) -> dict:
@@ -41,55 +44,67 @@ def stock_checkpoint(source: dict, plans: dict, configuration: str, fold: str, d
 
 
 def _zip_folder(folder: Path, zip_path: Path, arcroot: str) -> None:
+    """`folder` (without nnkd's manifest) as `zip_path`, written to a temporary file renamed into place."""
     tmp = zip_path.with_name(f".{zip_path.name}.tmp-{os.getpid()}")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                archive.write(path, f"{arcroot}/{path.relative_to(folder)}")
-    os.replace(tmp, zip_path)
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file() and path.name != MANIFEST:
+                    archive.write(path, f"{arcroot}/{path.relative_to(folder)}")
+        os.replace(tmp, zip_path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export(request: ExportRequest) -> Path:
     """Write the student's stock model folder to `request.output`; a LoRKD student with --task all gets one
-    folder per task inside it, OUTPUT/<dataset>. The output appears complete or not at all."""
+    folder per task inside it, OUTPUT/<dataset>. The output appears complete or not at all. An earlier output of
+    the same command is replaced (`overwrite`), files nnkd did not write there are kept (nnkd.outputs)."""
     students = locate_tasks(request.student)
     model_folder = students[0].model_folder
-    output = Path(request.output).resolve()
+    output = Path(request.output).expanduser().resolve()
     if output.exists() and not output.is_dir():
         raise NnkdError(f"{output} is a file", "give a folder for -o")
     source = model_folder.resolve()
     if output == source or source in output.parents or output in source.parents:
         raise NnkdError(f"{output} is (inside) or holds the trained student's folder {source}",
                         "export elsewhere: the training results are never modified")
-    if output.exists() and any(output.iterdir()) and not request.overwrite:
-        raise NnkdError(f"{output} exists and is not empty", "choose another -o or pass --overwrite")
+    output = check_output(output, request.command, inputs=[source], overwrite=request.overwrite)
     if request.int8 and not request.onnx:
         raise NnkdError("--int8 quantizes the exported ONNX model", "add --onnx")
+    per_task = request.student.task == "all"
+    folders = {s.dataset_name: output / s.dataset_name if per_task else output for s in students}
+    zips = [folder.with_suffix(".zip") for folder in folders.values()] if request.zip else []
+    for zip_path in zips:
+        check_sibling(zip_path, output, "--zip's archive")
     calibration = _calibration_sets(students) if request.int8 else {}
 
-    per_task = request.student.task == "all"
-    staging = output.parent / f".{output.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir(parents=True)
-        for student in students:
-            write_model_folder(student, staging / student.dataset_name if per_task else staging, request.onnx,
-                               calibration.get(student.dataset_name))
-        replace_folder(staging, output)
-    finally:
+    with OutputLock(output, request.command):
+        own = own_files(output) if output.is_dir() else set()
+        staging = output.parent / f".{output.name}.tmp-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
-    for student in students:
-        folder = output / student.dataset_name if per_task else output
-        plans_name = exported_plans_name(student)
-        task = f" task {student.task}" if student.task else ""
-        print(f"Exported {model_folder.name}{task} folds {', '.join(student.checkpoints)} to {folder} (plans "
-              f"{plans_name}, trainer {STOCK_TRAINER}); run it with: nnUNetv2_predict_from_modelfolder -m {folder} "
-              "-i IN -o OUT")
-        if request.zip:
-            zip_path = folder.with_suffix(".zip")
-            arcroot = f"{student.dataset_name}/{STOCK_TRAINER}__{plans_name}__{student.configuration}"
-            _zip_folder(folder, zip_path, arcroot)
-            print(f"Wrote {zip_path}; install with nnUNetv2_install_pretrained_model_from_zip {zip_path}")
+        try:
+            staging.mkdir(parents=True)
+            for student in students:
+                write_model_folder(student, staging / student.dataset_name if per_task else staging, request.onnx,
+                                   calibration.get(student.dataset_name))
+            write_manifest(staging, request.command,
+                           files_under(staging) + [os.path.relpath(z, output) for z in zips])
+            replace_folder(staging, output, carry=lambda old, new: carry_foreign(old, new, own))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        for student in students:
+            folder = folders[student.dataset_name]
+            plans_name = exported_plans_name(student)
+            task = f" task {student.task}" if student.task else ""
+            print(f"Exported {model_folder.name}{task} folds {', '.join(student.checkpoints)} to {folder} (plans "
+                  f"{plans_name}, trainer {STOCK_TRAINER}); run it with: nnUNetv2_predict_from_modelfolder -m "
+                  f"{folder} -i IN -o OUT")
+            if request.zip:
+                zip_path = folder.with_suffix(".zip")
+                arcroot = f"{student.dataset_name}/{STOCK_TRAINER}__{plans_name}__{student.configuration}"
+                _zip_folder(folder, zip_path, arcroot)
+                print(f"Wrote {zip_path}; install with nnUNetv2_install_pretrained_model_from_zip {zip_path}")
     return output
 
 

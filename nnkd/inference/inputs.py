@@ -59,9 +59,29 @@ def check_complete(path: str) -> None:
         raise EOFError("the file ends before its last voxel (truncated)")
 
 
+def check_nifti_voxels(path: str) -> None:
+    """A NIfTI file nnU-Net can segment: at most three spatial axes (one channel per file) and, for floating
+    point images, no NaN or infinite voxel (nnU-Net would segment them into garbage, with exit 0). Raises
+    NnkdError with what is wrong; reads the voxels of floating point images once."""
+    import nibabel
+
+    image = nibabel.load(path)
+    shape = tuple(int(n) for n in image.header.get_data_shape())
+    if len(shape) > 3 and any(n > 1 for n in shape[3:]):
+        raise NnkdError(f"{Path(path).name} has {len(shape)} dimensions {shape}; nnU-Net reads one channel per file",
+                        "split the channels into CASE_0000, CASE_0001, … files of one 3-D image each")
+    if np.dtype(image.header.get_data_dtype()).kind == "f" or image.header.get_slope_inter()[0] not in (None, 1):
+        data = np.asanyarray(image.dataobj)
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            bad = int(data.size - np.isfinite(data).sum())
+            raise NnkdError(f"{Path(path).name} has {bad} NaN or infinite voxel(s) of {data.size}",
+                            "replace them (e.g. with the image's minimum) before predicting")
+
+
 def collect_cases(input_folder: Path, file_ending: str, num_channels: int, reader) -> dict[str, list[str]]:
     """case id -> its channel files, each checked to be readable and complete before nnU-Net reads it: a NIfTI
-    file by its header and size (nothing decoded: nnU-Net reads each case once), other formats by reading them."""
+    file by its header and size, its dimensions, and (floating point images) its voxels being finite
+    (check_nifti_voxels); other formats by reading them."""
     pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(file_ending) + "$")
     cases: dict[str, dict[int, str]] = {}
     for path in sorted(input_folder.iterdir()):
@@ -80,8 +100,13 @@ def collect_cases(input_folder: Path, file_ending: str, num_channels: int, reade
         try:
             for f in files:
                 check_complete(f)
+            for f in files:
+                if f.endswith((".nii", ".nii.gz")):
+                    check_nifti_voxels(f)
             if not all(f.endswith((".nii", ".nii.gz")) for f in files):
                 reader.read_images(files)
+        except NnkdError as e:
+            raise NnkdError(f"case {case}: {e.problem}", e.remedy) from e
         except Exception as e:  # readers raise anything from RuntimeError to EOFError on broken files
             raise NnkdError(f"cannot read case {case} ({', '.join(Path(f).name for f in files)}): "
                             f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}",

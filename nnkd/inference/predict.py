@@ -10,6 +10,9 @@ import torch
 from nnkd.devices import resolve_device
 from nnkd.inference.inputs import check_folders, collect_cases
 from nnkd.inference.students import StudentRef, load_student_weights, locate
+from nnkd.outputs import OutputLock, check_output, check_replaceable, write_manifest
+
+COMMAND = "nnkd_predict"
 
 
 @dataclass
@@ -81,13 +84,24 @@ def make_predictor(plans: dict, configuration: str, dataset_json: dict, weights:
     return predictor
 
 
+def check_count(value: int, flag: str) -> None:
+    """A number of processes, at least 1 (nnU-Net's pools fail later, with a traceback, on 0)."""
+    from nnkd.errors import NnkdError
+
+    if value < 1:
+        raise NnkdError(f"{flag} {value} must be at least 1", f"give {flag} 1 or more")
+
+
 def predict(request: PredictRequest) -> Path:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnkd.plans import network_from_plans, num_input_channels
 
     input_folder, output_folder = check_folders(request.input_folder, request.output_folder)
+    for flag, count in (("-npp", request.num_processes_preprocessing), ("-nps", request.num_processes_export)):
+        check_count(count, flag)
     student = locate(request.student)
+    output_folder = check_output(output_folder, COMMAND, inputs=[input_folder, student.model_folder], replaces=False)
     plans, dataset_json, configuration = student.plans, student.dataset_json, request.student.configuration
     manager = PlansManager(plans)
     channels = num_input_channels(plans, configuration, dataset_json)
@@ -96,6 +110,9 @@ def predict(request: PredictRequest) -> Path:
         endings = [dataset_json["file_ending"]] + ([".npz"] if request.save_probabilities else [])
         cases = {c: f for c, f in cases.items() if not all((output_folder / (c + e)).is_file() for e in endings)}
         print(f"--continue_prediction: {len(cases)} case(s) left to predict")
+    written = [c + e for c in cases for e in [dataset_json["file_ending"]]
+               + ([".npz", ".pkl"] if request.save_probabilities else [])] + ([PROFILE_FILE] if request.profile else [])
+    check_replaceable(output_folder, written, COMMAND)
     device = resolve_device(request.device)
     if request.bf16:
         check_bf16(device, request.onnx is not None)
@@ -115,9 +132,15 @@ def predict(request: PredictRequest) -> Path:
     runtime = " through ONNX Runtime" if request.onnx else (" in bf16 autocast" if request.bf16 else "")
     print(f"Predicting {len(cases)} case(s) with {student.model_folder.name}{task}, folds "
           f"{', '.join(student.checkpoints)}{runtime}")
-    output_folder.mkdir(parents=True, exist_ok=True)
-    if not cases:
-        return output_folder
+    with OutputLock(output_folder, COMMAND):
+        output_folder.mkdir(parents=True, exist_ok=True)
+        if cases:
+            _predict_into(output_folder, predictor, cases, request, student, device, written)
+    return output_folder
+
+
+def _predict_into(output_folder: Path, predictor, cases: dict, request: PredictRequest, student, device,
+                  written: list[str]) -> None:
     staging = output_folder / f".nnkd-predict-{os.getpid()}"
     try:
         if request.profile:
@@ -127,6 +150,7 @@ def predict(request: PredictRequest) -> Path:
                                          save_probabilities=request.save_probabilities, overwrite=True,
                                          num_processes_preprocessing=request.num_processes_preprocessing,
                                          num_processes_segmentation_export=request.num_processes_export)
+        write_manifest(output_folder, COMMAND, written, add=True)  # before the files: a kill leaves them nnkd's
         for item in sorted(staging.iterdir()):  # whole files appear in the output folder, nothing partial
             os.replace(item, output_folder / item.name)
     finally:
@@ -138,7 +162,6 @@ def predict(request: PredictRequest) -> Path:
 
         write_json_atomic(output_folder / PROFILE_FILE, profile)
         print(format_profile(profile) + f"\n(per case: {output_folder / PROFILE_FILE})")
-    return output_folder
 
 
 PROFILE_FILE = "profile.json"

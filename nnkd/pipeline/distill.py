@@ -20,6 +20,7 @@ from nnkd.records import software_versions
 from nnkd.run_names import split_run_trainer_name
 
 RECORD = "distill.json"  # in OUT: what nnkd_distill made there and the table it printed
+COMMAND = "nnkd_distill"
 
 
 @dataclass
@@ -49,30 +50,47 @@ class DistillRequest:
 
 
 # ------------------------------------------------------------------ checks before anything is written
-def checked_output(output: Path, request: DistillRequest, raw: Path) -> Path:
-    """OUT as a resolved path: not a file, not inside nnUNet_raw, writable, and either new, empty, or what an
-    earlier nnkd_distill of the same dataset, teacher and method wrote (a rerun resumes and replaces it)."""
-    output = Path(output).expanduser().resolve()
-    if output.exists() and not output.is_dir():
-        raise NnkdError(f"-o {output} is a file", "give a folder for the exported model")
-    if output == raw or raw in output.parents:
-        raise NnkdError(f"-o {output} is inside nnUNet_raw ({raw})", "nnUNet_raw is never written to; choose another -o")
-    if output.is_dir() and any(output.iterdir()):
-        record = output / RECORD
-        if not record.is_file():
-            raise NnkdError(f"-o {output} exists, is not empty and was not written by nnkd_distill",
-                            "choose another -o (nnkd_distill replaces only its own output)")
+def checked_output(output: Path, request: DistillRequest) -> Path:
+    """OUT as a resolved path, where nnkd.outputs.check_output allows nnkd_distill to write (never nnU-Net's
+    folders, a model folder or the teacher), and either new, empty, or what an earlier nnkd_distill of the same
+    dataset, teacher, configuration, method and settings wrote (a rerun resumes and replaces only that)."""
+    from nnkd.outputs import check_output
+
+    teacher_path = teacher_folder(request.teacher)
+    output = check_output(output, COMMAND, inputs=[teacher_path] if teacher_path else [])
+    record = output / RECORD
+    if record.is_file():  # (a folder nnkd_distill did not write was refused above)
         earlier = json.loads(record.read_text())
-        mine = {"dataset": find_dataset_name(request.dataset), "teacher": request.teacher,
-                "configuration": request.configuration, "method": request.method}
-        theirs = {k: earlier.get(k) for k in mine}
-        if theirs != mine:
-            raise NnkdError(f"-o {output} holds the nnkd_distill output of {theirs}",
-                            "choose another -o for another dataset, teacher, configuration or method")
-    existing = next(p for p in [output, *output.parents] if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise NnkdError(f"cannot write to -o {output} ({existing} is not writable)", "choose a writable -o")
+        mine = request_identity(request)
+        theirs = {k: earlier.get(k) for k in mine if k in earlier}
+        if theirs != {k: mine[k] for k in theirs}:
+            differ = ", ".join(f"{k} {theirs[k]!r} (now {mine[k]!r})" for k in theirs if theirs[k] != mine[k])
+            raise NnkdError(f"-o {output} holds the nnkd_distill output of another request: {differ}",
+                            "choose another -o for another dataset, teacher, configuration, method, budget or settings")
     return output
+
+
+def request_identity(request: DistillRequest) -> dict:
+    """What makes two nnkd_distill requests the same student (recorded in distill.json, compared on a rerun)."""
+    from nnkd.planners.student_planner import student_plans_identifier
+
+    return {"dataset": find_dataset_name(request.dataset), "teacher": request.teacher,
+            "configuration": request.configuration, "method": request.method,
+            "plans": student_plans_identifier(request.budget, request.teacher_plans),
+            "hyperparameters": dict(request.hyperparameters), "seed": request.seed,
+            "schedule": schedule_of_request(request), "online": request.online}
+
+
+def schedule_of_request(request: DistillRequest) -> dict:
+    from nnkd.trainers.run_config import SCHEDULE_KEYS
+
+    return {k: getattr(request, k) for k in SCHEDULE_KEYS if getattr(request, k) is not None}
+
+
+def teacher_folder(spec: str) -> Path | None:
+    """The model folder of an nnunet: teacher spec (None for other families)."""
+    family, _, rest = spec.partition(":")
+    return Path(rest.partition("?")[0]).expanduser() if family == "nnunet" and rest else None
 
 
 def teacher_folds(spec: str, folds: tuple[str, ...]) -> list[str]:
@@ -86,6 +104,9 @@ def teacher_folds(spec: str, folds: tuple[str, ...]) -> list[str]:
     if family != "nnunet":
         return ["0", "1", "2", "3", "4"]
     folder = Path(rest.partition("?")[0]).expanduser()
+    if not folder.is_dir():
+        raise NnkdError(f"teacher folder {folder} not found", "give the nnU-Net model folder of a trained teacher "
+                        "(…/DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__3d_fullres)")
     trained = sorted(p.parent.name.removeprefix("fold_") for p in folder.glob("fold_*/checkpoint_final.pth"))
     numbered = [f for f in trained if f != "all"]
     if not trained:
@@ -112,6 +133,53 @@ def checked_teachers(spec: str, folds: list[str], dataset_json: dict, needs_logi
                             "logit KD needs the same label set; use a feature method (--method feature or cka)")
         first = first or teacher
     return first
+
+
+def check_training_request(request: DistillRequest, cls, cached: bool) -> None:
+    """What nnkd_train checks before writing (the request, --hp names, types, rules and finiteness, --seed,
+    --run-name), here before the student is planned and the teacher cached, which can take hours."""
+    from nnkd.run.common import check_finite_settings
+    from nnkd.run.train import TrainRequest, check_request, requested_run_name
+
+    base = TrainRequest(dataset=request.dataset, configuration=request.configuration, fold="0", method=request.method,
+                        teachers=(request.teacher,), teacher_cache=cached, hyperparameters=dict(request.hyperparameters),
+                        seed=request.seed, run_name=request.run_name)
+    check_request(base, cls)
+    given = cls.coerce_settings(request.hyperparameters)
+    check_finite_settings(given)
+    cls.check_settings(cls.default_settings() | given, 1)
+    requested_run_name(base, cls, given)
+
+
+def check_budget_shrinks(dataset_name: str, budget: Budget, teacher_plans: str, configurations) -> None:
+    """Absolute limits (--max-params, --max-gflops) at or above the teacher's size in a configuration would plan
+    the teacher itself as the student (1.00×): refused where the teacher plans exist already (nnkd_distill and
+    nnkd_plan_and_preprocess -c), before anything is planned."""
+    from nnkd.planners.architecture_search import StudentSearch
+    from nnkd.plans import num_input_channels, num_segmentation_heads
+
+    if budget.preset or budget.max_latency_ms is not None or not configurations:
+        return
+    folder = require_env("nnUNet_preprocessed")["nnUNet_preprocessed"] / dataset_name
+    if not (folder / f"{teacher_plans}.json").is_file() or not (folder / "dataset.json").is_file():
+        return
+    plans = json.loads((folder / f"{teacher_plans}.json").read_text())
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    for name in configurations:
+        configuration = plans["configurations"].get(name, {})
+        if "architecture" not in configuration:
+            continue
+        teacher = StudentSearch(configuration["architecture"], num_input_channels(plans, name, dataset_json),
+                                num_segmentation_heads(plans, dataset_json), configuration["patch_size"]).teacher_cost()
+        limits = {"--max-params": (budget.max_params, teacher.params, "parameters"),
+                  "--max-gflops": (budget.max_gflops, teacher.gflops, "GFLOPs per patch")}
+        given = {flag: v for flag, v in limits.items() if v[0] is not None}
+        if given and all(limit >= size for limit, size, _ in given.values()):
+            shown = ", ".join(f"{flag} {limit:g} ≥ the teacher's {size:g} {unit}"
+                              for flag, (limit, size, unit) in given.items())
+            raise NnkdError(f"{shown} ({teacher_plans} {name}): the student would be the teacher",
+                            f"give a limit below the teacher's (e.g. --max-params {teacher.params // 16}) or a preset "
+                            "(--budget tiny)")
 
 
 # ------------------------------------------------------------------ the steps
@@ -149,6 +217,8 @@ def train_fold(request: DistillRequest, dataset_name: str, plans: str, fold: str
                         num_val_iterations_per_epoch=request.num_val_iterations_per_epoch, device=request.device,
                         run_name=request.run_name)
     folder = new_run_folder(base)
+    if (folder / "checkpoint_final.pth").is_file():
+        check_reusable(folder, request, fold, cached)
     if (folder / "checkpoint_final.pth").is_file() and validation_dice(folder) is not None:
         print(f"nnkd_distill: fold {fold} is trained and validated ({folder}), skipping")
         return folder
@@ -158,6 +228,35 @@ def train_fold(request: DistillRequest, dataset_name: str, plans: str, fold: str
         print(f"nnkd_distill: fold {fold} was started, resuming it")
         return train(replace(base, continue_training=True))
     return train(base)
+
+
+SCHEDULE_FLAGS = {"num_epochs": "--epochs", "num_iterations_per_epoch": "--iterations-per-epoch",
+                  "num_val_iterations_per_epoch": "--val-iterations-per-epoch"}
+
+
+def check_reusable(folder: Path, request: DistillRequest, fold: str, cached: bool) -> None:
+    """A fold trained before is reused only when its teacher.json records what this request asks: method,
+    teacher (cached or online), hyper-parameters, seed and schedule (run.common.check_resume, exactly)."""
+    from nnkd.run.common import check_resume
+    from nnkd.trainers.methods import METHODS
+    from nnkd.trainers.run_config import RunConfig
+
+    recorded = RunConfig.load(folder)
+    if recorded is None:
+        raise NnkdError(f"fold {fold}'s run {folder} has a final checkpoint but no teacher.json",
+                        f"remove {folder} to retrain it, or give --run-name NAME for a new run")
+    cls = METHODS[request.method]
+    teachers = [e["spec"] for e in recorded.teacher_entries]
+    started = {"--method": recorded.method, "--teacher": teachers,
+               "--online": bool(teachers) and not (recorded.teacher or {}).get("cache"),
+               "--hp": recorded.hyperparameters, "--seed": recorded.seed,
+               **{flag: recorded.schedule.get(key) for key, flag in SCHEDULE_FLAGS.items()}}
+    wanted = {"--method": request.method, "--teacher": [request.teacher] if cls.needs_teacher else [],
+              "--online": cls.needs_teacher and not cached,
+              "--hp": cls.default_settings() | cls.coerce_settings(request.hyperparameters), "--seed": request.seed,
+              **{flag: getattr(request, key) for key, flag in SCHEDULE_FLAGS.items()}}
+    check_resume(started, wanted, what=f"finished run of fold {fold} ({folder})", exact=True,
+                 remedy=f"give --run-name NAME to train a new run, or remove {folder} to retrain this one")
 
 
 def teacher_validation_dice(spec: str, fold: str) -> float | None:
@@ -270,13 +369,10 @@ def _mean(values):
 
 # ------------------------------------------------------------------ the command
 def distill(request: DistillRequest) -> dict:
-    """Plan, cache, train and validate each fold, export; the record written to OUT/distill.json."""
-    from nnkd.cache.compute import CacheRequest, cache_teacher
-    from nnkd.inference.export import ExportRequest, export
-    from nnkd.inference.students import StudentRef
+    """Plan, cache, train and validate each fold, export; the record written to OUT/distill.json. Every check
+    runs before the first step writes anything; OUT is locked while the command runs."""
     from nnkd.method_table import LORKD_METHOD
-    from nnkd.planners.student_planner import STUDENT_KEY
-    from nnkd.run.common import validation_dice
+    from nnkd.outputs import OutputLock
     from nnkd.trainers.methods import METHODS
 
     paths = require_env("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
@@ -284,21 +380,39 @@ def distill(request: DistillRequest) -> dict:
         raise NnkdError(f"nnkd_distill does not run method '{request.method}'",
                         f"use one of {', '.join(METHODS)} (LoRKD: nnkd_train_lorkd)")
     cls = METHODS[request.method]
-    if cls.takes_several_teachers or cls.takes_transfer_set:
-        raise NnkdError(f"method {request.method} needs more than one teacher spec (several teachers or a transfer "
-                        "set)", "use nnkd_train for it; nnkd_distill runs one teacher")
+    if cls.takes_several_teachers:
+        raise NnkdError(f"method {request.method} distils several teachers; nnkd_distill runs one teacher",
+                        f"use nnkd_train --method {request.method} --teacher A --teacher B")
+    if cls.takes_transfer_set:
+        raise NnkdError(f"method {request.method} trains on a transfer set (--unlabeled/--synthetic) that "
+                        "nnkd_distill does not build", f"use nnkd_tune_teacher, nnkd_synthesize and nnkd_train "
+                        f"--method {request.method} (docs/methods.md)")
+    cached = cls.needs_teacher and not request.online and not cls.needs_teacher_features
+    check_training_request(request, cls, cached)
     dataset_name = find_dataset_name(request.dataset)
     raw = paths["nnUNet_raw"] / dataset_name
     if not (raw / "dataset.json").is_file():
         raise NnkdError(f"{dataset_name} has no dataset.json in {paths['nnUNet_raw']}", "put the raw dataset there")
-    output = checked_output(request.output, request, paths["nnUNet_raw"])
+    output = checked_output(request.output, request)
+    check_budget_shrinks(dataset_name, request.budget, request.teacher_plans, [request.configuration])
     dataset_json = json.loads((raw / "dataset.json").read_text())
     folds = teacher_folds(request.teacher, request.folds)
     teacher = checked_teachers(request.teacher, folds, dataset_json, cls.needs_teacher_logits)
-    cached = cls.needs_teacher and not request.online and not cls.needs_teacher_features
+    with OutputLock(output, COMMAND):
+        return _distill(request, cls, dataset_name, output, folds, teacher, cached)
+
+
+def _distill(request: DistillRequest, cls, dataset_name: str, output: Path, folds: list[str], teacher,
+             cached: bool) -> dict:
+    from nnkd.cache.compute import CacheRequest, cache_teacher
+    from nnkd.inference.export import ExportRequest, export
+    from nnkd.inference.students import StudentRef
+    from nnkd.outputs import write_manifest
+    from nnkd.planners.student_planner import STUDENT_KEY
+    from nnkd.run.common import validation_dice
+
     print(f"nnkd_distill: {dataset_name} {request.configuration}, folds {' '.join(folds)}, method {request.method} "
           f"({'cached' if cached else 'online'} teacher {request.teacher})")
-
     plans = planned_student(dataset_name, request)
     trained = {}
     for fold in folds:
@@ -311,11 +425,10 @@ def distill(request: DistillRequest) -> dict:
     run_name = split_run_trainer_name(trained[folds[0]].parent.name.split("__")[0])[1]
     export(ExportRequest(StudentRef(dataset=dataset_name, configuration=request.configuration, folds=folds,
                                     plans=plans, method=request.method, run_name=run_name),
-                         output=output, zip=request.zip, onnx=request.onnx, overwrite=True))
+                         output=output, zip=request.zip, onnx=request.onnx, overwrite=True, command=COMMAND))
     student_plans = json.loads((trained[folds[0]].parent / "plans.json").read_text())
     configuration = student_plans["configurations"][request.configuration]
-    record = {"dataset": dataset_name, "teacher": request.teacher, "configuration": request.configuration,
-              "method": request.method, "cached": cached, "plans": plans, "run_name": run_name,
+    record = {**request_identity(request), "cached": cached, "plans": plans, "run_name": run_name,
               "run_folder": str(trained[folds[0]].parent), "versions": software_versions(),
               "folds": [{"fold": f, "teacher_dice": teacher_validation_dice(request.teacher, f),
                          "student_dice": validation_dice(trained[f])} for f in folds]}
@@ -326,6 +439,7 @@ def distill(request: DistillRequest) -> dict:
         for who in ("teacher", "student"):
             record["models"][who]["seconds_per_case"] = timing[who]
     write_json_atomic(output / RECORD, record)
+    write_manifest(output, COMMAND, [RECORD], add=True)
     print("\n" + format_table(record) + f"\n\nnnkd_distill: the student is in {output} "
           f"(nnUNetv2_predict_from_modelfolder -m {output} -i IN -o OUT); this table: {output / RECORD}")
     return record

@@ -162,6 +162,21 @@ def _nnunet_predictor(spec: TeacherSpec, mirroring: bool, device: torch.device):
     return predictor, folds
 
 
+def check_replaced_dataset(target: Path, overwrite: bool, inputs: list) -> None:
+    """`--overwrite` replaces only a dataset nnkd_pseudo_label wrote (its MANIFEST beside dataset.json), and never
+    the one the source images are read from."""
+    if not (overwrite and target.exists()):
+        return
+    if not (target / MANIFEST).is_file():
+        raise NnkdError(f"{target} was not written by nnkd_pseudo_label",
+                        "pick another -d and --name; --overwrite replaces only a dataset nnkd_pseudo_label wrote")
+    resolved = target.resolve()
+    for given in inputs:
+        if given is not None and (Path(given).resolve() == resolved or resolved in Path(given).resolve().parents):
+            raise NnkdError(f"the images {given} are inside {target}, which --overwrite would replace",
+                            "copy the images elsewhere first, or pick another -d and --name")
+
+
 def pseudo_label(request: PseudoLabelRequest) -> Path:
     """Write $nnUNet_raw/DatasetXXX_<name> with the teacher's segmentations as labels; returns its folder."""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
@@ -194,6 +209,7 @@ def pseudo_label(request: PseudoLabelRequest) -> Path:
         segment = WholeCaseTeacher(teacher, source.file_ending, device)
         how = "one forward pass of the teacher on each whole image (z-scored per channel)"
     folder_name = f"Dataset{request.dataset_id:03d}_{request.name}"
+    check_replaced_dataset(raw_root / folder_name, request.overwrite, [source.train, source.test])
     manifest = {"teacher": spec.text, "source": source.description, "how": how, "labels": labels, "cases": {}}
     with staged_raw_dataset(raw_root, request.dataset_id, folder_name, request.overwrite, resumable=True) as staging:
         _resume_or_restart(staging, manifest)

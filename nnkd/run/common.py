@@ -41,24 +41,58 @@ def require_checkpoint(folder: Path, resume: bool, what: str = "training",
                         f"start the {what} without --c/--val" if resume else f"finish the {what} first")
 
 
-def check_resume(started: dict, given: dict, what: str = "run") -> None:
+SEED_MAX = 2 ** 32 - 1  # NumPy's RNG takes seeds up to here (run_config.seed_everything seeds all three RNGs)
+
+
+def check_seed(seed: int | None) -> None:
+    if seed is not None and not 0 <= seed <= SEED_MAX:
+        raise NnkdError(f"--seed {seed} is outside 0…{SEED_MAX}", f"give a seed from 0 to {SEED_MAX}")
+
+
+def check_finite_settings(settings: dict) -> None:
+    """Every number among hyper-parameter values (coerced, by name) is finite: `--hp kd_weight=inf` or `=nan`
+    would train on a NaN loss from the first step."""
+    import math
+
+    for name, value in settings.items():
+        items = value if isinstance(value, (tuple, list)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise NnkdError(f"hyper-parameter {name}={value} is not a finite number",
+                            f"give a finite value, e.g. --hp {name}=1")
+
+
+def check_resume(started: dict, given: dict, what: str = "run", exact: bool = False, remedy: str | None = None) -> None:
     """The one resume check: an option given again on `--c` must have the value the run was started with.
-    `given` maps option names to values (None or empty: not given); a flag (bool) only needs to match."""
+    `given` maps option names to values (None or empty: not given); a flag (bool) only needs to match.
+    `exact`: every option must equal the recorded value, a default (None) included — whether a finished run
+    may be reused for a request."""
+    remedy = remedy or f"drop {{option}} when resuming, or start a new {what}"
     for option, value in given.items():
+        recorded = started[option]
+        if exact:
+            if _comparable(value) != _comparable(recorded):
+                raise NnkdError(f"this {what} was started with {option} {_shown(recorded)}, not {_shown(value)}",
+                                remedy.format(option=option))
+            continue
         if value is None or value == () or value == [] or value == {}:
             continue
-        recorded = started[option]
         if isinstance(value, bool):
             if value and not recorded:
-                raise NnkdError(f"this {what} was started without {option}",
-                                f"drop {option} when resuming, or start a new {what}")
+                raise NnkdError(f"this {what} was started without {option}", remedy.format(option=option))
             continue
         if value != recorded:
             raise NnkdError(f"this {what} was started with {option} {_shown(recorded)}, not {_shown(value)}",
-                            f"drop {option} when resuming, or start a new {what}")
+                            remedy.format(option=option))
+
+
+def _comparable(value):
+    """A value as its JSON record holds it (tuples become lists), for comparing a request with a record."""
+    return json.loads(json.dumps(value))
 
 
 def _shown(value) -> str:
+    if value is None:
+        return "(the default)"
     if isinstance(value, (list, tuple)):
         return " ".join(map(str, value)) or "none"
     if isinstance(value, dict):

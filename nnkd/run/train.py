@@ -7,10 +7,12 @@ from pathlib import Path
 from nnkd.devices import resolve_device
 from nnkd.errors import NnkdError
 from nnkd.nnunet_env import parse_fold, require_env
+from nnkd.outputs import OutputLock
 from nnkd.planners.student_planner import resolve_student_plans
 from nnkd.plans import DEFAULT_TEACHER_PLANS
 from nnkd.plans import PreprocessedConfiguration
-from nnkd.run.common import (CHECKPOINTS, ScheduledRequest, check_resume, checked_teacher_record, fold_folder,
+from nnkd.run.common import (CHECKPOINTS, ScheduledRequest, check_finite_settings, check_resume, check_seed,
+                             checked_teacher_record, fold_folder,
                              require_checkpoint, run_nnunet_training, use_nnkd_trainers, validation_dice)
 from nnkd.records import software_versions
 from nnkd.run_names import (derived_run_name, run_name_problem, run_trainer_name, split_run_trainer_name,
@@ -131,6 +133,7 @@ def check_request(request: TrainRequest, cls) -> None:
         raise NnkdError("a teacher cache holds the fold's training cases only, not --unlabeled or --synthetic sets",
                         "drop --teacher-cache to distil those sets with the live teacher, or keep the cache and "
                         "--labeled N alone (the fold's other training cases are the transfer set)")
+    check_seed(request.seed)
     if request.labeled is not None and request.labeled < 1:
         raise NnkdError(f"--labeled {request.labeled} keeps no labelled case", "give --labeled 1 or more")
     if not request.resuming:
@@ -234,7 +237,9 @@ def _resolved(request: TrainRequest):
         hint=f"plan first: nnkd_plan_and_preprocess -d {request.dataset} --budget {request.budget or '…'}")
     cls = resolve_trainer_class(request.method, request.trainer)
     check_request(request, cls)
-    return paths["nnUNet_results"], fold, plans, config, cls, cls.coerce_settings(request.hyperparameters)
+    given = cls.coerce_settings(request.hyperparameters)
+    check_finite_settings(given)
+    return paths["nnUNet_results"], fold, plans, config, cls, given
 
 
 def new_run_folder(request: TrainRequest) -> Path:
@@ -255,13 +260,13 @@ def train(request: TrainRequest) -> Path:
                        teachers, config.encoder_stages)
     record = resumed_record(request, cls, folder, existing, given) if request.resuming else \
         new_record(request, cls, config, fold, given)
-    record.save(folder)
-    print(f"nnkd: run folder {folder}")
-
-    run_nnunet_training(config.dataset_name, request.configuration, fold, trainer, plans,
-                        num_gpus=request.num_gpus, export_validation_probabilities=request.npz,
-                        continue_training=request.continue_training, only_run_validation=request.validation_only,
-                        device=resolve_device(request.device))
+    with OutputLock(folder, "nnkd_train"):  # one command at a time trains a run's fold
+        record.save(folder)
+        print(f"nnkd: run folder {folder}")
+        run_nnunet_training(config.dataset_name, request.configuration, fold, trainer, plans,
+                            num_gpus=request.num_gpus, export_validation_probabilities=request.npz,
+                            continue_training=request.continue_training, only_run_validation=request.validation_only,
+                            device=resolve_device(request.device))
     dice = validation_dice(folder)
     if dice is not None:
         print(f"nnkd: {trainer} {plans} {request.configuration} fold {fold}: validation Dice {dice:.4f} "
