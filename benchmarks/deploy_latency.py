@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from nnkd.atomic import write_json_atomic
-from nnkd.benchmark.stats import RUNTIME_LABELS as BENCHMARK_RUNTIME_LABELS
+from nnkd.evaluation.runtimes import RUNTIME_LABELS as BENCHMARK_RUNTIME_LABELS
 
 RUNTIME_LABELS = {**BENCHMARK_RUNTIME_LABELS, "bf16": "torch bf16"}  # nnkd_benchmark's runtimes and nnkd_predict --bf16
 RUNTIMES = tuple(RUNTIME_LABELS)

@@ -11,10 +11,11 @@
    (`nnkd_train --method none --seed 0`) for --teacher-epochs × --iterations on fold 0 into
    `$nnUNet_results/<dataset>/nnKDTrainer_NoKD@s0__nnUNetPlans__<c>`; continued when it stopped.
 3. Convergence: the teacher's EMA pseudo Dice must gain < --plateau-gain points over the last
-   --plateau-share of its epochs (nnkd.benchmark.convergence); otherwise the study stops (train the teacher
+   --plateau-share of its epochs (nnkd.evaluation.convergence); otherwise the study stops (train the teacher
    longer) unless --allow-unconverged. Its curve is drawn to OUT/teacher_curve.png.
-4. Students: `nnkd_benchmark --budgets <fractions of the teacher> --methods <methods> --cached-only` with the
-   teacher's own schedule (--teacher-epochs × --iterations: the same number of iterations), --seeds seeds,
+4. Students: `nnkd_benchmark --budgets params<P/N>,… --methods <methods> --cached-only`, one budget per
+   --budgets fraction 1/N of the teacher's parameters (an absolute --max-params limit each: GFLOPs are left
+   free, so the smallest fractions stay plannable; the plots show both axes), with the teacher's own schedule (--teacher-epochs × --iterations: the same number of iterations), --seeds seeds,
    into OUT/benchmark; logit-only methods learn from the cached teacher.
 5. OUT/results.json (teacher: spec, iterations, Dice, plateau; one record per run: budget, method, seed, Dice;
    the frontier answers), OUT/report.md and the plots frontier_params.png / frontier_gflops.png.
@@ -28,10 +29,12 @@ import os
 import platform
 from pathlib import Path
 
-from nnkd.benchmark.convergence import PLATEAU_GAIN, PLATEAU_SHARE, plateau, training_curve
+from nnkd.evaluation.convergence import PLATEAU_GAIN, PLATEAU_SHARE, plateau, training_curve
 from nnkd.benchmark.frontier import frontier, plot_teacher_curve, write_frontier
 from nnkd.benchmark.runs import check
 from nnkd.planners.budget import Budget
+from nnkd.planners.student_planner import STUDENT_KEY
+from nnkd.plans import PreprocessedConfiguration
 from nnkd.run_names import derived_run_name, run_trainer_name
 
 TEACHER_SEED = 0
@@ -82,7 +85,8 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=120, help="teacher epochs; students get as many")
     parser.add_argument("--iterations", type=int, default=50, help="iterations per epoch (teacher and students)")
     parser.add_argument("--val-iterations", type=int, default=4, help="validation batches per epoch (curves)")
-    parser.add_argument("--budgets", default="1/4,1/16,1/64,1/256", help="fractions of the teacher (or presets)")
+    parser.add_argument("--budgets", default="1/4,1/16,1/64,1/256",
+                        help="fractions 1/N of the teacher's parameters (default 1/4,1/16,1/64,1/256)")
     parser.add_argument("--methods", default="none,logit", help="nnkd_benchmark --methods")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--plateau-share", type=float, default=PLATEAU_SHARE)
@@ -96,7 +100,9 @@ def main() -> None:
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         if name not in os.environ:
             parser.error(f"set {name} (nnU-Net's folders) first")
-    budgets = [Budget.from_name(b).name for b in args.budgets.split(",") if b]  # stops on a bad budget
+    fractions = [Budget.from_name(b).to_json()["fraction_of_teacher"] for b in args.budgets.split(",") if b]
+    if None in fractions:
+        parser.error(f"--budgets {args.budgets}: give fractions 1/N of the teacher's parameters")
     env = {**os.environ, "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", str(args.np))}
     logs = args.o / "logs"
     raw = Path(env["nnUNet_raw"])
@@ -106,6 +112,10 @@ def main() -> None:
     dataset = next(raw.glob(f"Dataset{args.d:03d}_*")).name
     check(["nnkd_plan_and_preprocess", "-d", args.d, "-c", args.c, "--budget", "tiny", "-np", args.np], env,
           logs / "plan.log")
+
+    tiny = PreprocessedConfiguration.load(dataset, "nnKDPlans_tiny", args.c).plans["configurations"][args.c]
+    teacher_params = tiny[STUDENT_KEY]["teacher_params"]
+    budgets = {f"params{int(teacher_params * f)}": f for f in fractions}
 
     folder = train_teacher(args, env, dataset, logs)
     curve = training_curve(folder / "fold_0")
@@ -126,8 +136,7 @@ def main() -> None:
           logs / "benchmark.log")
     results = json.loads((benchmark / "results.json").read_text())
     teacher = teacher_record(args, folder, results)
-    fractions = {b: Budget.from_name(b).to_json()["fraction_of_teacher"] for b in budgets}
-    runs = [{"budget": r["budget"], "fraction_of_teacher": fractions.get(r["budget"]), "method": r["method"],
+    runs = [{"budget": r["budget"], "fraction_of_teacher_params": budgets.get(r["budget"]), "method": r["method"],
              "label": r["label"], "cached": r["cached"], "seed": r["seed"], "dice": r["dice"],
              "dice_per_class": r["dice_per_class"], "parameters": r.get("parameters"),
              "gflops_per_patch": r.get("gflops_per_patch"), "seconds_per_iteration": r.get("seconds_per_iteration")}
@@ -139,7 +148,7 @@ def main() -> None:
              "students_schedule": {"epochs": args.teacher_epochs, "iterations_per_epoch": args.iterations,
                                    "iterations": args.teacher_epochs * args.iterations,
                                    "val_iterations_per_epoch": args.val_iterations},
-             "runs": runs, "frontier": frontier(results, teacher)}
+             "budget_fractions": budgets, "runs": runs, "frontier": frontier(results, teacher)}
     write_frontier(study, args.o)
     print((args.o / "report.md").read_text())
 

@@ -20,9 +20,12 @@ ALLOWED = {
     "trainers": {"distill", "teachers", "cache", "planners", "datasets", "models"},
     "inference": {"planners", "teachers", "models"},
     "run": {"trainers", "distill", "teachers", "cache", "planners", "datasets", "models"},
-    "benchmark": {"run", "trainers", "inference", "teachers", "cache", "planners", "datasets", "models", "distill"},
-    "pipeline": {"run", "benchmark", "inference", "trainers", "cache", "planners", "datasets", "teachers", "models"},
-    "cli": {"pipeline", "run", "benchmark", "inference", "trainers", "cache", "planners", "datasets", "teachers", "models"},
+    "evaluation": {"inference", "teachers", "planners", "models"},
+    "benchmark": {"evaluation", "run", "trainers", "inference", "teachers", "cache", "planners", "datasets", "models",
+                  "distill"},
+    "pipeline": {"evaluation", "run", "inference", "trainers", "cache", "planners", "datasets", "teachers", "models"},
+    "cli": {"pipeline", "evaluation", "run", "benchmark", "inference", "trainers", "cache", "planners", "datasets",
+            "teachers", "models"},
 }
 
 

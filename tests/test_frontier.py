@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nnkd.benchmark.convergence import plateau, training_curve
+from nnkd.evaluation.convergence import plateau, training_curve
 from nnkd.benchmark.frontier import frontier, write_frontier
 from nnkd.benchmark.stats import derived_ratios, summarize
 

@@ -166,12 +166,17 @@ def report_lines(study: dict) -> list[str]:
              f"Machine: {study['machine']}.", "",
              "| budget | params | GFLOPs/patch | method | Dice (mean ± std) | vs teacher (points) | "
              "Δ vs no KD [95 % CI] | closes of no KD's loss |", "|---|---|---|---|---|---|---|---|"]
+    fractions = study.get("budget_fractions") or {}
+
+    def budget(name: str) -> str:  # "1/16 (params1289315)" where the study names its fractions
+        return f"1/{round(1 / fractions[name])} ({name})" if fractions.get(name) else name
+
     for r in answer["rows"]:
         closes = r.get("closes") or {}
         share = f"{closes['share']:.0%}" if closes.get("share") is not None else "–"
         if closes.get("ci95"):
             share += f" [{closes['ci95'][0]:.0%}, {closes['ci95'][1]:.0%}]"
-        lines.append(f"| {r['budget']} | {r['parameters'] or '?':,} | {r['gflops_per_patch'] or '?'} | {r['label']} | "
+        lines.append(f"| {budget(r['budget'])} | {r['parameters'] or '?':,} | {r['gflops_per_patch'] or '?'} | {r['label']} | "
                      f"{_mean_std(r['dice'])} | {r['dice_vs_teacher_points']:+.2f} | {_difference(r['dice_vs_none'])} | "
                      f"{share} |")
     lines += ["", "## Per class: Δ vs no KD of the default method [95 % CI]", ""]
@@ -180,14 +185,14 @@ def report_lines(study: dict) -> list[str]:
     for r in answer["rows"]:
         if r["label"] == answer["default_method"]:
             per = r.get("dice_vs_none_per_class") or {}
-            lines.append(f"| {r['budget']} | " + " | ".join(_difference(per.get(c)) for c in classes) + " |")
+            lines.append(f"| {budget(r['budget'])} | " + " | ".join(_difference(per.get(c)) for c in classes) + " |")
     lines += ["", "## Answers", ""]
     for b in answer["budgets"]:
-        lines.append(f"- {b['budget']}: no KD {b['no_kd_loss_points']:.2f} points below the teacher"
+        lines.append(f"- {budget(b['budget'])}: no KD {b['no_kd_loss_points']:.2f} points below the teacher"
                      f"{' (a gap ≥ 3 points)' if b['has_gap'] else ''}; best {b['best']}; default method within "
                      f"0.5 points of the best: {'yes' if b['default_within_best'] else 'no'}.")
     for points, answers in answer["smallest_within_points"].items():
-        parts = [f"{label}: {a['budget']} ({a['parameters']:,} params)" if a else f"{label}: none"
+        parts = [f"{label}: {budget(a['budget'])}, {a['parameters']:,} params" if a else f"{label}: none"
                  for label, a in answers.items() if label != "size_ratio_default_vs_none"]
         ratio = answers["size_ratio_default_vs_none"]
         lines.append(f"- Smallest student within {points} point(s) of the teacher — " + "; ".join(parts)

@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from nnkd.benchmark.stats import RUNTIME_LABELS  # noqa: E402
+from nnkd.evaluation.runtimes import RUNTIME_LABELS  # noqa: E402
 
 MARKERS = {"none": "o", "logit": "s", "cwd": "v", "feature": "^", "cka": "D", "drd": "P"}
 

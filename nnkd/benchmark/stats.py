@@ -4,9 +4,9 @@ the paired difference to no KD and its 95 % interval."""
 import math
 import statistics
 
+from nnkd.evaluation.runtimes import RUNTIMES
+
 FOUND_AT = 0.5  # a class counts as found once its pseudo Dice reaches this
-RUNTIME_LABELS = {"torch": "torch fp32", "onnx": "ONNX Runtime fp32", "int8": "ONNX Runtime int8"}
-RUNTIMES = tuple(RUNTIME_LABELS)  # the runtimes a model is measured in
 
 
 def derived_ratios(records: list[dict], teacher: dict) -> list[dict]:

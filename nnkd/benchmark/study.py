@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from nnkd.atomic import write_json_atomic
-from nnkd.benchmark.measure import TeacherLogits, evaluate, evaluate_runtimes, measure_model, validation_images
+from nnkd.evaluation.measure import TeacherLogits, evaluate, evaluate_runtimes, measure_model, validation_images
 from nnkd.benchmark.runs import Run, check, is_finished, parse_method, train
 from nnkd.benchmark.stats import derived_ratios, summarize
 from nnkd.devices import cpu_count

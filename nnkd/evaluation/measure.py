@@ -1,4 +1,4 @@
-"""What a benchmark measures per model, the same way for the teacher and every student: nnU-Net's whole
+"""What nnkd measures per model, the same way for the teacher and every student: nnU-Net's whole
 per-case prediction of the validation cases (preprocessing, sliding window, resampling back; no mirroring)
 timed in torch, in ONNX Runtime fp32 and (with calibration patches) in ONNX Runtime int8, and nnU-Net's own
 evaluation of each runtime's predictions."""
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nnkd.benchmark.stats import RUNTIMES
+from nnkd.evaluation.runtimes import RUNTIMES
 from nnkd.inference.onnx_export import OnnxNetwork, export_onnx
 from nnkd.inference.predict import make_predictor
 

@@ -291,7 +291,7 @@ def seconds_per_case(request: DistillRequest, dataset_name: str, teacher, studen
     first fold's validation cases, median after a warm-up case, teacher and student on the same device."""
     import torch
 
-    from nnkd.benchmark.measure import TeacherLogits, predict_and_time, validation_images
+    from nnkd.evaluation.measure import TeacherLogits, predict_and_time, validation_images
     from nnkd.devices import resolve_device
     from nnkd.inference.predict import make_predictor
     from nnkd.plans import network_from_plans
