@@ -130,6 +130,12 @@ def _lock_held(setup, tmp_path):
 
 
 BAD["locked"] = (_lock_held, "is being written by nnkd_distill (pid")
+BAD["search-and-budget"] = (lambda s, t: ["--teacher", s["spec"], "-o", str(t / "out"), "--max-dice-loss", "1",
+                                          "--budget", "tiny"], "a budget was given too")
+BAD["search-loss"] = (lambda s, t: ["--teacher", s["spec"], "-o", str(t / "out"), "--max-dice-loss", "nan"],
+                      "is not a number of Dice points")
+BAD["ladder-alone"] = (lambda s, t: ["--teacher", s["spec"], "-o", str(t / "out"), "--ladder", "1/4"],
+                       "add --max-dice-loss")
 BAD["teacher-folder-missing"] = (lambda s, t: ["--teacher", f"nnunet:{t}/nowhere", "-o", str(t / "out")],
                                  "teacher folder")
 
@@ -151,3 +157,28 @@ def test_bad_input_stops_with_one_line_before_anything_is_written(two_fold_setup
     assert [line for line in result.stderr.splitlines() if line.strip()][-1].startswith("nnkd: error:")
     assert [tree_digest(r) for r in roots] == before
     assert not (tmp_path / "out").exists()
+
+
+def test_max_dice_loss_searches_the_ladder_and_distils_the_smallest_student_within_it(two_fold_setup, tmp_path):
+    """Two candidates, 4 epochs: both train to the first rungs (epochs 1 and 2, stopped with their latest
+    checkpoint), the smaller finishes and is within D (D = 100 points admits any), the larger is not trained on."""
+    out = tmp_path / "student"
+    result = run_cli("nnkd_distill", "-d", "991", "--teacher", two_fold_setup["spec"], "-o", out, "-f", "0",
+                     "--max-dice-loss", "100", "--ladder", "1/4,1/16", "--epochs", "4", "--iterations-per-epoch", "2",
+                     "--val-iterations-per-epoch", "1", "--device", "cpu", "-np", "1", "--no-timing",
+                     env=two_fold_setup["env"])
+    record = json.loads((out / "distill.json").read_text())
+    search = record["search"]
+    small, large = search["candidates"]
+    assert small["parameters"] < large["parameters"] and search["chosen"] == small["budget"]
+    assert (small["status"], small["epochs_trained"]) == ("within", 4) and small["dice"] is not None
+    assert (large["status"], large["epochs_trained"]) == ("not needed", 2)
+    assert record["plans"] == f"nnKDPlans_{small['budget']}" and record["search"]["objective"] == "params"
+    assert record["search"]["cost_vs_chosen_alone"] > 1  # the larger candidate's rungs come on top
+    assert "chosen: " + small["budget"] in result.stdout
+    results = Path(two_fold_setup["env"]["nnUNet_results"]) / DATASET
+    stopped = next(results.glob(f"*__nnKDPlans_{large['budget']}__3d_fullres")) / "fold_0"
+    assert (stopped / "checkpoint_latest.pth").is_file() and not (stopped / "checkpoint_final.pth").exists()
+    log = "".join(p.read_text() for p in stopped.glob("training_log_*.txt"))
+    assert "stopping after epoch 1 of 4" in log and "stopping after epoch 2 of 4" in log
+    assert json.loads((out / "plans.json").read_text())["plans_name"].startswith(f"nnKDPlans_{small['budget']}-")

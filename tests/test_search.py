@@ -3,7 +3,7 @@
 import pytest
 
 from nnkd.errors import NnkdError
-from nnkd.pipeline.search import Candidate, Progress, ladder, no_candidate_error, run_search
+from nnkd.pipeline.search import Candidate, Progress, ladder, no_candidate_error, parse_ladder, run_search
 from nnkd.planners.budget import Budget
 
 EPOCHS, ITERATIONS = 16, 10
@@ -77,11 +77,17 @@ def test_the_loss_must_be_a_positive_finite_number_of_points(loss):
 
 
 def test_ladders_step_by_halves_from_a_quarter_to_1_256_of_the_teacher():
-    names = [b.name for b in ladder("params")]
-    assert names[0] == "frac4" and names[-1] == "frac256" and len(names) == 7
+    params = ladder("params", teacher_params=1_024_000)
+    assert [b.max_params for b in params] == [256_000, 128_000, 64_000, 32_000, 16_000, 8_000, 4_000]
+    assert params[0].max_gflops is None  # GFLOPs left free: the smallest fractions stay plannable
+    assert [b.max_gflops for b in ladder("gflops", teacher_gflops=64.0, fractions=(64, 4))] == [16.0, 1.0]
     latency = ladder("latency", teacher_latency_ms=256.0)
     assert latency[0].max_latency_ms == 64.0 and latency[-1].max_latency_ms == 1.0
+    assert parse_ladder("1/4,1/64") == (4, 64)
+    for bad in ("1/1", "2/3", "1/x", ""):
+        with pytest.raises(NnkdError, match="ladder"):
+            parse_ladder(bad)
     with pytest.raises(NnkdError, match="objective"):
-        ladder("dice")
+        ladder("dice", teacher_params=10)
     with pytest.raises(NnkdError, match="latency"):
         ladder("latency")

@@ -32,6 +32,17 @@ def build_parser() -> ArgumentParser:
     p.add_argument("-f", nargs="+", default=None, metavar="FOLD",
                    help="folds (0-4 or all); default: the nnunet: teacher's trained folds, else 0 1 2 3 4")
     add_budget_arguments(p, "student budget (default --budget tiny)")
+    search = p.add_argument_group("or search the budget: the smallest student that keeps the teacher's accuracy")
+    search.add_argument("--max-dice-loss", type=float, default=None, metavar="D",
+                        help="instead of a budget: train a ladder of candidate students from one teacher cache "
+                             "(successive halving on their learning curves) and keep the smallest whose validation "
+                             "Dice on the first fold is within D points of the teacher's; then distil every fold "
+                             "with it. OUT/distill.json's 'search' lists every candidate")
+    search.add_argument("--objective", default="params", choices=("params", "gflops", "latency"),
+                        help="what 'smallest' means: parameters (default), GFLOPs per patch, or patch latency "
+                             "measured on this machine")
+    search.add_argument("--ladder", default=None, metavar="1/N,…",
+                        help="the candidates as fractions of the teacher (default 1/4,1/8,…,1/256)")
     p.add_argument("--teacher-plans", default="nnUNetPlans",
                    help="the dataset's teacher plans the student pairs with (default nnUNetPlans)")
     p.add_argument("--method", default="logit",
@@ -60,13 +71,23 @@ def _distill(args) -> None:
 
     from nnkd.pipeline.distill import DistillRequest, distill
 
+    from nnkd.errors import NnkdError
+    from nnkd.pipeline.search import parse_ladder
+
+    explicit = args.budget or args.max_params or args.max_gflops or args.max_latency
+    if args.max_dice_loss is not None and explicit:
+        raise NnkdError("--max-dice-loss searches the budget, and a budget was given too",
+                        "drop --budget/--max-params/--max-gflops/--max-latency, or drop --max-dice-loss")
+    if args.max_dice_loss is None and (args.ladder or args.objective != "params"):
+        raise NnkdError("--ladder and --objective choose the candidates of --max-dice-loss", "add --max-dice-loss D")
     budget = budget_of(args, default_preset="tiny")
     distill(DistillRequest(
         dataset=args.d, teacher=args.teacher, output=Path(args.o), configuration=args.c, folds=tuple(args.f or ()),
         budget=budget, teacher_plans=args.teacher_plans, method=args.method, online=args.online,
         hyperparameters=hyperparameters_of(args.hp), seed=args.seed, run_name=args.run_name, **schedule_of(args),
         device=args.device, step_size=check_step_size(args.step_size, "-step_size"), zip=args.zip, onnx=args.onnx,
-        timing=not args.no_timing, num_processes=args.np))
+        timing=not args.no_timing, num_processes=args.np, max_dice_loss=args.max_dice_loss,
+        objective=args.objective, ladder=parse_ladder(args.ladder) if args.ladder else ()))
 
 
 def main(argv=None) -> None:

@@ -42,7 +42,7 @@ def plateau(ema: list[float], share: float = PLATEAU_SHARE, min_gain: float = PL
 
 def training_curve(fold_dir: Path) -> dict:
     """nnU-Net's logged curves of a trained fold (checkpoint_final.pth, else checkpoint_latest.pth): per epoch
-    the EMA pseudo Dice, the mean pseudo Dice and the training and validation losses."""
+    the EMA pseudo Dice, the mean pseudo Dice, the training and validation losses and the epoch's seconds."""
     from nnkd.teachers.checkpoint import load_checkpoint
 
     checkpoint = next((fold_dir / n for n in ("checkpoint_final.pth", "checkpoint_latest.pth")
@@ -50,5 +50,7 @@ def training_curve(fold_dir: Path) -> dict:
     if checkpoint is None:
         raise FileNotFoundError(f"{fold_dir} holds no checkpoint")
     logging = load_checkpoint(checkpoint)["logging"]
-    return {key: [float(v) for v in logging[key]]
-            for key in ("ema_fg_dice", "mean_fg_dice", "train_losses", "val_losses")}
+    curve = {key: [float(v) for v in logging[key]] for key in ("ema_fg_dice", "mean_fg_dice", "train_losses", "val_losses")}
+    curve["epoch_seconds"] = [float(e - s) for s, e in zip(logging["epoch_start_timestamps"],
+                                                           logging["epoch_end_timestamps"])]
+    return curve

@@ -47,6 +47,11 @@ class DistillRequest:
     timing: bool = True  # time teacher and student per case on the first fold's validation cases
     timing_cases: int = 3
     num_processes: int | None = None
+    # --max-dice-loss D: search a ladder of budgets for the smallest (or fastest) student within D Dice points of
+    # the teacher on the first fold (nnkd.pipeline.search) instead of taking `budget`
+    max_dice_loss: float | None = None
+    objective: str = "params"
+    ladder: tuple[int, ...] = ()  # 1/N fractions; empty: nnkd.pipeline.search.LADDER_FRACTIONS
 
 
 # ------------------------------------------------------------------ checks before anything is written
@@ -74,9 +79,11 @@ def request_identity(request: DistillRequest) -> dict:
     """What makes two nnkd_distill requests the same student (recorded in distill.json, compared on a rerun)."""
     from nnkd.planners.student_planner import student_plans_identifier
 
+    searched = {"search": {"max_dice_loss": request.max_dice_loss, "objective": request.objective,
+                           "ladder": list(request.ladder)}} if request.max_dice_loss is not None else \
+        {"plans": student_plans_identifier(request.budget, request.teacher_plans)}
     return {"dataset": find_dataset_name(request.dataset), "teacher": request.teacher,
-            "configuration": request.configuration, "method": request.method,
-            "plans": student_plans_identifier(request.budget, request.teacher_plans),
+            "configuration": request.configuration, "method": request.method, **searched,
             "hyperparameters": dict(request.hyperparameters), "seed": request.seed,
             "schedule": schedule_of_request(request), "online": request.online}
 
@@ -151,26 +158,42 @@ def check_training_request(request: DistillRequest, cls, cached: bool) -> None:
     requested_run_name(base, cls, given)
 
 
+def teacher_plan_cost(dataset_name: str, teacher_plans: str, configuration: str, latency_device: str | None = None):
+    """The teacher plan's network cost in a configuration (parameters, GFLOPs per patch) and, with
+    `latency_device`, its measured patch latency in ms (else None); None where its plans do not exist yet."""
+    from nnkd.planners.architecture_search import StudentSearch
+    from nnkd.plans import num_input_channels, num_segmentation_heads
+
+    folder = require_env("nnUNet_preprocessed")["nnUNet_preprocessed"] / dataset_name
+    if not (folder / f"{teacher_plans}.json").is_file() or not (folder / "dataset.json").is_file():
+        return None
+    plans = json.loads((folder / f"{teacher_plans}.json").read_text())
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    plan = plans["configurations"].get(configuration, {})
+    if "architecture" not in plan:
+        return None
+    channels, heads = num_input_channels(plans, configuration, dataset_json), num_segmentation_heads(plans, dataset_json)
+    cost = StudentSearch(plan["architecture"], channels, heads, plan["patch_size"]).teacher_cost()
+    latency = None
+    if latency_device:
+        from nnkd.planners.latency import measure_patch_latency
+
+        latency = measure_patch_latency(plan["architecture"], channels, heads, plan["patch_size"], latency_device,
+                                        "torch")
+    return cost, latency
+
+
 def check_budget_shrinks(dataset_name: str, budget: Budget, teacher_plans: str, configurations) -> None:
     """Absolute limits (--max-params, --max-gflops) at or above the teacher's size in a configuration would plan
     the teacher itself as the student (1.00×): refused where the teacher plans exist already (nnkd_distill and
     nnkd_plan_and_preprocess -c), before anything is planned."""
-    from nnkd.planners.architecture_search import StudentSearch
-    from nnkd.plans import num_input_channels, num_segmentation_heads
-
     if budget.preset or budget.max_latency_ms is not None or not configurations:
         return
-    folder = require_env("nnUNet_preprocessed")["nnUNet_preprocessed"] / dataset_name
-    if not (folder / f"{teacher_plans}.json").is_file() or not (folder / "dataset.json").is_file():
-        return
-    plans = json.loads((folder / f"{teacher_plans}.json").read_text())
-    dataset_json = json.loads((folder / "dataset.json").read_text())
     for name in configurations:
-        configuration = plans["configurations"].get(name, {})
-        if "architecture" not in configuration:
+        facts = teacher_plan_cost(dataset_name, teacher_plans, name)
+        if facts is None:
             continue
-        teacher = StudentSearch(configuration["architecture"], num_input_channels(plans, name, dataset_json),
-                                num_segmentation_heads(plans, dataset_json), configuration["patch_size"]).teacher_cost()
+        teacher = facts[0]
         limits = {"--max-params": (budget.max_params, teacher.params, "parameters"),
                   "--max-gflops": (budget.max_gflops, teacher.gflops, "GFLOPs per patch")}
         given = {flag: v for flag, v in limits.items() if v[0] is not None}
@@ -228,6 +251,104 @@ def train_fold(request: DistillRequest, dataset_name: str, plans: str, fold: str
         print(f"nnkd_distill: fold {fold} was started, resuming it")
         return train(replace(base, continue_training=True))
     return train(base)
+
+
+NNUNET_EPOCHS, NNUNET_ITERATIONS = 1000, 250  # nnUNetTrainer's schedule when --epochs / --iterations-per-epoch are not given
+
+
+def _teacher_curve(spec: str, fold: str, epochs: int) -> list[float] | None:
+    """An nnunet: teacher's EMA pseudo Dice, read at the same fraction of its own schedule as each of the
+    students' `epochs` (both follow nnU-Net's poly learning rate); None for other teachers."""
+    from nnkd.evaluation.convergence import training_curve
+
+    folder = teacher_folder(spec)
+    try:
+        ema = training_curve(folder / f"fold_{fold}")["ema_fg_dice"] if folder else None
+    except (FileNotFoundError, NnkdError, KeyError):
+        return None
+    if not ema:
+        return None
+    return [ema[max(1, round((e + 1) / epochs * len(ema))) - 1] for e in range(epochs)]
+
+
+def search_budget(request: DistillRequest, dataset_name: str, fold: str, cached: bool):
+    """--max-dice-loss: plan the ladder's candidates, search them on `fold` (nnkd.pipeline.search: successive
+    halving, each candidate trained rung by rung with nnkd_stop_after_epoch, resumed with --c) and return the
+    chosen budget with the search record. A rerun resumes: finished candidates are reused, stopped ones continue."""
+    import statistics
+
+    from nnkd.evaluation.convergence import training_curve
+    from nnkd.pipeline.search import (LADDER_FRACTIONS, Candidate, Progress, ladder, no_candidate_error,
+                                      run_search)
+    from nnkd.planners.student_planner import STUDENT_KEY
+    from nnkd.plans import PreprocessedConfiguration
+    from nnkd.run.common import validation_dice
+    from nnkd.trainers.nnkd_trainer import STOP_AFTER_EPOCH_ENV
+
+    teacher_dice = teacher_validation_dice(request.teacher, fold)
+    if teacher_dice is None:
+        raise NnkdError(f"--max-dice-loss compares with the teacher's validation Dice of fold {fold}, and "
+                        f"{request.teacher} has none", "use an nnunet: teacher whose fold was validated by nnU-Net, "
+                        "or choose a budget (--budget, --max-params)")
+    if teacher_plan_cost(dataset_name, request.teacher_plans, request.configuration) is None:
+        planned_student(dataset_name, replace(request, budget=Budget(preset="tiny")))  # the teacher plans, preprocessed
+    latency_device = (request.device or "cpu") if request.objective == "latency" else None
+    cost, latency = teacher_plan_cost(dataset_name, request.teacher_plans, request.configuration, latency_device)
+    budgets = ladder(request.objective, cost.params, cost.gflops, latency, request.ladder or LADDER_FRACTIONS)
+    candidates, plans_of, unplannable = [], {}, []
+    for budget in budgets:
+        try:
+            plans = planned_student(dataset_name, replace(request, budget=budget))
+        except NnkdError as e:  # e.g. no architecture this small
+            unplannable.append({"budget": budget.name, "reason": str(e)})
+            continue
+        info = PreprocessedConfiguration.load(dataset_name, plans, request.configuration).plans[
+            "configurations"][request.configuration].get(STUDENT_KEY, {})
+        candidates.append(Candidate(budget, info.get("params"), info.get("gflops_per_patch"), info.get("latency_ms")))
+        plans_of[budget.name] = plans
+    epochs = request.num_epochs or NNUNET_EPOCHS
+    iterations = request.num_iterations_per_epoch or NNUNET_ITERATIONS
+
+    def train(candidate: Candidate, epoch: int) -> Progress:
+        previous = os.environ.pop(STOP_AFTER_EPOCH_ENV, None)
+        if epoch < epochs:
+            os.environ[STOP_AFTER_EPOCH_ENV] = str(epoch)
+        try:
+            folder = train_fold(replace(request, budget=candidate.budget), dataset_name, plans_of[candidate.budget.name],
+                                fold, cached)
+        finally:
+            os.environ.pop(STOP_AFTER_EPOCH_ENV, None)
+            if previous is not None:
+                os.environ[STOP_AFTER_EPOCH_ENV] = previous
+        curve = training_curve(folder)
+        seconds = curve["epoch_seconds"][1:] or curve["epoch_seconds"]
+        done = (folder / "checkpoint_final.pth").is_file()
+        return Progress(curve["ema_fg_dice"], validation_dice(folder) if done else None,
+                        statistics.median(seconds) / iterations if seconds else None)
+
+    print(f"nnkd_distill: searching {len(candidates)} candidate students for the smallest by {request.objective} "
+          f"within {request.max_dice_loss:g} Dice points of the teacher ({teacher_dice:.4f}, fold {fold})")
+    result = run_search(candidates, train, teacher_dice=teacher_dice, max_dice_loss=request.max_dice_loss,
+                        epochs=epochs, iterations_per_epoch=iterations, objective=request.objective,
+                        teacher_ema=_teacher_curve(request.teacher, fold, epochs))
+    record = result.to_json() | {"objective": request.objective, "fold": fold, "unplannable": unplannable}
+    print(format_search(record))
+    if result.chosen is None:
+        raise no_candidate_error(result)
+    return next(c.budget for c in candidates if c.budget.name == result.chosen), record
+
+
+def format_search(record: dict) -> str:
+    """The search's table: every candidate, how far it trained, its Dice and why it stopped."""
+    lines = [f"{'candidate':<22}{'params':>11}{'GFLOPs':>9}{'epochs':>8}{'EMA':>7}{'Dice':>8}  status", "-" * 90]
+    for c in record["candidates"]:
+        lines.append(f"{c['budget']:<22}{_count(c['parameters']):>11}{_number(c['gflops_per_patch'], 3):>9}"
+                     f"{c['epochs_trained']:>8}{_number(c['ema_pseudo_dice'], 3):>7}{_number(c['dice']):>8}  "
+                     f"{c['status']}: {c['reason']}")
+    cost = record.get("cost_vs_chosen_alone")
+    lines.append(f"chosen: {record['chosen'] or 'none'}; search training time {record['search_seconds'] / 60:.1f} min"
+                 + (f" = {cost:.2f}× the chosen student alone" if cost else ""))
+    return "\n".join(lines)
 
 
 SCHEDULE_FLAGS = {"num_epochs": "--epochs", "num_iterations_per_epoch": "--iterations-per-epoch",
@@ -394,7 +515,17 @@ def distill(request: DistillRequest) -> dict:
     if not (raw / "dataset.json").is_file():
         raise NnkdError(f"{dataset_name} has no dataset.json in {paths['nnUNet_raw']}", "put the raw dataset there")
     output = checked_output(request.output, request)
-    check_budget_shrinks(dataset_name, request.budget, request.teacher_plans, [request.configuration])
+    if request.max_dice_loss is not None:
+        from nnkd.pipeline.search import OBJECTIVES, check_max_dice_loss
+
+        check_max_dice_loss(request.max_dice_loss)
+        if request.objective not in OBJECTIVES:
+            raise NnkdError(f"--objective {request.objective} is unknown", f"use one of {', '.join(OBJECTIVES)}")
+        if teacher_validation_dice(request.teacher, (request.folds or teacher_folds(request.teacher, ()))[0]) is None:
+            raise NnkdError(f"--max-dice-loss compares with the teacher's validation Dice, and {request.teacher} "
+                            "has none on the first fold", "use an nnunet: teacher validated by nnU-Net, or a budget")
+    else:
+        check_budget_shrinks(dataset_name, request.budget, request.teacher_plans, [request.configuration])
     dataset_json = json.loads((raw / "dataset.json").read_text())
     folds = teacher_folds(request.teacher, request.folds)
     teacher = checked_teachers(request.teacher, folds, dataset_json, cls.needs_teacher_logits)
@@ -413,6 +544,14 @@ def _distill(request: DistillRequest, cls, dataset_name: str, output: Path, fold
 
     print(f"nnkd_distill: {dataset_name} {request.configuration}, folds {' '.join(folds)}, method {request.method} "
           f"({'cached' if cached else 'online'} teacher {request.teacher})")
+    identity, search = request_identity(request), None
+    if request.max_dice_loss is not None:  # choose the budget on the first fold, then distil every fold with it
+        if cached:
+            cache_teacher(CacheRequest(dataset=dataset_name, configuration=request.configuration, fold=folds[0],
+                                       teacher=request.teacher, plans=request.teacher_plans, device=request.device,
+                                       step_size=request.step_size))
+        budget, search = search_budget(request, dataset_name, folds[0], cached)
+        request = replace(request, budget=budget)
     plans = planned_student(dataset_name, request)
     trained = {}
     for fold in folds:
@@ -428,11 +567,13 @@ def _distill(request: DistillRequest, cls, dataset_name: str, output: Path, fold
                          output=output, zip=request.zip, onnx=request.onnx, overwrite=True, command=COMMAND))
     student_plans = json.loads((trained[folds[0]].parent / "plans.json").read_text())
     configuration = student_plans["configurations"][request.configuration]
-    record = {**request_identity(request), "cached": cached, "plans": plans, "run_name": run_name,
+    record = {**identity, "cached": cached, "plans": plans, "run_name": run_name,
               "run_folder": str(trained[folds[0]].parent), "versions": software_versions(),
               "folds": [{"fold": f, "teacher_dice": teacher_validation_dice(request.teacher, f),
                          "student_dice": validation_dice(trained[f])} for f in folds]}
     record["mean"] = {k: _mean([row[k] for row in record["folds"]]) for k in ("teacher_dice", "student_dice")}
+    if search is not None:
+        record["search"] = search
     record["models"] = sizes(teacher, configuration.get(STUDENT_KEY, {}), configuration["patch_size"])
     if request.timing:
         timing = seconds_per_case(request, dataset_name, teacher, trained[folds[0]])

@@ -18,6 +18,7 @@ goes:
 nnkd_distill passes one that resumes nnkd_train up to the given epoch.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -25,7 +26,7 @@ from nnkd.errors import NnkdError
 from nnkd.planners.budget import Budget
 
 OBJECTIVES = ("params", "gflops", "latency")
-LADDER_FRACTIONS = (4, 8, 16, 32, 64, 128, 256)  # 1/N of the teacher, for the params and gflops objectives
+LADDER_FRACTIONS = (4, 8, 16, 32, 64, 128, 256)  # 1/N of the teacher's parameters, GFLOPs or latency
 RUNGS = (0.125, 0.5)  # fractions of the schedule after which candidates may be dropped (the end is 1.0)
 SLACK_POINTS = 10.0  # at the first rung; halved at every later rung
 
@@ -96,16 +97,37 @@ class SearchResult:
                 "candidates": [e.to_json() for e in self.entries]}
 
 
-def ladder(objective: str, teacher_latency_ms: float | None = None) -> list[Budget]:
-    """The candidate budgets: 1/4 … 1/256 of the teacher's parameters (or GFLOPs: a fraction bounds both), or
-    for `latency` the same fractions of the teacher's measured patch latency."""
+def ladder(objective: str, teacher_params: int | None = None, teacher_gflops: float | None = None,
+           teacher_latency_ms: float | None = None, fractions: tuple[int, ...] = LADDER_FRACTIONS) -> list[Budget]:
+    """The candidate budgets, 1/N of the teacher for each N of `fractions`: of its parameters (`params`; an
+    absolute --max-params limit, so the smallest fractions stay plannable however the GFLOPs fall), of its
+    GFLOPs per patch (`gflops`), or of its measured patch latency (`latency`)."""
     if objective not in OBJECTIVES:
         raise NnkdError(f"--objective {objective} is unknown", f"use one of {', '.join(OBJECTIVES)}")
-    if objective == "latency":
-        if not teacher_latency_ms or teacher_latency_ms <= 0:
-            raise NnkdError("--objective latency needs the teacher's measured patch latency", "measure it first")
-        return [Budget(max_latency_ms=round(teacher_latency_ms / n, 3)) for n in LADDER_FRACTIONS]
-    return [Budget(preset=f"1/{n}") for n in LADDER_FRACTIONS]
+    if not fractions or any(n < 2 for n in fractions):
+        raise NnkdError(f"--ladder {', '.join(f'1/{n}' for n in fractions)} is not a ladder of fractions below 1",
+                        "give fractions like 1/4,1/16,1/64")
+    teacher = {"params": teacher_params, "gflops": teacher_gflops, "latency": teacher_latency_ms}[objective]
+    if not teacher or teacher <= 0:
+        raise NnkdError(f"--objective {objective} needs the teacher's {objective}", "plan the teacher first")
+    if objective == "params":
+        return [Budget(max_params=int(teacher / n)) for n in sorted(set(fractions))]
+    if objective == "gflops":
+        return [Budget(max_gflops=round(teacher / n, 6)) for n in sorted(set(fractions))]
+    return [Budget(max_latency_ms=round(teacher / n, 3)) for n in sorted(set(fractions))]
+
+
+def parse_ladder(text: str) -> tuple[int, ...]:
+    """`1/4,1/16,1/64` → (4, 16, 64)."""
+    fractions = []
+    for part in filter(None, text.split(",")):
+        head, _, tail = part.strip().partition("/")
+        if head != "1" or not tail.isdigit() or int(tail) < 2:
+            raise NnkdError(f"--ladder {text}: '{part}' is not a fraction 1/N with N ≥ 2", "e.g. --ladder 1/4,1/16,1/64")
+        fractions.append(int(tail))
+    if not fractions:
+        raise NnkdError(f"--ladder '{text}' names no fraction", "e.g. --ladder 1/4,1/16,1/64")
+    return tuple(fractions)
 
 
 def _reference(teacher_ema: list[float] | None, leader: float, epoch: int) -> float:
@@ -116,6 +138,12 @@ def _reference(teacher_ema: list[float] | None, leader: float, epoch: int) -> fl
     return leader
 
 
+def check_max_dice_loss(value: float) -> None:
+    if not (math.isfinite(value) and 0 < value <= 100):
+        raise NnkdError(f"--max-dice-loss {value} is not a number of Dice points in (0, 100]",
+                        "give the loss you accept, e.g. --max-dice-loss 1.0")
+
+
 def run_search(candidates: list[Candidate], train: Callable[[Candidate, int], Progress], *, teacher_dice: float,
                max_dice_loss: float, epochs: int, iterations_per_epoch: int, objective: str = "params",
                teacher_ema: list[float] | None = None, rungs: tuple[float, ...] = RUNGS,
@@ -123,9 +151,7 @@ def run_search(candidates: list[Candidate], train: Callable[[Candidate, int], Pr
     """Successive halving over `candidates` (see the module doc). `train(candidate, epoch)` trains a candidate
     on until `epoch` (of `epochs`) and reports its Progress; Dice values are fractions, `max_dice_loss` and
     `slack_points` Dice points."""
-    if not max_dice_loss > 0 or max_dice_loss != max_dice_loss or max_dice_loss == float("inf"):
-        raise NnkdError(f"--max-dice-loss {max_dice_loss} is not a positive number of Dice points",
-                        "give the loss you accept, e.g. --max-dice-loss 1.0")
+    check_max_dice_loss(max_dice_loss)
     if not candidates:
         raise NnkdError("no candidate student to search", "check the budgets")
     ordered = sorted(candidates, key=lambda c: c.size(objective))

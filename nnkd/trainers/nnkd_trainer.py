@@ -27,7 +27,7 @@ from nnkd.devices import CPU_BF16_ENV, cpu_bf16
 from nnkd.distill.feature import pair_stages_by_resolution
 from nnkd.distill.logits import logits_from_probabilities
 from nnkd.errors import NnkdError
-from nnkd.nnunet_compat import stock_checkpoint, uncompiled
+from nnkd.nnunet_compat import finish_loader, stock_checkpoint, uncompiled
 from nnkd.teachers.base import Teacher, TeacherOutput
 from nnkd.teachers.checkpoint import load_checkpoint as read_checkpoint
 from nnkd.teachers.fit import check_teacher_fits
@@ -36,6 +36,20 @@ from nnkd.trainers.ddp import average_gradients, broadcast_state
 from nnkd.trainers.labeled import LABELED_FILE, choose_labeled_cases
 from nnkd.trainers.run_config import SCHEDULE_KEYS, RunConfig, seed_everything
 from nnkd.trainers.settings import Rule, check_settings, coerce_hyperparameter
+
+# Stop after this many epochs of the run's schedule and keep checkpoint_latest.pth, so that `--c` continues
+# the same schedule (the learning rate follows the full --epochs throughout): how nnkd_distill's
+# --max-dice-loss search trains its candidates rung by rung. No final checkpoint, no validation until the end.
+STOP_AFTER_EPOCH_ENV = "nnkd_stop_after_epoch"
+
+
+def stop_after_epoch() -> int | None:
+    value = os.environ.get(STOP_AFTER_EPOCH_ENV)
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise NnkdError(f"{STOP_AFTER_EPOCH_ENV}={value} is not a positive epoch count", f"unset {STOP_AFTER_EPOCH_ENV}")
+    return int(value)
 
 GRADIENT_CLIP = 12  # nnU-Net's value
 
@@ -344,6 +358,38 @@ class nnKDTrainer(nnUNetTrainer):
         result.update({f"kd_{name}": value.detach().cpu().numpy() for name, value in terms.items()})
         result.update({name: value.detach().float().cpu().numpy() for name, value in step.log.items()})
         return result
+
+    # ------------------------------------------------- stopping part-way (search)
+    def on_train_start(self):
+        super().on_train_start()
+        self.scheduled_epochs = self.num_epochs
+        stop = stop_after_epoch()
+        if stop is not None and stop < self.num_epochs:
+            self.num_epochs = stop  # the loop ends here; the scheduler was built with the full schedule
+            self.print_to_log_file(f"nnkd: stopping after epoch {stop} of {self.scheduled_epochs} "
+                                   f"({STOP_AFTER_EPOCH_ENV}); --c continues the same schedule")
+
+    @property
+    def stopping_early(self) -> bool:
+        return getattr(self, "scheduled_epochs", self.num_epochs) > self.num_epochs
+
+    def on_train_end(self):
+        if not self.stopping_early:
+            return super().on_train_end()
+        # nnU-Net skips checkpoint_latest at what it takes for the last epoch: write it (as its final save does,
+        # with the epoch counter one back), keep no final checkpoint, stop the loaders
+        self.current_epoch -= 1
+        self.save_checkpoint(str(Path(self.output_folder) / "checkpoint_latest.pth"))
+        self.current_epoch += 1
+        finish_loader(self.dataloader_train)
+        finish_loader(self.dataloader_val)
+        self.print_to_log_file(f"nnkd: stopped after epoch {self.current_epoch} of {self.scheduled_epochs}")
+
+    def perform_actual_validation(self, *args, **kwargs):
+        if self.stopping_early:
+            self.print_to_log_file("nnkd: no final validation before the schedule's end")
+            return None
+        return super().perform_actual_validation(*args, **kwargs)
 
     # ------------------------------------------------------- logging, plots
     def on_train_epoch_end(self, train_outputs: list[dict]):
