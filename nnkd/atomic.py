@@ -82,7 +82,8 @@ def replace_folder(staging: Path, target: Path, carry=None) -> None:
 
 
 def remove_stale_temporaries(path: Path) -> None:
-    """Delete `<path>.tmp-<pid>` files left by writers that were killed mid-write (their process is gone)."""
+    """Delete `<path>.tmp-<pid>` files (and staging folders) left by writers that were killed mid-write (their
+    process is gone)."""
     path = Path(path)
     for leftover in path.parent.glob(f"{path.name}.tmp-*"):
         pid = leftover.name.rsplit("-", 1)[-1]
@@ -91,6 +92,9 @@ def remove_stale_temporaries(path: Path) -> None:
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
-            leftover.unlink(missing_ok=True)
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
         except PermissionError:
             pass  # another user's live process

@@ -74,11 +74,13 @@ def _nnunet_roots() -> dict[str, Path]:
 
 
 def check_output(output: Path, command: str, inputs: Sequence[Path] = (), replaces: bool = True,
-                 overwrite: bool = True, flag: str = "-o") -> Path:
+                 overwrite: bool = True, flag: str = "-o", own_preprocessed_folder: str | None = None) -> Path:
     """`output` resolved, once every rule of the module docstring holds; nothing is written. `inputs`: what the
     command reads (input images, the trained model it exports). `replaces`: the command replaces its output
     folder as a whole (export, distill); otherwise it adds files to it (predict). `overwrite`: an output an
-    earlier run of `command` wrote may be replaced (else it must be new or empty)."""
+    earlier run of `command` wrote may be replaced (else it must be new or empty). `own_preprocessed_folder`: the
+    name of nnkd's own folder in a preprocessed dataset that the command may write (nnkd_synthesize's
+    nnkd_transfer)."""
     output = Path(output).expanduser().resolve()
     if output.exists() and not output.is_dir():
         raise NnkdError(f"{flag} {output} is a file", f"give a folder (new, or empty) for {flag}")
@@ -86,6 +88,9 @@ def check_output(output: Path, command: str, inputs: Sequence[Path] = (), replac
     for name in ("nnUNet_raw", "nnUNet_preprocessed"):
         root = roots.get(name)
         if root is not None and _within(output, root):
+            inside = output.relative_to(root).parts
+            if name == "nnUNet_preprocessed" and own_preprocessed_folder and inside[1:2] == (own_preprocessed_folder,):
+                continue
             raise NnkdError(f"{flag} {output} is inside {name} ({root})",
                             f"nnkd never writes into {name}; choose a {flag} outside it")
     for name, root in roots.items():

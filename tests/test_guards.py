@@ -264,6 +264,11 @@ def test_export_overwrite_replaces_only_its_own_files(trained, teacher, tmp_path
     assert (out / "notes.txt").read_text() == "keep me" and (out / "figures" / "dice.png").is_file()
     assert (out / "fold_0" / "my_eval.csv").is_file() and (out / "fold_0" / "checkpoint_final.pth").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging, lock or temporary
+    import zipfile
+
+    names = zipfile.ZipFile(tmp_path / "model.zip").namelist()  # the exported model only, zipped before the swap
+    assert any(n.endswith("fold_0/checkpoint_final.pth") for n in names)
+    assert not any(n.endswith(("notes.txt", MANIFEST, "dice.png")) for n in names), names
     for name in ("plans.json", "dataset.json", MANIFEST):  # readable by colleagues under umask 022
         assert (out / name).stat().st_mode & 0o044 == 0o044, name
 
@@ -336,6 +341,10 @@ NUMBERS = {  # (command, arguments; "{t}" the teacher spec, "{tmp}" a fresh fold
                          "argument -nps: 0 must be at least 1"),
     "predict-step-size-nan": ("nnkd_predict", ["-i", "{img}", "-o", "{tmp}/out", *STUDENT, "-step_size", "nan"],
                               "nan is not a finite number"),
+    "synthesize-into-model": ("nnkd_synthesize", ["-d", str(PLANNED_ID), "-n", "1", "-o", "{tf}/fold_0/set"],
+                              "is inside the trained model folder"),
+    "synthesize-into-preprocessed": ("nnkd_synthesize", ["-d", str(PLANNED_ID), "-n", "1", "-o", "{pre}/set"],
+                                     "is inside nnUNet_preprocessed"),
     "cache-topk-zero": ("nnkd_cache_teacher", [*CACHE, "--teacher", "{t}", "--topk", "0"], "--topk 0 keeps no class"),
     "cache-topk-above-classes": ("nnkd_cache_teacher", [*CACHE, "--teacher", "{t}", "--topk", "99"],
                                  "--topk 99 is more than the dataset's"),
@@ -350,7 +359,9 @@ def numbers(request, teacher, tmp_path_factory):
     for case in selected_params(request, "test_a_bad_number_is_refused_before_anything_is_written", "case"):
         command, args, _ = NUMBERS[case]
         tmp = folders[case] = tmp_path_factory.mktemp(case)
-        values = {"{t}": teacher["spec"], "{tmp}": str(tmp), "{img}": str(Path(env["nnUNet_raw"]) / DATASET / "imagesTs")}
+        values = {"{t}": teacher["spec"], "{tmp}": str(tmp), "{tf}": str(teacher["folder"]),
+                  "{pre}": str(Path(env["nnUNet_preprocessed"]) / DATASET),
+                  "{img}": str(Path(env["nnUNet_raw"]) / DATASET / "imagesTs")}
         filled = []
         for arg in args:
             for key, value in values.items():
@@ -454,3 +465,61 @@ def test_an_export_may_be_replaced_but_not_written_into(layout):
     assert check_output(export, "nnkd_export", overwrite=True) == export
     with pytest.raises(NnkdError, match="is inside the trained model folder"):
         check_output(export / "fold_0", "nnkd_export")
+
+
+def test_a_killed_exports_staging_folder_is_removed_by_the_next_one(tmp_path):
+    from nnkd.atomic import remove_stale_temporaries
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f".model.tmp-{dead.pid}" / "fold_0").mkdir(parents=True)
+    (tmp_path / f".model.zip.tmp-{dead.pid}").write_bytes(b"partial zip")
+    remove_stale_temporaries(tmp_path / ".model")
+    remove_stale_temporaries(tmp_path / ".model.zip")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nnkd_synthesize_may_write_its_own_transfer_folder(layout):
+    own = layout["nnUNet_preprocessed"] / "Dataset990_X" / "nnkd_transfer" / "nnUNetPlans__3d_fullres" / "mine"
+    assert check_output(own, "nnkd_synthesize", replaces=False, own_preprocessed_folder="nnkd_transfer") == own
+    with pytest.raises(NnkdError, match="is inside nnUNet_preprocessed"):
+        check_output(layout["nnUNet_preprocessed"] / "Dataset990_X" / "other", "nnkd_synthesize", replaces=False,
+                     own_preprocessed_folder="nnkd_transfer")
+
+
+def test_a_cache_restarted_with_other_settings_leaves_no_stale_files(tmp_path):
+    import numpy as np
+
+    from nnkd.cache.store import CacheSettings, TeacherCache
+
+    class Teacher:
+        spec, checkpoint_path, checkpoint_sha256 = "test", None, "sha"
+
+    probabilities = np.full((4, 8, 8, 8), 0.25, dtype=np.float32)
+    cache = TeacherCache(tmp_path / "cache")
+    cache.start(Teacher(), CacheSettings(topk=2), {"a": 0, "b": 1, "c": 2, "d": 3}, False, (8, 8, 8), "3d_fullres")
+    cache.write_case("case_000", probabilities, "sha")
+    assert (tmp_path / "cache" / "case_000_idx.b2nd").is_file()
+    again = TeacherCache(tmp_path / "cache")
+    again.start(Teacher(), CacheSettings(), {"a": 0, "b": 1, "c": 2, "d": 3}, False, (8, 8, 8), "3d_fullres")
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.b2nd")) == []
+    again.write_case("case_000", probabilities, "sha")
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.b2nd")) == ["case_000.b2nd"]
+
+
+def test_training_from_a_truncated_cache_stops_before_the_run_folder_is_written(teacher, tmp_path):
+    import shutil
+
+    from conftest import make_env, training_env
+
+    env = training_env(make_env(tmp_path / "nnunet"))
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        shutil.copytree(Path(teacher["env"][name]) / DATASET, Path(env[name]) / DATASET)
+    spec = f"{teacher['spec']}?fold=0"
+    run_cli("nnkd_cache_teacher", *CACHE, "--teacher", spec, env=env)
+    stored = sorted((Path(env["nnUNet_preprocessed"]) / DATASET).glob("nnkd_teacher_cache/*/*.b2nd"))[0]
+    stored.write_bytes(stored.read_bytes()[:100])
+    result = run_cli("nnkd_train", *TRAIN, "--method", "logit", "--teacher", spec, "--teacher-cache",
+                     *QUICK_TRAINING, env=env, check=False)
+    assert "lacks or has corrupt entries for 1 case(s)" in _one_error_line(result)
+    assert list(Path(env["nnUNet_results"]).iterdir()) == []  # no teacher.json, no log, no run folder

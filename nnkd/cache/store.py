@@ -73,9 +73,12 @@ class TeacherCache:
     # ------------------------------------------------------------ writing
     def start(self, teacher, settings: CacheSettings, labels: dict, regions: bool, patch_size,
               configuration: str) -> None:
-        """Record what this cache holds; cases computed with other settings are dropped."""
+        """Record what this cache holds; cases computed with other settings are dropped, their files deleted (a
+        top-k cache's `_idx` files would otherwise be left behind)."""
         if self.manifest.get("settings") != asdict(settings) or self.manifest.get("patch_size") != list(patch_size):
             self.manifest["cases"] = {}
+            for stale in self.folder.glob("*.b2nd"):
+                stale.unlink()
         self.manifest.update(spec=teacher.spec, checkpoint=teacher.checkpoint_path,
                              teacher_sha256=teacher.checkpoint_sha256, settings=asdict(settings), labels=labels,
                              regions=regions, patch_size=list(patch_size), configuration=configuration)

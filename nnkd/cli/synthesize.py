@@ -42,6 +42,11 @@ def build_parser() -> ArgumentParser:
 
 def _synthesize(args) -> None:
     from nnkd.datasets.synthesis import SynthesisRequest, synthesize
+    from nnkd.datasets.transfer import TRANSFER_FOLDER
+    from nnkd.outputs import check_output
+
+    if args.o is not None:  # an explicit set: never nnU-Net's data or a model; nnkd's transfer folder is fine
+        check_output(args.o, "nnkd_synthesize", replaces=False, own_preprocessed_folder=TRANSFER_FOLDER)
 
     synthesize(SynthesisRequest(dataset=args.d, count=args.n, configuration=args.c, plans=args.plans,
                                 size=tuple(args.size) if args.size else None, channels=tuple(args.channels),

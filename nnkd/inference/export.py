@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from nnkd.atomic import replace_folder, write_json_atomic
+from nnkd.atomic import remove_stale_temporaries, replace_folder, write_json_atomic
 from nnkd.errors import NnkdError
 from nnkd.outputs import (MANIFEST, OutputLock, carry_foreign, check_output, check_sibling, files_under, own_files,
                           write_manifest)
@@ -44,16 +44,15 @@ def stock_checkpoint(source: dict, plans: dict, configuration: str, fold: str, d
 
 
 def _zip_folder(folder: Path, zip_path: Path, arcroot: str) -> None:
-    """`folder` (without nnkd's manifest) as `zip_path`, written to a temporary file renamed into place."""
-    tmp = zip_path.with_name(f".{zip_path.name}.tmp-{os.getpid()}")
+    """`folder` (without nnkd's manifest) as the zip file `zip_path`; on failure nothing is left."""
     try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(folder.rglob("*")):
                 if path.is_file() and path.name != MANIFEST:
                     archive.write(path, f"{arcroot}/{path.relative_to(folder)}")
-        os.replace(tmp, zip_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        zip_path.unlink(missing_ok=True)
+        raise
 
 
 def export(request: ExportRequest) -> Path:
@@ -83,27 +82,42 @@ def export(request: ExportRequest) -> Path:
         own = own_files(output) if output.is_dir() else set()
         staging = output.parent / f".{output.name}.tmp-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
+        remove_stale_temporaries(output.parent / f".{output.name}")  # staging of an export killed before
+        for zip_path in zips:
+            remove_stale_temporaries(zip_path.parent / f".{zip_path.name}")
+        pending = []  # (zip written before the swap, where it goes after it)
         try:
             staging.mkdir(parents=True)
             for student in students:
                 write_model_folder(student, staging / student.dataset_name if per_task else staging, request.onnx,
                                    calibration.get(student.dataset_name))
+            for student in students if request.zip else []:  # zipped before the swap: OUT and OUT.zip appear together
+                zip_path = folders[student.dataset_name].with_suffix(".zip")
+                inside = zip_path.parent != output.parent
+                written = staging / zip_path.relative_to(output) if inside else \
+                    zip_path.with_name(f".{zip_path.name}.tmp-{os.getpid()}")
+                arcroot = f"{student.dataset_name}/{STOCK_TRAINER}__{exported_plans_name(student)}__" \
+                          f"{student.configuration}"
+                _zip_folder(staging / student.dataset_name if per_task else staging, written, arcroot)
+                if not inside:
+                    pending.append((written, zip_path))
             write_manifest(staging, request.command,
                            files_under(staging) + [os.path.relpath(z, output) for z in zips])
             replace_folder(staging, output, carry=lambda old, new: carry_foreign(old, new, own))
+            for written, zip_path in pending:
+                os.replace(written, zip_path)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            for written, _ in pending:
+                written.unlink(missing_ok=True)
         for student in students:
             folder = folders[student.dataset_name]
-            plans_name = exported_plans_name(student)
             task = f" task {student.task}" if student.task else ""
             print(f"Exported {model_folder.name}{task} folds {', '.join(student.checkpoints)} to {folder} (plans "
-                  f"{plans_name}, trainer {STOCK_TRAINER}); run it with: nnUNetv2_predict_from_modelfolder -m "
-                  f"{folder} -i IN -o OUT")
+                  f"{exported_plans_name(student)}, trainer {STOCK_TRAINER}); run it with: "
+                  f"nnUNetv2_predict_from_modelfolder -m {folder} -i IN -o OUT")
             if request.zip:
                 zip_path = folder.with_suffix(".zip")
-                arcroot = f"{student.dataset_name}/{STOCK_TRAINER}__{plans_name}__{student.configuration}"
-                _zip_folder(folder, zip_path, arcroot)
                 print(f"Wrote {zip_path}; install with nnUNetv2_install_pretrained_model_from_zip {zip_path}")
     return output
 

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from nnkd.datasets.raw import staged_raw_dataset
 from nnkd.errors import NnkdError
 from nnkd.inference.inputs import collect_cases
+from nnkd.outputs import OutputLock
 from nnkd.teachers.nnunet import DEFAULTS as NNUNET_OPTIONS
 from nnkd.teachers.registry import TeacherSpec, create_teacher, parse_options
 
@@ -211,7 +212,8 @@ def pseudo_label(request: PseudoLabelRequest) -> Path:
     folder_name = f"Dataset{request.dataset_id:03d}_{request.name}"
     check_replaced_dataset(raw_root / folder_name, request.overwrite, [source.train, source.test])
     manifest = {"teacher": spec.text, "source": source.description, "how": how, "labels": labels, "cases": {}}
-    with staged_raw_dataset(raw_root, request.dataset_id, folder_name, request.overwrite, resumable=True) as staging:
+    with OutputLock(raw_root / folder_name, "nnkd_pseudo_label"), \
+            staged_raw_dataset(raw_root, request.dataset_id, folder_name, request.overwrite, resumable=True) as staging:
         _resume_or_restart(staging, manifest)
         for split, cases in splits.items():
             done = {c for c in cases if _case_done(staging, split, c, len(cases[c]), source.file_ending)}

@@ -90,6 +90,7 @@ def cached_teacher_record(spec: str, cls, config: PreprocessedConfiguration, fol
         raise NnkdError(f"no teacher cache of {spec} for fold {fold} in {cache.folder}",
                         f"run nnkd_cache_teacher -d {config.dataset_name} -c {config.configuration} -f {fold} "
                         f"--teacher '{spec}' first")
+    cache.check(list(cache.manifest["cases"]), spec)  # a truncated or stale case stops here, before teacher.json
     labels = config.dataset_json["labels"]
     if cache.manifest["labels"] != labels:
         raise NnkdError(f"the teacher cache in {cache.folder} holds labels {cache.manifest['labels']}, the dataset "
