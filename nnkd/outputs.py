@@ -215,6 +215,7 @@ class OutputLock:
         if _HELD.get(self.path):
             _HELD[self.path] += 1
             return
+        self._created = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         mine = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                 "folder": str(self.folder), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -253,8 +254,20 @@ class OutputLock:
                     print(f"nnkd: note: took over the stale lock of {holder.get('command')} (pid {holder.get('pid')}, "
                           "no longer running)")
             raise NnkdError(f"could not lock {self.folder}", f"retry; if it persists, remove {self.path}")
+        except BaseException:
+            draft.unlink(missing_ok=True)
+            self._remove_created()
+            raise
         finally:
             draft.unlink(missing_ok=True)
+
+    def _remove_created(self) -> None:
+        """Folders made for the lock file that are still empty (a refused command leaves nothing behind)."""
+        for folder in getattr(self, "_created", []):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     def release(self) -> None:
         depth = _HELD.get(self.path, 0)
@@ -265,6 +278,7 @@ class OutputLock:
         holder = self._holder()
         if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
             self.path.unlink(missing_ok=True)
+        self._remove_created()
 
     def __enter__(self):
         self.acquire()

@@ -523,3 +523,14 @@ def test_training_from_a_truncated_cache_stops_before_the_run_folder_is_written(
                      *QUICK_TRAINING, env=env, check=False)
     assert "lacks or has corrupt entries for 1 case(s)" in _one_error_line(result)
     assert list(Path(env["nnUNet_results"]).iterdir()) == []  # no teacher.json, no log, no run folder
+
+
+def test_a_command_refused_inside_its_lock_leaves_no_folder_behind(tmp_path):
+    fold = tmp_path / "results" / "Dataset990_X" / "nnKDTeacherTuner__nnUNetPlans__3d_fullres" / "fold_0"
+    with pytest.raises(NnkdError, match="--labeled 0"):
+        with OutputLock(fold, "nnkd_tune_teacher"):
+            raise NnkdError("--labeled 0 keeps no labelled case", "give --labeled 1 or more")
+    assert list(tmp_path.iterdir()) == []
+    with OutputLock(fold, "nnkd_tune_teacher"):
+        fold.mkdir()  # what the command wrote stays
+    assert fold.is_dir() and list(fold.parent.iterdir()) == [fold]

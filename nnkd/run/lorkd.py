@@ -13,6 +13,7 @@ from nnkd.method_table import LORKD_METHOD, LORKD_TRAINER
 from nnkd.models.lorkd import DEFAULT_ALPHA, DEFAULT_RANK, TASK_FOLDER, LoRKDTask, LoRKDTasks, TaskPlans, check_task_fits
 from nnkd.nnunet_env import find_dataset_name, parse_fold, require_env
 from nnkd.planners.student_planner import resolve_student_plans
+from nnkd.outputs import OutputLock
 from nnkd.plans import DEFAULT_TEACHER_PLANS, PreprocessedConfiguration
 from nnkd.run.common import (ScheduledRequest, check_resume, checked_teacher_record, fold_folder, require_checkpoint,
                              run_nnunet_training)
@@ -125,14 +126,14 @@ def train_lorkd(request: LoRKDRequest) -> Path:
     device = resolve_device(request.device)
     folder = fold_folder(paths["nnUNet_results"], names[0], LORKD_TRAINER, plans_name, request.configuration, fold)
     check_other_folds(folder, names)
-    if request.continue_training:
-        resume(request, folder, names, teachers)
-    else:
-        start(request, folder, configs, teachers, fold)
-
-    run_nnunet_training(names[0], request.configuration, fold, LORKD_TRAINER, plans_name,
-                        export_validation_probabilities=request.npz, continue_training=request.continue_training,
-                        device=device)
+    with OutputLock(folder, "nnkd_train_lorkd"):  # one command at a time trains a run's fold
+        if request.continue_training:
+            resume(request, folder, names, teachers)
+        else:
+            start(request, folder, configs, teachers, fold)
+        run_nnunet_training(names[0], request.configuration, fold, LORKD_TRAINER, plans_name,
+                            export_validation_probabilities=request.npz, continue_training=request.continue_training,
+                            device=device)
     report = folder / REPORT_FILES[0]
     if report.is_file():
         for entry in json.loads(report.read_text())["tasks"]:

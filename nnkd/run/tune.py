@@ -7,6 +7,7 @@ from pathlib import Path
 from nnkd.devices import resolve_device
 from nnkd.errors import NnkdError
 from nnkd.nnunet_env import parse_fold, require_env
+from nnkd.outputs import OutputLock
 from nnkd.plans import PreprocessedConfiguration
 from nnkd.records import software_versions
 from nnkd.run.common import check_resume, fold_folder, require_checkpoint, run_nnunet_training, validation_dice
@@ -59,13 +60,15 @@ def tune(request: TuneRequest) -> Path:
         require_checkpoint(folder, True, "tuning", ("checkpoint_latest.pth", "checkpoint_final.pth"))
         check_resume({"teacher": existing.base_spec, "--seed": existing.seed},
                      {"teacher": wanted.base_spec, "--seed": wanted.seed}, what="tuning")
-        existing.schedule.update(wanted.schedule)
-        existing.save(folder)
-    else:
-        start(request, config, folder, fold)
-
-    run_nnunet_training(config.dataset_name, request.configuration, fold, nnKDTeacherTuner.__name__, request.plans,
-                        continue_training=request.continue_training, device=resolve_device(request.device))
+    with OutputLock(folder, "nnkd_tune_teacher"):  # one command at a time tunes a fold
+        if request.continue_training:
+            existing.schedule.update(wanted.schedule)
+            existing.save(folder)
+        else:
+            start(request, config, folder, fold)
+        run_nnunet_training(config.dataset_name, request.configuration, fold, nnKDTeacherTuner.__name__,
+                            request.plans, continue_training=request.continue_training,
+                            device=resolve_device(request.device))
     dice = validation_dice(folder)
     if dice is not None and (folder / TUNED_FOLDER / TUNED_FILE).is_file():
         record_validation_dice(folder, dice)
