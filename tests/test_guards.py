@@ -534,3 +534,20 @@ def test_a_command_refused_inside_its_lock_leaves_no_folder_behind(tmp_path):
     with OutputLock(fold, "nnkd_tune_teacher"):
         fold.mkdir()  # what the command wrote stays
     assert fold.is_dir() and list(fold.parent.iterdir()) == [fold]
+
+
+def test_distill_output_identity_compares_values_not_spellings(layout, monkeypatch):
+    """A rerun with --hp kd_weight=1.0 is the request of kd_weight=1; another kd_weight is not."""
+    from dataclasses import replace
+
+    from nnkd.pipeline.distill import RECORD, DistillRequest, checked_output, request_identity
+
+    (layout["nnUNet_raw"] / "Dataset990_X" / "dataset.json").write_text("{}")
+    out = layout["tmp"] / "student"
+    out.mkdir()
+    first = DistillRequest(dataset="990", teacher="nnunet:/t", output=out, hyperparameters={"kd_weight": "1"})
+    (out / RECORD).write_text(json.dumps(request_identity(first)))
+    write_manifest(out, "nnkd_distill", [RECORD])
+    assert checked_output(out, replace(first, hyperparameters={"kd_weight": "1.0"})) == out
+    with pytest.raises(NnkdError, match="holds the nnkd_distill output of another request: hyperparameters"):
+        checked_output(out, replace(first, hyperparameters={"kd_weight": "2"}))

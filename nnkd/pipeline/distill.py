@@ -66,7 +66,7 @@ def checked_output(output: Path, request: DistillRequest) -> Path:
     record = output / RECORD
     if record.is_file():  # (a folder nnkd_distill did not write was refused above)
         earlier = json.loads(record.read_text())
-        mine = request_identity(request)
+        mine = json.loads(json.dumps(request_identity(request)))  # as distill.json holds it
         theirs = {k: earlier.get(k) for k in mine if k in earlier}
         if theirs != {k: mine[k] for k in theirs}:
             differ = ", ".join(f"{k} {theirs[k]!r} (now {mine[k]!r})" for k in theirs if theirs[k] != mine[k])
@@ -78,13 +78,14 @@ def checked_output(output: Path, request: DistillRequest) -> Path:
 def request_identity(request: DistillRequest) -> dict:
     """What makes two nnkd_distill requests the same student (recorded in distill.json, compared on a rerun)."""
     from nnkd.planners.student_planner import student_plans_identifier
+    from nnkd.trainers.methods import METHODS
 
     searched = {"search": {"max_dice_loss": request.max_dice_loss, "objective": request.objective,
                            "ladder": list(request.ladder)}} if request.max_dice_loss is not None else \
         {"plans": student_plans_identifier(request.budget, request.teacher_plans)}
     return {"dataset": find_dataset_name(request.dataset), "teacher": request.teacher,
             "configuration": request.configuration, "method": request.method, **searched,
-            "hyperparameters": dict(request.hyperparameters), "seed": request.seed,
+            "hyperparameters": METHODS[request.method].coerce_settings(request.hyperparameters), "seed": request.seed,
             "schedule": schedule_of_request(request), "online": request.online}
 
 
