@@ -177,7 +177,7 @@ def test_tskd_distils_the_unlabelled_rest_of_the_fold_from_the_cache(cached, tmp
         hidden.rename(cached["folder"])
     fold = run_fold(tmp_path / "results" / "Dataset991_Synthetic", "nnKDTrainer_TSKD")
     log = next(fold.glob("training_log_*.txt")).read_text()
-    assert "the teacher itself is not loaded" in log and term in log and "kd_feature" not in log
+    assert "the teacher itself is not loaded" in log and "kd_logit" in log and "kd_feature" not in log
     assert "training case(s) --labeled left unlabelled" in log
     assert "validation Dice" in result.stdout
 
