@@ -65,26 +65,24 @@ def add_deprecated(parser: argparse.ArgumentParser, old: str, replacement: str, 
 SEED_MAX = 2 ** 32 - 1  # NumPy's seeds end there; torch and Python take more, a run records one for all three
 
 
-def seed_value(text: str) -> int:
-    """argparse type of --seed: an integer in 0…2**32−1."""
+def _integer(text: str, what: str, low: int, high: float, outside: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer seed") from None
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"{text} is outside 0…{SEED_MAX}; give a seed in that range")
+        raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text} {outside}")
     return value
+
+
+def seed_value(text: str) -> int:
+    """argparse type of --seed: an integer in 0…2**32−1."""
+    return _integer(text, "an integer seed", 0, SEED_MAX, f"is outside 0…{SEED_MAX}; give a seed in that range")
 
 
 def count_value(text: str) -> int:
     """argparse type of a number of processes: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
+    return _integer(text, "a whole number", 1, float("inf"), "must be at least 1")
 
 
 def finite_value(text: str) -> float:
