@@ -29,6 +29,7 @@ import os
 import platform
 from pathlib import Path
 
+from nnkd.devices import cpu_identity
 from nnkd.evaluation.convergence import PLATEAU_GAIN, PLATEAU_SHARE, plateau, training_curve
 from nnkd.benchmark.frontier import frontier, plot_teacher_curve, write_frontier
 from nnkd.benchmark.runs import check
@@ -142,7 +143,7 @@ def main() -> None:
              "gflops_per_patch": r.get("gflops_per_patch"), "seconds_per_iteration": r.get("seconds_per_iteration")}
             for r in results["runs"]]
     study = {"dataset": results["dataset"], "configuration": args.c, "fold": results["fold"],
-             "machine": f"{platform.processor() or platform.machine()}; {results['machine']}",
+             "machine": f"{cpu_identity()['cpu'] or platform.machine()}; {results['machine']}",
              "validation_cases": results["validation_cases"], "labels": results["labels"], "seeds": args.seeds,
              "teacher": teacher,
              "students_schedule": {"epochs": args.teacher_epochs, "iterations_per_epoch": args.iterations,
