@@ -168,3 +168,14 @@ def fake_teacher(teacher_folder: Path, target: Path, configuration="3d_fullres",
     torch.save({"network_weights": network.state_dict(), "init_args": {"configuration": configuration}},
                folder / "fold_0" / "checkpoint_final.pth")
     return f"nnunet:{folder}"
+
+
+def error_line(result) -> str:
+    """The run failed with exactly one `nnkd: error: <problem> — <remedy>` line, last on stderr, no traceback."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("nnkd: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-3000:]
+    assert " — " in errors[0], errors[0]  # what is wrong — what to do
+    return errors[0]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, run_clis, selected_params, tree_digest
+from conftest import PLANNED_ID, error_line, QUICK_TRAINING, run_cli, run_clis, selected_params, tree_digest
 from nnkd.errors import NnkdError
 from nnkd.outputs import (MANIFEST, OutputLock, carry_foreign, check_output, check_replaceable, check_sibling,
                           write_manifest)
@@ -18,17 +18,6 @@ from nnkd.outputs import (MANIFEST, OutputLock, carry_foreign, check_output, che
 DATASET = "Dataset991_Synthetic"
 STUDENT = ["-d", str(PLANNED_ID), "-c", "3d_fullres", "--budget", "tiny", "-f", "0", "--method", "logit"]
 FAST = ["-device", "cpu", "-npp", "1", "-nps", "1"]
-
-
-def _one_error_line(result) -> str:
-    """Exactly one `nnkd: error: <problem> — <remedy>` line, last on stderr, no traceback, non-zero exit."""
-    assert result.returncode != 0, result.stdout[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("nnkd: error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-3000:]
-    assert " — " in errors[0], errors[0]
-    return errors[0]
 
 
 # ----------------------------------------------------------------------------- the output guard, as a function
@@ -241,7 +230,7 @@ def test_no_command_writes_where_it_must_not(command, target, misdirected):
     """predict, export (--overwrite --zip) and distill pointed at nnUNet_raw, a raw dataset or its labels, a
     preprocessed dataset, the teacher's or the student's model folder or a fold of it, a results dataset, the input
     images or a folder inside them: each stops with one line and nothing in nnU-Net's folders changes."""
-    line = _one_error_line(misdirected["runs"][command, target])
+    line = error_line(misdirected["runs"][command, target])
     assert "-o" in line or "output folder" in line, line
     assert misdirected["unchanged"] and misdirected["same_paths"]
 
@@ -259,7 +248,7 @@ def test_export_overwrite_replaces_only_its_own_files(trained, teacher, tmp_path
     (out / "figures" / "dice.png").write_bytes(b"png")
     (out / "fold_0" / "my_eval.csv").write_text("case,dice\n")
     refused = run_cli("nnkd_export", *STUDENT, "-o", out, env=env, check=False)
-    assert "pass --overwrite" in _one_error_line(refused)
+    assert "pass --overwrite" in error_line(refused)
     run_cli("nnkd_export", *STUDENT, "-o", out, "--overwrite", "--zip", env=env)
     assert (out / "notes.txt").read_text() == "keep me" and (out / "figures" / "dice.png").is_file()
     assert (out / "fold_0" / "my_eval.csv").is_file() and (out / "fold_0" / "checkpoint_final.pth").is_file()
@@ -277,14 +266,14 @@ def test_export_overwrite_replaces_only_its_own_files(trained, teacher, tmp_path
     (foreign / "notes.txt").write_text("keep me")
     before = tree_digest(foreign)
     refused = run_cli("nnkd_export", *STUDENT, "-o", foreign, "--overwrite", env=env, check=False)
-    assert "was not written by nnkd_export" in _one_error_line(refused)
+    assert "was not written by nnkd_export" in error_line(refused)
     assert tree_digest(foreign) == before
 
 
 def test_export_zip_onto_a_folder_is_refused_before_anything_is_written(trained, teacher, tmp_path):
     (tmp_path / "model.zip").mkdir()
     result = run_cli("nnkd_export", *STUDENT, "-o", tmp_path / "model", "--zip", env=teacher["env"], check=False)
-    assert "model.zip exists and is not a file" in _one_error_line(result)
+    assert "model.zip exists and is not a file" in error_line(result)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zip"]
 
 
@@ -296,7 +285,7 @@ def test_predict_never_replaces_a_file_it_did_not_write(trained, teacher, tmp_pa
     out.mkdir()
     (out / case).write_bytes(b"ground truth the user keeps here")
     result = run_cli("nnkd_predict", "-i", images, "-o", out, *STUDENT, *FAST, env=env, check=False)
-    assert f"already holds {case}, which nnkd_predict did not write" in _one_error_line(result)
+    assert f"already holds {case}, which nnkd_predict did not write" in error_line(result)
     assert sorted(p.name for p in out.iterdir()) == [case]
 
 
@@ -376,7 +365,7 @@ def numbers(request, teacher, tmp_path_factory):
 
 @pytest.mark.parametrize("case", list(NUMBERS))
 def test_a_bad_number_is_refused_before_anything_is_written(case, numbers):
-    assert NUMBERS[case][2] in _one_error_line(numbers["runs"][case])
+    assert NUMBERS[case][2] in error_line(numbers["runs"][case])
     assert numbers["unchanged"]  # no plans, cache, run folder or teacher.json
     assert list(numbers["folders"][case].iterdir()) == []
 
@@ -521,7 +510,7 @@ def test_training_from_a_truncated_cache_stops_before_the_run_folder_is_written(
     stored.write_bytes(stored.read_bytes()[:100])
     result = run_cli("nnkd_train", *TRAIN, "--method", "logit", "--teacher", spec, "--teacher-cache",
                      *QUICK_TRAINING, env=env, check=False)
-    assert "lacks or has corrupt entries for 1 case(s)" in _one_error_line(result)
+    assert "lacks or has corrupt entries for 1 case(s)" in error_line(result)
     assert list(Path(env["nnUNet_results"]).iterdir()) == []  # no teacher.json, no log, no run folder
 
 

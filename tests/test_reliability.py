@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import BIN, PLANNED_ID, QUICK_TRAINING, run_cli, run_clis, selected_params, tree_digest
+from conftest import BIN, PLANNED_ID, error_line, QUICK_TRAINING, run_cli, run_clis, selected_params, tree_digest
 from nnkd.run_names import derived_run_name, run_trainer_name
 from nnkd.teachers.checkpoint import load_checkpoint
 
@@ -29,17 +29,6 @@ TRAIN = [str(PLANNED_ID), "3d_fullres", "0", "--budget", "tiny"]
 STUDENT = ["-d", str(PLANNED_ID), "-c", "3d_fullres", "--budget", "tiny", "-f", "0"]
 CACHE = ["-d", str(PLANNED_ID), "-c", "3d_fullres", "-f", "0", "--device", "cpu"]
 FAST = ["-device", "cpu", "-npp", "1", "-nps", "1"]
-
-
-def error_line(result) -> str:
-    """The run failed with exactly one `nnkd: error: <problem> — <remedy>` line, last on stderr, no traceback."""
-    assert result.returncode != 0, result.stdout[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("nnkd: error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-3000:]
-    assert " — " in errors[0], errors[0]  # what is wrong — what to do
-    return errors[0]
 
 
 def _images(env: dict) -> Path:
