@@ -17,7 +17,7 @@ def _one_error_line(result, *fragments):
 BAD_PLANNING = {  # nnkd_plan_and_preprocess arguments (with --no_pp), fragments of the error line
     "unknown-dataset": (["-d", "123", "--budget", "tiny"], ["dataset 123 not found"]),
     "dataset-not-an-id": (["-d", "abc", "--budget", "tiny"], ["not a dataset ID"]),
-    "unknown-budget": (["-d", str(PLANNED_ID), "--budget", "huge"], ["invalid choice: 'huge'"]),
+    "unknown-budget": (["-d", str(PLANNED_ID), "--budget", "huge"], ["unknown budget 'huge'", "1/N"]),
     "no-budget": (["-d", str(PLANNED_ID)], ["no budget given"]),
     "budget-and-limit": (["-d", str(PLANNED_ID), "--budget", "tiny", "--max-params", "5"], ["both given"]),
     "limit-not-positive": (["-d", str(PLANNED_ID), "--max-params", "0"], ["not positive"]),
