@@ -337,6 +337,10 @@ NUMBERS = {  # (command, arguments; "{t}" the teacher spec, "{tmp}" a fresh fold
     "cache-topk-zero": ("nnkd_cache_teacher", [*CACHE, "--teacher", "{t}", "--topk", "0"], "--topk 0 keeps no class"),
     "cache-topk-above-classes": ("nnkd_cache_teacher", [*CACHE, "--teacher", "{t}", "--topk", "99"],
                                  "--topk 99 is more than the dataset's"),
+    "cache-num-parts-zero": ("nnkd_cache_teacher", [*CACHE, "--teacher", "{t}", "-num_parts", "0"],
+                             "-num_parts 0 is not positive"),
+    "cache-part-id-outside": ("nnkd_cache_teacher", [*CACHE, "--teacher", "{t}", "-num_parts", "2", "-part_id", "2"],
+                              "-part_id 2 is not between 0 and 1"),
 }
 
 

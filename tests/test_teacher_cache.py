@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, run_fold
+from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, run_clis, run_fold
 from nnkd.cache.store import CacheSettings, TeacherCache, cache_folder
 from nnkd.distill.logits import kd_kl_loss, logits_from_probabilities
 from nnkd.teachers.checkpoint import load_checkpoint
@@ -39,6 +39,32 @@ def test_stored_probabilities_read_back_lazily_by_region(tmp_path, settings, tol
     assert (region.argmax(0) == expected.argmax(0)).mean() > 0.95
 
 
+def test_two_writers_share_one_cache_and_an_older_single_manifest_cache_is_still_read(tmp_path):
+    probabilities = torch.softmax(torch.randn(3, 4, 5, 6), 0).numpy()
+    labels, folder = {"a": 0, "b": 1, "c": 2}, tmp_path / "cache"
+    first, second = TeacherCache(folder), TeacherCache(folder)  # two parts, opened before either wrote
+    for part in (first, second):
+        part.start(_Teacher(), CacheSettings(), labels, False, (4, 4, 4), "3d_fullres")
+    first.write_case("case_a", probabilities, "sha")
+    second.write_case("case_b", probabilities, "sha")
+    second.record_size()
+    reader = TeacherCache(folder)
+    assert sorted(reader.entries()) == ["case_a", "case_b"] and reader.manifest["bytes"] > 0
+    assert reader.is_current("case_a", "sha") and reader.is_current("case_b", "sha")
+
+    manifest = json.loads((folder / "cache.json").read_text())  # as nnkd wrote caches before: records inside
+    manifest["cases"] = {"case_a": json.loads((folder / "case_a.entry.json").read_text())}
+    (folder / "cache.json").write_text(json.dumps(manifest))
+    (folder / "case_a.entry.json").unlink()
+    older = TeacherCache(folder)
+    assert older.is_current("case_a", "sha") and older.open_case("case_a")[:].shape == probabilities.shape
+    older.start(_Teacher(), CacheSettings(), labels, False, (4, 4, 4), "3d_fullres")  # moves the records out
+    assert "cases" not in json.loads((folder / "cache.json").read_text())
+    assert TeacherCache(folder).is_current("case_a", "sha")
+    older.start(_Teacher(), CacheSettings(dtype="float32"), labels, False, (4, 4, 4), "3d_fullres")
+    assert not TeacherCache(folder).entries() and not list(folder.glob("*.b2nd"))  # other settings: all dropped
+
+
 def test_log_probabilities_teach_exactly_like_the_logits_they_came_from():
     torch.manual_seed(0)
     teacher, student = torch.randn(2, 4, 5, 6, 7) * 2, torch.randn(2, 4, 5, 6, 7)
@@ -62,13 +88,33 @@ def _cache_of(teacher_spec: str, env: dict) -> TeacherCache:
 
 @pytest.fixture(scope="module")
 def cached(teacher, tmp_path_factory):
-    """A copy of the session's nnU-Net teacher, cached for fold 0 (the copy can be changed or removed)."""
+    """A copy of the session's nnU-Net teacher, cached for fold 0 (the copy can be changed or removed) in three
+    parts, as three machines would: part 2 alone first (training from that part refuses), then parts 0 and 1 at
+    once into the same folder."""
     copy = tmp_path_factory.mktemp("teacher_copy") / teacher["folder"].name
     shutil.copytree(teacher["folder"], copy)
     spec = f"nnunet:{copy}"
-    result = run_cli("nnkd_cache_teacher", *CACHE, "--teacher", spec, env=teacher["env"])
-    return {"spec": spec, "folder": copy, "env": teacher["env"], "stdout": result.stdout,
-            "cache": _cache_of(spec, teacher["env"])}
+    env = teacher["env"]
+    part = run_cli("nnkd_cache_teacher", *CACHE, "--teacher", spec, "-num_parts", "3", "-part_id", "2", env=env)
+    results = str(tmp_path_factory.mktemp("partial_results"))
+    partial = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "logit",
+                      "--teacher", spec, "--teacher-cache", *QUICK_TRAINING, check=False,
+                      env={**env, "nnUNet_results": results})
+    both = run_clis([("nnkd_cache_teacher", [*CACHE, "--teacher", spec, "-num_parts", "3", "-part_id", str(i)], env)
+                     for i in (0, 1)], check=True)
+    return {"spec": spec, "folder": copy, "env": env, "part": part, "partial": partial, "results": results,
+            "stdout": "".join(r.stdout for r in both), "cache": _cache_of(spec, env)}
+
+
+def test_parts_fill_one_cache_and_training_waits_for_all_of_them(cached):
+    assert "part 2 of 0-2" in cached["part"].stdout and "part 2 done; the cache holds" in cached["part"].stdout
+    assert cached["partial"].returncode != 0
+    assert "lacks or has corrupt entries" in cached["partial"].stderr and "every part" in cached["partial"].stderr
+    assert not any(Path(cached["results"]).rglob("teacher.json"))  # refused before the run was recorded
+    assert "teacher cache complete" in cached["stdout"]  # whichever part finished last saw every case
+    shares = [int(line.split("(part ")[1].split(": ")[1].split(")")[0])
+              for line in (cached["part"].stdout + cached["stdout"]).splitlines() if "(part " in line]
+    assert sorted(shares) and sum(shares) == len(cached["cache"].entries())
 
 
 def test_cache_holds_the_online_teachers_softmax_of_each_training_case(cached):
@@ -79,12 +125,12 @@ def test_cache_holds_the_online_teachers_softmax_of_each_training_case(cached):
 
     cache = cached["cache"]
     splits = json.loads((cache.folder.parents[1] / "splits_final.json").read_text())
-    assert sorted(cache.manifest["cases"]) == sorted(splits[0]["train"])
+    assert sorted(cache.entries()) == sorted(splits[0]["train"])
     assert "GB before compression" in cached["stdout"] and cache.manifest["bytes"] > 0
     patch = cache.manifest["patch_size"]
     data_folder = cache.folder.parents[1] / "nnUNetPlans_3d_fullres"
     dataset = infer_dataset_class(str(data_folder))(str(data_folder))
-    single_tile = [c for c in cache.manifest["cases"]
+    single_tile = [c for c in cache.entries()
                    if all(s <= p for s, p in zip(dataset.load_case(c)[0].shape[1:], patch))]
     assert single_tile, "the test dataset should have a case no larger than the patch"
     teacher = create_teacher(cached["spec"], fold=0)
@@ -216,5 +262,5 @@ def test_corrupt_and_stale_entries_are_detected_and_recomputed(cached, tmp_path)
     torch.save(state, checkpoint)
     stale = run_cli(*train, env=env, check=False)
     assert stale.returncode != 0 and "changed since the cache" in stale.stderr
-    cases = len(cache.manifest["cases"])
+    cases = len(cache.entries())
     assert f"for {cases} of {cases}" in run_cli("nnkd_cache_teacher", *CACHE, "--teacher", spec, env=env).stdout

@@ -28,6 +28,17 @@ class CacheRequest:
     settings: CacheSettings = CacheSettings()
     device: str | None = None
     step_size: float = 0.5
+    num_parts: int = 1  # as nnUNetv2_predict: this process caches cases[part_id::num_parts]
+    part_id: int = 0
+
+
+def check_parts(num_parts: int, part_id: int) -> None:
+    if num_parts < 1:
+        raise NnkdError(f"-num_parts {num_parts} is not positive", "give the number of processes sharing the work, "
+                                                                   "1 or more")
+    if not 0 <= part_id < num_parts:
+        raise NnkdError(f"-part_id {part_id} is not between 0 and {num_parts - 1}",
+                        f"give each of the {num_parts} processes its own -part_id from 0 to {num_parts - 1}")
 
 
 def sliding_window_logits(teacher, data: torch.Tensor, patch_size, step_size: float, device) -> torch.Tensor:
@@ -89,7 +100,7 @@ def probabilities_of(logits: torch.Tensor, regions: bool) -> np.ndarray:
 
 
 def cache_teacher(request: CacheRequest) -> Path:
-    """Compute the missing or stale cases of the cache; return its folder."""
+    """Compute the missing or stale cases of the cache (of this part's share of them); return its folder."""
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     from nnkd.teachers.registry import create_teacher
 
@@ -97,6 +108,7 @@ def cache_teacher(request: CacheRequest) -> Path:
     manager, cm, dataset_json = config.plans_manager, config.configuration_manager, config.dataset_json
     preprocessed, data_folder = config.folder, config.data_folder
     fold = parse_fold(request.fold)
+    check_parts(request.num_parts, request.part_id)
     label_manager = manager.get_label_manager(dataset_json)
     if request.settings.topk and label_manager.has_regions:
         raise NnkdError("--topk needs mutually exclusive classes, this dataset trains regions",
@@ -113,12 +125,14 @@ def cache_teacher(request: CacheRequest) -> Path:
     cache = TeacherCache(cache_folder(preprocessed, cm.data_identifier, fold, request.teacher))
     cache.start(teacher, request.settings, dict(dataset_json["labels"]), label_manager.has_regions, cm.patch_size,
                 request.configuration)
-    todo = [c for c in cases if not cache.is_current(c, teacher.checkpoint_sha256)]
+    share = cases[request.part_id::request.num_parts]
+    todo = [c for c in share if not cache.is_current(c, teacher.checkpoint_sha256)]
 
     dataset = infer_dataset_class(str(data_folder))(str(data_folder), identifiers=todo)
     classes = label_manager.num_segmentation_heads
     voxels = sum(int(np.prod(dataset.load_case(c)[0].shape[1:])) for c in todo)
-    print(f"nnkd: caching {teacher.spec} for {len(todo)} of {len(cases)} training case(s) of fold {fold} in "
+    part = f" (part {request.part_id} of 0-{request.num_parts - 1}: {len(share)})" if request.num_parts > 1 else ""
+    print(f"nnkd: caching {teacher.spec} for {len(todo)} of {len(cases)}{part} training case(s) of fold {fold} in "
           f"{cache.folder}; at most {estimated_bytes(voxels, classes, request.settings, len(cm.patch_size)) / 1e9:.2f}"
           f" GB before compression")
 
@@ -126,6 +140,11 @@ def cache_teacher(request: CacheRequest) -> Path:
         data = torch.from_numpy(np.asarray(dataset.load_case(case)[0][:], dtype=np.float32))
         logits = sliding_window_logits(teacher, data, cm.patch_size, request.step_size, device)
         cache.write_case(case, probabilities_of(logits, label_manager.has_regions), teacher.checkpoint_sha256)
+    missing = [c for c in cases if not cache.is_current(c, teacher.checkpoint_sha256)]
+    if missing:  # other parts still at work (or not started)
+        print(f"nnkd: part {request.part_id} done; the cache holds {len(cases) - len(missing)} of {len(cases)} "
+              f"case(s), the other parts compute the rest (e.g. {missing[0]})")
+        return cache.folder
     cache.record_size()
     print(f"nnkd: teacher cache complete: {len(cases)} case(s), {cache.manifest['bytes'] / 1e6:.1f} MB on disk")
     return cache.folder

@@ -1,16 +1,20 @@
 """On-disk soft predictions of a teacher, one blosc2 array per case beside nnU-Net's preprocessed data.
 
 Layout: `$nnUNet_preprocessed/DatasetXXX/nnkd_teacher_cache/<data identifier>__fold<F>__<spec hash>/` with
-`cache.json` (teacher spec and checkpoint sha256, settings, per-case file sha256 and the teacher sha256
-each case was computed with) and `<case>.b2nd` (probabilities, C × spatial, float16 or float32), or with
-`--topk K` `<case>.b2nd` (the K largest) plus `<case>_idx.b2nd` (their class indices). `--resolution
+`cache.json` (teacher spec and checkpoint sha256, settings), per case `<case>.b2nd` (probabilities, C × spatial,
+float16 or float32), or with `--topk K` `<case>.b2nd` (the K largest) plus `<case>_idx.b2nd` (their class
+indices), and `<case>.entry.json` (the files' sha256 and the teacher sha256 the case was computed with). One
+record per case lets several processes or machines (`-num_parts N -part_id I`) fill one cache at once without
+rewriting a shared file; caches written before kept those records in `cache.json` and are still read. `--resolution
 half` stores every spatial axis of the patch at half resolution (2× average pooling) and reads it back
 with linear upsampling.
 """
 
+import fcntl
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from nnkd.teachers.checkpoint import fingerprint, sha256_of
 
 CACHE_FOLDER = "nnkd_teacher_cache"
 MANIFEST = "cache.json"
+ENTRY = ".entry.json"  # suffix of a case's record
 
 
 @dataclass(frozen=True)
@@ -71,20 +76,59 @@ class TeacherCache:
             raise NnkdError(f"{path} is corrupt", f"delete {self.folder} and run nnkd_cache_teacher again") from e
 
     # ------------------------------------------------------------ writing
+    @contextmanager
+    def _locked(self):
+        """Serialise manifest updates between processes filling this cache (an advisory lock on a file in the
+        folder; the case files need none, each process writes its own cases)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                path = self.folder / MANIFEST
+                self.manifest = json.loads(path.read_text()) if path.is_file() else {}
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def start(self, teacher, settings: CacheSettings, labels: dict, regions: bool, patch_size,
               configuration: str) -> None:
         """Record what this cache holds; cases computed with other settings are dropped, their files deleted (a
-        top-k cache's `_idx` files would otherwise be left behind)."""
-        if self.manifest.get("settings") != asdict(settings) or self.manifest.get("patch_size") != list(patch_size):
-            self.manifest["cases"] = {}
-            for stale in self.folder.glob("*.b2nd"):
-                stale.unlink()
-        self.manifest.update(spec=teacher.spec, checkpoint=teacher.checkpoint_path,
-                             teacher_sha256=teacher.checkpoint_sha256, settings=asdict(settings), labels=labels,
-                             regions=regions, patch_size=list(patch_size), configuration=configuration)
-        self.manifest.setdefault("cases", {})
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.folder / MANIFEST, self.manifest)
+        top-k cache's `_idx` files would otherwise be left behind). Under the lock, on the manifest as it is on
+        disk now, so a part that starts after another has begun keeps that part's cases."""
+        with self._locked():
+            if self.manifest.get("settings") != asdict(settings) or \
+                    self.manifest.get("patch_size") != list(patch_size):
+                self.manifest.pop("cases", None)
+                for stale in [*self.folder.glob("*.b2nd"), *self.folder.glob(f"*{ENTRY}")]:
+                    stale.unlink()
+            for case, entry in self.manifest.pop("cases", {}).items():  # a cache of an earlier nnkd: one record each
+                write_json_atomic(self._entry_file(case), entry)
+            self.manifest.update(spec=teacher.spec, checkpoint=teacher.checkpoint_path,
+                                 teacher_sha256=teacher.checkpoint_sha256, settings=asdict(settings), labels=labels,
+                                 regions=regions, patch_size=list(patch_size), configuration=configuration)
+            write_json_atomic(self.folder / MANIFEST, self.manifest)
+
+    def _entry_file(self, case: str) -> Path:
+        return self.folder / f"{case}{ENTRY}"
+
+    def entries(self) -> dict[str, dict]:
+        """case -> its record ({teacher_sha256, shape, sha256 of its files}) for every case written so far."""
+        found = dict(self.manifest.get("cases", {}))
+        for path in sorted(self.folder.glob(f"*{ENTRY}")):
+            try:
+                found[path.name[:-len(ENTRY)]] = json.loads(path.read_text())
+            except ValueError:  # a record cut short: the case is not current and is recomputed
+                found.pop(path.name[:-len(ENTRY)], None)
+        return found
+
+    def entry(self, case: str) -> dict | None:
+        path = self._entry_file(case)
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except ValueError:
+                return None
+        return self.manifest.get("cases", {}).get(case)
 
     @property
     def settings(self) -> CacheSettings:
@@ -96,7 +140,7 @@ class TeacherCache:
 
     def is_current(self, case: str, teacher_sha256: str | None) -> bool:
         """The case's files exist, are intact, and came from this teacher checkpoint."""
-        entry = self.manifest.get("cases", {}).get(case)
+        entry = self.entry(case)
         if entry is None or entry.get("teacher_sha256") != teacher_sha256:
             return False
         files = self._files(case)
@@ -104,7 +148,7 @@ class TeacherCache:
 
     def write_case(self, case: str, probabilities: np.ndarray, teacher_sha256: str | None) -> None:
         """Store one case's probabilities (C × spatial, float32), each file written to a temp name and
-        renamed, the manifest last."""
+        renamed, the case's record last."""
         import blosc2
         from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params
 
@@ -129,14 +173,14 @@ class TeacherCache:
                            cparams={"codec": blosc2.Codec.ZSTD, "clevel": 5}, mode="w")
             os.replace(tmp, path)
             written.append(path)
-        self.manifest["cases"][case] = {"teacher_sha256": teacher_sha256, "shape": list(shape),
-                                        "sha256": [sha256_of(p) for p in written]}
-        write_json_atomic(self.folder / MANIFEST, self.manifest)
+        write_json_atomic(self._entry_file(case), {"teacher_sha256": teacher_sha256, "shape": list(shape),
+                                                   "sha256": [sha256_of(p) for p in written]})
 
     def record_size(self) -> None:
         """The cache's bytes on disk, for the record."""
-        self.manifest["bytes"] = sum(p.stat().st_size for p in self.folder.glob("*.b2nd"))
-        write_json_atomic(self.folder / MANIFEST, self.manifest)
+        with self._locked():
+            self.manifest["bytes"] = sum(p.stat().st_size for p in self.folder.glob("*.b2nd"))
+            write_json_atomic(self.folder / MANIFEST, self.manifest)
 
     # ------------------------------------------------------------ reading
     def check(self, cases: list[str], spec: str) -> None:
@@ -153,10 +197,11 @@ class TeacherCache:
         bad = [c for c in cases if not self.is_current(c, self.manifest.get("teacher_sha256"))]
         if bad:
             raise NnkdError(f"the teacher cache in {self.folder} lacks or has corrupt entries for {len(bad)} "
-                            f"case(s), e.g. {bad[0]}", "run nnkd_cache_teacher again to (re)compute them")
+                            f"case(s), e.g. {bad[0]}", "run nnkd_cache_teacher again to (re)compute them (with "
+                                                       "-num_parts: wait until every part has finished)")
 
     def open_case(self, case: str) -> "CachedProbabilities":
-        return CachedProbabilities(self._files(case), self.manifest["cases"][case]["shape"], self.settings,
+        return CachedProbabilities(self._files(case), self.entry(case)["shape"], self.settings,
                                    len(self.manifest["patch_size"]))
 
 

@@ -24,6 +24,11 @@ def build_parser() -> ArgumentParser:
                         "the number of classes; default: every class")
     add_step_size(p, "the teacher")
     add_deprecated(p, "--step_size", "-step_size", "step_size", type=float)
+    p.add_argument("-num_parts", "--num-parts", dest="num_parts", type=int, default=1, metavar="N",
+                   help="split the cases over N processes, GPUs or machines sharing one cache folder, as "
+                        "nnUNetv2_predict does (default 1); start one process per -part_id")
+    p.add_argument("-part_id", "--part-id", dest="part_id", type=int, default=0, metavar="I",
+                   help="which of the -num_parts shares this process caches, 0 to N-1 (default 0)")
     p.add_argument("--device", "-device", default=None, choices=("cpu", "cuda", "mps"),
                    help="default: cuda if available, else cpu")
     add_verbose(p)
@@ -31,17 +36,19 @@ def build_parser() -> ArgumentParser:
 
 
 def _cache(args) -> None:
-    from nnkd.cache.compute import CacheRequest, cache_teacher
+    from nnkd.cache.compute import CacheRequest, cache_teacher, check_parts
     from nnkd.cache.store import CacheSettings
     from nnkd.errors import NnkdError
 
     if args.topk is not None and args.topk < 1:
         raise NnkdError(f"--topk {args.topk} keeps no class", "give --topk 1 or more, or leave it out to keep every "
                                                                "class")
+    check_parts(args.num_parts, args.part_id)  # before the teacher loads
 
     cache_teacher(CacheRequest(dataset=args.d, configuration=args.configuration, fold=args.f, teacher=args.teacher,
                                plans=args.teacher_plans, settings=CacheSettings(args.dtype, args.resolution, args.topk or 0),
-                               device=args.device, step_size=check_step_size(args.step_size, "-step_size")))
+                               device=args.device, step_size=check_step_size(args.step_size, "-step_size"),
+                               num_parts=args.num_parts, part_id=args.part_id))
 
 
 def main(argv=None) -> None:

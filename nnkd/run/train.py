@@ -80,17 +80,20 @@ def resolve_trainer_class(method: str | None, trainer: str | None):
 
 def cached_teacher_record(spec: str, cls, config: PreprocessedConfiguration, fold, settings: dict) -> dict:
     """The run's teacher as its stored predictions: the cache must exist and fit; the teacher is not loaded."""
+    from nnkd.cache.compute import fold_training_cases
     from nnkd.cache.store import TeacherCache, cache_folder
 
     if cls.uses_teacher_features(settings):
         raise NnkdError(f"method {cls.method} needs live teacher features; a teacher cache holds only the "
                         "teacher's predictions", cls.without_teacher_features)
     cache = TeacherCache(cache_folder(config.folder, config.configuration_manager.data_identifier, fold, spec))
-    if not cache.manifest.get("cases"):
+    if not cache.manifest or not cache.entries():
         raise NnkdError(f"no teacher cache of {spec} for fold {fold} in {cache.folder}",
                         f"run nnkd_cache_teacher -d {config.dataset_name} -c {config.configuration} -f {fold} "
                         f"--teacher '{spec}' first")
-    cache.check(list(cache.manifest["cases"]), spec)  # a truncated or stale case stops here, before teacher.json
+    # every training case of the fold (a part of a split cache may still be at work), each intact and current:
+    # a missing, truncated or stale case stops here, before teacher.json
+    cache.check(fold_training_cases(config.folder, config.data_folder, fold), spec)
     labels = config.dataset_json["labels"]
     if cache.manifest["labels"] != labels:
         raise NnkdError(f"the teacher cache in {cache.folder} holds labels {cache.manifest['labels']}, the dataset "
