@@ -79,7 +79,7 @@ def main() -> None:
     if trainer.teacher_cache is None and not (trainer.run_config.teacher or {}).get("cache"):
         sys.exit("kd_balance: the run does not distil from a cached teacher (nnkd_train --teacher-cache)")
     trainer.initialize()
-    from nnkd.teachers.checkpoint import load_checkpoint
+    from nnkd.checkpoints import load_checkpoint
 
     if args.weights:
         trainer.network.load_state_dict(load_checkpoint(args.weights)["network_weights"])

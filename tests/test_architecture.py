@@ -9,7 +9,7 @@ import nnkd
 PACKAGE = Path(nnkd.__file__).parent
 # Modules every room may import: they import nothing of nnkd beyond each other.
 FOUNDATION = {"errors", "atomic", "outputs", "devices", "nnunet_env", "nnunet_compat", "plans", "records", "method_table",
-              "run_names", "metrics"}
+              "run_names", "metrics", "checkpoints"}
 ALLOWED = {
     "teachers": set(),
     "distill": set(),
@@ -18,9 +18,9 @@ ALLOWED = {
     "models": {"distill"},
     "cache": {"teachers"},
     "trainers": {"distill", "teachers", "cache", "planners", "datasets", "models"},
-    "inference": {"planners", "teachers", "models"},
+    "inference": {"planners", "models"},
     "run": {"trainers", "distill", "teachers", "cache", "planners", "datasets", "models"},
-    "evaluation": {"inference", "teachers", "planners", "models"},
+    "evaluation": {"inference", "planners", "models"},
     "benchmark": {"evaluation", "run", "trainers", "inference", "teachers", "cache", "planners", "datasets", "models",
                   "distill"},
     "pipeline": {"evaluation", "run", "inference", "trainers", "cache", "planners", "datasets", "teachers", "models"},

@@ -152,7 +152,7 @@ def test_onnx_prediction_loads_no_torch_checkpoint(deployed, monkeypatch, tmp_pa
         raise AssertionError("a torch checkpoint was loaded")
 
     monkeypatch.setattr(predict_module, "load_student_weights", refuse)
-    monkeypatch.setattr("nnkd.teachers.checkpoint.load_checkpoint", refuse)
+    monkeypatch.setattr("nnkd.checkpoints.load_checkpoint", refuse)
     student = StudentRef(dataset=str(PLANNED_ID), configuration="3d_fullres", folds=["0"], budget="tiny",
                          method="logit")
     predict(PredictRequest(input_folder=deployed["images"], output_folder=tmp_path / "onnx", student=student,

@@ -16,7 +16,7 @@ from torch import nn
 
 from conftest import PLANNED_ID, QUICK_TRAINING, ROOT, fake_teacher, make_env, run_cli, training_env, tree_digest
 from nnkd.plans import network_from_plans
-from nnkd.teachers.checkpoint import load_checkpoint
+from nnkd.checkpoints import load_checkpoint
 
 TASK_IDS = (PLANNED_ID, 992, 993)  # 991: the planned dataset (all labels, a teacher); 992, 993: its plans
 LABELS = {991: ["background", "organ", "lesion", "vessel"], 992: ["background", "organ", "lesion"],

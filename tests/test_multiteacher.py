@@ -13,7 +13,7 @@ from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, run_fold, training_env
 from helpers.tiny_teachers import save_sam_checkpoint, tiny_sam_encoder
 from nnkd.distill.multi_teacher import FeatureStandardizer, LossBalancer, TeacherAdaptor, adaptor_loss
 from nnkd.plans import network_from_plans
-from nnkd.teachers.checkpoint import load_checkpoint
+from nnkd.checkpoints import load_checkpoint
 
 TRAINER = "nnKDTrainer_MultiTeacher"
 

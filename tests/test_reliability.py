@@ -22,7 +22,7 @@ from torch import nn
 
 from conftest import BIN, PLANNED_ID, error_line, QUICK_TRAINING, run_cli, run_clis, selected_params, tree_digest
 from nnkd.run_names import derived_run_name, run_trainer_name
-from nnkd.teachers.checkpoint import load_checkpoint
+from nnkd.checkpoints import load_checkpoint
 
 DATASET = "Dataset991_Synthetic"
 TRAIN = [str(PLANNED_ID), "3d_fullres", "0", "--budget", "tiny"]

@@ -12,7 +12,7 @@ import torch
 from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, run_clis, run_fold
 from nnkd.cache.store import CacheSettings, TeacherCache, cache_folder
 from nnkd.distill.logits import kd_kl_loss, logits_from_probabilities
-from nnkd.teachers.checkpoint import load_checkpoint
+from nnkd.checkpoints import load_checkpoint
 
 CACHE = ["-d", str(PLANNED_ID), "-c", "3d_fullres", "-f", "0", "--device", "cpu"]
 

@@ -8,7 +8,7 @@ import torch
 
 from conftest import PLANNED_ID, QUICK_TRAINING, ROOT, fake_teacher, run_cli, run_fold
 from nnkd.plans import network_from_plans
-from nnkd.teachers.checkpoint import sha256_of
+from nnkd.checkpoints import sha256_of
 
 
 def training_log(fold_folder: Path) -> str:

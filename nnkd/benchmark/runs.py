@@ -93,7 +93,7 @@ def fold_folder(results: Path, dataset_name: str, run: Run, plans: str, configur
 def seconds_per_iteration(fold_dir: Path, iterations: int) -> float:
     """Median epoch duration over iterations, the first epoch (warm-up, compilation) left out. The epoch
     includes nnU-Net's validation iterations, which the benchmark keeps at one."""
-    from nnkd.teachers.checkpoint import load_checkpoint
+    from nnkd.checkpoints import load_checkpoint
 
     logging = load_checkpoint(fold_dir / "checkpoint_final.pth")["logging"]
     durations = [e - s for s, e in zip(logging["epoch_start_timestamps"], logging["epoch_end_timestamps"])]
@@ -102,7 +102,7 @@ def seconds_per_iteration(fold_dir: Path, iterations: int) -> float:
 
 def learning_curve(fold_dir: Path, iterations: int) -> dict:
     """nnU-Net's pseudo Dice per class on the validation patches of each epoch, against training iterations."""
-    from nnkd.teachers.checkpoint import load_checkpoint
+    from nnkd.checkpoints import load_checkpoint
 
     logging = load_checkpoint(fold_dir / "checkpoint_final.pth")["logging"]
     per_epoch = [[float(v) for v in values] for values in logging["dice_per_class_or_region"]]

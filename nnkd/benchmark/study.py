@@ -182,7 +182,7 @@ def _teacher_measurements(teacher, request, dataset_name, plans_file, dataset_js
 def _student_measurements(record: dict, request, dataset_name, dataset_json, images, output, device,
                           progress) -> dict:
     from nnkd.plans import network_from_plans
-    from nnkd.teachers.checkpoint import load_checkpoint
+    from nnkd.checkpoints import load_checkpoint
 
     folder = output / "predictions" / record["run"]
     done = folder / "measure.json"

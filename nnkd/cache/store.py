@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from nnkd.atomic import write_json_atomic
 from nnkd.errors import NnkdError
-from nnkd.teachers.checkpoint import fingerprint, sha256_of
+from nnkd.checkpoints import fingerprint, sha256_of
 
 CACHE_FOLDER = "nnkd_teacher_cache"
 MANIFEST = "cache.json"

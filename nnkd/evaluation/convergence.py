@@ -43,7 +43,7 @@ def plateau(ema: list[float], share: float = PLATEAU_SHARE, min_gain: float = PL
 def training_curve(fold_dir: Path) -> dict:
     """nnU-Net's logged curves of a trained fold (checkpoint_final.pth, else checkpoint_latest.pth): per epoch
     the EMA pseudo Dice, the mean pseudo Dice, the training and validation losses and the epoch's seconds."""
-    from nnkd.teachers.checkpoint import load_checkpoint
+    from nnkd.checkpoints import load_checkpoint
 
     checkpoint = next((fold_dir / n for n in ("checkpoint_final.pth", "checkpoint_latest.pth")
                        if (fold_dir / n).is_file()), None)

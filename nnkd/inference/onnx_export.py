@@ -72,7 +72,7 @@ def onnx_mirror_axes(onnx_file: Path, student) -> list | None:
         record = json.loads(sidecar.read_text())
         if "inference_allowed_mirroring_axes" in record:
             return record["inference_allowed_mirroring_axes"]
-    from nnkd.teachers.checkpoint import load_checkpoint
+    from nnkd.checkpoints import load_checkpoint
 
     return load_checkpoint(next(iter(student.checkpoints.values()))).get("inference_allowed_mirroring_axes")
 

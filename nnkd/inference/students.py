@@ -13,7 +13,7 @@ from nnkd.nnunet_env import find_dataset_name, require_env
 from nnkd.planners.student_planner import resolve_student_plans
 from nnkd.plans import DEFAULT_TEACHER_PLANS
 from nnkd.run_names import run_trainer_name, split_run_trainer_name, trainer_run_folders
-from nnkd.teachers.checkpoint import load_checkpoint
+from nnkd.checkpoints import load_checkpoint
 from nnkd.method_table import ALL_METHOD_TRAINERS, LORKD_METHOD, LORKD_TRAINER
 from nnkd.models.lorkd import TASK_FOLDER, LoRKDTasks, build_multi_task_network
 

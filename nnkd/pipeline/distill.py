@@ -417,7 +417,7 @@ def seconds_per_case(request: DistillRequest, dataset_name: str, teacher, studen
     from nnkd.devices import resolve_device
     from nnkd.inference.predict import make_predictor
     from nnkd.plans import network_from_plans
-    from nnkd.teachers.checkpoint import load_checkpoint
+    from nnkd.checkpoints import load_checkpoint
     from nnkd.teachers.nnunet import NnUNetTeacher
 
     paths = require_env("nnUNet_raw", "nnUNet_preprocessed")

@@ -49,7 +49,7 @@ class Teacher(nn.Module, ABC):
 
     def set_checkpoint(self, *paths: str | Path) -> None:
         """Record the weights file(s) (`;`-joined for an ensemble), so a run can tell when they change."""
-        from nnkd.teachers.checkpoint import fingerprint
+        from nnkd.checkpoints import fingerprint
 
         self.checkpoint_path = ";".join(str(p) for p in paths)
         self.checkpoint_sha256 = fingerprint([Path(p) for p in paths])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nnkd.errors import NnkdError
 from nnkd.teachers.bridge import InputBridge
-from nnkd.teachers.checkpoint import load_checkpoint
+from nnkd.checkpoints import load_checkpoint
 from nnkd.teachers.hf_vision import (
     SwinTeacher,
     check_options,

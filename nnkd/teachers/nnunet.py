@@ -17,7 +17,7 @@ import torch
 from nnkd.errors import NnkdError
 from nnkd.teachers.base import Teacher, TeacherOutput
 from nnkd.teachers.bridge import crop_to_input, pad_to_multiple
-from nnkd.teachers.checkpoint import load_checkpoint
+from nnkd.checkpoints import load_checkpoint
 from nnkd.teachers.registry import register_teacher
 
 DEFAULTS = {"fold": "", "folds": (), "checkpoint": "checkpoint_final.pth", "configuration": ""}

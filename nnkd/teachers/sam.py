@@ -26,7 +26,7 @@ from torch import nn
 
 from nnkd.errors import NnkdError
 from nnkd.teachers.bridge import InputBridge
-from nnkd.teachers.checkpoint import load_checkpoint
+from nnkd.checkpoints import load_checkpoint
 from nnkd.teachers.image_encoder import ImageEncoderTeacher
 from nnkd.teachers.registry import register_teacher
 

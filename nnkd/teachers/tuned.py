@@ -16,7 +16,7 @@ from torch import nn
 
 from nnkd.errors import NnkdError
 from nnkd.teachers.base import Teacher, TeacherOutput
-from nnkd.teachers.checkpoint import load_checkpoint
+from nnkd.checkpoints import load_checkpoint
 from nnkd.teachers.registry import create_teacher, register_teacher
 
 TUNED_FILE = "tuned_teacher.json"

@@ -29,7 +29,7 @@ from nnkd.distill.logits import logits_from_probabilities
 from nnkd.errors import NnkdError
 from nnkd.nnunet_compat import finish_loader, stock_checkpoint, uncompiled
 from nnkd.teachers.base import Teacher, TeacherOutput
-from nnkd.teachers.checkpoint import load_checkpoint as read_checkpoint
+from nnkd.checkpoints import load_checkpoint as read_checkpoint
 from nnkd.teachers.fit import check_teacher_fits
 from nnkd.teachers.registry import create_teacher
 from nnkd.trainers.ddp import average_gradients, broadcast_state
