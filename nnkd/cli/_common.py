@@ -62,9 +62,6 @@ def add_deprecated(parser: argparse.ArgumentParser, old: str, replacement: str, 
     parser.add_argument(old, dest=dest, action=DeprecatedSpelling, replacement=replacement, **kwargs)
 
 
-SEED_MAX = 2 ** 32 - 1  # NumPy's seeds end there; torch and Python take more, a run records one for all three
-
-
 def _integer(text: str, what: str, low: int, high: float, outside: str) -> int:
     try:
         value = int(text)
@@ -76,7 +73,10 @@ def _integer(text: str, what: str, low: int, high: float, outside: str) -> int:
 
 
 def seed_value(text: str) -> int:
-    """argparse type of --seed: an integer in 0…2**32−1."""
+    """argparse type of --seed: an integer in 0…2**32−1 (the launchers' own limit, checked again for requests made
+    from Python)."""
+    from nnkd.run.common import SEED_MAX  # the launchers' module; only needed once a --seed is given
+
     return _integer(text, "an integer seed", 0, SEED_MAX, f"is outside 0…{SEED_MAX}; give a seed in that range")
 
 
