@@ -16,6 +16,7 @@ from nnkd.benchmark.runs import Run, check, is_finished, parse_method, train
 from nnkd.benchmark.stats import derived_ratios, summarize
 from nnkd.devices import cpu_count
 from nnkd.errors import NnkdError
+from nnkd.folds import split_cases
 from nnkd.method_table import METHOD_TRAINERS
 from nnkd.nnunet_env import find_dataset_name, require_env
 from nnkd.planners.student_planner import STUDENT_KEY
@@ -116,13 +117,6 @@ def _runs(request: BenchmarkRequest, teacher_has_logits: bool) -> list[Run]:
                 if cacheable and request.cached:
                     runs.append(Run(budget, method, cached=True, seed=seed, hp=hp))
     return runs
-
-
-def _validation_cases(preprocessed: Path, fold) -> list[str]:
-    splits = json.loads((preprocessed / "splits_final.json").read_text())
-    if fold == "all":
-        return sorted({c for s in splits for c in s["val"]})
-    return list(splits[int(fold)]["val"])
 
 
 def _calibration(request, dataset_name: str, plans: dict, configuration: str) -> list | None:
@@ -293,7 +287,7 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
     steps.update()
     steps.close()
 
-    cases = _validation_cases(preprocessed, request.fold)
+    cases = split_cases(preprocessed, request.fold, "val")
     images = validation_images(paths["nnUNet_raw"] / dataset_name, cases, dataset_json)
     models = len(records) + 1
     runtimes = 1 + request.onnx + (request.onnx and request.int8)

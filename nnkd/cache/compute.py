@@ -2,7 +2,6 @@
 window, Gaussian weighting, no mirroring), and store its probabilities."""
 
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,9 +9,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nnkd.atomic import write_json_atomic
 from nnkd.cache.store import CacheSettings, TeacherCache, cache_folder
 from nnkd.devices import resolve_device
 from nnkd.errors import NnkdError
+from nnkd.folds import SPLITS, cases_of_fold, read_splits
 from nnkd.nnunet_env import parse_fold
 from nnkd.plans import DEFAULT_TEACHER_PLANS, PreprocessedConfiguration
 from nnkd.teachers.fit import check_teacher_fits
@@ -81,17 +82,11 @@ def fold_training_cases(preprocessed_dataset: Path, data_folder: Path, fold) -> 
         raise NnkdError(f"no preprocessed cases in {data_folder}", "run nnkd_plan_and_preprocess first")
     if fold == "all":
         return identifiers
-    splits_file = preprocessed_dataset / "splits_final.json"
-    if splits_file.is_file():
-        splits = json.loads(splits_file.read_text())
-    else:
-        from nnkd.atomic import write_json_atomic
-
+    splits = read_splits(preprocessed_dataset)
+    if splits is None:  # as nnU-Net's trainer makes it, so the student trains on the cases cached here
         splits = generate_crossval_split(identifiers, seed=12345, n_splits=5)
-        write_json_atomic(splits_file, splits)
-    if fold >= len(splits):
-        raise NnkdError(f"fold {fold} is not in {splits_file} ({len(splits)} folds)", "use a fold the split defines")
-    return list(splits[fold]["train"])
+        write_json_atomic(Path(preprocessed_dataset) / SPLITS, splits)
+    return cases_of_fold(splits, fold, "train")
 
 
 def probabilities_of(logits: torch.Tensor, regions: bool) -> np.ndarray:

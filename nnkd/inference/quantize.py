@@ -9,13 +9,13 @@ normalization). The export then predicts the fold's validation
 cases with the float and the int8 model through nnU-Net's predictor and reports both Dice values.
 """
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from nnkd.errors import NnkdError
+from nnkd.folds import cases_of_fold, read_splits
 from nnkd.metrics import dice_per_label
 from nnkd.nnunet_env import require_env
 
@@ -42,12 +42,11 @@ def fold_cases(dataset_name: str, plans: dict, configuration: str, fold: str) ->
     data_folder = preprocessed / identifier
     present = set(infer_dataset_class(str(data_folder)).get_identifiers(str(data_folder))) \
         if data_folder.is_dir() else set()
-    splits_file = preprocessed / "splits_final.json"
+    splits = read_splits(preprocessed)
     if fold == "all":
         train, val = sorted(present), sorted(present)
-    elif splits_file.is_file():
-        split = json.loads(splits_file.read_text())[int(fold)]
-        train, val = split["train"], split["val"]
+    elif splits is not None:
+        train, val = cases_of_fold(splits, fold, "train"), cases_of_fold(splits, fold, "val")
     else:
         train, val = [], []
     train = [c for c in train if c in present]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnkd.errors import NnkdError
+from nnkd.folds import numbered_or_all, trained_folds
 from nnkd.nnunet_env import find_dataset_name, require_env
 from nnkd.planners.student_planner import resolve_student_plans
 from nnkd.plans import DEFAULT_TEACHER_PLANS
@@ -49,8 +50,7 @@ def find_model_folder(dataset, configuration: str, plans: str, method: str | Non
 def fold_checkpoints(model_folder: Path, folds, checkpoint_name: str = "checkpoint_final.pth") -> dict:
     """fold -> checkpoint path; `folds` None means every fold that has the checkpoint (not fold_all)."""
     if not folds:
-        found = sorted(p.parent.name[len("fold_"):] for p in model_folder.glob(f"fold_*/{checkpoint_name}"))
-        folds = [f for f in found if f != "all"] or found
+        folds = numbered_or_all(trained_folds(model_folder, checkpoint_name))
         if not folds:
             raise NnkdError(f"no fold of {model_folder} has {checkpoint_name}", "finish the training first")
     paths = {}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from nnkd.atomic import write_json_atomic
 from nnkd.errors import NnkdError
+from nnkd.folds import numbered_or_all, split_cases, trained_folds
 from nnkd.nnunet_env import find_dataset_name, require_env
 from nnkd.planners.budget import Budget
 from nnkd.plans import DEFAULT_TEACHER_PLANS
@@ -115,12 +116,11 @@ def teacher_folds(spec: str, folds: tuple[str, ...]) -> list[str]:
     if not folder.is_dir():
         raise NnkdError(f"teacher folder {folder} not found", "give the nnU-Net model folder of a trained teacher "
                         "(…/DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__3d_fullres)")
-    trained = sorted(p.parent.name.removeprefix("fold_") for p in folder.glob("fold_*/checkpoint_final.pth"))
-    numbered = [f for f in trained if f != "all"]
+    trained = trained_folds(folder)
     if not trained:
         raise NnkdError(f"the teacher {folder} has no trained fold (no fold_X/checkpoint_final.pth)",
                         "finish the teacher's training first, or name its checkpoint with ?checkpoint=… and -f")
-    return numbered or ["all"]
+    return numbered_or_all(trained)
 
 
 def checked_teachers(spec: str, folds: list[str], dataset_json: dict, needs_logits: bool):
@@ -421,9 +421,8 @@ def seconds_per_case(request: DistillRequest, dataset_name: str, teacher, studen
     from nnkd.teachers.nnunet import NnUNetTeacher
 
     paths = require_env("nnUNet_raw", "nnUNet_preprocessed")
-    splits = json.loads((paths["nnUNet_preprocessed"] / dataset_name / "splits_final.json").read_text())
     fold = student_folder.name.removeprefix("fold_")
-    cases = sorted({c for s in splits for c in s["val"]}) if fold == "all" else splits[int(fold)]["val"]
+    cases = split_cases(paths["nnUNet_preprocessed"] / dataset_name, fold, "val")
     dataset_json = json.loads((student_folder.parent / "dataset.json").read_text())
     images = validation_images(paths["nnUNet_raw"] / dataset_name, cases[:request.timing_cases], dataset_json)
     device = resolve_device(request.device)

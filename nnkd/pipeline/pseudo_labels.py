@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from nnkd.datasets.raw import staged_raw_dataset
 from nnkd.errors import NnkdError
+from nnkd.folds import numbered_or_all, trained_folds
 from nnkd.inference.inputs import collect_cases
 from nnkd.outputs import OutputLock
 from nnkd.teachers.nnunet import DEFAULTS as NNUNET_OPTIONS
@@ -147,10 +148,8 @@ def _nnunet_predictor(spec: TeacherSpec, mirroring: bool, device: torch.device):
     options = parse_options("nnunet", spec.options, NNUNET_OPTIONS)
     chosen = {k: spec.options[k] for k in ("fold", "folds") if options[k]}
     if not chosen:  # every trained numbered fold, as nnUNetv2_predict does; else fold_all
-        trained = [p.name[5:] for p in Path(spec.path).expanduser().glob("fold_*")
-                   if (p / options["checkpoint"]).is_file()]
-        numbered = sorted(int(f) for f in trained if f.isdigit())
-        chosen = {"folds": ",".join(map(str, numbered))} if numbered else {"fold": "all"} if trained else {}
+        folds = numbered_or_all(trained_folds(Path(spec.path).expanduser(), options["checkpoint"]))
+        chosen = {"fold": "all"} if folds == ["all"] else {"folds": ",".join(folds)} if folds else {}
     if not chosen:
         raise NnkdError(f"no fold of {spec.path} has {options['checkpoint']}", "train the teacher first or give ?fold=")
     teacher = create_teacher(TeacherSpec(spec.family, spec.path, {**spec.options, **chosen}, spec.text), device=device)
