@@ -136,6 +136,12 @@ BAD["search-loss"] = (lambda s, t: ["--teacher", s["spec"], "-o", str(t / "out")
                       "is not a number of Dice points")
 BAD["ladder-alone"] = (lambda s, t: ["--teacher", s["spec"], "-o", str(t / "out"), "--ladder", "1/4"],
                        "add --max-dice-loss")
+def _no_test_labels(setup, tmp_path):
+    shutil.rmtree(Path(setup["env"]["nnUNet_raw"]) / DATASET / "labelsTs")
+    return ["--teacher", setup["spec"], "-o", str(tmp_path / "out"), "--test"]
+
+
+BAD["test-without-labels"] = (_no_test_labels, "has no case in both")
 BAD["teacher-folder-missing"] = (lambda s, t: ["--teacher", f"nnunet:{t}/nowhere", "-o", str(t / "out")],
                                  "teacher folder")
 
@@ -165,7 +171,7 @@ def test_max_dice_loss_searches_the_ladder_and_distils_the_smallest_student_with
     out = tmp_path / "student"
     result = run_cli("nnkd_distill", "-d", "991", "--teacher", two_fold_setup["spec"], "-o", out, "-f", "0",
                      "--max-dice-loss", "100", "--ladder", "1/4,1/16", "--epochs", "4", "--iterations-per-epoch", "2",
-                     "--val-iterations-per-epoch", "1", "--device", "cpu", "-np", "1", "--no-timing",
+                     "--val-iterations-per-epoch", "1", "--device", "cpu", "-np", "1", "--no-timing", "--test",
                      env=two_fold_setup["env"])
     record = json.loads((out / "distill.json").read_text())
     search = record["search"]
@@ -176,6 +182,12 @@ def test_max_dice_loss_searches_the_ladder_and_distils_the_smallest_student_with
     assert record["plans"] == f"nnKDPlans_{small['budget']}" and record["search"]["objective"] == "params"
     assert record["search"]["cost_vs_chosen_alone"] > 1  # the larger candidate's rungs come on top
     assert "chosen: " + small["budget"] in result.stdout
+    test = record["test"]  # --test: the choice and the teacher on the held-out imagesTs, against labelsTs
+    raw = Path(two_fold_setup["env"]["nnUNet_raw"]) / DATASET
+    assert test["cases"] == sorted(p.name[:-len(".nii.gz")] for p in (raw / "labelsTs").glob("*.nii.gz"))
+    assert 0 <= test["student_dice"] <= 1 and 0 <= test["teacher_dice"] <= 1
+    assert set(test["teacher_dice_per_class"]) == set(test["student_dice_per_class"]) == {"1", "2", "3"}
+    assert "test" in result.stdout.split("chosen: ")[1] and "case(s) of imagesTs, folds 0" in result.stdout
     results = Path(two_fold_setup["env"]["nnUNet_results"]) / DATASET
     stopped = next(results.glob(f"*__nnKDPlans_{large['budget']}__3d_fullres")) / "fold_0"
     assert (stopped / "checkpoint_latest.pth").is_file() and not (stopped / "checkpoint_final.pth").exists()

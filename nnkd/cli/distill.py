@@ -59,6 +59,9 @@ def build_parser() -> ArgumentParser:
     add_step_size(p, "the teacher cache")
     p.add_argument("--zip", action="store_true", help="also write OUT.zip for nnUNetv2_install_pretrained_model_from_zip")
     p.add_argument("--onnx", action="store_true", help="also write student.onnx per fold")
+    p.add_argument("--test", action="store_true",
+                   help="also predict the raw dataset's imagesTs with the student and the teacher (the distilled "
+                        "folds, as nnUNetv2_predict) and report both Dice against labelsTs")
     p.add_argument("--no-timing", action="store_true",
                    help="skip timing teacher and student on the first fold's validation cases")
     p.add_argument("-np", type=count_value, default=None, metavar="N", help="processes for planning and preprocessing")
@@ -86,7 +89,7 @@ def _distill(args) -> None:
         budget=budget, teacher_plans=args.teacher_plans, method=args.method, online=args.online,
         hyperparameters=hyperparameters_of(args.hp), seed=args.seed, run_name=args.run_name, **schedule_of(args),
         device=args.device, step_size=check_step_size(args.step_size, "-step_size"), zip=args.zip, onnx=args.onnx,
-        timing=not args.no_timing, num_processes=args.np, max_dice_loss=args.max_dice_loss,
+        timing=not args.no_timing, test=args.test, num_processes=args.np, max_dice_loss=args.max_dice_loss,
         objective=args.objective, ladder=parse_ladder(args.ladder) if args.ladder else ()))
 
 

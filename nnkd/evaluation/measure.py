@@ -28,15 +28,47 @@ class TeacherLogits(nn.Module):
         return self.teacher(x).logits
 
 
-def validation_images(raw_dataset: Path, cases: list[str], dataset_json: dict) -> list[tuple]:
-    """(case, image, properties) of the validation cases, read as nnU-Net reads them."""
+def validation_images(raw_dataset: Path, cases: list[str], dataset_json: dict, images: str = "imagesTr"
+                      ) -> list[tuple]:
+    """(case, image, properties) of the validation cases (or of `images`="imagesTs"), read as nnU-Net reads them."""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
     channels = len(dataset_json["channel_names"])
     ending = dataset_json["file_ending"]
     reader = determine_reader_writer_from_dataset_json(dataset_json, None)()
-    return [(case, *reader.read_images([str(raw_dataset / "imagesTr" / f"{case}_{c:04d}{ending}")
+    return [(case, *reader.read_images([str(raw_dataset / images / f"{case}_{c:04d}{ending}")
                                         for c in range(channels)])) for case in cases]
+
+
+def labelled_test_cases(raw_dataset: Path, dataset_json: dict) -> list[str]:
+    """The cases of imagesTs that have a reference segmentation in labelsTs (empty when either is missing)."""
+    ending = dataset_json["file_ending"]
+    if not (raw_dataset / "imagesTs").is_dir() or not (raw_dataset / "labelsTs").is_dir():
+        return []
+    labelled = {p.name[:-len(ending)] for p in (raw_dataset / "labelsTs").glob(f"*{ending}")}
+    return sorted(c for c in labelled if (raw_dataset / "imagesTs" / f"{c}_0000{ending}").is_file())
+
+
+def predict_and_evaluate(network: nn.Module, weights: list[dict], plans: dict, configuration: str,
+                         dataset_json: dict, images: list[tuple], raw_dataset: Path, labels: str,
+                         device: torch.device) -> dict:
+    """Predict `images` as nnUNetv2_predict does with these folds' weights (their softmax averaged; no mirroring)
+    and evaluate against `raw_dataset/labels` with nnU-Net's evaluation; nothing is kept but the scores."""
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    writer = determine_reader_writer_from_dataset_json(dataset_json, None)()
+    predictor = make_predictor(plans, configuration, dataset_json, weights, network, None, device,
+                               use_mirroring=False)
+    predictor.allow_tqdm = False
+    with tempfile.TemporaryDirectory() as tmp:
+        for case, image, properties in images:
+            writer.write_seg(predictor.predict_single_npy_array(image, properties),
+                             str(Path(tmp) / f"{case}{dataset_json['file_ending']}"), properties)
+        plans_file = Path(tmp) / "plans.json"
+        plans_file.write_text(json.dumps(plans))
+        dataset_file = Path(tmp) / "dataset.json"
+        dataset_file.write_text(json.dumps(dataset_json))
+        return evaluate(Path(tmp), raw_dataset, dataset_file, plans_file, labels)
 
 
 def predict_and_time(predictor, images: list[tuple], output: Path | None, writer, ending: str,
@@ -100,11 +132,13 @@ def measure_model(network: nn.Module, weights: dict, plans: dict, configuration:
     return result
 
 
-def evaluate(predictions: Path, raw_dataset: Path, dataset_json_file: Path, plans_file: Path) -> dict:
-    """nnU-Net's evaluation of a folder of predictions against labelsTr: mean foreground Dice and per class."""
+def evaluate(predictions: Path, raw_dataset: Path, dataset_json_file: Path, plans_file: Path,
+             labels: str = "labelsTr") -> dict:
+    """nnU-Net's evaluation of a folder of predictions against labelsTr (or `labels`): mean foreground Dice and per
+    class."""
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2
 
-    compute_metrics_on_folder2(str(raw_dataset / "labelsTr"), str(predictions), str(dataset_json_file),
+    compute_metrics_on_folder2(str(raw_dataset / labels), str(predictions), str(dataset_json_file),
                                str(plans_file), str(predictions / "summary.json"), num_processes=1, chill=True)
     summary = json.loads((predictions / "summary.json").read_text())
     return {"dice": summary["foreground_mean"]["Dice"],

@@ -47,6 +47,7 @@ class DistillRequest:
     onnx: bool = False
     timing: bool = True  # time teacher and student per case on the first fold's validation cases
     timing_cases: int = 3
+    test: bool = False  # also predict imagesTs with the student and the teacher, evaluated against labelsTs
     num_processes: int | None = None
     # --max-dice-loss D: search a ladder of budgets for the smallest (or fastest) student within D Dice points of
     # the teacher on the first fold (nnkd.pipeline.search) instead of taking `budget`
@@ -449,6 +450,52 @@ def seconds_per_case(request: DistillRequest, dataset_name: str, teacher, studen
     return {k: round(v, 4) for k, v in result.items()}
 
 
+def test_dice(request: DistillRequest, dataset_name: str, folds: list[str], trained: dict) -> dict:
+    """Student and teacher on the raw dataset's labelled test cases (imagesTs with labelsTs), each as
+    nnUNetv2_predict runs it with the distilled folds (softmax averaged over folds; no mirroring), evaluated with
+    nnU-Net's evaluation: Dice and Dice per class of both, and the cases."""
+    from nnkd.checkpoints import load_checkpoint
+    from nnkd.devices import resolve_device
+    from nnkd.evaluation.measure import (TeacherLogits, labelled_test_cases, predict_and_evaluate,
+                                         validation_images)
+    from nnkd.plans import network_from_plans
+    from nnkd.teachers.nnunet import NnUNetTeacher
+    from nnkd.teachers.registry import create_teacher
+
+    paths = require_env("nnUNet_raw", "nnUNet_preprocessed")
+    raw = paths["nnUNet_raw"] / dataset_name
+    dataset_json = json.loads((trained[folds[0]].parent / "dataset.json").read_text())
+    cases = labelled_test_cases(raw, dataset_json)
+    images = validation_images(raw, cases, dataset_json, images="imagesTs")
+    device = resolve_device(request.device)
+    student_plans = json.loads((trained[folds[0]].parent / "plans.json").read_text())
+    student = predict_and_evaluate(
+        network_from_plans(student_plans, request.configuration, dataset_json),
+        [load_checkpoint(trained[f] / "checkpoint_final.pth")["network_weights"] for f in folds],
+        student_plans, request.configuration, dataset_json, images, raw, "labelsTs", device)
+    teachers = [create_teacher(request.teacher, fold=f, device="cpu") for f in folds]
+    if all(isinstance(t, NnUNetTeacher) and len(t.networks) == 1 for t in teachers):
+        network, plans = teachers[0].networks[0], teachers[0].plans
+        weights = [t.networks[0].state_dict() for t in teachers]
+    else:  # a foundation or TorchScript teacher: nnU-Net's sliding window around its logits
+        network, weights = TeacherLogits(teachers[0]), [TeacherLogits(t).state_dict() for t in teachers]
+        plans = json.loads((paths["nnUNet_preprocessed"] / dataset_name / f"{request.teacher_plans}.json").read_text())
+    teacher = predict_and_evaluate(network, weights, plans, request.configuration, dataset_json, images, raw,
+                                   "labelsTs", device)
+    return {"cases": cases, "teacher_dice": teacher["dice"], "student_dice": student["dice"],
+            "teacher_dice_per_class": teacher["dice_per_class"], "student_dice_per_class": student["dice_per_class"]}
+
+
+def check_test_cases(dataset_name: str, dataset_json: dict) -> None:
+    """--test needs labelled test cases; said before anything is trained."""
+    from nnkd.evaluation.measure import labelled_test_cases
+
+    raw = require_env("nnUNet_raw")["nnUNet_raw"] / dataset_name
+    if not labelled_test_cases(raw, dataset_json):
+        raise NnkdError(f"--test evaluates on imagesTs against labelsTs, and {raw} has no case in both",
+                        "add reference segmentations of the test images to labelsTs, or leave --test out")
+
+
 # ------------------------------------------------------------------ the table
 def _count(n) -> str:
     return "—" if n is None else f"{n / 1e6:.2f} M"
@@ -480,6 +527,11 @@ def format_table(record: dict) -> str:
               f"{_ratio(t.get('seconds_per_case'), s.get('seconds_per_case')):>17}"]
     if record["mean"]["teacher_dice"] is None:
         lines.append("teacher Dice: only an nnunet: teacher validated on this dataset's folds has one")
+    if record.get("test"):
+        test = record["test"]
+        lines[len(record["folds"]) + 2:len(record["folds"]) + 2] = [
+            f"{'test':>6}  {_number(test['teacher_dice']):>12}  {_number(test['student_dice']):>12}"
+            f"  ({len(test['cases'])} case(s) of imagesTs, folds {'+'.join(record['folds_distilled'])})"]
     return "\n".join(lines)
 
 
@@ -527,6 +579,8 @@ def distill(request: DistillRequest) -> dict:
     else:
         check_budget_shrinks(dataset_name, request.budget, request.teacher_plans, [request.configuration])
     dataset_json = json.loads((raw / "dataset.json").read_text())
+    if request.test:
+        check_test_cases(dataset_name, dataset_json)
     folds = teacher_folds(request.teacher, request.folds)
     teacher = checked_teachers(request.teacher, folds, dataset_json, cls.needs_teacher_logits)
     with OutputLock(output, COMMAND):
@@ -579,6 +633,9 @@ def _distill(request: DistillRequest, cls, dataset_name: str, output: Path, fold
         timing = seconds_per_case(request, dataset_name, teacher, trained[folds[0]])
         for who in ("teacher", "student"):
             record["models"][who]["seconds_per_case"] = timing[who]
+    if request.test:
+        record["folds_distilled"] = list(folds)
+        record["test"] = test_dice(request, dataset_name, folds, trained)
     write_json_atomic(output / RECORD, record)
     write_manifest(output, COMMAND, [RECORD], add=True)
     print("\n" + format_table(record) + f"\n\nnnkd_distill: the student is in {output} "
