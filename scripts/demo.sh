@@ -3,13 +3,13 @@
 # as the teacher until it has found every class → a tiny student (≤ 1/16 of its parameters and GFLOPs)
 # distilled from it by nnkd_distill (cache, train, validate, export for stock nnU-Net and ONNX, teacher vs
 # student table) → the same student trained without KD, for comparison, and the three's Dice per class → the
-# student segments imagesTs. 16 minutes on 2 CPU cores (README).
+# student segments imagesTs. 16 minutes on 2 CPU cores (docs/usage.md, "make demo").
 #
 # Why this data and schedule: the demo must end, on 2 CPU cores in under 25 minutes, with a teacher that has
 # learned every class (organ, lesion, vessel) and a student close to it. On 3D volumes nnU-Net's default
 # network needs more iterations to find the small lesion and vessel than 2 cores give it in that time
 # (docs/benchmarks.md); on 96×96 single-slice images (batch 3) the same kind of network found them after
-# 100–150 iterations in three runs. The schedules below were chosen from those measurements (README, "make demo").
+# 100–150 iterations in three runs. The schedules below were chosen from those measurements (docs/usage.md, "make demo").
 set -euo pipefail
 BIN="${BIN:-.venv/bin}"
 DEVICE="${DEVICE:-$("$BIN/python" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}"

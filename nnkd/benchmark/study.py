@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from nnkd.atomic import write_json_atomic
-from nnkd.evaluation.measure import TeacherLogits, evaluate, evaluate_runtimes, measure_model, validation_images
+from nnkd.evaluation.measure import evaluate_runtimes, measure_model, teacher_network, validation_images
 from nnkd.benchmark.runs import Run, check, is_finished, parse_method, train
 from nnkd.benchmark.stats import derived_ratios, summarize
 from nnkd.devices import cpu_count
@@ -135,7 +135,6 @@ def _teacher_measurements(teacher, request, dataset_name, plans_file, dataset_js
                           progress) -> dict:
     """The teacher measured like a student when it predicts this dataset's labels; its size otherwise."""
     from nnkd.planners.network_cost import count_gflops
-    from nnkd.teachers.nnunet import NnUNetTeacher
 
     patch = json.loads(plans_file.read_text())["configurations"][request.configuration]["patch_size"]
     try:
@@ -155,20 +154,12 @@ def _teacher_measurements(teacher, request, dataset_name, plans_file, dataset_js
         if measured.get("key") == key:
             return info | measured["result"]
     raw = Path(os.environ["nnUNet_raw"]) / dataset_name
-    if isinstance(teacher, NnUNetTeacher) and len(teacher.networks) == 1:
-        teacher_folder = Path(request.teacher.split(":", 1)[1].split("?")[0])
-        plans = json.loads((teacher_folder / "plans.json").read_text())
-        network = teacher.networks[0]
-        result = measure_model(network, network.state_dict(), plans, teacher.configuration, dataset_json,
-                               images, folder, device, request.onnx, progress,
-                               _calibration(request, dataset_name, plans, teacher.configuration))
-        result |= evaluate_runtimes(result, folder, raw, teacher_folder / "dataset.json", teacher_folder / "plans.json")
-    else:
-        network = TeacherLogits(teacher)
-        plans = json.loads(plans_file.read_text())
-        result = measure_model(network, network.state_dict(), plans, request.configuration, dataset_json, images,
-                               folder, device, False, progress)
-        result |= evaluate(folder, raw, plans_file.parent / "dataset.json", plans_file)
+    run = teacher_network([teacher], json.loads(plans_file.read_text()), request.configuration)
+    native = run.native  # an nnU-Net network: also in ONNX Runtime (and int8); a wrapped teacher in torch only
+    result = measure_model(run.network, run.weights[0], run.plans, run.configuration, dataset_json, images, folder,
+                           device, request.onnx and native, progress,
+                           _calibration(request, dataset_name, run.plans, run.configuration) if native else None)
+    result |= evaluate_runtimes(result, folder, raw, dataset_json, run.plans)
     write_json_atomic(done, {"key": key, "result": result})
     return info | result
 
@@ -190,8 +181,7 @@ def _student_measurements(record: dict, request, dataset_name, dataset_json, ima
     weights = load_checkpoint(fold_dir / "checkpoint_final.pth")["network_weights"]
     result = measure_model(network, weights, plans, request.configuration, dataset_json, images, folder, device,
                            request.onnx, progress, _calibration(request, dataset_name, plans, request.configuration))
-    result |= evaluate_runtimes(result, folder, Path(os.environ["nnUNet_raw"]) / dataset_name,
-                                fold_dir.parent / "dataset.json", fold_dir.parent / "plans.json")
+    result |= evaluate_runtimes(result, folder, Path(os.environ["nnUNet_raw"]) / dataset_name, dataset_json, plans)
     result["int8"] = request.int8
     student = plans["configurations"][request.configuration].get(STUDENT_KEY, {})
     result |= {"parameters": student.get("params"), "gflops_per_patch": student.get("gflops_per_patch")}

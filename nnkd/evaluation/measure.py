@@ -7,6 +7,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +27,30 @@ class TeacherLogits(nn.Module):
 
     def forward(self, x):
         return self.teacher(x).logits
+
+
+@dataclass
+class TeacherNetwork:
+    """A teacher as nnU-Net's predictor runs it: `network` with one state dict per fold in `weights`, `plans` and
+    `configuration`. `native`: an nnU-Net network with its own plans and configuration (exportable to ONNX);
+    otherwise the teacher wrapped by TeacherLogits, run with the dataset's teacher plans."""
+    network: nn.Module
+    weights: list[dict]
+    plans: dict
+    configuration: str
+    native: bool
+
+
+def teacher_network(teachers: list, plans: dict, configuration: str) -> TeacherNetwork:
+    """`teachers` (one per fold, the same spec) as one network for nnU-Net's predictor: an nnU-Net teacher of one
+    network is that network with its own plans; any other teacher (a foundation model, TorchScript, an ensemble
+    spec) is wrapped by TeacherLogits and run with `plans`/`configuration`, those the student was planned from."""
+    native = [t.nnunet_network() for t in teachers]
+    if all(native):
+        network, own_plans, own_configuration = native[0]
+        return TeacherNetwork(network, [n[0].state_dict() for n in native], own_plans, own_configuration, True)
+    return TeacherNetwork(TeacherLogits(teachers[0]), [TeacherLogits(t).state_dict() for t in teachers], plans,
+                          configuration, False)
 
 
 def validation_images(raw_dataset: Path, cases: list[str], dataset_json: dict, images: str = "imagesTr"
@@ -64,11 +89,7 @@ def predict_and_evaluate(network: nn.Module, weights: list[dict], plans: dict, c
         for case, image, properties in images:
             writer.write_seg(predictor.predict_single_npy_array(image, properties),
                              str(Path(tmp) / f"{case}{dataset_json['file_ending']}"), properties)
-        plans_file = Path(tmp) / "plans.json"
-        plans_file.write_text(json.dumps(plans))
-        dataset_file = Path(tmp) / "dataset.json"
-        dataset_file.write_text(json.dumps(dataset_json))
-        return evaluate(Path(tmp), raw_dataset, dataset_file, plans_file, labels)
+        return evaluate(Path(tmp), raw_dataset, dataset_json, plans, labels)
 
 
 def predict_and_time(predictor, images: list[tuple], output: Path | None, writer, ending: str,
@@ -132,26 +153,28 @@ def measure_model(network: nn.Module, weights: dict, plans: dict, configuration:
     return result
 
 
-def evaluate(predictions: Path, raw_dataset: Path, dataset_json_file: Path, plans_file: Path,
-             labels: str = "labelsTr") -> dict:
+def evaluate(predictions: Path, raw_dataset: Path, dataset_json: dict, plans: dict, labels: str = "labelsTr") -> dict:
     """nnU-Net's evaluation of a folder of predictions against labelsTr (or `labels`): mean foreground Dice and per
-    class."""
+    class (summary.json beside the predictions)."""
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2
 
-    compute_metrics_on_folder2(str(raw_dataset / labels), str(predictions), str(dataset_json_file),
-                               str(plans_file), str(predictions / "summary.json"), num_processes=1, chill=True)
+    with tempfile.TemporaryDirectory() as tmp:  # nnU-Net's evaluation reads both from files
+        files = {name: Path(tmp) / f"{name}.json" for name in ("dataset", "plans")}
+        files["dataset"].write_text(json.dumps(dataset_json))
+        files["plans"].write_text(json.dumps(plans))
+        compute_metrics_on_folder2(str(raw_dataset / labels), str(predictions), str(files["dataset"]),
+                                   str(files["plans"]), str(predictions / "summary.json"), num_processes=1, chill=True)
     summary = json.loads((predictions / "summary.json").read_text())
     return {"dice": summary["foreground_mean"]["Dice"],
             "dice_per_class": {str(k): v["Dice"] for k, v in summary["mean"].items()}}
 
 
-def evaluate_runtimes(measured: dict, output: Path, raw_dataset: Path, dataset_json_file: Path,
-                      plans_file: Path) -> dict:
+def evaluate_runtimes(measured: dict, output: Path, raw_dataset: Path, dataset_json: dict, plans: dict) -> dict:
     """Dice of every runtime that was measured: `dice` / `dice_per_class` for torch, `dice_onnx`, `dice_int8`
     (and their `_per_class`) for ONNX Runtime fp32 and int8."""
-    result = evaluate(output, raw_dataset, dataset_json_file, plans_file)
+    result = evaluate(output, raw_dataset, dataset_json, plans)
     for runtime in RUNTIMES[1:]:
         if measured.get(f"seconds_per_case_{runtime}") is not None:
-            scores = evaluate(runtime_folder(output, runtime), raw_dataset, dataset_json_file, plans_file)
+            scores = evaluate(runtime_folder(output, runtime), raw_dataset, dataset_json, plans)
             result |= {f"dice_{runtime}": scores["dice"], f"dice_per_class_{runtime}": scores["dice_per_class"]}
     return result

@@ -16,8 +16,9 @@ from nnkd.errors import NnkdError
 from nnkd.folds import numbered_or_all, split_cases, trained_folds
 from nnkd.nnunet_env import find_dataset_name, require_env
 from nnkd.planners.budget import Budget
-from nnkd.plans import DEFAULT_TEACHER_PLANS
+from nnkd.plans import DEFAULT_TEACHER_PLANS, PreprocessedConfiguration
 from nnkd.records import software_versions
+from nnkd.teachers.registry import TeacherSpec
 from nnkd.run_names import split_run_trainer_name
 
 RECORD = "distill.json"  # in OUT: what nnkd_distill made there and the table it printed
@@ -99,8 +100,8 @@ def schedule_of_request(request: DistillRequest) -> dict:
 
 def teacher_folder(spec: str) -> Path | None:
     """The model folder of an nnunet: teacher spec (None for other families)."""
-    family, _, rest = spec.partition(":")
-    return Path(rest.partition("?")[0]).expanduser() if family == "nnunet" and rest else None
+    parsed = TeacherSpec.parse(spec)
+    return Path(parsed.path).expanduser() if parsed.family == "nnunet" and parsed.path else None
 
 
 def teacher_folds(spec: str, folds: tuple[str, ...]) -> list[str]:
@@ -110,10 +111,9 @@ def teacher_folds(spec: str, folds: tuple[str, ...]) -> list[str]:
 
     if folds:
         return [str(parse_fold(f)) for f in dict.fromkeys(folds)]
-    family, _, rest = spec.partition(":")
-    if family != "nnunet":
+    folder = teacher_folder(spec)
+    if folder is None:
         return ["0", "1", "2", "3", "4"]
-    folder = Path(rest.partition("?")[0]).expanduser()
     if not folder.is_dir():
         raise NnkdError(f"teacher folder {folder} not found", "give the nnU-Net model folder of a trained teacher "
                         "(…/DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__3d_fullres)")
@@ -211,7 +211,6 @@ def check_budget_shrinks(dataset_name: str, budget: Budget, teacher_plans: str, 
 def planned_student(dataset_name: str, request: DistillRequest) -> str:
     """The student plans name, planning and preprocessing first when they are not there."""
     from nnkd.planners.student_planner import student_plans_identifier
-    from nnkd.plans import PreprocessedConfiguration
 
     plans = student_plans_identifier(request.budget, request.teacher_plans)
     try:
@@ -283,7 +282,6 @@ def search_budget(request: DistillRequest, dataset_name: str, fold: str, cached:
     from nnkd.pipeline.search import (LADDER_FRACTIONS, Candidate, Progress, ladder, no_candidate_error,
                                       run_search)
     from nnkd.planners.student_planner import STUDENT_KEY
-    from nnkd.plans import PreprocessedConfiguration
     from nnkd.run.common import validation_dice
     from nnkd.trainers.nnkd_trainer import STOP_AFTER_EPOCH_ENV
 
@@ -385,13 +383,12 @@ def check_reusable(folder: Path, request: DistillRequest, fold: str, cached: boo
 def teacher_validation_dice(spec: str, fold: str) -> float | None:
     """nnU-Net's own validation Dice of an nnunet: teacher's fold (the student's validation cases when the
     teacher was trained on this dataset's splits); None for other teachers or a fold never validated."""
-    family, _, rest = spec.partition(":")
-    path, _, query = rest.partition("?")
-    if family != "nnunet" or "fold" in query:
+    folder = teacher_folder(spec)
+    if folder is None or {"fold", "folds"} & set(TeacherSpec.parse(spec).options):
         return None
     from nnkd.run.common import validation_dice
 
-    return validation_dice(Path(path).expanduser() / f"fold_{fold}")
+    return validation_dice(folder / f"fold_{fold}")
 
 
 def sizes(teacher, plans_record: dict, patch_size) -> dict:
@@ -409,17 +406,21 @@ def sizes(teacher, plans_record: dict, patch_size) -> dict:
                         "gflops_per_patch": plans_record.get("gflops_per_patch")}}
 
 
+def teacher_plans(dataset_name: str, request: DistillRequest) -> dict:
+    """The dataset's teacher plans (those the student was planned from), which a wrapped teacher predicts with."""
+    return PreprocessedConfiguration.load(dataset_name, request.teacher_plans, request.configuration).plans
+
+
 def seconds_per_case(request: DistillRequest, dataset_name: str, teacher, student_folder: Path) -> dict:
     """nnU-Net's whole per-case prediction (preprocessing, sliding window, resampling back; no mirroring) of the
     first fold's validation cases, median after a warm-up case, teacher and student on the same device."""
     import torch
 
-    from nnkd.evaluation.measure import TeacherLogits, predict_and_time, validation_images
+    from nnkd.evaluation.measure import predict_and_time, teacher_network, validation_images
     from nnkd.devices import resolve_device
     from nnkd.inference.predict import make_predictor
     from nnkd.plans import network_from_plans
     from nnkd.checkpoints import load_checkpoint
-    from nnkd.teachers.nnunet import NnUNetTeacher
 
     paths = require_env("nnUNet_raw", "nnUNet_preprocessed")
     fold = student_folder.name.removeprefix("fold_")
@@ -438,14 +439,8 @@ def seconds_per_case(request: DistillRequest, dataset_name: str, teacher, studen
     network = network_from_plans(student_plans, request.configuration, dataset_json)
     weights = load_checkpoint(student_folder / "checkpoint_final.pth")["network_weights"]
     result = {"student": timed(network, weights, student_plans, request.configuration)}
-    teacher = teacher.to(device)
-    if isinstance(teacher, NnUNetTeacher) and len(teacher.networks) == 1:
-        network = teacher.networks[0]
-        result["teacher"] = timed(network, network.state_dict(), teacher.plans, teacher.configuration)
-    else:
-        wrapped = TeacherLogits(teacher)
-        plans = json.loads((paths["nnUNet_preprocessed"] / dataset_name / f"{request.teacher_plans}.json").read_text())
-        result["teacher"] = timed(wrapped, wrapped.state_dict(), plans, request.configuration)
+    run = teacher_network([teacher.to(device)], teacher_plans(dataset_name, request), request.configuration)
+    result["teacher"] = timed(run.network, run.weights[0], run.plans, run.configuration)
     torch.cuda.empty_cache() if device.type == "cuda" else None
     return {k: round(v, 4) for k, v in result.items()}
 
@@ -456,10 +451,8 @@ def test_dice(request: DistillRequest, dataset_name: str, folds: list[str], trai
     nnU-Net's evaluation: Dice and Dice per class of both, and the cases."""
     from nnkd.checkpoints import load_checkpoint
     from nnkd.devices import resolve_device
-    from nnkd.evaluation.measure import (TeacherLogits, labelled_test_cases, predict_and_evaluate,
-                                         validation_images)
+    from nnkd.evaluation.measure import labelled_test_cases, predict_and_evaluate, teacher_network, validation_images
     from nnkd.plans import network_from_plans
-    from nnkd.teachers.nnunet import NnUNetTeacher
     from nnkd.teachers.registry import create_teacher
 
     paths = require_env("nnUNet_raw", "nnUNet_preprocessed")
@@ -473,15 +466,10 @@ def test_dice(request: DistillRequest, dataset_name: str, folds: list[str], trai
         network_from_plans(student_plans, request.configuration, dataset_json),
         [load_checkpoint(trained[f] / "checkpoint_final.pth")["network_weights"] for f in folds],
         student_plans, request.configuration, dataset_json, images, raw, "labelsTs", device)
-    teachers = [create_teacher(request.teacher, fold=f, device="cpu") for f in folds]
-    if all(isinstance(t, NnUNetTeacher) and len(t.networks) == 1 for t in teachers):
-        network, plans = teachers[0].networks[0], teachers[0].plans
-        weights = [t.networks[0].state_dict() for t in teachers]
-    else:  # a foundation or TorchScript teacher: nnU-Net's sliding window around its logits
-        network, weights = TeacherLogits(teachers[0]), [TeacherLogits(t).state_dict() for t in teachers]
-        plans = json.loads((paths["nnUNet_preprocessed"] / dataset_name / f"{request.teacher_plans}.json").read_text())
-    teacher = predict_and_evaluate(network, weights, plans, request.configuration, dataset_json, images, raw,
-                                   "labelsTs", device)
+    run = teacher_network([create_teacher(request.teacher, fold=f, device="cpu") for f in folds],
+                          teacher_plans(dataset_name, request), request.configuration)
+    teacher = predict_and_evaluate(run.network, run.weights, run.plans, run.configuration, dataset_json, images,
+                                   raw, "labelsTs", device)
     return {"cases": cases, "teacher_dice": teacher["dice"], "student_dice": student["dice"],
             "teacher_dice_per_class": teacher["dice_per_class"], "student_dice_per_class": student["dice_per_class"]}
 

@@ -62,6 +62,12 @@ class Teacher(nn.Module, ABC):
                            for c, s in zip(self.feature_channels, self.feature_strides)],
                 "logits": self.has_logits, "labels": self.labels, "checkpoint": self.checkpoint_path}
 
+    def nnunet_network(self) -> tuple[nn.Module, dict, str] | None:
+        """(network, plans, configuration) when this teacher is exactly one stock nnU-Net network (an nnU-Net
+        teacher of one fold): nnU-Net's predictor and the ONNX export then run it as any nnU-Net model. None for
+        every other teacher."""
+        return None
+
     def freeze(self) -> "Teacher":
         self.eval()
         for p in self.parameters():

@@ -69,6 +69,9 @@ class NnUNetTeacher(Teacher):
                                     "intensity_properties": plans["foreground_intensity_properties_per_channel"]}
         self.divisible_by = self.feature_strides[-1]
 
+    def nnunet_network(self) -> tuple[torch.nn.Module, dict, str] | None:
+        return (self.networks[0], self.plans, self.configuration) if len(self.networks) == 1 else None
+
     def forward(self, x: torch.Tensor) -> TeacherOutput:
         size = x.shape[2:]
         x = pad_to_multiple(x, self.divisible_by)  # the teacher's own strides may not divide the student's patch
