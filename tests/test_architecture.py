@@ -86,3 +86,19 @@ def test_deployment_needs_no_training_code():
             "print([m for m in sys.modules if m.startswith('nnkd.trainers') or m.split('.')[:2] == ['nnkd', 'run']])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_nnunet_finds_every_method_trainer_and_named_runs_in_nnkds_trainer_folder():
+    """nnU-Net's own trainer search over nnkd's folder (what nnUNet_extTrainer points to) finds each trainer of the
+    method table, with no import list to keep in step, and a named run as a subclass."""
+    from nnunetv2.utilities.find_objects import recursive_find_python_class
+
+    from nnkd.method_table import ALL_METHOD_TRAINERS
+    from nnkd.trainers import EXT_TRAINER_FOLDER
+
+    for trainer in [*ALL_METHOD_TRAINERS.values(), "nnKDTrainer_Logit@my-run"]:
+        found = recursive_find_python_class(EXT_TRAINER_FOLDER, trainer, "nnkd.trainers.nnunet_ext")
+        assert found is not None and found.__name__ == trainer, trainer
+    assert issubclass(recursive_find_python_class(EXT_TRAINER_FOLDER, "nnKDTrainer_Logit@my-run",
+                                                  "nnkd.trainers.nnunet_ext"),
+                      recursive_find_python_class(EXT_TRAINER_FOLDER, "nnKDTrainer_Logit", "nnkd.trainers.nnunet_ext"))

@@ -12,11 +12,12 @@ stock `nnUNetv2_train -tr 'nnKDTrainer_Logit@NAME'`.
 from functools import lru_cache
 
 from nnkd.run_names import run_name_problem, split_run_trainer_name
-from nnkd.trainers.lorkd import nnKDTrainer_LoRKD  # noqa: F401
-from nnkd.trainers.methods import (nnKDTrainer_CKA, nnKDTrainer_CWD, nnKDTrainer_DRD,  # noqa: F401
-                                   nnKDTrainer_Feature, nnKDTrainer_Logit, nnKDTrainer_MultiTeacher,
-                                   nnKDTrainer_NoKD, nnKDTrainer_TSKD)
-from nnkd.trainers.nnkd_trainer import nnKDTrainer  # noqa: F401
+from nnkd.trainers.lorkd import nnKDTrainer_LoRKD  # noqa: F401  (not in the single-dataset METHODS)
+from nnkd.trainers.methods import METHODS
+from nnkd.trainers.nnkd_trainer import nnKDTrainer
+
+# every method's trainer under its class name, from the one table of methods (a new method needs no line here)
+globals().update({cls.__name__: cls for cls in METHODS.values()})
 
 
 @lru_cache(maxsize=None)
