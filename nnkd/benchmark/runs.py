@@ -154,11 +154,14 @@ def started_as_asked(run: Run, request, fold_dir: Path) -> bool:
 
 
 def run_teachers(run: Run, request) -> list[str]:
-    """The teacher specs a run trains with: none for the baseline, every --teacher for multiteacher, else the
-    first."""
-    if run.method == "none":
+    """The teacher specs a run trains with: none for a method without a teacher (the baseline), every --teacher for a
+    method that takes several, else the first."""
+    from nnkd.trainers.methods import METHODS
+
+    cls = METHODS[run.method]
+    if not cls.needs_teacher:
         return []
-    return [request.teacher, *request.extra_teachers] if run.method == "multiteacher" else [request.teacher]
+    return [request.teacher, *request.extra_teachers] if cls.takes_several_teachers else [request.teacher]
 
 
 def train(run: Run, plans: str, request, dataset_name: str, env: dict, output: Path) -> dict:

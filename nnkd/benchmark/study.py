@@ -105,9 +105,9 @@ def _runs(request: BenchmarkRequest, teacher_has_logits: bool) -> list[Run]:
     for seed in range(request.seeds):
         for budget in request.budgets:
             for method, hp in variants:
-                if method == "logit" and not teacher_has_logits:
+                if METHODS[method].needs_teacher_logits and not teacher_has_logits:
                     if seed == 0:
-                        print(f"note: {request.teacher} has no logits for this dataset; logit KD is left out")
+                        print(f"note: {request.teacher} has no logits for this dataset; {method} is left out")
                     continue
                 cls = METHODS[method]  # logit KD, and TS-KD without its feature term, can learn from the cache
                 cacheable = cls.needs_teacher_logits and not cls.takes_several_teachers and \
