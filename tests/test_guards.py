@@ -235,6 +235,20 @@ def test_no_command_writes_where_it_must_not(command, target, misdirected):
     assert misdirected["unchanged"] and misdirected["same_paths"]
 
 
+def test_the_benchmark_writes_neither_into_nnunets_folders_nor_into_a_model(teacher, trained):
+    """nnkd_benchmark -o at a raw dataset, a trained model or a results dataset stops with one line, nothing written."""
+    env = teacher["env"]
+    targets = _targets(env, teacher, trained)
+    roots = [Path(env[n]) for n in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")]
+    before = [tree_digest(r) for r in roots]
+    results = run_clis([("nnkd_benchmark", ["--quick", "-d", PLANNED_ID, "--teacher", teacher["spec"], "-o",
+                                            targets[t]], env) for t in ("raw-dataset", "teacher-model",
+                                                                        "results-dataset")])
+    for result, where in zip(results, ("is inside nnUNet_raw", "is the trained model folder", "was not written by")):
+        assert where in error_line(result)
+    assert [tree_digest(r) for r in roots] == before
+
+
 # --------------------------------------------------------------------- reruns keep what the user added to OUT
 def test_export_overwrite_replaces_only_its_own_files(trained, teacher, tmp_path):
     env = teacher["env"]

@@ -17,12 +17,14 @@ from nnkd.benchmark.stats import derived_ratios, summarize
 from nnkd.devices import cpu_count
 from nnkd.errors import NnkdError
 from nnkd.folds import split_cases
+from nnkd.outputs import check_output, read_manifest, write_manifest
 from nnkd.method_table import METHOD_TRAINERS
 from nnkd.nnunet_env import find_dataset_name, require_env
 from nnkd.planners.student_planner import STUDENT_KEY
 from nnkd.plans import PreprocessedConfiguration
 
 QUICK_DATASET = 999
+COMMAND = "nnkd_benchmark"
 
 
 @dataclass
@@ -244,9 +246,13 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
             raise NnkdError("--int8 measures an ONNX Runtime int8 model, and --no-onnx turns ONNX off",
                             "drop one of them")
         require_quantization()
-    output = Path(request.output).resolve()
-    output.mkdir(parents=True, exist_ok=True)
     paths = require_env("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+    # never nnU-Net's raw or preprocessed data, a trained model, or a folder of another command; a rerun adds to
+    # (and resumes from) what it wrote before
+    output = check_output(request.output, COMMAND, replaces=False)
+    output.mkdir(parents=True, exist_ok=True)
+    if read_manifest(output) is None:
+        write_manifest(output, COMMAND, [])
     env = {**os.environ, "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", str(request.num_processes))}
     device = resolve_device(request.device)
     request.device = device.type
