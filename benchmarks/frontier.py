@@ -3,7 +3,7 @@
     python benchmarks/frontier.py -o OUT -d 980 --preset multiorgan --dim 2 --shape 128 128 -c 2d
         [--cases 50] [--test-cases 12] [--teacher-epochs 120] [--iterations 50] [--val-iterations 4]
         [--budgets 1/4,1/16,1/64,1/256] [--methods none,logit] [--seeds 3] [--jobs 1] [--device cpu|cuda]
-        [--allow-unconverged]
+        [--allow-unconverged] [--teacher-only]
 
 1. Dataset: `nnkd_make_synthetic -d ID --preset P --dim D` unless `$nnUNet_raw` has it (an existing dataset,
    e.g. 990, is used as it is).
@@ -12,7 +12,8 @@
    `$nnUNet_results/<dataset>/nnKDTrainer_NoKD@s0__nnUNetPlans__<c>`; continued when it stopped.
 3. Convergence: the teacher's EMA pseudo Dice must gain < --plateau-gain points over the last
    --plateau-share of its epochs (nnkd.evaluation.convergence); otherwise the study stops (train the teacher
-   longer) unless --allow-unconverged. Its curve is drawn to OUT/teacher_curve.png.
+   longer) unless --allow-unconverged. Its curve is drawn to OUT/teacher_curve.png and the verdict, schedule and
+   nnU-Net's validation Dice written to OUT/teacher.json (--teacher-only stops there, and skips planning).
 4. Students: `nnkd_benchmark --budgets params<P/N>,… --methods <methods> --cached-only`, one budget per
    --budgets fraction 1/N of the teacher's parameters (an absolute --max-params limit each: GFLOPs are left
    free, so the smallest fractions stay plannable; the plots show both axes), with the teacher's own schedule (--teacher-epochs × --iterations: the same number of iterations), --seeds seeds,
@@ -29,6 +30,7 @@ import os
 import platform
 from pathlib import Path
 
+from nnkd.atomic import write_json_atomic
 from nnkd.devices import cpu_identity
 from nnkd.evaluation.convergence import PLATEAU_GAIN, PLATEAU_SHARE, plateau, training_curve
 from nnkd.benchmark.frontier import frontier, plot_teacher_curve, write_frontier
@@ -36,6 +38,7 @@ from nnkd.benchmark.runs import check
 from nnkd.planners.budget import Budget
 from nnkd.planners.student_planner import STUDENT_KEY
 from nnkd.plans import PreprocessedConfiguration
+from nnkd.run.common import validation_dice
 from nnkd.run_names import derived_run_name, run_trainer_name
 
 TEACHER_SEED = 0
@@ -96,6 +99,9 @@ def main() -> None:
     parser.add_argument("-np", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--teacher-only", action="store_true",
+                        help="train (or reuse) the teacher, write OUT/teacher.json and its curve with the plateau "
+                             "verdict, and stop: no planning, no students")
     args = parser.parse_args()
 
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -111,24 +117,32 @@ def main() -> None:
         check(["nnkd_make_synthetic", "-d", args.d, "--preset", args.preset, "--dim", args.dim, "--shape",
                *args.shape, "--cases", args.cases, "--test-cases", args.test_cases], env, logs / "make_synthetic.log")
     dataset = next(raw.glob(f"Dataset{args.d:03d}_*")).name
-    check(["nnkd_plan_and_preprocess", "-d", args.d, "-c", args.c, "--budget", "tiny", "-np", args.np], env,
-          logs / "plan.log")
-
-    tiny = PreprocessedConfiguration.load(dataset, "nnKDPlans_tiny", args.c).plans["configurations"][args.c]
-    teacher_params = tiny[STUDENT_KEY]["teacher_params"]
-    budgets = {f"params{int(teacher_params * f)}": f for f in fractions}
+    if not args.teacher_only:
+        check(["nnkd_plan_and_preprocess", "-d", args.d, "-c", args.c, "--budget", "tiny", "-np", args.np], env,
+              logs / "plan.log")
 
     folder = train_teacher(args, env, dataset, logs)
     curve = training_curve(folder / "fold_0")
     judged = plateau(curve["ema_fg_dice"], args.plateau_share, args.plateau_gain)
     args.o.mkdir(parents=True, exist_ok=True)
     plot_teacher_curve(curve, judged.to_json(), args.iterations, args.o / "teacher_curve.png")
+    write_json_atomic(args.o / "teacher.json", {  # the verdict, before any student is trained
+        "spec": f"nnunet:{folder}", "plans": "nnUNetPlans", "configuration": args.c, "seed": TEACHER_SEED,
+        "epochs": args.teacher_epochs, "iterations_per_epoch": args.iterations,
+        "iterations": len(curve["ema_fg_dice"]) * args.iterations,
+        "validation_dice": validation_dice(folder / "fold_0"),  # nnU-Net's own validation of fold 0
+        "machine": cpu_identity().get("cpu") or platform.machine(), "plateau": judged.to_json(), "curve": curve})
     print(f"teacher: {folder}; {judged.criterion}: gain {100 * judged.gain:.2f} points → "
           f"{'converged' if judged.converged else 'not converged'}")
+    if args.teacher_only:
+        return
     if not judged.converged and not args.allow_unconverged:
         raise SystemExit("frontier: error: the teacher has not converged by the criterion; train it longer "
                          "(a larger --teacher-epochs in a new -o and $nnUNet_results) or pass --allow-unconverged")
 
+    tiny = PreprocessedConfiguration.load(dataset, "nnKDPlans_tiny", args.c).plans["configurations"][args.c]
+    teacher_params = tiny[STUDENT_KEY]["teacher_params"]
+    budgets = {f"params{int(teacher_params * f)}": f for f in fractions}
     benchmark = args.o / "benchmark"
     check(["nnkd_benchmark", "-d", args.d, "-c", args.c, "--teacher", f"nnunet:{folder}", "--methods", args.methods,
            "--budgets", ",".join(budgets), "--epochs", args.teacher_epochs, "--iterations-per-epoch", args.iterations,

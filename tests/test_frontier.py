@@ -96,5 +96,8 @@ def test_the_frontier_command_stops_when_its_teacher_has_not_converged(nnunet_en
     folder = Path(nnunet_env["nnUNet_results"]) / "Dataset985_Synthetic" / "nnKDTrainer_NoKD@s0__nnUNetPlans__2d"
     assert (folder / "fold_0" / "checkpoint_final.pth").is_file() and f"teacher: {folder}" in result.stdout
     assert (tmp_path / "out" / "teacher_curve.png").is_file() and not (tmp_path / "out" / "benchmark").exists()
+    teacher = json.loads((tmp_path / "out" / "teacher.json").read_text())  # the verdict, written before stopping
+    assert teacher["plateau"]["converged"] is False and teacher["iterations"] == 2 and teacher["seed"] == 0
+    assert 0 <= teacher["validation_dice"] <= 1 and teacher["spec"] == f"nnunet:{folder}"
     dataset = json.loads((Path(nnunet_env["nnUNet_raw"]) / "Dataset985_Synthetic" / "dataset.json").read_text())
     assert dataset["nnkd_synthetic"]["preset"] == "multiorgan"
