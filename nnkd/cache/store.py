@@ -111,24 +111,23 @@ class TeacherCache:
     def _entry_file(self, case: str) -> Path:
         return self.folder / f"{case}{ENTRY}"
 
+    @staticmethod
+    def _read_entry(path: Path) -> dict | None:
+        try:
+            return json.loads(path.read_text())
+        except ValueError:  # a record cut short: the case is not current and is recomputed
+            return None
+
     def entries(self) -> dict[str, dict]:
         """case -> its record ({teacher_sha256, shape, sha256 of its files}) for every case written so far."""
         found = dict(self.manifest.get("cases", {}))
         for path in sorted(self.folder.glob(f"*{ENTRY}")):
-            try:
-                found[path.name[:-len(ENTRY)]] = json.loads(path.read_text())
-            except ValueError:  # a record cut short: the case is not current and is recomputed
-                found.pop(path.name[:-len(ENTRY)], None)
-        return found
+            found[path.name[:-len(ENTRY)]] = self._read_entry(path)
+        return {case: entry for case, entry in found.items() if entry is not None}
 
     def entry(self, case: str) -> dict | None:
         path = self._entry_file(case)
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except ValueError:
-                return None
-        return self.manifest.get("cases", {}).get(case)
+        return self._read_entry(path) if path.is_file() else self.manifest.get("cases", {}).get(case)
 
     @property
     def settings(self) -> CacheSettings:

@@ -36,7 +36,7 @@ def conv_flops(kind: str, in_channels: int, out_channels: int, kernel, groups: i
     return 2 * int(np.prod(out_shape[2:])) * out_channels * taps
 
 
-def _signature(kind: str, shape_in, shape_out, module=None, kernel=None, in_channels=None, out_channels=None) -> str:
+def _signature(kind: str, shape_out, kernel=None, in_channels=None, out_channels=None) -> str:
     size = "×".join(str(int(s)) for s in shape_out[2:])
     if kind in ("Conv", "ConvTranspose"):
         k = "×".join(str(int(s)) for s in kernel)
@@ -94,10 +94,10 @@ def torch_layers(network: nn.Module, patch: torch.Tensor, repeats: int = 5) -> l
         if kind in ("Conv", "ConvTranspose"):
             record["flops"] = conv_flops(kind, module.in_channels, module.out_channels, module.kernel_size,
                                          module.groups, shape_out, shape_in)
-            record["signature"] = _signature(kind, shape_in, shape_out, kernel=module.kernel_size,
+            record["signature"] = _signature(kind, shape_out, kernel=module.kernel_size,
                                              in_channels=module.in_channels, out_channels=module.out_channels)
         else:
-            record["signature"] = _signature(kind, shape_in, shape_out)
+            record["signature"] = _signature(kind, shape_out)
         layers.append(record)
     return layers
 
@@ -157,10 +157,10 @@ def onnx_layers(network: nn.Module, patch: torch.Tensor, repeats: int = 5, threa
             groups = next((a.i for a in node.attribute if a.name == "group"), 1)
             out_channels, in_channels = (w[0], w[1] * groups) if kind == "Conv" else (w[1] * groups, w[0])
             record["flops"] = conv_flops(kind, in_channels, out_channels, w[2:], groups, out_shape, in_shape)
-            record["signature"] = _signature(kind, in_shape, out_shape, kernel=w[2:], in_channels=in_channels,
+            record["signature"] = _signature(kind, out_shape, kernel=w[2:], in_channels=in_channels,
                                              out_channels=out_channels)
         else:
-            record["signature"] = _signature(kind, in_shape, out_shape) if out_shape and in_shape else kind
+            record["signature"] = _signature(kind, out_shape) if out_shape and in_shape else kind
         layers.append(record)
     return layers
 
