@@ -43,7 +43,8 @@ import numpy as np
 from nnkd.atomic import write_json_atomic
 from nnkd.evaluation.runtimes import RUNTIME_LABELS as BENCHMARK_RUNTIME_LABELS
 
-RUNTIME_LABELS = {**BENCHMARK_RUNTIME_LABELS, "bf16": "torch bf16"}  # nnkd_benchmark's runtimes and nnkd_predict --bf16
+# nnkd_benchmark's runtimes, nnkd_predict --bf16, and nnkd_predict's default fast path (nnkd.inference.fast)
+RUNTIME_LABELS = {**BENCHMARK_RUNTIME_LABELS, "bf16": "torch bf16", "fast": "nnkd_predict fast path"}
 RUNTIMES = tuple(RUNTIME_LABELS)
 DEFAULT_RUNTIMES = tuple(BENCHMARK_RUNTIME_LABELS)
 
@@ -237,9 +238,15 @@ def measure(args, built: dict, runtime: str, mirroring: bool, cases: list[Path])
     from nnkd.inference.predict import make_predictor
     from nnkd.inference.profile import STEPS, predict_profiled
 
-    in_torch = runtime in ("torch", "bf16")
+    in_torch = runtime in ("torch", "bf16", "fast")
     network = built["network"] if in_torch else OnnxNetwork(built["onnx"][runtime], built["channels"])
     weights = [built["network"].state_dict()] if in_torch else [{}]
+    fast = None
+    if runtime == "fast":  # chosen once per process, as nnkd_predict chooses it (its seconds: fast_choice_seconds)
+        from nnkd.inference.fast import choose_for_plans
+
+        fast = choose_for_plans(built["network"], weights, built["plans"], CONFIGURATION, built["channels"])
+        network = fast.network
     predictor = make_predictor(built["plans"], CONFIGURATION, built["dataset_json"], weights, network, (0, 1, 2),
                                resolve_device("cpu"), use_mirroring=mirroring,  # threads, memory: as nnkd_predict
                                bf16=runtime == "bf16")
@@ -256,10 +263,17 @@ def measure(args, built: dict, runtime: str, mirroring: bool, cases: list[Path])
     patches = int(np.prod([len(s) for s in compute_steps_for_sliding_window(shape, built["patch_size"], 0.5)]))
     seconds = {step: statistics.median(r["seconds"][step] for r in runs) for step in STEPS}
     total = statistics.median(r["total"] for r in runs)
-    return {"seconds_per_case": round(total, 3), "steps": {k: round(v, 3) for k, v in seconds.items()},
+    return {"seconds_per_case": round(total, 3), "seconds_per_case_min": round(min(r["total"] for r in runs), 3), "steps": {k: round(v, 3) for k, v in seconds.items()},
             "network_share": round(seconds["network"] / total, 3), "patches": patches,
             "network_seconds_per_patch": round(seconds["network"] / patches / (8 if mirroring else 1), 4),
-            "original_shape": runs[0]["original_shape"], "preprocessed_shape": shape, "runs": len(runs)}
+            "original_shape": runs[0]["original_shape"], "preprocessed_shape": shape, "runs": len(runs),
+            **({"fast_path": fast.record()} if fast else {})}
+
+
+def runtime_label(row: dict) -> str:
+    """The runtime's name in reports; the fast path's with what it chose."""
+    label = RUNTIME_LABELS[row["runtime"]]
+    return f"{label} ({row['fast_path']['runtime']})" if row.get("fast_path") else label
 
 
 def _fresh_processes(each: list | None) -> str:
@@ -302,6 +316,11 @@ def report(args, record: dict) -> None:
         r["faster_than_teacher_torch"] = round(reference / r["seconds_per_case"], 2) if reference else None
         same = base.get((r["mirroring"], r["runtime"]))
         r["faster_than_teacher_same_runtime"] = round(same / r["seconds_per_case"], 2) if same else None
+        r["speedup_same_runtime"] = r["faster_than_teacher_same_runtime"]  # issue 46's name for it
+        if teacher:  # the physical limit of that speed-up
+            r["gflops_ratio"] = round(teacher["gflops_per_patch"] / sizes[r["model"]]["gflops_per_patch"], 2)
+            r["share_of_gflops_ratio"] = (round(r["speedup_same_runtime"] / r["gflops_ratio"], 2)
+                                          if r["speedup_same_runtime"] else None)
     m = record["machine"]
     case = rows[0] if rows else {}
     lines = [f"# Per-case latency: {args.case} case", "",
@@ -311,24 +330,27 @@ def report(args, record: dict) -> None:
              f"torch {m['torch']}, onnxruntime {m['onnxruntime']}. Case: {case.get('original_shape')} voxels "
              f"({case.get('preprocessed_shape')} after nnU-Net's preprocessing). "
              "Random weights (seed 0): time does not depend on them. Each number is nnU-Net's whole per-case "
-             "prediction from the NIfTI file to the written label map, median of the runs shown; network = sliding "
+             "prediction from the NIfTI file to the written label map, median (min) of the runs shown; network = sliding "
              "window (step 0.5, Gaussian), with mirroring = nnU-Net's default 8-flip test-time augmentation.", "",
-             "| model | params | GFLOPs / patch | patches | mirroring | runtime | s / case | network s | network share "
-             "| × faster than teacher torch fp32 | × faster than teacher, same runtime | runs |",
+             "| model | params | GFLOPs / patch | patches | mirroring | runtime | s / case (min) | network s "
+             "| network share | × faster than teacher torch fp32 | × faster than teacher, same runtime "
+             "(of the GFLOPs ratio) | runs |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = sizes[r["model"]]
         lines.append(f"| {r['model']} | {s['params'] / 1e6:.2f} M | {s['gflops_per_patch']:.1f} | {r['patches']} | "
-                     f"{'on' if r['mirroring'] else 'off'} | {RUNTIME_LABELS[r['runtime']]} | {r['seconds_per_case']:.2f}"
-                     f" | {r['steps']['network']:.2f} | {r['network_share']:.0%} | "
-                     f"{r['faster_than_teacher_torch'] or '–'} | {r['faster_than_teacher_same_runtime'] or '–'} | "
-                     f"{r['runs']} |")
+                     f"{'on' if r['mirroring'] else 'off'} | {runtime_label(r)} | {r['seconds_per_case']:.2f}"
+                     + (f" ({r['seconds_per_case_min']:.2f})" if "seconds_per_case_min" in r else "")
+                     + f" | {r['steps']['network']:.2f} | {r['network_share']:.0%} | "
+                     f"{r['faster_than_teacher_torch'] or '–'} | {r['faster_than_teacher_same_runtime'] or '–'}"
+                     + (f" ({r['share_of_gflops_ratio']:.0%} of {r['gflops_ratio']}×)"
+                        if r.get("share_of_gflops_ratio") else "") + f" | {r['runs']} |")
     lines += ["", "Where the time goes (median seconds per step):", "",
               "| model | mirroring | runtime | read | preprocess | network | resample | write |",
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         st = r["steps"]
-        lines.append(f"| {r['model']} | {'on' if r['mirroring'] else 'off'} | {RUNTIME_LABELS[r['runtime']]} | "
+        lines.append(f"| {r['model']} | {'on' if r['mirroring'] else 'off'} | {runtime_label(r)} | "
                      f"{st['read']:.2f} | {st['preprocess']:.2f} | {st['network']:.2f} | {st['resample']:.2f} | "
                      f"{st['write']:.2f} |")
     if teacher:
@@ -349,7 +371,7 @@ def report(args, record: dict) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 0.5, 4.5), sharey=True, squeeze=False)
     axes = axes[0]
     for ax, mirroring in zip(axes, panels):
-        for runtime, marker in zip(RUNTIMES, "osD^"):
+        for runtime, marker in zip(RUNTIMES, "osD^*"):
             sel = [r for r in rows if r["mirroring"] == mirroring and r["runtime"] == runtime]
             sel.sort(key=lambda r: sizes[r["model"]]["gflops_per_patch"])
             ax.plot([sizes[r["model"]]["gflops_per_patch"] for r in sel], [r["seconds_per_case"] for r in sel],

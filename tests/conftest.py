@@ -131,22 +131,24 @@ def trained(teacher):
 
 @pytest.fixture(scope="session")
 def deployed_student(trained, teacher, tmp_path_factory):
-    """The logit student predicted with nnkd (imagesTs), exported (zip + ONNX), and predicted by stock nnU-Net
-    from the export; test_deploy checks each output, test_reliability that none of it wrote nnUNet_raw."""
+    """The logit student predicted with nnkd (imagesTs; on the fast path, and with --stock), exported (zip + ONNX),
+    and predicted by stock nnU-Net from the export; test_deploy checks each output, test_reliability that none of it wrote nnUNet_raw."""
     env = teacher["env"]
     root = tmp_path_factory.mktemp("deploy")
     images = Path(env["nnUNet_raw"]) / "Dataset991_Synthetic" / "imagesTs"
     before = tree_digest(images)
     student = ["-d", PLANNED_ID, "-c", "3d_fullres", "--budget", "tiny", "-f", "0", "--method", "logit"]
     fast = ["-device", "cpu", "-npp", "1", "-nps", "1"]
-    predicted = run_cli("nnkd_predict", "-i", images, "-o", root / "nnkd", *student, *fast, env=env)
+    predicted = run_cli("nnkd_predict", "-i", images, "-o", root / "nnkd", *student, *fast, env=env)  # fast path
+    stock_torch = run_cli("nnkd_predict", "-i", images, "-o", root / "nnkd_stock", *student, *fast, "--stock",
+                          env=env)
     exported = run_cli("nnkd_export", *student, "-o", root / "model", "--zip", "--onnx", env=env)
     stock = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "stock_predict.py"), "-m",
                             str(root / "model"), "-i", str(images), "-o", str(root / "stock"), "-f", "0", *fast],
                            env=env, capture_output=True, text=True)
     assert stock.returncode == 0, stock.stderr[-3000:]
     return {"root": root, "images": images, "images_before": before, "env": env,
-            "predict_stdout": predicted.stdout, "export_stdout": exported.stdout}
+            "predict_stdout": predicted.stdout, "stock_stdout": stock_torch.stdout, "export_stdout": exported.stdout}
 
 
 def fake_teacher(teacher_folder: Path, target: Path, configuration="3d_fullres", edit_plans=None,

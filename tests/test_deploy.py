@@ -47,10 +47,87 @@ def test_nnkd_predict_writes_what_nnunet_writes(deployed):
 
 
 def test_stock_nnunet_without_nnkd_predicts_identical_labels(deployed):
-    ours, stock = _labels(deployed["root"] / "nnkd"), _labels(deployed["root"] / "stock")
+    """nnkd_predict --stock runs nnU-Net's predictor on the stock network: stock nnU-Net predicts the same labels
+    from the exported model folder, voxel for voxel."""
+    ours, stock = _labels(deployed["root"] / "nnkd_stock"), _labels(deployed["root"] / "stock")
     assert ours.keys() == stock.keys() and ours
     for name in ours:
         assert np.array_equal(ours[name], stock[name]), name
+    assert "Fast path" not in deployed["stock_stdout"]
+
+
+def test_fast_path_is_the_default_and_predicts_the_stock_labels(deployed):
+    """Without --stock the CPU prediction runs the fastest of torch, torch channels-last and ONNX Runtime (each
+    checked against the stock network, timed on one patch); its labels are the stock network's (float ties aside)
+    and no file of it is left."""
+    line = next(x for x in deployed["predict_stdout"].splitlines() if x.startswith("Fast path:"))
+    assert all(name in line for name in ("torch", "torch channels-last", "onnxruntime")), line
+    assert "left out" not in line and "on the fast path (" in deployed["predict_stdout"]
+    fast, stock = _labels(deployed["root"] / "nnkd"), _labels(deployed["root"] / "nnkd_stock")
+    assert fast.keys() == stock.keys() and fast
+    for name in fast:
+        assert np.mean(fast[name] == stock[name]) > 0.9999, name
+    assert not [p for p in (deployed["root"] / "nnkd").iterdir() if p.suffix == ".onnx" or p.name.startswith(".")]
+
+
+def test_fast_candidates_switch_folds_and_match_torch(trained):
+    """The ONNX Runtime candidate holds one session per fold's weights and picks it when nnU-Net's predictor loads
+    that fold's state dict (the same object, or equal weights); the channels-last one loads any stock state dict.
+    Each matches the stock network to float tolerance."""
+    from nnkd.checkpoints import load_checkpoint
+    from nnkd.inference.fast import CHANNELS_LAST, ONNXRUNTIME, TORCH, choose
+
+    fold = trained["logit"][0]
+    plans = json.loads((fold.parent / "plans.json").read_text())
+    dataset = json.loads((fold.parent / "dataset.json").read_text())
+    network = network_from_plans(plans, "3d_fullres", dataset).eval()
+    reference = network_from_plans(plans, "3d_fullres", dataset).eval()
+    first = load_checkpoint(fold / "checkpoint_final.pth")["network_weights"]
+    second = {k: v * 0.5 if v.is_floating_point() else v for k, v in first.items()}  # another "fold"
+    patch = plans["configurations"]["3d_fullres"]["patch_size"]
+    x = torch.randn(1, 1, *patch)
+    for runtime in (ONNXRUNTIME, CHANNELS_LAST, TORCH):
+        fast = choose(network, [first, second], 1, patch, patch, candidates=(runtime,))
+        assert fast.runtime == runtime and set(fast.seconds) == {runtime} and not fast.left_out
+        assert all(d < 1e-4 for d in fast.differences.values())
+        for weights in (second, first, {k: v.clone() for k, v in second.items()}):
+            fast.network.load_state_dict(weights)
+            reference.load_state_dict(weights)
+            with torch.no_grad():
+                assert torch.allclose(fast.network(x), reference(x), atol=1e-4), runtime
+    with pytest.raises(KeyError):
+        choose(network, [first], 1, patch, patch, candidates=(ONNXRUNTIME,)).network.load_state_dict(second)
+
+
+def test_fast_path_leaves_out_what_fails_or_differs_and_still_predicts(deployed, monkeypatch, tmp_path, capsys):
+    """A conversion that fails, or whose logits differ from the stock network's by more than the tolerance, is
+    left out with its reason; the prediction still runs (on the stock network when nothing else is left)."""
+    import nnkd.inference.fast as fast_module
+    import nnkd.inference.onnx_export as onnx_export
+    from nnkd.inference.predict import PredictRequest, predict
+    from nnkd.inference.students import StudentRef
+
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, deployed["env"][name])
+
+    def broken(*_, **__):
+        raise RuntimeError("exporter broke")
+
+    monkeypatch.setattr(onnx_export, "onnx_bytes", broken)
+    monkeypatch.setattr(fast_module, "TOLERANCE", -1.0)  # no candidate but the stock network itself passes
+    student = StudentRef(dataset=str(PLANNED_ID), configuration="3d_fullres", folds=["0"], budget="tiny",
+                         method="logit")
+    predict(PredictRequest(input_folder=deployed["images"], output_folder=tmp_path / "out", student=student,
+                           device="cpu", num_processes_preprocessing=1, num_processes_export=1, profile=True))
+    out = capsys.readouterr().out
+    assert "Fast path: torch (" in out
+    assert "onnxruntime left out: its conversion failed (RuntimeError: exporter broke)" in out
+    assert "torch channels-last left out: it differs from the stock network by" in out
+    record = json.loads((tmp_path / "out" / "profile.json").read_text())
+    assert record["runtime"] == "torch (fast path)" and set(record["fast_path"]["left_out"]) == {
+        "onnxruntime", "torch channels-last"}
+    ours, stock = _labels(tmp_path / "out"), _labels(deployed["root"] / "nnkd_stock")
+    assert ours.keys() == stock.keys() and all(np.array_equal(ours[n], stock[n]) for n in ours)
 
 
 def test_exported_checkpoint_holds_exactly_the_student(deployed, trained):
@@ -104,15 +181,16 @@ def test_profile_splits_each_case_and_predicts_the_same_labels(deployed):
                      *FAST, env=deployed["env"])
     record = json.loads((out / "profile.json").read_text())
     steps = ["read", "preprocess", "network", "resample", "write"]
-    assert record["steps"] == steps and record["runtime"] == "torch" and record["mirroring"] is True
+    assert record["steps"] == steps and record["runtime"].endswith("(fast path)") and record["mirroring"] is True
+    assert record["fast_path"]["runtime"] in record["fast_path"]["seconds_per_patch"]
     assert set(record["cases"]) == {p.name.removesuffix(".nii.gz") for p in (deployed["root"] / "nnkd").glob("*.nii.gz")}
     for case in record["cases"].values():
         assert list(case["seconds"]) == steps and all(v >= 0 for v in case["seconds"].values())
         assert case["seconds"]["network"] > 0 and case["total"] == pytest.approx(sum(case["seconds"].values()), abs=1e-3)
     assert sum(record["median"]["share"].values()) == pytest.approx(1, abs=0.01)
     assert "network" in result.stdout and "per case" in result.stdout
-    ours, profiled = _labels(deployed["root"] / "nnkd"), _labels(out)
-    assert ours.keys() == profiled.keys() and all(np.array_equal(ours[n], profiled[n]) for n in ours)
+    ours, profiled = _labels(deployed["root"] / "nnkd_stock"), _labels(out)  # each run chooses its runtime anew
+    assert ours.keys() == profiled.keys() and all(np.mean(ours[n] == profiled[n]) > 0.9999 for n in ours)
 
 
 def test_bf16_predicts_the_float32_labels_and_is_refused_where_it_cannot_run(deployed, tmp_path):

@@ -52,6 +52,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--bf16", action="store_true",
                    help="CPU: run the network under bf16 autocast, on CPUs with AVX512-BF16 or AMX-BF16 (labels may "
                         "differ from float32's on a few voxels; docs/deploy.md); refused on other CPUs")
+    p.add_argument("--stock", action="store_true",
+                   help="CPU: run the stock torch network instead of the fast path (the student converted in "
+                        "memory to ONNX Runtime, checked against torch; docs/deploy.md)")
     p.add_argument("-npp", type=count_value, default=3, help="processes for preprocessing (default 3)")
     p.add_argument("-nps", type=count_value, default=3, help="processes for segmentation export (default 3)")
     add_verbose(p)
@@ -69,7 +72,8 @@ def _predict(args) -> None:
         onnx=Path(args.onnx) if args.onnx else None,
         device=args.device, step_size=args.step_size, disable_tta=args.disable_tta,
         save_probabilities=args.save_probabilities, continue_prediction=args.continue_prediction, profile=args.profile,
-        num_processes_preprocessing=args.npp, num_processes_export=args.nps, bf16=args.bf16))
+        num_processes_preprocessing=args.npp, num_processes_export=args.nps, bf16=args.bf16,
+        fast=not args.stock))
 
 
 def main(argv=None) -> None:

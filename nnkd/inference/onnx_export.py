@@ -18,25 +18,49 @@ def _onnxruntime():
     return onnxruntime
 
 
-def export_onnx(network: nn.Module, input_channels: int, patch_size, path: Path) -> float:
-    """Write `path` with dynamic batch and spatial axes; return the max |ONNX − torch| on a random patch."""
-    ort = _onnxruntime()
+def onnx_bytes(network: nn.Module, input_channels: int, patch_size) -> bytes:
+    """The network as an ONNX model (opset 17) with dynamic batch and spatial axes, in memory."""
+    import io
+
     network = network.eval().cpu()
     spatial = {i + 2: f"spatial_{i}" for i in range(len(patch_size))}
     example = torch.randn(1, input_channels, *patch_size)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with warnings.catch_warnings():  # "instance_norm exported with train=True": right, it always uses input stats
-        warnings.simplefilter("ignore", UserWarning)
-        torch.onnx.export(network, (example,), str(tmp), input_names=["input"], output_names=["logits"],
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # "instance_norm exported with train=True": right, it always uses input stats;
+        warnings.simplefilter("ignore", UserWarning)  # the tracer's "converting a tensor to a Python boolean": the
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks of nnU-Net's norms, constant per model
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy (TorchScript) exporter, chosen: dynamo=False
+        torch.onnx.export(network, (example,), buffer, input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch", **spatial}, "logits": {0: "batch", **spatial}},
                           opset_version=17, dynamo=False)
-    tmp.replace(path)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    check = torch.randn(2, input_channels, *patch_size)
+    return buffer.getvalue()
+
+
+def cpu_session(model: bytes | Path):
+    """An ONNX Runtime CPU session of an ONNX file or in-memory model, with torch's thread count (so that the two
+    runtimes compare on the same cores)."""
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def max_difference(network: nn.Module, session, input_channels: int, spatial_size) -> float:
+    """max |ONNX Runtime − torch| on a random batch of two inputs of `spatial_size`."""
+    check = torch.randn(2, input_channels, *spatial_size)
     with torch.no_grad():
         expected = network(check).numpy()
     got = session.run(None, {"input": check.numpy()})[0]
     return float(np.abs(got - expected).max())
+
+
+def export_onnx(network: nn.Module, input_channels: int, patch_size, path: Path) -> float:
+    """Write `path` with dynamic batch and spatial axes; return the max |ONNX − torch| on a random patch."""
+    from nnkd.atomic import write_bytes_atomic
+
+    write_bytes_atomic(path, onnx_bytes(network, input_channels, patch_size))
+    return max_difference(network, cpu_session(path), input_channels, patch_size)
 
 
 def onnx_sidecar(plans: dict, configuration: str, dataset_json: dict, input_channels: int,
@@ -82,12 +106,12 @@ class OnnxNetwork(nn.Module):
 
     def __init__(self, path: Path, input_channels: int):
         super().__init__()
-        ort = _onnxruntime()
         path = Path(path)
         if not path.is_file():
             raise NnkdError(f"ONNX file {path} not found", "export it with nnkd_export --onnx")
+        _onnxruntime()
         try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.session = cpu_session(path)
         except Exception as e:
             raise NnkdError(f"cannot load ONNX model {path}: {str(e).splitlines()[0][:160]}",
                             "export it again with nnkd_export --onnx") from e

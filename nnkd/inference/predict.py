@@ -30,6 +30,7 @@ class PredictRequest:
     num_processes_export: int = 3
     profile: bool = False  # predict case by case, timing read / preprocess / network / resample / write
     bf16: bool = False  # the network under bf16 autocast on a CPU that computes bf16 (nnkd.devices.cpu_bf16)
+    fast: bool = True  # CPU: the fastest of torch, torch channels-last, ONNX Runtime (nnkd.inference.fast); False: stock
 
 
 def predictor_class(bf16: bool = False):
@@ -116,6 +117,7 @@ def predict(request: PredictRequest) -> Path:
     device = resolve_device(request.device)
     if request.bf16:
         check_bf16(device, request.onnx is not None)
+    fast = None
     if request.onnx is not None:  # the torch checkpoints are not loaded
         from nnkd.inference.onnx_export import OnnxNetwork, onnx_mirror_axes
 
@@ -125,26 +127,38 @@ def predict(request: PredictRequest) -> Path:
         weights, first = load_student_weights(student)
         network = network_from_plans(plans, configuration, dataset_json, allow_init=False)
         mirror_axes, trainer_name = first.get("inference_allowed_mirroring_axes"), first.get("trainer_name")
+        if fast_path_applies(request, device):
+            from nnkd.inference.fast import choose_for_plans
+
+            fast = choose_for_plans(network, weights, plans, configuration, channels)
+            print(fast.summary())
+            network = fast.network
     predictor = make_predictor(plans, configuration, dataset_json, weights, network, mirror_axes, device,
                                request.step_size, not request.disable_tta, trainer_name or "nnUNetTrainer",
                                request.bf16)
     task = f", task {student.task} (its experts fused)" if student.task else ""
-    runtime = " through ONNX Runtime" if request.onnx else (" in bf16 autocast" if request.bf16 else "")
+    runtime = (" through ONNX Runtime" if request.onnx else " in bf16 autocast" if request.bf16
+               else f" on the fast path ({fast.runtime})" if fast else "")
     print(f"Predicting {len(cases)} case(s) with {student.model_folder.name}{task}, folds "
           f"{', '.join(student.checkpoints)}{runtime}")
     with OutputLock(output_folder, COMMAND):
         output_folder.mkdir(parents=True, exist_ok=True)
         if cases:
-            _predict_into(output_folder, predictor, cases, request, student, device, written)
+            _predict_into(output_folder, predictor, cases, request, student, device, written, fast)
     return output_folder
 
 
+def fast_path_applies(request: PredictRequest, device: torch.device) -> bool:
+    """The fast path runs the student's torch checkpoints on a CPU, unless --stock, --onnx or --bf16 asks otherwise."""
+    return request.fast and device.type == "cpu" and request.onnx is None and not request.bf16
+
+
 def _predict_into(output_folder: Path, predictor, cases: dict, request: PredictRequest, student, device,
-                  written: list[str]) -> None:
+                  written: list[str], fast=None) -> None:
     staging = output_folder / f".nnkd-predict-{os.getpid()}"
     try:
         if request.profile:
-            profile = _profiled(predictor, cases, staging, request, student, device)
+            profile = _profiled(predictor, cases, staging, request, student, device, fast)
         else:
             predictor.predict_from_files([cases[c] for c in cases], [str(staging / c) for c in cases],
                                          save_probabilities=request.save_probabilities, overwrite=True,
@@ -167,7 +181,7 @@ def _predict_into(output_folder: Path, predictor, cases: dict, request: PredictR
 PROFILE_FILE = "profile.json"
 
 
-def _profiled(predictor, cases: dict, staging: Path, request: PredictRequest, student, device) -> dict:
+def _profiled(predictor, cases: dict, staging: Path, request: PredictRequest, student, device, fast=None) -> dict:
     """Predict case by case, each step timed (nnkd.inference.profile), with what the times depend on."""
     import platform
 
@@ -178,9 +192,11 @@ def _profiled(predictor, cases: dict, staging: Path, request: PredictRequest, st
     staging.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(cases), desc="profile", unit="case") as progress:
         record = predict_profiled(predictor, cases, staging, request.save_probabilities, progress)
-    runtime = "onnxruntime" if request.onnx else ("torch bf16" if request.bf16 else "torch")
+    runtime = ("onnxruntime" if request.onnx else "torch bf16" if request.bf16
+               else f"{fast.runtime} (fast path)" if fast else "torch")
     return {"model": str(student.model_folder), "folds": list(student.checkpoints), "runtime": runtime,
             "onnx": str(request.onnx) if request.onnx else None,
             "device": device.type, "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
             "processor": platform.processor() or None, "step_size": request.step_size,
-            "mirroring": not request.disable_tta and bool(predictor.allowed_mirroring_axes), **record}
+            "mirroring": not request.disable_tta and bool(predictor.allowed_mirroring_axes),
+            "fast_path": fast.record() if fast else None, **record}

@@ -1,0 +1,168 @@
+"""nnkd_predict's fast path on the CPU: the stock student run the fastest way this CPU offers (issue 46 item 2).
+
+docs/deploy.md's per-layer tables show why one way does not fit all: on one Zen 5 CPU ONNX Runtime ran nnU-Net's
+networks 1.4–2× faster than torch (blocked-layout convolutions), on a Zen 4 it ran the teacher slower than torch
+and the tiny student 1.3× faster; torch's own convolutions run up to 2× faster on channels-last maps with few
+channels. So the predictor is built the way cuDNN's benchmark mode picks a kernel: each candidate runs one patch
+of the plans' size, and the fastest is used:
+
+    torch                  the stock network, as nnU-Net's predictor runs it
+    torch channels-last    the same modules and weights with channels-last maps (channels_last / channels_last_3d)
+    onnxruntime            each fold's weights converted in memory to an ONNX Runtime session
+
+Nothing is written: the model folder stays stock. Every conversion is checked against the stock network on a
+random input before it may be chosen; one that differs beyond TOLERANCE (or fails) is left out, with its reason.
+"""
+
+import copy
+import time
+
+import torch
+from torch import nn
+
+# max |candidate − stock torch| of the logits on a random input that a candidate may show (fp32 sums in another
+# order give ~1e-5 on nnU-Net's networks); above it the candidate is not used
+TOLERANCE = 1e-3
+TORCH, CHANNELS_LAST, ONNXRUNTIME = "torch", "torch channels-last", "onnxruntime"
+
+
+class OrtNetwork(nn.Module):
+    """One ONNX Runtime session per fold behind the nn.Module calls nnU-Net's predictor makes: it calls
+    load_state_dict(fold's weights) before each fold and then the network on each patch; this picks that fold's
+    session (the same state dict object, or equal weights)."""
+
+    def __init__(self, sessions: list[tuple[dict, object]]):
+        super().__init__()
+        self.sessions = sessions
+        self.session = sessions[0][1]
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        for weights, session in self.sessions:
+            if weights is state_dict or _same_weights(weights, state_dict):
+                self.session = session
+                return None
+        raise KeyError("these weights are none of the folds this network was converted from")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {"input": x.detach().float().cpu().contiguous().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+
+class ChannelsLastNetwork(nn.Module):
+    """The stock network with its weights in channels-last layout; inputs are converted on the way in and the
+    logits back to nnU-Net's contiguous layout. Its state dict is the stock one (load_state_dict copies into the
+    channels-last parameters, keeping their layout)."""
+
+    def __init__(self, network: nn.Module, dims: int):
+        super().__init__()
+        self.layout = torch.channels_last_3d if dims == 3 else torch.channels_last
+        self.network = network.to(memory_format=self.layout)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.network.load_state_dict(state_dict, strict=strict)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x.contiguous(memory_format=self.layout)).contiguous()
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class FastPath:
+    """The chosen network and what choosing it measured: seconds per patch of each candidate, their max
+    difference from the stock network, what was left out and why, and the seconds the choice took."""
+
+    def __init__(self, network: nn.Module, runtime: str, seconds: dict, differences: dict, left_out: dict,
+                 choice_seconds: float):
+        self.network, self.runtime, self.seconds = network, runtime, seconds
+        self.differences, self.left_out, self.choice_seconds = differences, left_out, choice_seconds
+
+    def summary(self) -> str:
+        timings = ", ".join(f"{name} {s:.3g}" for name, s in sorted(self.seconds.items(), key=lambda kv: kv[1]))
+        skipped = "".join(f"; {name} left out: {why}" for name, why in self.left_out.items())
+        return (f"Fast path: {self.runtime} (seconds per patch: {timings}; chosen in {self.choice_seconds:.1f} s"
+                f"{skipped}; --stock turns it off)")
+
+    def record(self) -> dict:
+        return {"runtime": self.runtime, "seconds_per_patch": self.seconds, "max_difference": self.differences,
+                "left_out": self.left_out, "choice_seconds": self.choice_seconds}
+
+
+def _seconds_per_patch(network, x: torch.Tensor, passes: int = 1) -> float:
+    with torch.inference_mode():
+        network(x)  # warm-up: allocations, kernel choice, ONNX Runtime's first-run work
+        times = []
+        for _ in range(passes):
+            start = time.perf_counter()
+            network(x)
+            times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _difference(candidate, stock: nn.Module, x: torch.Tensor) -> float:
+    with torch.inference_mode():
+        return float((candidate(x) - stock(x)).abs().max())
+
+
+def _onnxruntime_candidate(network: nn.Module, folds: list[dict], input_channels: int, patch_size) -> OrtNetwork:
+    from nnkd.inference.onnx_export import cpu_session, onnx_bytes
+
+    sessions = []
+    for weights in folds:
+        network.load_state_dict(weights)
+        sessions.append((weights, cpu_session(onnx_bytes(network, input_channels, patch_size))))
+    network.load_state_dict(folds[0])
+    return OrtNetwork(sessions)
+
+
+def choose(network: nn.Module, folds: list[dict], input_channels: int, patch_size, spatial_check,
+           candidates=(TORCH, CHANNELS_LAST, ONNXRUNTIME)) -> FastPath:
+    """The fastest candidate on one patch of `patch_size` (batch 1, as nnU-Net's sliding window calls it) among
+    those whose logits equal the stock network's within TOLERANCE on a random input of `spatial_check` (a small
+    size the network takes). `network`: the stock network (its modules are reused by torch candidates)."""
+    start = time.perf_counter()
+    network = network.eval().cpu()
+    network.load_state_dict(folds[0])
+    dims = len(patch_size)
+    check = torch.randn(1, input_channels, *spatial_check)
+    built, differences, left_out = {}, {}, {}
+    for name in candidates:
+        try:
+            if name == TORCH:
+                built[name] = network
+                continue
+            if name == CHANNELS_LAST:
+                candidate = ChannelsLastNetwork(copy.deepcopy(network), dims)
+            else:
+                try:
+                    import onnxruntime  # noqa: F401
+                except ImportError:
+                    left_out[name] = 'onnxruntime is not installed (pip install "nnkd[onnx]")'
+                    continue
+                candidate = _onnxruntime_candidate(network, folds, input_channels, patch_size)
+            difference = _difference(candidate, network, check)
+        except Exception as e:  # an exporter or runtime error: the others still predict
+            left_out[name] = f"its conversion failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+            continue
+        if not difference <= TOLERANCE:
+            left_out[name] = f"it differs from the stock network by {difference:.2g} (more than {TOLERANCE:g})"
+            continue
+        built[name], differences[name] = candidate, difference
+    patch = torch.randn(1, input_channels, *patch_size)
+    seconds = {name: _seconds_per_patch(candidate, patch) for name, candidate in built.items()}
+    runtime = min(seconds, key=seconds.get)
+    return FastPath(built[runtime], runtime, seconds, differences, left_out, time.perf_counter() - start)
+
+
+def choose_for_plans(network: nn.Module, folds: list[dict], plans: dict, configuration: str,
+                     input_channels: int) -> FastPath:
+    """choose() at the configuration's patch size, checked on a small input the network takes (twice its pooling
+    product per axis, at most the patch)."""
+    import numpy as np
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    cm = PlansManager(plans).get_configuration(configuration)
+    divisible = np.prod(np.array(cm.pool_op_kernel_sizes), axis=0)
+    check = [int(min(p, 2 * d)) for p, d in zip(cm.patch_size, divisible)]
+    return choose(network, folds, input_channels, cm.patch_size, check)
