@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from nnkd.atomic import write_bytes_atomic, write_json_atomic
-from nnkd.devices import cpu_identity
+from nnkd.devices import cpu_identity, keep_freed_memory
 from nnkd.evaluation.layer_rates import format_rates, network_rates, reference_rate
 from nnkd.plans import network_from_plans, num_input_channels
 
@@ -39,11 +39,12 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()  # nnkd_predict's memory setting (results before 2026-12-07 ran without it)
     dataset_json = json.loads((args.preprocessed / "dataset.json").read_text())
     runtimes = tuple(r for r in args.runtimes.split(",") if r)
     record = {"dataset": args.preprocessed.name, "configuration": args.configuration, "repeats": args.repeats,
               "machine": {**cpu_identity(), "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
-                          "threads_asked": args.threads},
+                          "threads_asked": args.threads, "keep_freed_memory": kept},
               "versions": {"torch": torch.__version__}, "models": {}}
     if "onnx" in runtimes:
         import onnxruntime
