@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from scipy.linalg import hadamard
 from torch import nn
 
+from nnkd.errors import NnkdError
+
 STANDARDIZATIONS = ("phi-s", "channel", "none")
 BALANCE_MODES = ("fixed", "uncertainty", "learned")
 
@@ -92,6 +94,27 @@ class FeatureStandardizer(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         centred = features.float().movedim(1, -1) - self.mean
         return (centred @ self.projection.T).movedim(-1, 1)
+
+
+def stage_index(stage: int, stages: int, teacher: str) -> int:
+    """A teacher's feature stage from `teacher_stages` (negative counts from the end), checked."""
+    if not -stages <= stage < stages:
+        raise NnkdError(f"teacher_stages: {teacher} has {stages} stage(s), not {stage}",
+                        "nnkd_teachers describe SPEC lists a teacher's stages")
+    return stage % stages
+
+
+def fit_standardizers(standardizers: list[FeatureStandardizer], batches, stages: list[int],
+                      all_reduce=None) -> None:
+    """Fit each teacher's standardiser on its chosen stage's features over `batches` (an iterable of per-teacher
+    output lists, consumed one batch at a time); all_reduce (DDP) sums the statistics across processes first."""
+    for outputs in batches:
+        for standardizer, output, stage in zip(standardizers, outputs, stages):
+            standardizer.accumulate(output.features[stage])
+    for standardizer in standardizers:
+        for tensor in standardizer.accumulators() if all_reduce else ():
+            all_reduce(tensor)
+        standardizer.fit()
 
 
 class TeacherAdaptor(nn.Module):
