@@ -57,11 +57,11 @@ def test_stock_nnunet_without_nnkd_predicts_identical_labels(deployed):
 
 
 def test_fast_path_is_the_default_and_predicts_the_stock_labels(deployed):
-    """Without --stock the CPU prediction runs the fastest of torch, torch channels-last and ONNX Runtime (each
+    """Without --stock the CPU prediction runs the fastest of torch, torch oneDNN, torch channels-last and ONNX Runtime (each
     checked against the stock network, timed on one patch); its labels are the stock network's (float ties aside)
     and no file of it is left."""
     line = next(x for x in deployed["predict_stdout"].splitlines() if x.startswith("Fast path:"))
-    assert all(name in line for name in ("torch", "torch channels-last", "onnxruntime")), line
+    assert all(name in line for name in ("torch", "torch oneDNN", "torch channels-last", "onnxruntime")), line
     assert "left out" not in line and "on the fast path (" in deployed["predict_stdout"]
     fast, stock = _labels(deployed["root"] / "nnkd"), _labels(deployed["root"] / "nnkd_stock")
     assert fast.keys() == stock.keys() and fast
@@ -75,7 +75,7 @@ def test_fast_candidates_switch_folds_and_match_torch(trained):
     that fold's state dict (the same object, or equal weights); the channels-last one loads any stock state dict.
     Each matches the stock network to float tolerance."""
     from nnkd.checkpoints import load_checkpoint
-    from nnkd.inference.fast import CHANNELS_LAST, ONNXRUNTIME, TORCH, choose
+    from nnkd.inference.fast import CANDIDATES, ONNXRUNTIME, choose
 
     fold = trained["logit"][0]
     plans = json.loads((fold.parent / "plans.json").read_text())
@@ -86,7 +86,7 @@ def test_fast_candidates_switch_folds_and_match_torch(trained):
     second = {k: v * 0.5 if v.is_floating_point() else v for k, v in first.items()}  # another "fold"
     patch = plans["configurations"]["3d_fullres"]["patch_size"]
     x = torch.randn(1, 1, *patch)
-    for runtime in (ONNXRUNTIME, CHANNELS_LAST, TORCH):
+    for runtime in CANDIDATES:
         fast = choose(network, [first, second], 1, patch, patch, candidates=(runtime,))
         assert fast.runtime == runtime and set(fast.seconds) == {runtime} and not fast.left_out
         assert all(d < 1e-4 for d in fast.differences.values())
@@ -123,9 +123,10 @@ def test_fast_path_leaves_out_what_fails_or_differs_and_still_predicts(deployed,
     assert "Fast path: torch (" in out
     assert "onnxruntime left out: its conversion failed (RuntimeError: exporter broke)" in out
     assert "torch channels-last left out: it differs from the stock network by" in out
+    assert "torch oneDNN left out: it differs from the stock network by" in out
     record = json.loads((tmp_path / "out" / "profile.json").read_text())
     assert record["runtime"] == "torch (fast path)" and set(record["fast_path"]["left_out"]) == {
-        "onnxruntime", "torch channels-last"}
+        "onnxruntime", "torch oneDNN", "torch channels-last"}
     ours, stock = _labels(tmp_path / "out"), _labels(deployed["root"] / "nnkd_stock")
     assert ours.keys() == stock.keys() and all(np.array_equal(ours[n], stock[n]) for n in ours)
 

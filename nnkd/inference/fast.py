@@ -7,7 +7,10 @@ channels. So the predictor is built the way cuDNN's benchmark mode picks a kerne
 of the plans' size, and the fastest is used:
 
     torch                  the stock network, as nnU-Net's predictor runs it
-    torch channels-last    the same modules and weights with channels-last maps (channels_last / channels_last_3d)
+    torch oneDNN           the same modules and weights, every convolution through oneDNN (torch sends a
+                           convolution with few input channels on a map of < 20,480 rows, such as a 3D network's
+                           first one, to its slow native kernel: 2x slower there, docs/deploy.md)
+    torch channels-last    as torch oneDNN, with channels-last maps (channels_last / channels_last_3d)
     onnxruntime            each fold's weights converted in memory to an ONNX Runtime session
 
 Nothing is written: the model folder stays stock. Every conversion is checked against the stock network on a
@@ -23,7 +26,8 @@ from torch import nn
 # max |candidate − stock torch| of the logits on a random input that a candidate may show (fp32 sums in another
 # order give ~1e-5 on nnU-Net's networks); above it the candidate is not used
 TOLERANCE = 1e-3
-TORCH, CHANNELS_LAST, ONNXRUNTIME = "torch", "torch channels-last", "onnxruntime"
+TORCH, ONEDNN, CHANNELS_LAST, ONNXRUNTIME = "torch", "torch oneDNN", "torch channels-last", "onnxruntime"
+CANDIDATES = (TORCH, ONEDNN, CHANNELS_LAST, ONNXRUNTIME)
 
 
 class OrtNetwork(nn.Module):
@@ -46,6 +50,32 @@ class OrtNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(None, {"input": x.detach().float().cpu().contiguous().numpy()})[0]
         return torch.from_numpy(out).to(x.device)
+
+
+class _OneDnnConv:
+    """A convolution that always runs oneDNN's kernel (aten.mkldnn_convolution, the one torch itself picks for all
+    but small few-channel inputs); same parameters, same state dict."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
+                                                 self.groups)
+
+
+class _OneDnnConv2d(_OneDnnConv, nn.Conv2d):
+    pass
+
+
+class _OneDnnConv3d(_OneDnnConv, nn.Conv3d):
+    pass
+
+
+def route_to_onednn(network: nn.Module) -> nn.Module:
+    """Every plain zero-padded float convolution of `network` (in place) runs oneDNN's kernel."""
+    for module in network.modules():
+        if type(module) in (nn.Conv2d, nn.Conv3d) and module.padding_mode == "zeros" \
+                and isinstance(module.padding, tuple):
+            module.__class__ = _OneDnnConv3d if type(module) is nn.Conv3d else _OneDnnConv2d
+    return network
 
 
 class ChannelsLastNetwork(nn.Module):
@@ -116,14 +146,11 @@ def _onnxruntime_candidate(network: nn.Module, folds: list[dict], input_channels
     return OrtNetwork(sessions)
 
 
-def choose(network: nn.Module, folds: list[dict], input_channels: int, patch_size, spatial_check,
-           candidates=(TORCH, CHANNELS_LAST, ONNXRUNTIME)) -> FastPath:
-    """The fastest candidate on one patch of `patch_size` (batch 1, as nnU-Net's sliding window calls it) among
-    those whose logits equal the stock network's within TOLERANCE on a random input of `spatial_check` (a small
-    size the network takes). `network`: the stock network (its modules are reused by torch candidates)."""
-    start = time.perf_counter()
-    network = network.eval().cpu()
-    network.load_state_dict(folds[0])
+def build_candidates(network: nn.Module, folds: list[dict], input_channels: int, patch_size, spatial_check,
+                     candidates=CANDIDATES) -> tuple[dict, dict, dict]:
+    """The candidates that convert and equal the stock network's logits within TOLERANCE on a random input of
+    `spatial_check` (a small size the network takes): ({name: network}, {name: max difference}, {name: why it was
+    left out}). `network`: the stock network with folds[0] loaded (torch candidates reuse copies of it)."""
     dims = len(patch_size)
     check = torch.randn(1, input_channels, *spatial_check)
     built, differences, left_out = {}, {}, {}
@@ -132,8 +159,10 @@ def choose(network: nn.Module, folds: list[dict], input_channels: int, patch_siz
             if name == TORCH:
                 built[name] = network
                 continue
-            if name == CHANNELS_LAST:
-                candidate = ChannelsLastNetwork(copy.deepcopy(network), dims)
+            if name == ONEDNN:
+                candidate = route_to_onednn(copy.deepcopy(network))
+            elif name == CHANNELS_LAST:
+                candidate = ChannelsLastNetwork(route_to_onednn(copy.deepcopy(network)), dims)
             else:
                 try:
                     import onnxruntime  # noqa: F401
@@ -149,20 +178,38 @@ def choose(network: nn.Module, folds: list[dict], input_channels: int, patch_siz
             left_out[name] = f"it differs from the stock network by {difference:.2g} (more than {TOLERANCE:g})"
             continue
         built[name], differences[name] = candidate, difference
+    return built, differences, left_out
+
+
+def choose(network: nn.Module, folds: list[dict], input_channels: int, patch_size, spatial_check,
+           candidates=CANDIDATES) -> FastPath:
+    """The fastest of build_candidates() on one patch of `patch_size` (batch 1, as nnU-Net's sliding window calls
+    it). `network`: the stock network (its modules are reused by torch candidates)."""
+    start = time.perf_counter()
+    network = network.eval().cpu()
+    network.load_state_dict(folds[0])
+    built, differences, left_out = build_candidates(network, folds, input_channels, patch_size, spatial_check,
+                                                    candidates)
     patch = torch.randn(1, input_channels, *patch_size)
     seconds = {name: _seconds_per_patch(candidate, patch) for name, candidate in built.items()}
     runtime = min(seconds, key=seconds.get)
     return FastPath(built[runtime], runtime, seconds, differences, left_out, time.perf_counter() - start)
 
 
-def choose_for_plans(network: nn.Module, folds: list[dict], plans: dict, configuration: str,
-                     input_channels: int) -> FastPath:
-    """choose() at the configuration's patch size, checked on a small input the network takes (twice its pooling
-    product per axis, at most the patch)."""
+def check_size(plans: dict, configuration: str) -> list[int]:
+    """A small input the configuration's network takes: twice its pooling product per axis, at most the patch."""
     import numpy as np
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     cm = PlansManager(plans).get_configuration(configuration)
     divisible = np.prod(np.array(cm.pool_op_kernel_sizes), axis=0)
-    check = [int(min(p, 2 * d)) for p, d in zip(cm.patch_size, divisible)]
-    return choose(network, folds, input_channels, cm.patch_size, check)
+    return [int(min(p, 2 * d)) for p, d in zip(cm.patch_size, divisible)]
+
+
+def choose_for_plans(network: nn.Module, folds: list[dict], plans: dict, configuration: str,
+                     input_channels: int) -> FastPath:
+    """choose() at the configuration's patch size, checked at check_size()."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    patch_size = PlansManager(plans).get_configuration(configuration).patch_size
+    return choose(network, folds, input_channels, patch_size, check_size(plans, configuration))

@@ -42,6 +42,9 @@ def cpu_session(model: bytes | Path):
     ort = _onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
+    # no spin-waiting between runs: ORT's idle threads would otherwise keep the cores busy after each patch,
+    # slowing whatever runs next in the process (nnU-Net's own work, or a torch network the fast path times)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
                                 providers=["CPUExecutionProvider"])
 
