@@ -5,8 +5,8 @@
         --model 'tiny logit s0|RESULTS2|-d 990 -c 3d_fullres --budget tiny --method logit -f 0' [--disable_tta]
 
 Each --model is `name|nnUNet_results of the run|nnkd_predict's student arguments`. Every model predicts the input
-folder twice with `nnkd_predict --profile` (case by case, each step timed), once in float32 and once with
-`--bf16`, one after the other in this process's environment (keep the machine quiet); then per model: the Dice of
+folder twice with `nnkd_predict --profile` (case by case, each step timed), once in torch float32 (`--stock`: the
+same runtime as bf16's, not the fast path's choice) and once with `--bf16`, one after the other in this process's environment (keep the machine quiet); then per model: the Dice of
 each class against --labels (2|A∩B| / (|A| + |B|) per case, averaged over the cases; a case where the class is
 in neither is left out, as nnU-Net's evaluation leaves out its NaN), the share of voxels whose label is the same
 in both runs, and the median network seconds per case of each.
@@ -36,7 +36,7 @@ def labels(folder: Path) -> dict[str, np.ndarray]:
 def predict(model: str, results: str, arguments: list[str], images: Path, out: Path, bf16: bool,
             disable_tta: bool) -> dict:
     command = [str(Path(sys.executable).parent / "nnkd_predict"), "-i", str(images), "-o", str(out), *arguments,
-               "--profile", "-device", "cpu", *(["--bf16"] if bf16 else []),
+               "--profile", "-device", "cpu", *(["--bf16"] if bf16 else ["--stock"]),
                *(["--disable_tta"] if disable_tta else [])]
     result = subprocess.run(command, env={**os.environ, "nnUNet_results": results}, capture_output=True, text=True)
     if result.returncode != 0:
