@@ -263,7 +263,8 @@ def measure(args, built: dict, runtime: str, mirroring: bool, cases: list[Path])
     patches = int(np.prod([len(s) for s in compute_steps_for_sliding_window(shape, built["patch_size"], 0.5)]))
     seconds = {step: statistics.median(r["seconds"][step] for r in runs) for step in STEPS}
     total = statistics.median(r["total"] for r in runs)
-    return {"seconds_per_case": round(total, 3), "seconds_per_case_min": round(min(r["total"] for r in runs), 3), "steps": {k: round(v, 3) for k, v in seconds.items()},
+    return {"seconds_per_case": round(total, 3), "seconds_per_case_min": round(min(r["total"] for r in runs), 3),
+            "steps": {k: round(v, 3) for k, v in seconds.items()},
             "network_share": round(seconds["network"] / total, 3), "patches": patches,
             "network_seconds_per_patch": round(seconds["network"] / patches / (8 if mirroring else 1), 4),
             "original_shape": runs[0]["original_shape"], "preprocessed_shape": shape, "runs": len(runs),

@@ -53,8 +53,9 @@ def build_parser() -> ArgumentParser:
                    help="CPU: run the network under bf16 autocast, on CPUs with AVX512-BF16 or AMX-BF16 (labels may "
                         "differ from float32's on a few voxels; docs/deploy.md); refused on other CPUs")
     p.add_argument("--stock", action="store_true",
-                   help="CPU: run the stock torch network instead of the fast path (the student converted in "
-                        "memory to ONNX Runtime, checked against torch; docs/deploy.md)")
+                   help="CPU: run the stock torch network instead of the fast path (the fastest of torch, torch "
+                        "oneDNN, channels-last and ONNX Runtime, each checked against the stock network; "
+                        "docs/deploy.md)")
     p.add_argument("-npp", type=count_value, default=3, help="processes for preprocessing (default 3)")
     p.add_argument("-nps", type=count_value, default=3, help="processes for segmentation export (default 3)")
     add_verbose(p)

@@ -1,15 +1,15 @@
 """nnkd_predict's fast path on the CPU: the stock student run the fastest way this CPU offers (issue 46 item 2).
 
-docs/deploy.md's per-layer tables show why one way does not fit all: on one Zen 5 CPU ONNX Runtime ran nnU-Net's
-networks 1.4–2× faster than torch (blocked-layout convolutions), on a Zen 4 it ran the teacher slower than torch
-and the tiny student 1.3× faster; torch's own convolutions run up to 2× faster on channels-last maps with few
-channels. So the predictor is built the way cuDNN's benchmark mode picks a kernel: each candidate runs one patch
-of the plans' size, and the fastest is used:
+Which way is fastest depends on the network and the CPU (docs/deploy.md, measured side by side by
+benchmarks/fast_candidates.py): on a Zen 5 the four below were within ~10 % of each other for 3D networks, and ONNX
+Runtime was 1.4–1.8× faster than torch for 2D ones; on a Zen 4 ONNX Runtime ran the 3D teacher slower than torch and
+the tiny student 1.3× faster. So the predictor is built the way cuDNN's benchmark mode picks a kernel: each
+candidate runs one patch of the plans' size, and the fastest is used:
 
     torch                  the stock network, as nnU-Net's predictor runs it
     torch oneDNN           the same modules and weights, every convolution through oneDNN (torch sends a
                            convolution with few input channels on a map of < 20,480 rows, such as a 3D network's
-                           first one, to its slow native kernel: 2x slower there, docs/deploy.md)
+                           first one, to its native kernel: 17.2 ms against oneDNN's 12.9 there, docs/deploy.md)
     torch channels-last    as torch oneDNN, with channels-last maps (channels_last / channels_last_3d)
     onnxruntime            each fold's weights converted in memory to an ONNX Runtime session
 
@@ -48,8 +48,9 @@ class OrtNetwork(nn.Module):
         raise KeyError("these weights are none of the folds this network was converted from")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {"input": x.detach().float().cpu().contiguous().numpy()})[0]
-        return torch.from_numpy(out).to(x.device)
+        from nnkd.inference.onnx_export import run_session
+
+        return run_session(self.session, x)
 
 
 class _OneDnnConv:

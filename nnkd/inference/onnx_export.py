@@ -49,6 +49,12 @@ def cpu_session(model: bytes | Path):
                                 providers=["CPUExecutionProvider"])
 
 
+def run_session(session, x: torch.Tensor) -> torch.Tensor:
+    """One batch through an ONNX Runtime session of nnkd's export (input "input"), logits back on x's device."""
+    out = session.run(None, {"input": x.detach().float().cpu().contiguous().numpy()})[0]
+    return torch.from_numpy(out).to(x.device)
+
+
 def max_difference(network: nn.Module, session, input_channels: int, spatial_size) -> float:
     """max |ONNX Runtime − torch| on a random batch of two inputs of `spatial_size`."""
     check = torch.randn(2, input_channels, *spatial_size)
@@ -124,5 +130,4 @@ class OnnxNetwork(nn.Module):
                             "use the ONNX file exported from this student")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {"input": x.detach().float().cpu().numpy()})[0]
-        return torch.from_numpy(out).to(x.device)
+        return run_session(self.session, x)

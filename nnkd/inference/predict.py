@@ -30,7 +30,7 @@ class PredictRequest:
     num_processes_export: int = 3
     profile: bool = False  # predict case by case, timing read / preprocess / network / resample / write
     bf16: bool = False  # the network under bf16 autocast on a CPU that computes bf16 (nnkd.devices.cpu_bf16)
-    fast: bool = True  # CPU: the fastest of torch, torch channels-last, ONNX Runtime (nnkd.inference.fast); False: stock
+    fast: bool = True  # CPU: the fastest of nnkd.inference.fast.CANDIDATES, checked against stock; False: stock torch
 
 
 def predictor_class(bf16: bool = False):
