@@ -20,7 +20,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnkd.atomic import write_json_atomic
 from nnkd.devices import cpu_identity, keep_freed_memory
-from nnkd.inference.fast import CANDIDATES, build_candidates, check_size
+from nnkd.inference.fast import build_candidates, check_size
+from nnkd.network_runtimes import CANDIDATES
 from nnkd.plans import network_from_plans, num_input_channels
 
 

@@ -189,7 +189,7 @@ def test_a_latency_budget_plans_the_largest_student_that_fits_and_a_smaller_one_
         (configuration,) = [c for c in configurations if c.name == "3d_fullres"]
         assert record["latency_ms"] == pytest.approx(configuration.student.cost.gflops * 2.0, rel=1e-3)
         assert record["latency_ms"] <= ms and record["max_latency_ms"] == ms
-        assert record["latency"]["device"] == "cpu" and record["latency"]["runtime"] == "torch"
+        assert record["latency"]["device"] == "cpu" and record["latency"]["runtime"] == "fast"  # as nnkd_predict
         assert record["latency"]["torch_threads"] >= 1 and record["latency"]["candidates_measured"] >= 1
         chosen[ms] = configuration.student.cost.gflops
         # the widest of its shape within the budget: no family of finer steps from the plan (its stages after the
@@ -271,12 +271,13 @@ def test_the_cli_plans_to_a_latency_and_refuses_one_no_architecture_meets(planne
     assert {k: v for k, v in tree_digest(tmp_path).items() if not k.endswith("nnkd_latency.json")} == before
     run_cli("nnkd_plan_and_preprocess", "-d", PLANNED_ID, "-c", "3d_fullres", "--max-latency", "1000", "--no_pp",
             env=env)
-    plans = json.loads((tmp_path / planned["preprocessed"].name / "nnKDPlans_latency1000ms.json").read_text())
+    plans = json.loads((tmp_path / planned["preprocessed"].name / "nnKDPlans_latency1000ms-fast.json").read_text())
     record = plans["configurations"]["3d_fullres"][STUDENT_KEY]
     assert 0 < record["latency_ms"] <= 1000 and plans["nnkd"]["budget"]["max_latency_ms"] == 1000
+    assert record["latency"]["runtime"] == "fast" and "fast path" in record["latency"]["what"]
 
 
-@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+@pytest.mark.parametrize("runtime", ["torch", "onnx", "fast"])
 def test_a_patch_latency_is_measured_in_each_runtime(planned, runtime):
     from nnkd.planners.latency import measure_patch_latency
 
@@ -299,12 +300,50 @@ def test_fraction_budgets_allow_one_nth_of_the_teacher_and_name_their_plans(plan
         assert c.student.cost.params <= c.param_limit and c.student.cost.gflops <= c.gflop_limit
 
 
+def test_a_fast_latency_is_the_fastest_way_nnkd_predict_may_run_the_patch(planned, monkeypatch):
+    """--latency-runtime fast (the default on the CPU) times the patch in each of the fast path's ways and keeps
+    the fastest, leaving out a conversion that fails, as nnkd_predict does (fake timings: nothing is timed)."""
+    import nnkd.network_runtimes as runtimes
+    from nnkd.planners import latency
+
+    ran, fake_ms = [], {runtimes.TORCH: 5.0, runtimes.ONEDNN: 3.0, runtimes.CHANNELS_LAST: 4.0,
+                        runtimes.ONNXRUNTIME: 2.0}
+    broken = set()
+
+    def candidate(network, name, channels, patch):
+        if name in broken:
+            raise RuntimeError("conversion failed")
+        return lambda x: ran.append(name)
+
+    def median_ms(run, cuda=False):
+        run()
+        return fake_ms[ran[-1]]
+
+    monkeypatch.setattr(runtimes, "candidate", candidate)
+    monkeypatch.setattr(latency, "_median_ms", median_ms)
+    teacher = _plans(planned, "nnUNetPlans")["configurations"]["3d_fullres"]
+    student = StudentSearch(teacher["architecture"], 1, 4, teacher["patch_size"]).search(100_000, float("inf"))
+    args = (student.architecture, 1, 4, teacher["patch_size"], "cpu")
+    assert latency.measure_patch_latency(*args, "fast") == 2.0 and set(ran) == set(runtimes.CANDIDATES)
+    broken.add(runtimes.ONNXRUNTIME)
+    assert latency.measure_patch_latency(*args, "fast") == 3.0
+    with pytest.raises(NnkdError, match="CPU fast path"):
+        latency.measure_patch_latency(*args[:-1], "cuda", "fast")
+
+
 def test_latency_budget_names_round_trip():
     for budget in (Budget(max_latency_ms=50), Budget(max_params=10, max_latency_ms=12.5, latency_device="cuda",
-                                                     latency_runtime="onnx")):
+                                                     latency_runtime="onnx"),
+                   Budget(max_latency_ms=7, latency_runtime="torch"), Budget(max_latency_ms=9, latency_device="cuda")):
         assert Budget.from_name(budget.name) == budget
+    # measured as nnkd_predict runs: its fast path on the CPU, torch on a GPU; plans made before "fast" keep torch
+    assert Budget(max_latency_ms=50).name == "latency50ms-fast" and Budget(max_latency_ms=50).latency_runtime == "fast"
+    assert Budget(max_latency_ms=9, latency_device="cuda").latency_runtime == "torch"
+    assert Budget.from_name("latency50ms").latency_runtime == "torch"
     with pytest.raises(NnkdError, match="not positive"):
         Budget(max_latency_ms=0)
+    with pytest.raises(NnkdError, match="CPU fast path"):
+        Budget(max_latency_ms=5, latency_device="cuda", latency_runtime="fast")
 
 
 

@@ -124,8 +124,10 @@ def add_budget_arguments(parser: argparse.ArgumentParser, title: str) -> None:
                              "limits): the largest student whose forward pass fits")
     budget.add_argument("--latency-device", choices=LATENCY_DEVICES, default="cpu",
                         help="where --max-latency is measured (default cpu)")
-    budget.add_argument("--latency-runtime", choices=LATENCY_RUNTIMES, default="torch",
-                        help="torch, or ONNX Runtime on an exported copy (default torch)")
+    budget.add_argument("--latency-runtime", choices=LATENCY_RUNTIMES, default=None,
+                        help="fast: as nnkd_predict runs it on the CPU (the fastest of torch, torch oneDNN, "
+                             "channels-last and ONNX Runtime; the default on the CPU, plans named …ms-fast); "
+                             "torch; or ONNX Runtime on an exported copy (onnx). Default on cuda: torch")
 
 
 def budget_of(args: argparse.Namespace, default_preset: str | None = None):

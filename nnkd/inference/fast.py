@@ -1,33 +1,29 @@
 """nnkd_predict's fast path on the CPU: the stock student run the fastest way this CPU offers (issue 46 item 2).
 
 Which way is fastest depends on the network and the CPU (docs/deploy.md, measured side by side by
-benchmarks/fast_candidates.py): on a Zen 5 the four below were within ~10 % of each other for 3D networks, and ONNX
-Runtime was 1.4–1.8× faster than torch for 2D ones; on a Zen 4 ONNX Runtime ran the 3D teacher slower than torch and
-the tiny student 1.3× faster. So the predictor is built the way cuDNN's benchmark mode picks a kernel: each
-candidate runs one patch of the plans' size, and the fastest is used:
-
-    torch                  the stock network, as nnU-Net's predictor runs it
-    torch oneDNN           the same modules and weights, every convolution through oneDNN (torch sends a
-                           convolution with few input channels on a map of < 20,480 rows, such as a 3D network's
-                           first one, to its native kernel: 17.2 ms against oneDNN's 12.9 there, docs/deploy.md)
-    torch channels-last    as torch oneDNN, with channels-last maps (channels_last / channels_last_3d)
-    onnxruntime            each fold's weights converted in memory to an ONNX Runtime session
+benchmarks/fast_candidates.py): on a Zen 5 the four ways of nnkd.network_runtimes (torch, torch oneDNN, torch
+channels-last, ONNX Runtime) were within ~10 % of each other for 3D networks, and ONNX Runtime was 1.4–1.8× faster
+than torch for 2D ones; on a Zen 4 ONNX Runtime ran the 3D teacher slower than torch and the tiny student 1.3×
+faster. So the predictor is built the way cuDNN's benchmark mode picks a kernel: each candidate runs one patch of
+the plans' size, and the fastest is used. ONNX Runtime gets one session per fold (nnU-Net's predictor loads each
+fold's weights into the one network it runs).
 
 Nothing is written: the model folder stays stock. Every conversion is checked against the stock network on a
 random input before it may be chosen; one that differs beyond TOLERANCE (or fails) is left out, with its reason.
 """
 
-import copy
+import importlib.util
 import time
 
 import torch
 from torch import nn
 
+from nnkd.network_runtimes import CANDIDATES, ONNXRUNTIME, TORCH, onnx_bytes, ort_session, run_session, \
+    torch_candidate
+
 # max |candidate − stock torch| of the logits on a random input that a candidate may show (fp32 sums in another
 # order give ~1e-5 on nnU-Net's networks); above it the candidate is not used
 TOLERANCE = 1e-3
-TORCH, ONEDNN, CHANNELS_LAST, ONNXRUNTIME = "torch", "torch oneDNN", "torch channels-last", "onnxruntime"
-CANDIDATES = (TORCH, ONEDNN, CHANNELS_LAST, ONNXRUNTIME)
 
 
 class OrtNetwork(nn.Module):
@@ -48,52 +44,7 @@ class OrtNetwork(nn.Module):
         raise KeyError("these weights are none of the folds this network was converted from")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from nnkd.inference.onnx_export import run_session
-
         return run_session(self.session, x)
-
-
-class _OneDnnConv:
-    """A convolution that always runs oneDNN's kernel (aten.mkldnn_convolution, the one torch itself picks for all
-    but small few-channel inputs); same parameters, same state dict."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
-                                                 self.groups)
-
-
-class _OneDnnConv2d(_OneDnnConv, nn.Conv2d):
-    pass
-
-
-class _OneDnnConv3d(_OneDnnConv, nn.Conv3d):
-    pass
-
-
-def route_to_onednn(network: nn.Module) -> nn.Module:
-    """Every plain zero-padded float convolution of `network` (in place) runs oneDNN's kernel."""
-    for module in network.modules():
-        if type(module) in (nn.Conv2d, nn.Conv3d) and module.padding_mode == "zeros" \
-                and isinstance(module.padding, tuple):
-            module.__class__ = _OneDnnConv3d if type(module) is nn.Conv3d else _OneDnnConv2d
-    return network
-
-
-class ChannelsLastNetwork(nn.Module):
-    """The stock network with its weights in channels-last layout; inputs are converted on the way in and the
-    logits back to nnU-Net's contiguous layout. Its state dict is the stock one (load_state_dict copies into the
-    channels-last parameters, keeping their layout)."""
-
-    def __init__(self, network: nn.Module, dims: int):
-        super().__init__()
-        self.layout = torch.channels_last_3d if dims == 3 else torch.channels_last
-        self.network = network.to(memory_format=self.layout)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        return self.network.load_state_dict(state_dict, strict=strict)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x.contiguous(memory_format=self.layout)).contiguous()
 
 
 def _same_weights(a: dict, b: dict) -> bool:
@@ -137,12 +88,10 @@ def _difference(candidate, stock: nn.Module, x: torch.Tensor) -> float:
 
 
 def _onnxruntime_candidate(network: nn.Module, folds: list[dict], input_channels: int, patch_size) -> OrtNetwork:
-    from nnkd.inference.onnx_export import cpu_session, onnx_bytes
-
     sessions = []
     for weights in folds:
         network.load_state_dict(weights)
-        sessions.append((weights, cpu_session(onnx_bytes(network, input_channels, patch_size))))
+        sessions.append((weights, ort_session(onnx_bytes(network, input_channels, patch_size))))
     network.load_state_dict(folds[0])
     return OrtNetwork(sessions)
 
@@ -160,14 +109,10 @@ def build_candidates(network: nn.Module, folds: list[dict], input_channels: int,
             if name == TORCH:
                 built[name] = network
                 continue
-            if name == ONEDNN:
-                candidate = route_to_onednn(copy.deepcopy(network))
-            elif name == CHANNELS_LAST:
-                candidate = ChannelsLastNetwork(route_to_onednn(copy.deepcopy(network)), dims)
+            if name != ONNXRUNTIME:
+                candidate = torch_candidate(network, name, dims)
             else:
-                try:
-                    import onnxruntime  # noqa: F401
-                except ImportError:
+                if importlib.util.find_spec("onnxruntime") is None:
                     left_out[name] = 'onnxruntime is not installed (pip install "nnkd[onnx]")'
                     continue
                 candidate = _onnxruntime_candidate(network, folds, input_channels, patch_size)

@@ -1,6 +1,5 @@
 """ONNX export of a student, its sidecar JSON, and an ONNX Runtime module nnU-Net's predictor can drive."""
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -8,60 +7,7 @@ import torch
 from torch import nn
 
 from nnkd.errors import NnkdError
-
-
-def _onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise NnkdError("onnxruntime is not installed", 'pip install "nnkd[onnx]"') from e
-    return onnxruntime
-
-
-def onnx_bytes(network: nn.Module, input_channels: int, patch_size) -> bytes:
-    """The network as an ONNX model (opset 17) with dynamic batch and spatial axes, in memory."""
-    import io
-
-    network = network.eval().cpu()
-    spatial = {i + 2: f"spatial_{i}" for i in range(len(patch_size))}
-    example = torch.randn(1, input_channels, *patch_size)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # "instance_norm exported with train=True": right, it always uses input stats;
-        warnings.simplefilter("ignore", UserWarning)  # the tracer's "converting a tensor to a Python boolean": the
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks of nnU-Net's norms, constant per model
-        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy (TorchScript) exporter, chosen: dynamo=False
-        torch.onnx.export(network, (example,), buffer, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch", **spatial}, "logits": {0: "batch", **spatial}},
-                          opset_version=17, dynamo=False)
-    return buffer.getvalue()
-
-
-def cpu_session(model: bytes | Path):
-    """An ONNX Runtime CPU session of an ONNX file or in-memory model, with torch's thread count (so that the two
-    runtimes compare on the same cores)."""
-    ort = _onnxruntime()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    # no spin-waiting between runs: ORT's idle threads would otherwise keep the cores busy after each patch,
-    # slowing whatever runs next in the process (nnU-Net's own work, or a torch network the fast path times)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                providers=["CPUExecutionProvider"])
-
-
-def run_session(session, x: torch.Tensor) -> torch.Tensor:
-    """One batch through an ONNX Runtime session of nnkd's export (input "input"), logits back on x's device."""
-    out = session.run(None, {"input": x.detach().float().cpu().contiguous().numpy()})[0]
-    return torch.from_numpy(out).to(x.device)
-
-
-def max_difference(network: nn.Module, session, input_channels: int, spatial_size) -> float:
-    """max |ONNX Runtime − torch| on a random batch of two inputs of `spatial_size`."""
-    check = torch.randn(2, input_channels, *spatial_size)
-    with torch.no_grad():
-        expected = network(check).numpy()
-    got = session.run(None, {"input": check.numpy()})[0]
-    return float(np.abs(got - expected).max())
+from nnkd.network_runtimes import max_difference, onnx_bytes, onnxruntime_module, ort_session, run_session
 
 
 def export_onnx(network: nn.Module, input_channels: int, patch_size, path: Path) -> float:
@@ -69,7 +15,7 @@ def export_onnx(network: nn.Module, input_channels: int, patch_size, path: Path)
     from nnkd.atomic import write_bytes_atomic
 
     write_bytes_atomic(path, onnx_bytes(network, input_channels, patch_size))
-    return max_difference(network, cpu_session(path), input_channels, patch_size)
+    return max_difference(network, ort_session(path), input_channels, patch_size)
 
 
 def onnx_sidecar(plans: dict, configuration: str, dataset_json: dict, input_channels: int,
@@ -118,9 +64,9 @@ class OnnxNetwork(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise NnkdError(f"ONNX file {path} not found", "export it with nnkd_export --onnx")
-        _onnxruntime()
+        onnxruntime_module()
         try:
-            self.session = cpu_session(path)
+            self.session = ort_session(path)
         except Exception as e:
             raise NnkdError(f"cannot load ONNX model {path}: {str(e).splitlines()[0][:160]}",
                             "export it again with nnkd_export --onnx") from e

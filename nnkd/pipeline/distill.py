@@ -178,10 +178,11 @@ def teacher_plan_cost(dataset_name: str, teacher_plans: str, configuration: str,
     cost = StudentSearch(plan["architecture"], channels, heads, plan["patch_size"]).teacher_cost()
     latency = None
     if latency_device:
+        from nnkd.planners.budget import default_latency_runtime
         from nnkd.planners.latency import measure_patch_latency
 
         latency = measure_patch_latency(plan["architecture"], channels, heads, plan["patch_size"], latency_device,
-                                        "torch")
+                                        default_latency_runtime(latency_device))
     return cost, latency
 
 
@@ -294,7 +295,8 @@ def search_budget(request: DistillRequest, dataset_name: str, fold: str, cached:
         planned_student(dataset_name, replace(request, budget=Budget(preset="tiny")))  # the teacher plans, preprocessed
     latency_device = (request.device or "cpu") if request.objective == "latency" else None
     cost, latency = teacher_plan_cost(dataset_name, request.teacher_plans, request.configuration, latency_device)
-    budgets = ladder(request.objective, cost.params, cost.gflops, latency, request.ladder or LADDER_FRACTIONS)
+    budgets = ladder(request.objective, cost.params, cost.gflops, latency, request.ladder or LADDER_FRACTIONS,
+                     latency_device or "cpu")
     candidates, plans_of, unplannable = [], {}, []
     for budget in budgets:
         try:

@@ -98,10 +98,12 @@ class SearchResult:
 
 
 def ladder(objective: str, teacher_params: int | None = None, teacher_gflops: float | None = None,
-           teacher_latency_ms: float | None = None, fractions: tuple[int, ...] = LADDER_FRACTIONS) -> list[Budget]:
+           teacher_latency_ms: float | None = None, fractions: tuple[int, ...] = LADDER_FRACTIONS,
+           latency_device: str = "cpu") -> list[Budget]:
     """The candidate budgets, 1/N of the teacher for each N of `fractions`: of its parameters (`params`; an
     absolute --max-params limit, so the smallest fractions stay plannable however the GFLOPs fall), of its
-    GFLOPs per patch (`gflops`), or of its measured patch latency (`latency`)."""
+    GFLOPs per patch (`gflops`), or of its measured patch latency (`latency`, on `latency_device` as nnkd_predict
+    runs there: the teacher's latency must be measured the same way)."""
     if objective not in OBJECTIVES:
         raise NnkdError(f"--objective {objective} is unknown", f"use one of {', '.join(OBJECTIVES)}")
     if not fractions or any(n < 2 for n in fractions):
@@ -114,7 +116,7 @@ def ladder(objective: str, teacher_params: int | None = None, teacher_gflops: fl
         return [Budget(max_params=int(teacher / n)) for n in sorted(set(fractions))]
     if objective == "gflops":
         return [Budget(max_gflops=round(teacher / n, 6)) for n in sorted(set(fractions))]
-    return [Budget(max_latency_ms=round(teacher / n, 3)) for n in sorted(set(fractions))]
+    return [Budget(max_latency_ms=round(teacher / n, 3), latency_device=latency_device) for n in sorted(set(fractions))]
 
 
 def parse_ladder(text: str) -> tuple[int, ...]:

@@ -15,9 +15,22 @@ PRESETS = {"tiny": 1 / 16, "small": 1 / 6, "medium": 1 / 2}
 _FRACTION = re.compile(r"^1/([1-9]\d*)$")
 _FRACTION_NAME = re.compile(r"^frac([1-9]\d*)$")
 _ABSOLUTE_NAME = re.compile(r"^(?:params(\d+))?-?(?:gflops(\d+(?:\.\d+)?))?-?"
-                            r"(?:latency(\d+(?:\.\d+)?)ms(-cuda)?(-onnx)?)?$")
+                            r"(?:latency(\d+(?:\.\d+)?)ms(-cuda)?(-onnx|-fast)?)?$")
 LATENCY_DEVICES = ("cpu", "cuda")
-LATENCY_RUNTIMES = ("torch", "onnx")
+# "fast": as nnkd_predict runs it on the CPU, the fastest of its fast path's candidates (nnkd.network_runtimes)
+LATENCY_RUNTIMES = ("torch", "onnx", "fast")
+
+
+def default_latency_runtime(device: str) -> str:
+    """How nnkd_predict runs a network on `device`: its fast path on the CPU, torch on a GPU."""
+    return "torch" if device == "cuda" else "fast"
+
+
+def check_latency_runtime(device: str, runtime: str) -> None:
+    """The fast path is nnkd_predict's on the CPU: a latency on a GPU is measured in torch or ONNX Runtime."""
+    if device == "cuda" and runtime == "fast":
+        raise NnkdError("--latency-runtime fast is nnkd_predict's CPU fast path; on a GPU nnkd_predict runs torch",
+                        "use --latency-runtime torch (or onnx) with --latency-device cuda")
 
 
 def preset_fraction(preset: str) -> float | None:
@@ -39,9 +52,12 @@ class Budget:
     max_gflops: float | None = None
     max_latency_ms: float | None = None  # one patch, measured on the planning machine
     latency_device: str = "cpu"
-    latency_runtime: str = "torch"
+    # None: as nnkd_predict runs on that device — "fast" on the CPU, "torch" on cuda
+    latency_runtime: str | None = None
 
     def __post_init__(self):
+        if self.latency_runtime is None:
+            object.__setattr__(self, "latency_runtime", default_latency_runtime(self.latency_device))
         if self.preset is not None:
             if _FRACTION_NAME.match(self.preset):  # the plans name of a fraction: frac64 is 1/64
                 object.__setattr__(self, "preset", "1/" + self.preset.removeprefix("frac"))
@@ -65,6 +81,7 @@ class Budget:
             raise NnkdError(f"unknown latency device/runtime {self.latency_device}/{self.latency_runtime}",
                             f"use --latency-device {'|'.join(LATENCY_DEVICES)} and "
                             f"--latency-runtime {'|'.join(LATENCY_RUNTIMES)}")
+        check_latency_runtime(self.latency_device, self.latency_runtime)
 
     @property
     def name(self) -> str:
@@ -79,7 +96,7 @@ class Budget:
         if self.max_latency_ms is not None:
             parts.append(f"latency{_number(self.max_latency_ms)}ms"
                          + ("-cuda" if self.latency_device == "cuda" else "")
-                         + ("-onnx" if self.latency_runtime == "onnx" else ""))
+                         + ("" if self.latency_runtime == "torch" else f"-{self.latency_runtime}"))
         return "-".join(parts)
 
     @classmethod
@@ -93,10 +110,10 @@ class Budget:
         if not name or not match or not any(match.groups()):
             raise NnkdError(f"unknown budget '{name}'",
                             f"use one of {', '.join(PRESETS)}, 1/N or a planned name like params2000000 or frac64")
-        params, gflops, latency, cuda, onnx = match.groups()
+        params, gflops, latency, cuda, runtime = match.groups()
         return cls(max_params=int(params) if params else None, max_gflops=float(gflops) if gflops else None,
                    max_latency_ms=float(latency) if latency else None, latency_device="cuda" if cuda else "cpu",
-                   latency_runtime="onnx" if onnx else "torch")
+                   latency_runtime=runtime[1:] if runtime else "torch")
 
     def limits(self, teacher: "NetworkCost") -> tuple[float, float]:
         """(max parameters, max GFLOPs per patch) for a student of this teacher; inf where unbounded."""

@@ -24,12 +24,12 @@ import hashlib
 import json
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 from nnkd.atomic import write_json_atomic
+from nnkd.planners.budget import check_latency_runtime
 from nnkd.devices import cpu_count, cpu_identity, keep_freed_memory
 from nnkd.errors import NnkdError
 
@@ -52,53 +52,59 @@ def machine() -> dict:
 
 def measure_patch_latency(architecture: dict, input_channels: int, num_classes: int, patch_size, device: str,
                           runtime: str) -> float:
-    """Median milliseconds of one patch through the network (after WARMUP runs, REPEATS timed)."""
+    """Median milliseconds of one patch through the network (after WARMUP runs, REPEATS timed) in `runtime`:
+    torch, ONNX Runtime ("onnx"), or "fast": as nnkd_predict runs it on the CPU, the fastest of its fast path's
+    candidates (nnkd.network_runtimes), each timed the same way."""
     import torch
 
+    from nnkd.network_runtimes import CANDIDATES, ONNXRUNTIME, TORCH, candidate, onnx_bytes, ort_session, \
+        run_session
     from nnkd.planners.network_cost import build_network
 
     keep_freed_memory()  # as nnkd_predict runs it
+    check_latency_runtime(device, runtime)
     if device == "cuda" and not torch.cuda.is_available():
         raise NnkdError("--latency-device cuda was asked for but no CUDA GPU is visible",
                         "plan on the machine the student will run on, or use --latency-device cpu")
     network = build_network(architecture, input_channels, num_classes, device="cpu").eval()
     patch = torch.randn(1, input_channels, *patch_size)
     if runtime == "onnx":
-        return _onnx_latency(network, patch, device)
+        session = ort_session(onnx_bytes(network, input_channels, patch_size), device)
+        return _median_ms(lambda: run_session(session, patch))
+    if runtime == "fast":
+        times = []
+        for name in CANDIDATES:
+            if name == ONNXRUNTIME and not _has_onnxruntime():
+                continue
+            try:
+                runner = candidate(network, name, input_channels, patch_size)
+            except Exception:  # nnkd_predict leaves a conversion that fails out, and so does this measurement
+                if name == TORCH:
+                    raise
+                continue
+            times.append(_median_ms(lambda: runner(patch)))  # noqa: B023 (runner is called before it changes)
+        return min(times)
     network, patch = network.to(device), patch.to(device)
+    return _median_ms(lambda: network(patch), cuda=device == "cuda")
+
+
+def _has_onnxruntime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def _median_ms(run: Callable, cuda: bool = False) -> float:
+    """Median milliseconds of `run()` over REPEATS calls after WARMUP, under inference mode."""
+    import torch
+
     times = []
     with torch.inference_mode():
         for i in range(WARMUP + REPEATS):
             start = time.perf_counter()
-            network(patch)
-            if device == "cuda":
+            run()
+            if cuda:
                 torch.cuda.synchronize()
-            if i >= WARMUP:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
-
-
-def _onnx_latency(network, patch, device: str) -> float:
-    import warnings
-
-    import torch
-
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise NnkdError("--latency-runtime onnx needs onnxruntime", 'pip install "nnkd[onnx]"') from e
-    providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        path = Path(tmp) / "candidate.onnx"
-        torch.onnx.export(network, (patch,), str(path), input_names=["input"], output_names=["logits"],
-                          opset_version=17, dynamo=False)
-        session = onnxruntime.InferenceSession(str(path), providers=providers)
-        feed = {"input": patch.numpy()}
-        times = []
-        for i in range(WARMUP + REPEATS):
-            start = time.perf_counter()
-            session.run(None, feed)
             if i >= WARMUP:
                 times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000

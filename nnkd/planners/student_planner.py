@@ -137,7 +137,8 @@ class nnKDStudentPlanner:
         return student, {"ms": ms, "measured_on": {
             "device": self.budget.latency_device, "runtime": self.budget.latency_runtime, **machine(),
             "what": f"one patch, batch 1, median of {REPEATS} after {WARMUP} warm-up runs, measured again after "
-                    "the search",
+                    "the search" + ("; in each way nnkd_predict's fast path may run it, the fastest"
+                                    if self.budget.latency_runtime == "fast" else ""),
             "candidates_measured": len(tried), "confirmations": confirmations}}
 
     @staticmethod
