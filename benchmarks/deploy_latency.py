@@ -69,6 +69,10 @@ def parse_args():
                         help="default torch,onnx,int8; bf16: torch under CPU bf16 autocast (nnkd_predict --bf16)")
     parser.add_argument("--mirroring", default="off,on", help="off, on or off,on (default)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per measurement (median; default 1)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of every model × runtime side by side, --repeats runs each per round (the "
+                             "median over all rounds; a machine that drifts by ~15 %% over minutes then moves every "
+                             "model alike; default 1)")
     parser.add_argument("--remeasure", type=int, default=5,
                         help="with --latency-student: measure its patch latency again in N fresh processes (median)")
     parser.add_argument("--prepare-only", action="store_true",
@@ -236,7 +240,7 @@ def measure(args, built: dict, runtime: str, mirroring: bool, cases: list[Path])
     from nnkd.devices import resolve_device
     from nnkd.inference.onnx_export import OnnxNetwork
     from nnkd.inference.predict import make_predictor
-    from nnkd.inference.profile import STEPS, predict_profiled
+    from nnkd.inference.profile import predict_profiled
 
     in_torch = runtime in ("torch", "bf16", "fast")
     network = built["network"] if in_torch else OnnxNetwork(built["onnx"][runtime], built["channels"])
@@ -261,20 +265,41 @@ def measure(args, built: dict, runtime: str, mirroring: bool, cases: list[Path])
             runs.extend(record["cases"].values())
     shape = runs[0]["preprocessed_shape"]
     patches = int(np.prod([len(s) for s in compute_steps_for_sliding_window(shape, built["patch_size"], 0.5)]))
+    return {"runs": [{"total": r["total"], "seconds": r["seconds"]} for r in runs], "patches": patches,
+            "original_shape": runs[0]["original_shape"], "preprocessed_shape": shape,
+            **({"fast_path": fast.record()} if fast else {})}
+
+
+def summarize(rounds: list[dict], mirroring: bool) -> dict:
+    """One measurement's figures from its rounds (each measure()'s record): the median and min over every run of
+    every round, each step's median, and the rounds' own medians."""
+    from nnkd.inference.profile import STEPS
+
+    runs = [r for one in rounds for r in one["runs"]]
     seconds = {step: statistics.median(r["seconds"][step] for r in runs) for step in STEPS}
     total = statistics.median(r["total"] for r in runs)
+    last = rounds[-1]
     return {"seconds_per_case": round(total, 3), "seconds_per_case_min": round(min(r["total"] for r in runs), 3),
+            "seconds_per_case_each_round": [round(statistics.median(r["total"] for r in one["runs"]), 3)
+                                            for one in rounds],
             "steps": {k: round(v, 3) for k, v in seconds.items()},
-            "network_share": round(seconds["network"] / total, 3), "patches": patches,
-            "network_seconds_per_patch": round(seconds["network"] / patches / (8 if mirroring else 1), 4),
-            "original_shape": runs[0]["original_shape"], "preprocessed_shape": shape, "runs": len(runs),
-            **({"fast_path": fast.record()} if fast else {})}
+            "network_share": round(seconds["network"] / total, 3), "patches": last["patches"],
+            "network_seconds_per_patch": round(seconds["network"] / last["patches"] / (8 if mirroring else 1), 4),
+            "original_shape": last["original_shape"], "preprocessed_shape": last["preprocessed_shape"],
+            "runs": len(runs), "rounds": rounds,
+            **({"fast_path": last["fast_path"], "fast_path_each_round": [one["fast_path"]["runtime"] for one in rounds]}
+               if "fast_path" in last else {})}
 
 
 def runtime_label(row: dict) -> str:
     """The runtime's name in reports; the fast path's with what it chose."""
     label = RUNTIME_LABELS[row["runtime"]]
-    return f"{label} ({row['fast_path']['runtime']})" if row.get("fast_path") else label
+    if not row.get("fast_path"):
+        return label
+    chosen = row.get("fast_path_each_round") or [row["fast_path"]["runtime"]]
+    if len(set(chosen)) == 1:
+        return f"{label} ({chosen[0]})"
+    return f"{label} ({', '.join(f'{name} ×{chosen.count(name)}' for name in sorted(set(chosen)))})"
 
 
 def _fresh_processes(each: list | None) -> str:
@@ -331,7 +356,10 @@ def report(args, record: dict) -> None:
              f"torch {m['torch']}, onnxruntime {m['onnxruntime']}. Case: {case.get('original_shape')} voxels "
              f"({case.get('preprocessed_shape')} after nnU-Net's preprocessing). "
              "Random weights (seed 0): time does not depend on them. Each number is nnU-Net's whole per-case "
-             "prediction from the NIfTI file to the written label map, median (min) of the runs shown; network = sliding "
+             "prediction from the NIfTI file to the written label map, median (min) of the runs shown"
+             + (f", measured in {args.rounds} rounds of every model × runtime side by side (each round's median per "
+                "case: results.json, `seconds_per_case_each_round`)" if args.rounds > 1 else "")
+             + "; network = sliding "
              "window (step 0.5, Gaussian), with mirroring = nnU-Net's default 8-flip test-time augmentation.", "",
              "| model | params | GFLOPs / patch | patches | mirroring | runtime | s / case (min) | network s "
              "| network share | × faster than teacher torch fp32 | × faster than teacher, same runtime "
@@ -410,6 +438,7 @@ def main() -> None:
     record = load_measurements(path)
     record["machine"] = {**machine(), "onnxruntime": onnxruntime.__version__}
     record.setdefault("models", {})
+    measured = {}
     for model, plans_name in models:
         built = build_model(args, dataset, model, plans_name)
         record["models"][model] = {**record["models"].get(model, {}), "plans": plans_name,
@@ -418,6 +447,7 @@ def main() -> None:
         write_json_atomic(path, record)
         if args.prepare_only or (wanted is not None and model not in wanted):
             continue
+        measured[model] = built
         planned = record["models"][model]["latency_ms_planned"]
         if planned and "latency_ms_remeasured" not in record["models"][model]:
             # the --max-latency target: the planned latency, measured again as the planner measures it, each time
@@ -431,17 +461,21 @@ def main() -> None:
             record["models"][model]["latency_ms_remeasured_each"] = again
             record["models"][model]["latency_ms_remeasured"] = round(statistics.median(again), 1)
             write_json_atomic(path, record)
+    for round_number in range(args.rounds):  # every model × runtime once per round, side by side
         for mirroring in args.mirroring.split(","):
-            for runtime in args.runtimes.split(","):
-                key = f"{model}/{runtime}/{mirroring}"
-                if key in record["measurements"]:
-                    continue
-                started = time.time()
-                print(f"measuring {key} ...", flush=True)
-                record["measurements"][key] = measure(args, built, runtime, mirroring == "on", cases)
-                print(f"  {record['measurements'][key]['seconds_per_case']:.2f} s per case "
-                      f"({time.time() - started:.0f} s)", flush=True)
-                write_json_atomic(path, record)
+            for model, built in measured.items():
+                for runtime in args.runtimes.split(","):
+                    key = f"{model}/{runtime}/{mirroring}"
+                    rounds = record["measurements"].get(key, {}).get("rounds", [])
+                    if len(rounds) > round_number or (key in record["measurements"] and not rounds):
+                        continue  # measured already (a measurement of an earlier version has no rounds: kept)
+                    started = time.time()
+                    print(f"measuring {key}, round {round_number + 1} of {args.rounds} ...", flush=True)
+                    rounds = rounds + [measure(args, built, runtime, mirroring == "on", cases)]
+                    record["measurements"][key] = summarize(rounds, mirroring == "on")
+                    print(f"  {record['measurements'][key]['seconds_per_case_each_round'][-1]:.2f} s per case "
+                          f"({time.time() - started:.0f} s)", flush=True)
+                    write_json_atomic(path, record)
     if record["measurements"]:
         report(args, record)
 

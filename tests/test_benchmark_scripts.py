@@ -71,6 +71,38 @@ def fake_run(runs: Path, name: str, method: str, seed: int, dice: float, lesion_
                fold / "checkpoint_final.pth")
 
 
+def test_deploy_latency_pools_its_rounds_and_names_each_fast_path_choice(tmp_path):
+    """deploy_latency.py --rounds: every model × runtime is measured once per round, side by side; a row's
+    figures pool all rounds' runs, keep each round's median, and say what the fast path chose in each."""
+    from argparse import Namespace
+
+    module = load("deploy_latency")
+
+    def one_round(totals, chosen=None):
+        steps = {"read": 0.1, "preprocess": 0.2, "network": 0.0, "resample": 0.1, "write": 0.1}
+        runs = [{"total": t, "seconds": {**steps, "network": t - 0.5}} for t in totals]
+        return {"runs": runs, "patches": 4, "original_shape": [10, 20, 20], "preprocessed_shape": [10, 20, 20],
+                **({"fast_path": {"runtime": chosen}} if chosen else {})}
+
+    teacher = module.summarize([one_round([10.0, 12.0]), one_round([11.0, 15.0])], mirroring=False)
+    assert teacher["seconds_per_case"] == 11.5 and teacher["seconds_per_case_min"] == 10.0
+    assert teacher["seconds_per_case_each_round"] == [11.0, 13.0] and teacher["runs"] == 4
+    assert teacher["steps"]["network"] == 11.0 and teacher["network_seconds_per_patch"] == 2.75
+    fast = module.summarize([one_round([2.0], "onnxruntime"), one_round([3.0], "torch"),
+                             one_round([2.5], "onnxruntime")], mirroring=False)
+    assert fast["fast_path_each_round"] == ["onnxruntime", "torch", "onnxruntime"]
+    assert module.runtime_label({"runtime": "fast", **fast}) == "nnkd_predict fast path (onnxruntime ×2, torch ×1)"
+    record = {"machine": {"cpu": "a CPU", "processor": "", "machine": "x86_64", "cpus": 2, "torch_threads": 2,
+                          "torch": "2", "onnxruntime": "1"},
+              "models": {"teacher": {"params": 2e6, "gflops_per_patch": 16.0},
+                         "tiny": {"params": 1e5, "gflops_per_patch": 1.0}},
+              "measurements": {"teacher/fast/off": teacher, "tiny/fast/off": fast}}
+    module.report(Namespace(case="ct", rounds=3, out=tmp_path), record)
+    (row,) = [r for r in json.loads((tmp_path / "results.json").read_text())["rows"] if r["model"] == "tiny"]
+    assert row["speedup_same_runtime"] == round(11.5 / 2.5, 2) and row["gflops_ratio"] == 16.0
+    assert "3 rounds of every model × runtime side by side" in (tmp_path / "report.md").read_text()
+
+
 def test_runs_report_pairs_each_run_with_no_kd_of_its_own_budget(tmp_path):
     """Two budgets with different seeds finished (a study part-way): every run is compared with the no-KD run
     of its budget and seed, and 'found at' comes from its own budget's seeds."""
