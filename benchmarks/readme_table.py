@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -30,8 +29,8 @@ SOURCES = {
     "all_labels": "synthetic_all_labels",
     "labeled4": "synthetic_labeled4",
     "colin27": "colin27_label_free",
-    "deploy_ct": "deploy_ct_zen4_widths8",
-    "deploy_head": "deploy_colin27_zen4_widths8",
+    "deploy_ct": "deploy_ct_zen5_rounds",
+    "deploy_head": "deploy_colin27_zen5_rounds",
 }
 
 # Facts no results.json records, each from the page that states it.
@@ -49,7 +48,9 @@ FACTS = {
     # benchmarks/deploy_latency.py (and each deploy report.md): "Random weights (seed 0): time does not depend on them".
     "deploy_weights": "random weights",
     # docs/benchmarks/INDEX.md: "*Zen 4* = "AMD EPYC, cpu family 25, model 17"", named as in docs/deploy.md.
-    "cpu_names": {"AMD EPYC, cpu family 25, model 17": "Zen 4"},
+    "cpu_names": {"AMD EPYC, cpu family 25, model 17": "Zen 4", "AMD EPYC, cpu family 26, model 2": "Zen 5"},
+    # benchmarks/deploy_latency.py's RUNTIME_LABELS, shortened for the table.
+    "runtime_names": {"torch": "torch", "onnx": "ONNX Runtime", "int8": "int8", "fast": "nnkd_predict's fast path"},
 }
 
 
@@ -154,36 +155,39 @@ def colin27_row(root: Path) -> list[str]:
             f"{speedup:.1f}× ({FACTS['colin27_timing']})", link("colin27")]
 
 
-def torch_row(r: dict, model: str) -> dict:
-    (row,) = [x for x in r["rows"] if x["model"] == model and x["runtime"] == "torch" and not x["mirroring"]]
+def deploy_measurement(r: dict, model: str, runtime: str = "torch") -> dict:
+    (row,) = [x for x in r["rows"] if x["model"] == model and x["runtime"] == runtime and not x["mirroring"]]
     return row
-
-
-def faster(r: dict, model: str) -> str:
-    return f"{torch_row(r, model)['faster_than_teacher_torch']:.1f}×"
 
 
 def deploy_row(root: Path) -> list[str]:
     cases = {key: load(key, root) for key in ("deploy_ct", "deploy_head")}
     names = {"deploy_ct": "CT-like case", "deploy_head": "Colin27 head"}
-    (machine,) = {json.dumps(r["machine"], sort_keys=True) for r in cases.values()}
-    latency = {key: next(m for m in r["models"] if m.startswith("latency")) for key, r in cases.items()}
-    budgets = [re.fullmatch(r"latency(\d+)ms", model).group(1) for model in latency.values()]
-    runs = {torch_row(r, m)["runs"] for r in cases.values() for m in r["models"]}
-    assert runs == {1}, "the note below says one run per model"
+    (machine,) = {json.dumps({k: r["machine"][k] for k in ("cpu", "cpus")}, sort_keys=True) for r in cases.values()}
+    (rounds,) = {len(x["seconds_per_case_each_round"]) for r in cases.values() for x in r["rows"]}
 
     def both(value) -> str:
         return " / ".join(value(key, r) for key, r in cases.items())
 
-    shapes = both(lambda key, r: f"{names[key]} {'×'.join(map(str, torch_row(r, 'teacher')['original_shape']))}")
+    def ratio(r: dict, runtime: str) -> float:  # from the seconds: results.json's speedup_same_runtime is rounded
+        return (deploy_measurement(r, "teacher", runtime)["seconds_per_case"]
+                / deploy_measurement(r, "tiny", runtime)["seconds_per_case"])
+
+    def same_runtime(runtime: str) -> str:
+        return both(lambda key, r: f"{ratio(r, runtime):.1f}×")
+
+    shapes = both(lambda key, r: f"{names[key]} "
+                                 f"{'×'.join(map(str, deploy_measurement(r, 'teacher')['original_shape']))}")
+    runtimes = [x["runtime"] for x in cases["deploy_ct"]["rows"] if x["model"] == "tiny"]
     return [f"speed only: {shapes}",
             f"nnU-Net 3d_fullres, {both(lambda key, r: millions(r['models']['teacher']['params']))}, "
             f"{FACTS['deploy_weights']}",
-            f"tiny {both(lambda key, r: millions(r['models']['tiny']['params']))}; `--max-latency` "
-            f"{' / '.join(budgets)} ms: {both(lambda key, r: millions(r['models'][latency[key]]['params']))}",
+            f"tiny {both(lambda key, r: millions(r['models']['tiny']['params']))} (GFLOPs "
+            f"{both(lambda key, r: fraction(*(r['models'][m]['gflops_per_patch'] for m in ('teacher', 'tiny'))))})",
             "–",
-            f"tiny {both(lambda key, r: faster(r, 'tiny'))}; latency plan "
-            f"{both(lambda key, r: faster(r, latency[key]))} ({cpu(json.loads(machine))})",
+            "tiny against the teacher in the same runtime: "
+            + "; ".join(f"{FACTS['runtime_names'][runtime]} {same_runtime(runtime)}" for runtime in runtimes)
+            + f" ({cpu(json.loads(machine))}, median of {rounds} rounds side by side)",
             f"{link('deploy_ct')}, {link('deploy_head')}"]
 
 
@@ -206,8 +210,9 @@ def render(root: Path = ROOT) -> str:
         f"(nnkd's default); on Colin27 the student is trained on deepbet's masks alone (no annotation) and "
         f"*alone* on the BET labels. *Faster*: nnU-Net's whole per-case prediction in torch, teacher ÷ "
         f"distilled student on the same machine (synthetic 3D: on its validation cases, the mean over the seeds' "
-        f"students); the speed-only row times networks with random weights (time does not depend on them) in fp32 "
-        f"without mirroring, one run per model.",
+        f"students); the speed-only row times networks with random weights (time does not depend on them) without "
+        f"mirroring, each runtime's student against the teacher in that runtime, every model and runtime once per "
+        f"round (docs/deploy.md's first table).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -19,6 +19,28 @@ def test_the_method_table_names_every_trainer_class():
     assert all(cls.method == name for name, cls in METHODS.items())
 
 
+def test_each_trainer_has_the_capability_flags_of_its_table_row():
+    """The table's flags are the one source: the classes get them, nnkd_distill's help lists the one-step
+    methods from them (no method name is written in the CLI)."""
+    import contextlib
+    import io
+
+    from nnkd.cli.distill import build_parser
+    from nnkd.method_table import METHOD_TABLE
+
+    for name, cls in METHODS.items():
+        row = METHOD_TABLE[name]
+        assert cls.needs_teacher == (row.teachers != "none") and cls.takes_transfer_set == row.transfer_set
+        assert cls.takes_several_teachers == (row.teachers == "several"), name
+    assert {n for n, r in METHOD_TABLE.items() if not r.one_step} == {"multiteacher", "tskd"}
+    assert not METHODS["none"].needs_teacher and METHODS["multiteacher"].takes_several_teachers
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = " ".join(out.getvalue().split())
+    assert "(default logit): none, logit, cwd, feature, cka, drd (multiteacher, tskd and lorkd:" in text
+
+
 @pytest.mark.parametrize("cls", [*METHODS.values(), nnKDTrainer_LoRKD])
 def test_every_default_passes_and_every_rule_names_a_hyperparameter(cls):
     cls.check_settings(cls.default_settings(), teacher_count=2 if cls.takes_several_teachers else 1, stage_count=5)

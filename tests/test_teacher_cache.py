@@ -39,6 +39,46 @@ def test_stored_probabilities_read_back_lazily_by_region(tmp_path, settings, tol
     assert (region.argmax(0) == expected.argmax(0)).mean() > 0.95
 
 
+def test_cache_variants_live_side_by_side_and_training_picks_one_or_asks(tmp_path):
+    """Caches of one teacher with other --topk / --resolution / --dtype get folders of their own (no variant
+    replaces another); training takes the default settings' cache, or the only one, or the --cache-variant asked
+    for, and with several and none asked names them."""
+    from types import SimpleNamespace
+
+    from nnkd.cache.store import cache_variants
+    from nnkd.errors import NnkdError
+    from nnkd.run.train import TrainRequest, _cache_of, check_request
+    from nnkd.trainers.methods import METHODS
+
+    assert CacheSettings().variant == "" and CacheSettings(topk=2, resolution="half").variant == "top2-half"
+    for settings in (CacheSettings(), CacheSettings(dtype="float32"), CacheSettings(topk=3, resolution="half",
+                                                                                    dtype="float32")):
+        assert CacheSettings.from_variant(settings.variant) == settings
+    for bad in ("top0", "quarter", "top2-bf16"):
+        with pytest.raises(NnkdError, match="is not a cache variant"):
+            CacheSettings.from_variant(bad)
+    labels = {"a": 0, "b": 1, "c": 2}
+    config = SimpleNamespace(folder=tmp_path, configuration_manager=SimpleNamespace(data_identifier="plans_3d"))
+    folders = {}
+    for settings in (CacheSettings(topk=2), CacheSettings(resolution="half"), CacheSettings()):
+        folder = cache_folder(tmp_path, "plans_3d", 0, "spec", settings)
+        TeacherCache(folder).start(_Teacher(), settings, labels, False, (4, 4, 4), "3d_fullres")
+        folders[settings.variant] = folder
+        if settings.variant == "half":  # two variants, no default yet: the user chooses
+            with pytest.raises(NnkdError, match="has 2 teacher caches for fold 0, with settings half, top2"):
+                _cache_of("spec", config, 0, None)
+        elif settings.variant == "top2":  # the only one
+            assert _cache_of("spec", config, 0, None) == folder
+    assert len(set(folders.values())) == 3 and cache_variants(tmp_path, "plans_3d", 0, "spec") == folders
+    assert TeacherCache(folders["top2"]).settings == CacheSettings(topk=2)  # not replaced by the later ones
+    assert _cache_of("spec", config, 0, None) == folders[""]  # the default settings' cache
+    assert _cache_of("spec", config, 0, "top2") == folders["top2"]
+    assert cache_variants(tmp_path, "plans_3d", 0, "other spec") == {}
+    with pytest.raises(NnkdError, match="--cache-variant top2 chooses a teacher cache"):
+        check_request(TrainRequest("990", "3d_fullres", "0", method="logit", teachers=("spec",),
+                                   cache_variant="top2"), METHODS["logit"])
+
+
 def test_two_writers_share_one_cache_and_an_older_single_manifest_cache_is_still_read(tmp_path):
     probabilities = torch.softmax(torch.randn(3, 4, 5, 6), 0).numpy()
     labels, folder = {"a": 0, "b": 1, "c": 2}, tmp_path / "cache"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from nnkd.atomic import write_json_atomic
 from nnkd.benchmark.report import MARKERS, _difference, _mean_std
+from nnkd.method_table import BASELINE
 
 DEFAULT_METHOD = "logit"  # nnkd_distill's default: class-balanced logit KD (from the cache in studies)
 GAP_POINTS = 3.0  # a budget "has a gap" when no KD is at least this many Dice points below the teacher
@@ -63,7 +64,7 @@ def frontier(results: dict, teacher: dict) -> dict:
     teacher_dice = teacher["dice"]
     budgets = list(dict.fromkeys(r["budget"] for r in rows))
     labels = list(dict.fromkeys(r["label"] for r in rows))
-    none_label = next((r["label"] for r in rows if r["method"] == "none"), None)
+    none_label = next((r["label"] for r in rows if r["method"] == BASELINE), None)
     default_label = next((r["label"] for r in rows if r["method"] == DEFAULT_METHOD), None)
     per_budget = []
     for budget in budgets:
@@ -74,7 +75,7 @@ def frontier(results: dict, teacher: dict) -> dict:
             row["closes"] = _closure(row, none, teacher_dice)
         best = max(members.values(), key=lambda r: r["dice"]["mean"])
         default = members.get(default_label)
-        kd = [r for r in members.values() if r["method"] != "none"]
+        kd = [r for r in members.values() if r["method"] != BASELINE]
         best_kd = max(kd, key=lambda r: r["dice"]["mean"]) if kd else None
         per_budget.append({
             "budget": budget, "parameters": best["parameters"], "gflops_per_patch": best["gflops_per_patch"],

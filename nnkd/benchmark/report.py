@@ -8,12 +8,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from nnkd.evaluation.runtimes import RUNTIME_LABELS  # noqa: E402
+from nnkd.method_table import METHOD_TABLE  # noqa: E402
 
 MARKERS = {"none": "o", "logit": "s", "cwd": "v", "feature": "^", "cka": "D", "drd": "P"}
 
 
 def _method_label(run: dict) -> str:
-    if run["method"] == "multiteacher":
+    if getattr(METHOD_TABLE.get(run["method"]), "teachers", None) == "several":
         return f"multiteacher ({run.get('teachers', 1)} teachers)"
     return run.get("label") or run["method"] + (" (cached)" if run["cached"] else "")
 

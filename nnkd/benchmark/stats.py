@@ -5,13 +5,14 @@ import math
 import statistics
 
 from nnkd.evaluation.runtimes import RUNTIMES
+from nnkd.method_table import BASELINE
 
 FOUND_AT = 0.5  # a class counts as found once its pseudo Dice reaches this
 
 
 def derived_ratios(records: list[dict], teacher: dict) -> list[dict]:
     """Each run against the teacher and against the no-KD run of its budget and seed."""
-    plain = {(r["budget"], r.get("seed", 0)): r for r in records if r.get("variant", r["method"]) == "none"}
+    plain = {(r["budget"], r.get("seed", 0)): r for r in records if r.get("variant", r["method"]) == BASELINE}
     for r in records:
         base = plain.get((r["budget"], r.get("seed", 0)))
         r["step_vs_none"] = r["seconds_per_iteration"] / base["seconds_per_iteration"] if base else None
@@ -72,7 +73,7 @@ def _accelerator(rows: list[dict], groups: dict) -> None:
     """KD as an accelerator: per row, the iteration at which its seed-mean learning curve first reached the
     final pseudo Dice of the no-KD row of its budget (the same level for every row, no KD included)."""
     for budget in {r["budget"] for r in rows}:
-        plain = next((g for (b, label), g in groups.items() if b == budget and g[0]["method"] == "none"
+        plain = next((g for (b, label), g in groups.items() if b == budget and g[0]["method"] == BASELINE
                       and all(r.get("learning_curve") for r in g)), None)
         if plain is None:
             continue

@@ -117,7 +117,7 @@ def cache_teacher(request: CacheRequest) -> Path:
     teacher = create_teacher(request.teacher, fold=fold, device=device)
     check_teacher_fits(teacher, manager, request.configuration, dataset_json, True, "the teacher cache")
     cases = fold_training_cases(preprocessed, data_folder, fold)
-    cache = TeacherCache(cache_folder(preprocessed, cm.data_identifier, fold, request.teacher))
+    cache = TeacherCache(cache_folder(preprocessed, cm.data_identifier, fold, request.teacher, request.settings))
     cache.start(teacher, request.settings, dict(dataset_json["labels"]), label_manager.has_regions, cm.patch_size,
                 request.configuration)
     share = cases[request.part_id::request.num_parts]

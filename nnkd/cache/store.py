@@ -1,6 +1,7 @@
 """On-disk soft predictions of a teacher, one blosc2 array per case beside nnU-Net's preprocessed data.
 
-Layout: `$nnUNet_preprocessed/DatasetXXX/nnkd_teacher_cache/<data identifier>__fold<F>__<spec hash>/` with
+Layout: `$nnUNet_preprocessed/DatasetXXX/nnkd_teacher_cache/<data identifier>__fold<F>__<spec hash>[__<variant>]/`
+(the variant names settings other than the default, e.g. `top2-half`: variants of one teacher live side by side) with
 `cache.json` (teacher spec and checkpoint sha256, settings), per case `<case>.b2nd` (probabilities, C × spatial,
 float16 or float32), or with `--topk K` `<case>.b2nd` (the K largest) plus `<case>_idx.b2nd` (their class
 indices), and `<case>.entry.json` (the files' sha256 and the teacher sha256 the case was computed with). One
@@ -45,11 +46,52 @@ class CacheSettings:
         if self.topk < 0:
             raise NnkdError(f"--topk {self.topk} is negative", "give the number of classes to keep, or 0 for all")
 
+    @property
+    def variant(self) -> str:
+        """The settings that differ from the default, as a folder-name part: "" (float16, full, every class),
+        else e.g. "float32", "half", "top2-half"."""
+        parts = [f"top{self.topk}"] if self.topk else []
+        parts += ["half"] if self.resolution == "half" else []
+        parts += ["float32"] if self.dtype == "float32" else []
+        return "-".join(parts)
 
-def cache_folder(preprocessed_dataset: Path, data_identifier: str, fold, spec: str) -> Path:
-    """Where the cache of one teacher spec for one fold's training cases lives."""
+    @classmethod
+    def from_variant(cls, variant: str) -> "CacheSettings":
+        """Inverse of `variant` (`nnkd_train --cache-variant`)."""
+        topk, resolution, dtype = 0, "full", "float16"
+        for part in filter(None, (variant or "").split("-")):
+            if part.startswith("top") and part[3:].isdigit() and int(part[3:]) > 0:
+                topk = int(part[3:])
+            elif part == "half":
+                resolution = "half"
+            elif part == "float32":
+                dtype = "float32"
+            else:
+                raise NnkdError(f"--cache-variant {variant} is not a cache variant",
+                                "give the settings of the cache as its folder names them, e.g. top2, half, "
+                                "top2-half-float32 (leave it out for the default settings)")
+        return cls(dtype, resolution, topk)
+
+
+def cache_folder(preprocessed_dataset: Path, data_identifier: str, fold, spec: str,
+                 settings: CacheSettings = CacheSettings()) -> Path:
+    """Where the cache of one teacher spec for one fold's training cases, with `settings`, lives."""
     digest = hashlib.sha256(spec.encode()).hexdigest()[:12]
-    return Path(preprocessed_dataset) / CACHE_FOLDER / f"{data_identifier}__fold{fold}__{digest}"
+    name = f"{data_identifier}__fold{fold}__{digest}" + (f"__{settings.variant}" if settings.variant else "")
+    return Path(preprocessed_dataset) / CACHE_FOLDER / name
+
+
+def cache_variants(preprocessed_dataset: Path, data_identifier: str, fold, spec: str) -> dict[str, Path]:
+    """The caches of one teacher spec for one fold (folders with a cache.json), by variant ("" for the default
+    settings)."""
+    default = cache_folder(preprocessed_dataset, data_identifier, fold, spec)
+    found = {}
+    for folder in sorted(default.parent.glob(f"{default.name}*")):
+        variant = folder.name[len(default.name):].removeprefix("__")
+        if folder.is_dir() and (folder.name == default.name or folder.name.startswith(f"{default.name}__")) \
+                and (folder / MANIFEST).is_file():
+            found[variant] = folder
+    return found
 
 
 def _downsample(probabilities: np.ndarray, axes: int) -> np.ndarray:
@@ -93,8 +135,10 @@ class TeacherCache:
     def start(self, teacher, settings: CacheSettings, labels: dict, regions: bool, patch_size,
               configuration: str) -> None:
         """Record what this cache holds; cases computed with other settings are dropped, their files deleted (a
-        top-k cache's `_idx` files would otherwise be left behind). Under the lock, on the manifest as it is on
-        disk now, so a part that starts after another has begun keeps that part's cases."""
+        top-k cache's `_idx` files would otherwise be left behind; other settings get a folder of their own,
+        cache_folder, so this happens to a folder of an earlier nnkd, which kept every variant in one). Under the
+        lock, on the manifest as it is on disk now, so a part that starts after another has begun keeps that part's
+        cases."""
         with self._locked():
             if self.manifest.get("settings") != asdict(settings) or \
                     self.manifest.get("patch_size") != list(patch_size):

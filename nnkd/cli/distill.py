@@ -6,7 +6,7 @@ import textwrap
 from nnkd.cli._common import (ArgumentParser, add_budget_arguments, add_schedule_arguments, add_step_size, add_verbose,
                               budget_of, check_step_size, count_value, run, schedule_of, seed_value)
 from nnkd.cli.train import hyperparameters_of
-from nnkd.method_table import METHOD_TRAINERS
+from nnkd.method_table import METHOD_TABLE
 
 
 def build_parser() -> ArgumentParser:
@@ -46,8 +46,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--teacher-plans", default="nnUNetPlans",
                    help="the dataset's teacher plans the student pairs with (default nnUNetPlans)")
     p.add_argument("--method", default="logit",
-                   help=f"distillation method (default logit): {', '.join(m for m in METHOD_TRAINERS if m not in ('multiteacher', 'tskd'))}"
-                        " (multiteacher, tskd and lorkd: nnkd_train / nnkd_train_lorkd)")
+                   help=f"distillation method (default logit): {', '.join(m for m, r in METHOD_TABLE.items() if r.one_step)}"
+                        f" ({', '.join(m for m, r in METHOD_TABLE.items() if not r.one_step)} and lorkd: nnkd_train / "
+                        "nnkd_train_lorkd)")
     p.add_argument("--online", action="store_true",
                    help="run the teacher in every training step instead of caching its predictions once (feature "
                         "methods are always online)")

@@ -36,6 +36,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--teacher-cache", action="store_true",
                    help="train from the teacher's stored predictions (nnkd_cache_teacher) instead of running it; "
                         "logit-based methods only")
+    p.add_argument("--cache-variant", default=None, metavar="SETTINGS",
+                   help="with --teacher-cache, when the teacher was cached with several settings: which cache, as "
+                        "its folder names it (e.g. top2, half, top2-half-float32; default: the default settings', "
+                        "or the only one)")
     p.add_argument("--labeled", type=int, default=None, metavar="N",
                    help="keep only N labelled training cases of the fold (a seeded choice, written to "
                         "labeled_cases.json); validation cases are unchanged")
@@ -81,7 +85,8 @@ def _train(args) -> None:
     train(TrainRequest(
         dataset=args.dataset, configuration=args.configuration, fold=args.fold, method=args.method,
         trainer=args.trainer, budget=args.budget, plans=args.plans, teacher_plans=args.teacher_plans,
-        teachers=tuple(args.teacher), teacher_cache=args.teacher_cache, labeled=args.labeled,
+        teachers=tuple(args.teacher), teacher_cache=args.teacher_cache,
+        cache_variant=args.cache_variant, labeled=args.labeled,
         unlabeled=args.unlabeled, synthetic=args.synthetic,
         hyperparameters=hyperparameters_of(args.hp), seed=args.seed,
         **schedule, device=args.device,

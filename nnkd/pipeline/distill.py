@@ -534,22 +534,24 @@ def _mean(values):
 def distill(request: DistillRequest) -> dict:
     """Plan, cache, train and validate each fold, export; the record written to OUT/distill.json. Every check
     runs before the first step writes anything; OUT is locked while the command runs."""
-    from nnkd.method_table import LORKD_METHOD
+    from nnkd.method_table import METHOD_TABLE
     from nnkd.outputs import OutputLock
     from nnkd.trainers.methods import METHODS
 
     paths = require_env("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
-    if request.method == LORKD_METHOD or request.method not in METHODS:
+    row = METHOD_TABLE.get(request.method)
+    if row is None:
         raise NnkdError(f"nnkd_distill does not run method '{request.method}'",
-                        f"use one of {', '.join(METHODS)} (LoRKD: nnkd_train_lorkd)")
-    cls = METHODS[request.method]
-    if cls.takes_several_teachers:
+                        f"use one of {', '.join(m for m, r in METHOD_TABLE.items() if r.one_step)} "
+                        "(LoRKD: nnkd_train_lorkd)")
+    if row.teachers == "several":
         raise NnkdError(f"method {request.method} distils several teachers; nnkd_distill runs one teacher",
                         f"use nnkd_train --method {request.method} --teacher A --teacher B")
-    if cls.takes_transfer_set:
+    if row.transfer_set:
         raise NnkdError(f"method {request.method} trains on a transfer set (--unlabeled/--synthetic) that "
                         "nnkd_distill does not build", f"use nnkd_tune_teacher, nnkd_synthesize and nnkd_train "
                         f"--method {request.method} (docs/methods.md)")
+    cls = METHODS[request.method]
     cached = cls.needs_teacher and not request.online and not cls.needs_teacher_features
     check_training_request(request, cls, cached)
     dataset_name = find_dataset_name(request.dataset)

@@ -32,6 +32,7 @@ class TrainRequest(ScheduledRequest):
     teacher_plans: str = DEFAULT_TEACHER_PLANS
     teachers: tuple[str, ...] = ()  # teacher specs; methods other than multiteacher take one
     teacher_cache: bool = False
+    cache_variant: str | None = None  # which cache of the teacher (its settings, e.g. "top2-half"); None: the one
     labeled: int | None = None
     unlabeled: str | None = None  # a folder of NIfTI images for TS-KD's transfer set
     synthetic: str | None = None  # a transfer-set folder (nnkd_synthesize)
@@ -78,15 +79,16 @@ def resolve_trainer_class(method: str | None, trainer: str | None):
     return cls
 
 
-def cached_teacher_record(spec: str, cls, config: PreprocessedConfiguration, fold, settings: dict) -> dict:
+def cached_teacher_record(spec: str, cls, config: PreprocessedConfiguration, fold, settings: dict,
+                          variant: str | None = None) -> dict:
     """The run's teacher as its stored predictions: the cache must exist and fit; the teacher is not loaded."""
     from nnkd.cache.compute import fold_training_cases
-    from nnkd.cache.store import TeacherCache, cache_folder
+    from nnkd.cache.store import TeacherCache
 
     if cls.uses_teacher_features(settings):
         raise NnkdError(f"method {cls.method} needs live teacher features; a teacher cache holds only the "
                         "teacher's predictions", cls.without_teacher_features)
-    cache = TeacherCache(cache_folder(config.folder, config.configuration_manager.data_identifier, fold, spec))
+    cache = TeacherCache(_cache_of(spec, config, fold, variant))
     if not cache.manifest or not cache.entries():
         raise NnkdError(f"no teacher cache of {spec} for fold {fold} in {cache.folder}",
                         f"run nnkd_cache_teacher -d {config.dataset_name} -c {config.configuration} -f {fold} "
@@ -100,6 +102,21 @@ def cached_teacher_record(spec: str, cls, config: PreprocessedConfiguration, fol
                         f"has {labels}", "cache a teacher of this dataset's labels")
     return {"spec": spec, "cache": str(cache.folder), "checkpoint": cache.manifest.get("checkpoint"),
             "sha256": cache.manifest.get("teacher_sha256")}
+
+
+def _cache_of(spec: str, config: PreprocessedConfiguration, fold, variant: str | None) -> Path:
+    """The cache folder of `spec` for the fold: of the variant asked for; else the default settings' where they
+    are cached, else the one variant there is (several: the user chooses)."""
+    from nnkd.cache.store import CacheSettings, cache_folder, cache_variants
+
+    data_identifier = config.configuration_manager.data_identifier
+    if variant is not None:
+        return cache_folder(config.folder, data_identifier, fold, spec, CacheSettings.from_variant(variant))
+    found = cache_variants(config.folder, data_identifier, fold, spec)
+    if "" in found or len(found) <= 1:
+        return found.get("", next(iter(found.values()), cache_folder(config.folder, data_identifier, fold, spec)))
+    raise NnkdError(f"{spec} has {len(found)} teacher caches for fold {fold}, with settings "
+                    f"{', '.join(sorted(found))}", f"choose one with --cache-variant {sorted(found)[0]}")
 
 
 def transfer_sets(request: TrainRequest, config: PreprocessedConfiguration) -> list[str]:
@@ -130,6 +147,13 @@ def check_request(request: TrainRequest, cls) -> None:
     if request.teacher_cache and len(request.teachers) > 1:
         raise NnkdError("--teacher-cache serves one teacher's predictions, several --teacher were given",
                         "give one --teacher with --teacher-cache")
+    if request.cache_variant is not None:
+        if not request.teacher_cache:
+            raise NnkdError(f"--cache-variant {request.cache_variant} chooses a teacher cache, and --teacher-cache "
+                            "was not given", "add --teacher-cache, or drop --cache-variant")
+        from nnkd.cache.store import CacheSettings
+
+        CacheSettings.from_variant(request.cache_variant)  # a name that is no variant stops here
     if (request.unlabeled or request.synthetic) and not cls.takes_transfer_set:
         raise NnkdError(f"method {cls.method} has no transfer set; --unlabeled and --synthetic feed TS-KD's",
                         "use --method tskd")
@@ -172,7 +196,7 @@ def new_record(request: TrainRequest, cls, config: PreprocessedConfiguration, fo
     if spec and not cls.needs_teacher:
         print(f"note: method {cls.method} trains without a teacher; --teacher is ignored")
     elif request.teacher_cache:
-        teacher = cached_teacher_record(spec, cls, config, fold, cls.default_settings() | given)
+        teacher = cached_teacher_record(spec, cls, config, fold, cls.default_settings() | given, request.cache_variant)
     elif cls.takes_several_teachers:
         teachers = [checked_teacher_record(s, config, fold, cls.needs_teacher_logits, user) for s in request.teachers]
     elif spec:

@@ -84,6 +84,8 @@ class nnKDTrainer(nnUNetTrainer):
     `distillation_terms` (and `build_kd_helpers` when they train modules of their own)."""
 
     method = "base"
+    # needs_teacher, takes_several_teachers, takes_transfer_set: a method of nnkd.method_table gets them from its
+    # row (nnkd.trainers.methods); a trainer outside the table sets them here
     needs_teacher = True
     needs_teacher_logits = False
     needs_teacher_features = True  # False: only teacher logits are read, so a teacher cache can serve them

@@ -26,7 +26,7 @@ class nnKDTrainer_MultiTeacher(nnKDTrainer):
 
     method = "multiteacher"
     needs_student_features = True
-    takes_several_teachers = True
+    # takes_several_teachers: its row in nnkd.method_table (teachers="several")
     balance = "fixed"  # fixed | uncertainty | learned
     teacher_weights: tuple[float, ...] | None = None  # balance=fixed: one weight per teacher; None = 1 each
     balance_temperature = 1.0  # balance=learned: τ of the entropy term

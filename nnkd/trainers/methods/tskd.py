@@ -23,7 +23,7 @@ class nnKDTrainer_TSKD(LogitKD, nnKDTrainer_Feature):
 
     method = "tskd"
     needs_teacher_logits = True
-    takes_transfer_set = True
+    # takes_transfer_set: its row in nnkd.method_table (transfer_set=True)
     transfer_ratio = 1.0  # transfer samples per labelled sample in each step (rounded, at least 1 with a set)
     hyperparameters = nnKDTrainer_Feature.hyperparameters + LogitKD.logit_hyperparameters + ("transfer_ratio",)
     hyperparameter_rules = {"transfer_ratio": Rule(minimum=0)}
