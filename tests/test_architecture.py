@@ -77,6 +77,42 @@ def test_the_rule_check_catches_a_forbidden_import(tmp_path):
         module.unlink()
 
 
+# Foundation modules that import no heavy library (torch, numpy, nnU-Net): nothing is gained by importing them inside a
+# function, which only hides the import graph, so they are imported at module level everywhere.
+CHEAP_FOUNDATION = ("errors", "atomic", "outputs", "nnunet_env", "records", "method_table", "run_names", "folds")
+
+
+def function_level_imports(path: Path, modules) -> list[str]:
+    found = []
+    for function in ast.walk(ast.parse(path.read_text())):
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found += [f"{path.relative_to(PACKAGE)}:{node.lineno} imports {node.module} inside a function"
+                      for node in ast.walk(function) if isinstance(node, ast.ImportFrom)
+                      and node.module in {f"nnkd.{m}" for m in modules}]
+    return found
+
+
+def test_cheap_foundation_modules_are_imported_at_module_level_and_stay_cheap():
+    """A function-level import is kept for deferring a heavy dependency (torch, onnx, peft, transformers …); the
+    foundation modules that import none of them are imported at the top of every module."""
+    import subprocess
+    import sys
+
+    inside = [line for path in sorted(PACKAGE.rglob("*.py")) for line in function_level_imports(path, CHEAP_FOUNDATION)]
+    assert not inside, "\n".join(inside)
+    code = (f"import sys; import {', '.join('nnkd.' + m for m in CHEAP_FOUNDATION)}; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'nnunetv2', 'onnxruntime'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"a cheap foundation module now imports {out.strip()}"
+    probe = PACKAGE / "cli" / "_probe_inner_import.py"
+    try:
+        probe.write_text("def f():\n    from nnkd.errors import NnkdError\n")
+        assert function_level_imports(probe, CHEAP_FOUNDATION) == [
+            "cli/_probe_inner_import.py:2 imports nnkd.errors inside a function"]
+    finally:
+        probe.unlink()
+
+
 def test_deployment_needs_no_training_code():
     """Loading nnkd_predict's and nnkd_export's modules imports no trainer (a subprocess sees sys.modules fresh)."""
     import subprocess

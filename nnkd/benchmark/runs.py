@@ -9,8 +9,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnkd.atomic import write_json_atomic
 from nnkd.errors import NnkdError
 from nnkd.method_table import METHOD_TRAINERS
+from nnkd.records import software_versions
 from nnkd.run_names import trainer_run_folders
 
 BIN = Path(sys.executable).parent
@@ -193,8 +195,6 @@ def train(run: Run, plans: str, request, dataset_name: str, env: dict, output: P
                      {**env, "nnUNet_results": str(results)}, log)
     fold_dir = fold_folder(results, dataset_name, run, plans, request.configuration, request.fold)  # named now
     validation = json.loads((fold_dir / "validation" / "summary.json").read_text())
-    from nnkd.atomic import write_json_atomic
-    from nnkd.records import software_versions
 
     record = {"run": run.name, "label": run.label, "budget": run.budget, "method": run.method,
               "variant": run.variant, "cached": run.cached, "seed": run.seed, "plans": plans,

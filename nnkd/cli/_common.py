@@ -7,6 +7,7 @@ import warnings
 from typing import Callable, Sequence
 
 from nnkd.errors import NnkdError
+from nnkd.records import software_versions
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -25,8 +26,6 @@ class VersionAction(argparse.Action):
                          help=help or "print nnkd's, nnU-Net's and torch's versions and exit")
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from nnkd.records import software_versions
-
         found = software_versions()
         print(f"{parser.prog} {found.pop('nnkd')} ("
               + ", ".join(f"{name} {version}" for name, version in found.items()) + ")")

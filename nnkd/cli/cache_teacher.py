@@ -2,6 +2,7 @@
 
 from nnkd.cli._common import (ArgumentParser, add_dataset_configuration_fold, add_deprecated, add_step_size, add_verbose,
                               check_step_size, run)
+from nnkd.errors import NnkdError
 
 
 def build_parser() -> ArgumentParser:
@@ -38,7 +39,6 @@ def build_parser() -> ArgumentParser:
 def _cache(args) -> None:
     from nnkd.cache.compute import CacheRequest, cache_teacher, check_parts
     from nnkd.cache.store import CacheSettings
-    from nnkd.errors import NnkdError
 
     if args.topk is not None and args.topk < 1:
         raise NnkdError(f"--topk {args.topk} keeps no class", "give --topk 1 or more, or leave it out to keep every "

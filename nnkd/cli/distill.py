@@ -6,6 +6,7 @@ import textwrap
 from nnkd.cli._common import (ArgumentParser, add_budget_arguments, add_schedule_arguments, add_step_size, add_verbose,
                               budget_of, check_step_size, count_value, run, schedule_of, seed_value)
 from nnkd.cli.train import hyperparameters_of
+from nnkd.errors import NnkdError
 from nnkd.method_table import METHOD_TABLE
 
 
@@ -75,7 +76,6 @@ def _distill(args) -> None:
 
     from nnkd.pipeline.distill import DistillRequest, distill
 
-    from nnkd.errors import NnkdError
     from nnkd.pipeline.search import parse_ladder
 
     explicit = args.budget or args.max_params or args.max_gflops or args.max_latency

@@ -1,6 +1,7 @@
 """nnkd_make_synthetic: write a synthetic nnU-Net raw dataset to $nnUNet_raw."""
 
 from nnkd.cli._common import ArgumentParser, add_verbose, run
+from nnkd.nnunet_env import require_env
 
 
 def build_parser() -> ArgumentParser:
@@ -32,7 +33,6 @@ def build_parser() -> ArgumentParser:
 
 def _make(args) -> None:
     from nnkd.datasets.synthetic import SyntheticSpec, write_synthetic_dataset
-    from nnkd.nnunet_env import require_env
 
     raw = require_env("nnUNet_raw")["nnUNet_raw"]
     spec = SyntheticSpec(dataset_id=args.d, cases=args.cases, channels=args.channels, dim=args.dim,

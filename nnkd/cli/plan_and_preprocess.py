@@ -1,6 +1,7 @@
 """nnkd_plan_and_preprocess: nnU-Net's fingerprint, plans and preprocessing, plus budget student plans."""
 
 from nnkd.cli._common import ArgumentParser, add_budget_arguments, add_verbose, budget_of, count_value, run
+from nnkd.nnunet_env import find_dataset_name, require_env
 
 
 def build_parser() -> ArgumentParser:
@@ -33,7 +34,6 @@ def build_parser() -> ArgumentParser:
 
 
 def _plan(args) -> None:
-    from nnkd.nnunet_env import find_dataset_name, require_env
     from nnkd.pipeline.distill import check_budget_shrinks
     from nnkd.planners.plan_and_preprocess import plan_and_preprocess, plan_from
 

@@ -2,6 +2,7 @@
 
 from nnkd.cli._common import ArgumentParser, add_deprecated, add_verbose, run, seed_value
 from nnkd.datasets.synthesis import DEFAULT_CHANNELS, DiffusionSettings
+from nnkd.outputs import check_output
 
 
 def build_parser() -> ArgumentParser:
@@ -43,7 +44,6 @@ def build_parser() -> ArgumentParser:
 def _synthesize(args) -> None:
     from nnkd.datasets.synthesis import SynthesisRequest, synthesize
     from nnkd.datasets.transfer import TRANSFER_FOLDER
-    from nnkd.outputs import check_output
 
     if args.o is not None:  # an explicit set: never nnU-Net's data or a model; nnkd's transfer folder is fine
         check_output(args.o, "nnkd_synthesize", replaces=False, own_preprocessed_folder=TRANSFER_FOLDER)

@@ -3,6 +3,7 @@
 import json
 
 from nnkd.cli._common import ArgumentParser, add_verbose, run
+from nnkd.errors import NnkdError
 
 
 def build_parser() -> ArgumentParser:
@@ -23,8 +24,6 @@ def build_parser() -> ArgumentParser:
 
 
 def _parse_patch(text: str) -> tuple[int, ...]:
-    from nnkd.errors import NnkdError
-
     try:
         patch = tuple(int(v) for v in text.replace("x", ",").split(","))
     except ValueError as e:
@@ -61,7 +60,6 @@ def _list_families(as_json: bool) -> str:
 
 def _teachers(args) -> None:
     from nnkd.devices import resolve_device
-    from nnkd.errors import NnkdError
     from nnkd.teachers.describe import default_patch, format_description, time_forward
     from nnkd.teachers.registry import create_teacher
 

@@ -6,13 +6,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnkd.atomic import write_bytes_atomic
 from nnkd.errors import NnkdError
 from nnkd.network_runtimes import max_difference, onnx_bytes, onnxruntime_module, ort_session, run_session
 
 
 def export_onnx(network: nn.Module, input_channels: int, patch_size, path: Path) -> float:
     """Write `path` with dynamic batch and spatial axes; return the max |ONNX − torch| on a random patch."""
-    from nnkd.atomic import write_bytes_atomic
 
     write_bytes_atomic(path, onnx_bytes(network, input_channels, patch_size))
     return max_difference(network, ort_session(path), input_channels, patch_size)

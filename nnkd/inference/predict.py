@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
+from nnkd.atomic import write_json_atomic
 from nnkd.devices import resolve_device
+from nnkd.errors import NnkdError
 from nnkd.inference.inputs import check_folders, collect_cases
 from nnkd.inference.students import StudentRef, load_student_weights, locate
 from nnkd.outputs import OutputLock, check_output, check_replaceable, write_manifest
@@ -53,7 +55,6 @@ def predictor_class(bf16: bool = False):
 def check_bf16(device: torch.device, onnx: bool) -> None:
     """`--bf16` asks for something this device and runtime can do, else one clear error."""
     from nnkd.devices import CPU_BF16_ENV, cpu_bf16
-    from nnkd.errors import NnkdError
 
     if onnx:
         raise NnkdError("--bf16 runs the torch network; it does not apply with --onnx",
@@ -87,7 +88,6 @@ def make_predictor(plans: dict, configuration: str, dataset_json: dict, weights:
 
 def check_count(value: int, flag: str) -> None:
     """A number of processes, at least 1 (nnU-Net's pools fail later, with a traceback, on 0)."""
-    from nnkd.errors import NnkdError
 
     if value < 1:
         raise NnkdError(f"{flag} {value} must be at least 1", f"give {flag} 1 or more")
@@ -171,7 +171,6 @@ def _predict_into(output_folder: Path, predictor, cases: dict, request: PredictR
         shutil.rmtree(staging, ignore_errors=True)
     print(f"Wrote {len(cases)} prediction(s) to {output_folder}")
     if request.profile:
-        from nnkd.atomic import write_json_atomic
         from nnkd.inference.profile import format_profile
 
         write_json_atomic(output_folder / PROFILE_FILE, profile)

@@ -14,7 +14,9 @@ from pathlib import Path
 from nnkd.atomic import write_json_atomic
 from nnkd.errors import NnkdError
 from nnkd.folds import numbered_or_all, split_cases, trained_folds
-from nnkd.nnunet_env import find_dataset_name, require_env
+from nnkd.method_table import METHOD_TABLE
+from nnkd.nnunet_env import find_dataset_name, parse_fold, require_env
+from nnkd.outputs import OutputLock, check_output, write_manifest
 from nnkd.planners.budget import Budget
 from nnkd.plans import DEFAULT_TEACHER_PLANS, PreprocessedConfiguration
 from nnkd.records import software_versions
@@ -62,7 +64,6 @@ def checked_output(output: Path, request: DistillRequest) -> Path:
     """OUT as a resolved path, where nnkd.outputs.check_output allows nnkd_distill to write (never nnU-Net's
     folders, a model folder or the teacher), and either new, empty, or what an earlier nnkd_distill of the same
     dataset, teacher, configuration, method and settings wrote (a rerun resumes and replaces only that)."""
-    from nnkd.outputs import check_output
 
     teacher_path = teacher_folder(request.teacher)
     output = check_output(output, COMMAND, inputs=[teacher_path] if teacher_path else [])
@@ -107,7 +108,6 @@ def teacher_folder(spec: str) -> Path | None:
 def teacher_folds(spec: str, folds: tuple[str, ...]) -> list[str]:
     """The folds to distil: those asked for, or for an nnunet: teacher its trained folds (fold_all alone
     gives fold all), for other teachers nnU-Net's five."""
-    from nnkd.nnunet_env import parse_fold
 
     if folds:
         return [str(parse_fold(f)) for f in dict.fromkeys(folds)]
@@ -534,8 +534,6 @@ def _mean(values):
 def distill(request: DistillRequest) -> dict:
     """Plan, cache, train and validate each fold, export; the record written to OUT/distill.json. Every check
     runs before the first step writes anything; OUT is locked while the command runs."""
-    from nnkd.method_table import METHOD_TABLE
-    from nnkd.outputs import OutputLock
     from nnkd.trainers.methods import METHODS
 
     paths = require_env("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
@@ -584,7 +582,6 @@ def _distill(request: DistillRequest, cls, dataset_name: str, output: Path, fold
     from nnkd.cache.compute import CacheRequest, cache_teacher
     from nnkd.inference.export import ExportRequest, export
     from nnkd.inference.students import StudentRef
-    from nnkd.outputs import write_manifest
     from nnkd.planners.student_planner import STUDENT_KEY
     from nnkd.run.common import validation_dice
 

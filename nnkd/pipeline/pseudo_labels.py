@@ -35,6 +35,7 @@ from nnkd.datasets.raw import staged_raw_dataset
 from nnkd.errors import NnkdError
 from nnkd.folds import numbered_or_all, trained_folds
 from nnkd.inference.inputs import collect_cases
+from nnkd.nnunet_env import find_dataset_name, require_env
 from nnkd.outputs import OutputLock
 from nnkd.teachers.nnunet import DEFAULTS as NNUNET_OPTIONS
 from nnkd.teachers.registry import TeacherSpec, create_teacher, parse_options
@@ -76,7 +77,6 @@ def _source(request: PseudoLabelRequest, raw_root: Path) -> _Source:
     if request.source_dataset is not None:
         if request.test_images is not None:
             raise NnkdError("test images go with a folder of images (-i)", "a source dataset brings its own imagesTs")
-        from nnkd.nnunet_env import find_dataset_name
 
         folder = raw_root / find_dataset_name(request.source_dataset)
         dataset_json = json.loads((folder / "dataset.json").read_text())
@@ -182,7 +182,6 @@ def pseudo_label(request: PseudoLabelRequest) -> Path:
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
 
     from nnkd.devices import resolve_device
-    from nnkd.nnunet_env import require_env
 
     raw_root = require_env("nnUNet_raw")["nnUNet_raw"]
     source = _source(request, raw_root)

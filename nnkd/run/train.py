@@ -6,6 +6,7 @@ from pathlib import Path
 
 from nnkd.devices import resolve_device
 from nnkd.errors import NnkdError
+from nnkd.method_table import LORKD_METHOD, LORKD_TRAINER
 from nnkd.nnunet_env import parse_fold, require_env
 from nnkd.outputs import OutputLock
 from nnkd.planners.student_planner import resolve_student_plans
@@ -54,7 +55,6 @@ class TrainRequest(ScheduledRequest):
 
 
 def resolve_trainer_class(method: str | None, trainer: str | None):
-    from nnkd.method_table import LORKD_METHOD, LORKD_TRAINER
     from nnkd.trainers.methods import METHODS
     from nnkd.trainers.nnkd_trainer import nnKDTrainer
 
