@@ -2,7 +2,7 @@
 
     python benchmarks/deploy_latency.py --case ct|colin27|synthetic [--work DIR] [--budgets tiny,small]
         [--latency-student MS] [--models M,...] [--runtimes torch,onnx,int8[,bf16]] [--mirroring off,on]
-        [--repeats N] [--remeasure N] [--prepare-only] [--out DIR]
+        [--repeats N] [--rounds N] [--remeasure N] [--prepare-only] [--out DIR]
 
 Cases (one process, one machine, side by side):
   ct        a CT-like case of --shape voxels (default 150×300×300, Z Y X): nnkd's synthetic generator with that
@@ -21,7 +21,8 @@ CPUs with AVX512-BF16 or AMX.
 
 Each measurement is nnU-Net's whole per-case prediction from the NIfTI file to the written label map, the five
 steps timed by `nnkd_predict --profile`'s code (read, preprocess, network = sliding window with or without
-mirroring, resample, write), after one warm-up patch through the network; the median of --repeats runs.
+mirroring, resample, write), after one warm-up patch through the network; the median of --repeats runs in each of
+--rounds rounds of every model × runtime side by side (docs/deploy.md's table: 3 rounds).
 Measurements are kept in WORK/measurements.json as they finish, so an interrupted run resumes where it stopped
 and several calls (e.g. one per runtime) build one report. Writes OUT/report.md, results.json and latency.png.
 Keep the machine quiet while it runs.
