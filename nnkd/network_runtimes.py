@@ -13,6 +13,7 @@ network (`max_difference`, inference.fast's TOLERANCE) before using it.
 """
 
 import copy
+import importlib.util
 import io
 import warnings
 from pathlib import Path
@@ -25,6 +26,11 @@ from nnkd.errors import NnkdError
 
 TORCH, ONEDNN, CHANNELS_LAST, ONNXRUNTIME = "torch", "torch oneDNN", "torch channels-last", "onnxruntime"
 CANDIDATES = (TORCH, ONEDNN, CHANNELS_LAST, ONNXRUNTIME)
+
+
+def has_onnxruntime() -> bool:
+    """Whether onnxruntime is installed (without importing it)."""
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def onnxruntime_module():

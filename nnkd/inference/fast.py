@@ -12,14 +12,13 @@ Nothing is written: the model folder stays stock. Every conversion is checked ag
 random input before it may be chosen; one that differs beyond TOLERANCE (or fails) is left out, with its reason.
 """
 
-import importlib.util
 import time
 
 import torch
 from torch import nn
 
-from nnkd.network_runtimes import CANDIDATES, ONNXRUNTIME, TORCH, onnx_bytes, ort_session, run_session, \
-    torch_candidate
+from nnkd.network_runtimes import CANDIDATES, ONNXRUNTIME, TORCH, has_onnxruntime, onnx_bytes, ort_session, \
+    run_session, torch_candidate
 
 # max |candidate − stock torch| of the logits on a random input that a candidate may show (fp32 sums in another
 # order give ~1e-5 on nnU-Net's networks); above it the candidate is not used
@@ -112,7 +111,7 @@ def build_candidates(network: nn.Module, folds: list[dict], input_channels: int,
             if name != ONNXRUNTIME:
                 candidate = torch_candidate(network, name, dims)
             else:
-                if importlib.util.find_spec("onnxruntime") is None:
+                if not has_onnxruntime():
                     left_out[name] = 'onnxruntime is not installed (pip install "nnkd[onnx]")'
                     continue
                 candidate = _onnxruntime_candidate(network, folds, input_channels, patch_size)

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Callable
 
 from nnkd.atomic import write_json_atomic
-from nnkd.planners.budget import check_latency_runtime
 from nnkd.devices import cpu_count, cpu_identity, keep_freed_memory
 from nnkd.errors import NnkdError
+from nnkd.planners.budget import check_latency_runtime
 
 REPEATS = 7
 WARMUP = 2
@@ -57,8 +57,8 @@ def measure_patch_latency(architecture: dict, input_channels: int, num_classes: 
     candidates (nnkd.network_runtimes), each timed the same way."""
     import torch
 
-    from nnkd.network_runtimes import CANDIDATES, ONNXRUNTIME, TORCH, candidate, onnx_bytes, ort_session, \
-        run_session
+    from nnkd.network_runtimes import CANDIDATES, ONNXRUNTIME, TORCH, candidate, has_onnxruntime, onnx_bytes, \
+        ort_session, run_session
     from nnkd.planners.network_cost import build_network
 
     keep_freed_memory()  # as nnkd_predict runs it
@@ -74,7 +74,7 @@ def measure_patch_latency(architecture: dict, input_channels: int, num_classes: 
     if runtime == "fast":
         times = []
         for name in CANDIDATES:
-            if name == ONNXRUNTIME and not _has_onnxruntime():
+            if name == ONNXRUNTIME and not has_onnxruntime():
                 continue
             try:
                 runner = candidate(network, name, input_channels, patch_size)
@@ -86,12 +86,6 @@ def measure_patch_latency(architecture: dict, input_channels: int, num_classes: 
         return min(times)
     network, patch = network.to(device), patch.to(device)
     return _median_ms(lambda: network(patch), cuda=device == "cuda")
-
-
-def _has_onnxruntime() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def _median_ms(run: Callable, cuda: bool = False) -> float:
