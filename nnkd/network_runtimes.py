@@ -8,8 +8,8 @@
     torch channels-last    as torch oneDNN, with channels-last maps (channels_last / channels_last_3d)
     onnxruntime            the network converted in memory (ONNX opset 17) to an ONNX Runtime session
 
-Converting changes how the same weights are computed, never what: callers check a conversion against the stock
-network (`max_difference`, inference.fast's TOLERANCE) before using it.
+Converting changes how the same weights are computed, never what: `runnable_candidates` keeps only the
+conversions that run and equal the stock network's logits within TOLERANCE, for nnkd_predict and the planner alike.
 """
 
 import copy
@@ -26,6 +26,9 @@ from nnkd.errors import NnkdError
 
 TORCH, ONEDNN, CHANNELS_LAST, ONNXRUNTIME = "torch", "torch oneDNN", "torch channels-last", "onnxruntime"
 CANDIDATES = (TORCH, ONEDNN, CHANNELS_LAST, ONNXRUNTIME)
+# max |candidate − stock torch| of the logits on a random input that a candidate may show (fp32 sums in another
+# order give ~1e-5 on nnU-Net's networks); above it the candidate is not used
+TOLERANCE = 1e-3
 
 
 def has_onnxruntime() -> bool:
@@ -158,3 +161,33 @@ def candidate(network: nn.Module, name: str, input_channels: int, patch_size) ->
     if name == ONNXRUNTIME:
         return SessionNetwork(ort_session(onnx_bytes(network, input_channels, patch_size)))
     return torch_candidate(network, name, len(patch_size))
+
+
+def runnable_candidates(network: nn.Module, input_channels: int, patch_size, spatial_check, candidates=CANDIDATES,
+                        build=None) -> tuple[dict, dict, dict]:
+    """The candidates that convert and equal the stock `network`'s logits (eval mode, on the CPU, its weights
+    loaded) within TOLERANCE on a random input of `spatial_check` (a small size the network takes):
+    ({name: runner}, {name: max difference}, {name: why it was left out}). TORCH is `network` itself. `build(name)`
+    makes a runner (default: `candidate`, with the network's current weights)."""
+    build = build or (lambda name: candidate(network, name, input_channels, patch_size))
+    check = torch.randn(1, input_channels, *spatial_check)
+    built, differences, left_out = {}, {}, {}
+    for name in candidates:
+        if name == TORCH:
+            built[name] = network
+            continue
+        if name == ONNXRUNTIME and not has_onnxruntime():
+            left_out[name] = 'onnxruntime is not installed (pip install "nnkd[onnx]")'
+            continue
+        try:
+            runner = build(name)
+            with torch.inference_mode():
+                difference = float((runner(check) - network(check)).abs().max())
+        except Exception as e:  # an exporter or runtime error: the others still run
+            left_out[name] = f"its conversion failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+            continue
+        if not difference <= TOLERANCE:
+            left_out[name] = f"it differs from the stock network by {difference:.2g} (more than {TOLERANCE:g})"
+            continue
+        built[name], differences[name] = runner, difference
+    return built, differences, left_out

@@ -103,6 +103,7 @@ def test_fast_path_leaves_out_what_fails_or_differs_and_still_predicts(deployed,
     """A conversion that fails, or whose logits differ from the stock network's by more than the tolerance, is
     left out with its reason; the prediction still runs (on the stock network when nothing else is left)."""
     import nnkd.inference.fast as fast_module
+    import nnkd.network_runtimes as network_runtimes
     from nnkd.inference.predict import PredictRequest, predict
     from nnkd.inference.students import StudentRef
 
@@ -113,7 +114,7 @@ def test_fast_path_leaves_out_what_fails_or_differs_and_still_predicts(deployed,
         raise RuntimeError("exporter broke")
 
     monkeypatch.setattr(fast_module, "onnx_bytes", broken)
-    monkeypatch.setattr(fast_module, "TOLERANCE", -1.0)  # no candidate but the stock network itself passes
+    monkeypatch.setattr(network_runtimes, "TOLERANCE", -1.0)  # no candidate but the stock network itself passes
     student = StudentRef(dataset=str(PLANNED_ID), configuration="3d_fullres", folds=["0"], budget="tiny",
                          method="logit")
     predict(PredictRequest(input_folder=deployed["images"], output_folder=tmp_path / "out", student=student,

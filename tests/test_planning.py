@@ -302,31 +302,41 @@ def test_fraction_budgets_allow_one_nth_of_the_teacher_and_name_their_plans(plan
 
 def test_a_fast_latency_is_the_fastest_way_nnkd_predict_may_run_the_patch(planned, monkeypatch):
     """--latency-runtime fast (the default on the CPU) times the patch in each of the fast path's ways and keeps
-    the fastest, leaving out a conversion that fails, as nnkd_predict does (fake timings: nothing is timed)."""
+    the fastest, leaving out a conversion that fails or whose logits differ from the stock network's, as
+    nnkd_predict does (fake timings: nothing is timed)."""
     import nnkd.network_runtimes as runtimes
     from nnkd.planners import latency
 
-    ran, fake_ms = [], {runtimes.TORCH: 5.0, runtimes.ONEDNN: 3.0, runtimes.CHANNELS_LAST: 4.0,
-                        runtimes.ONNXRUNTIME: 2.0}
-    broken = set()
+    fake_ms = {runtimes.TORCH: 5.0, runtimes.ONEDNN: 3.0, runtimes.CHANNELS_LAST: 4.0, runtimes.ONNXRUNTIME: 2.0}
+    broken, differs, calls, timed = set(), set(), [], []
 
     def candidate(network, name, channels, patch):
         if name in broken:
             raise RuntimeError("conversion failed")
-        return lambda x: ran.append(name)
 
-    def median_ms(run, cuda=False):
+        def run(x):
+            calls.append(name)
+            return network(x) + (1.0 if name in differs else 0.0)
+        return run
+
+    def median_ms(run, cuda=False):  # the stock network (torch) runs itself: it adds no call
+        before = len(calls)
         run()
-        return fake_ms[ran[-1]]
+        timed.append(calls[-1] if len(calls) > before else runtimes.TORCH)
+        return fake_ms[timed[-1]]
 
     monkeypatch.setattr(runtimes, "candidate", candidate)
     monkeypatch.setattr(latency, "_median_ms", median_ms)
     teacher = _plans(planned, "nnUNetPlans")["configurations"]["3d_fullres"]
     student = StudentSearch(teacher["architecture"], 1, 4, teacher["patch_size"]).search(100_000, float("inf"))
     args = (student.architecture, 1, 4, teacher["patch_size"], "cpu")
-    assert latency.measure_patch_latency(*args, "fast") == 2.0 and set(ran) == set(runtimes.CANDIDATES)
+    assert latency.measure_patch_latency(*args, "fast") == 2.0 and set(timed) == set(runtimes.CANDIDATES)
     broken.add(runtimes.ONNXRUNTIME)
     assert latency.measure_patch_latency(*args, "fast") == 3.0
+    differs.add(runtimes.ONEDNN)
+    timed.clear()
+    assert latency.measure_patch_latency(*args, "fast") == 4.0
+    assert set(timed) == {runtimes.TORCH, runtimes.CHANNELS_LAST}
     with pytest.raises(NnkdError, match="CPU fast path"):
         latency.measure_patch_latency(*args[:-1], "cuda", "fast")
 

@@ -9,7 +9,8 @@ the plans' size, and the fastest is used. ONNX Runtime gets one session per fold
 fold's weights into the one network it runs).
 
 Nothing is written: the model folder stays stock. Every conversion is checked against the stock network on a
-random input before it may be chosen; one that differs beyond TOLERANCE (or fails) is left out, with its reason.
+random input before it may be chosen; one that differs beyond network_runtimes.TOLERANCE (or fails) is left out,
+with its reason.
 """
 
 import time
@@ -17,12 +18,8 @@ import time
 import torch
 from torch import nn
 
-from nnkd.network_runtimes import CANDIDATES, ONNXRUNTIME, TORCH, has_onnxruntime, onnx_bytes, ort_session, \
-    run_session, torch_candidate
-
-# max |candidate − stock torch| of the logits on a random input that a candidate may show (fp32 sums in another
-# order give ~1e-5 on nnU-Net's networks); above it the candidate is not used
-TOLERANCE = 1e-3
+from nnkd.network_runtimes import CANDIDATES, ONNXRUNTIME, onnx_bytes, ort_session, run_session, \
+    runnable_candidates, torch_candidate
 
 
 class OrtNetwork(nn.Module):
@@ -81,11 +78,6 @@ def _seconds_per_patch(network, x: torch.Tensor, passes: int = 1) -> float:
     return min(times)
 
 
-def _difference(candidate, stock: nn.Module, x: torch.Tensor) -> float:
-    with torch.inference_mode():
-        return float((candidate(x) - stock(x)).abs().max())
-
-
 def _onnxruntime_candidate(network: nn.Module, folds: list[dict], input_channels: int, patch_size) -> OrtNetwork:
     sessions = []
     for weights in folds:
@@ -97,33 +89,14 @@ def _onnxruntime_candidate(network: nn.Module, folds: list[dict], input_channels
 
 def build_candidates(network: nn.Module, folds: list[dict], input_channels: int, patch_size, spatial_check,
                      candidates=CANDIDATES) -> tuple[dict, dict, dict]:
-    """The candidates that convert and equal the stock network's logits within TOLERANCE on a random input of
-    `spatial_check` (a small size the network takes): ({name: network}, {name: max difference}, {name: why it was
-    left out}). `network`: the stock network with folds[0] loaded (torch candidates reuse copies of it)."""
-    dims = len(patch_size)
-    check = torch.randn(1, input_channels, *spatial_check)
-    built, differences, left_out = {}, {}, {}
-    for name in candidates:
-        try:
-            if name == TORCH:
-                built[name] = network
-                continue
-            if name != ONNXRUNTIME:
-                candidate = torch_candidate(network, name, dims)
-            else:
-                if not has_onnxruntime():
-                    left_out[name] = 'onnxruntime is not installed (pip install "nnkd[onnx]")'
-                    continue
-                candidate = _onnxruntime_candidate(network, folds, input_channels, patch_size)
-            difference = _difference(candidate, network, check)
-        except Exception as e:  # an exporter or runtime error: the others still predict
-            left_out[name] = f"its conversion failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-            continue
-        if not difference <= TOLERANCE:
-            left_out[name] = f"it differs from the stock network by {difference:.2g} (more than {TOLERANCE:g})"
-            continue
-        built[name], differences[name] = candidate, difference
-    return built, differences, left_out
+    """network_runtimes.runnable_candidates, with ONNX Runtime holding one session per fold's weights.
+    `network`: the stock network with folds[0] loaded (torch candidates reuse copies of it)."""
+    def build(name):
+        if name == ONNXRUNTIME:
+            return _onnxruntime_candidate(network, folds, input_channels, patch_size)
+        return torch_candidate(network, name, len(patch_size))
+
+    return runnable_candidates(network, input_channels, patch_size, spatial_check, candidates, build)
 
 
 def choose(network: nn.Module, folds: list[dict], input_channels: int, patch_size, spatial_check,

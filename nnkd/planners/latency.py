@@ -53,12 +53,11 @@ def machine() -> dict:
 def measure_patch_latency(architecture: dict, input_channels: int, num_classes: int, patch_size, device: str,
                           runtime: str) -> float:
     """Median milliseconds of one patch through the network (after WARMUP runs, REPEATS timed) in `runtime`:
-    torch, ONNX Runtime ("onnx"), or "fast": as nnkd_predict runs it on the CPU, the fastest of its fast path's
-    candidates (nnkd.network_runtimes), each timed the same way."""
+    torch, ONNX Runtime ("onnx"), or "fast": as nnkd_predict runs it on the CPU, the fastest of the candidates
+    that convert and match the stock network (network_runtimes.runnable_candidates), each timed the same way."""
     import torch
 
-    from nnkd.network_runtimes import CANDIDATES, ONNXRUNTIME, TORCH, candidate, has_onnxruntime, onnx_bytes, \
-        ort_session, run_session
+    from nnkd.network_runtimes import onnx_bytes, ort_session, run_session, runnable_candidates
     from nnkd.planners.network_cost import build_network
 
     keep_freed_memory()  # as nnkd_predict runs it
@@ -71,19 +70,9 @@ def measure_patch_latency(architecture: dict, input_channels: int, num_classes: 
     if runtime == "onnx":
         session = ort_session(onnx_bytes(network, input_channels, patch_size), device)
         return _median_ms(lambda: run_session(session, patch))
-    if runtime == "fast":
-        times = []
-        for name in CANDIDATES:
-            if name == ONNXRUNTIME and not has_onnxruntime():
-                continue
-            try:
-                runner = candidate(network, name, input_channels, patch_size)
-            except Exception:  # nnkd_predict leaves a conversion that fails out, and so does this measurement
-                if name == TORCH:
-                    raise
-                continue
-            times.append(_median_ms(lambda: runner(patch)))  # noqa: B023 (runner is called before it changes)
-        return min(times)
+    if runtime == "fast":  # as nnkd_predict: the runners that convert and match the stock network, fastest
+        runners = runnable_candidates(network, input_channels, patch_size, patch_size)[0]
+        return min(_median_ms(lambda: runner(patch)) for runner in runners.values())  # noqa: B023 (called at once)
     network, patch = network.to(device), patch.to(device)
     return _median_ms(lambda: network(patch), cuda=device == "cuda")
 
