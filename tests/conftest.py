@@ -1,11 +1,16 @@
 """Shared fixtures: private nnU-Net folders and one small planned synthetic dataset per test session."""
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
+import traceback
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -47,6 +52,38 @@ def run_clis(calls: list, check: bool = False, workers: int = 2) -> list[subproc
             raise AssertionError(f"{name} {' '.join(map(str, args))} failed ({result.returncode}):\n"
                                  f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return results
+
+
+def refuse_in_process(name: str, *args, env: dict) -> subprocess.CompletedProcess:
+    """An nnkd console script's main() run in this process with `env` as its environment: stdout, stderr and the
+    exit code as run_cli returns them, without the seconds each new process spends importing torch and nnU-Net.
+    For commands that must stop before any work (the refusal catalogues): nnU-Net's own modules read their
+    folder variables once at import, so a command that gets as far as nnU-Net's trainer belongs in run_cli."""
+    (entry,) = entry_points(group="console_scripts", name=name)
+    main = entry.load()
+    saved, out, err, code = dict(os.environ), io.StringIO(), io.StringIO(), 0
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            try:
+                main([str(a) for a in args])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+            except BaseException:  # as Python ends a process on an uncaught exception
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess([name, *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
+def refuse_all_in_process(calls: list) -> list[subprocess.CompletedProcess]:
+    """refuse_in_process for each (name, args, env), one after the other."""
+    return [refuse_in_process(name, *args, env=env) for name, args, env in calls]
 
 
 def selected_params(request, test_name: str, name: str | None = None) -> list:

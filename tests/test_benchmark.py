@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PLANNED_ID, run_cli
+from conftest import PLANNED_ID, run_cli, refuse_in_process
 
 RUN_FIELDS = {"run", "budget", "method", "cached", "plans", "dice", "dice_per_class", "parameters", "gflops_per_patch",
               "param_ratio", "seconds_per_case_torch", "seconds_per_case_onnx", "speedup_torch", "speedup_onnx",
@@ -56,8 +56,8 @@ def test_quick_benchmark_reports_every_measure_and_resumes(planned, teacher, tmp
     assert {p: p.stat().st_mtime_ns for p in logs} == logs
     assert json.loads((out / "results.json").read_text()) == results
 
-    changed = run_cli("nnkd_benchmark", *[a for a in args if a != "--quick"], "--epochs", 2, "--iterations-per-epoch", 2,
-                      env=planned["env"], check=False)
+    changed = refuse_in_process("nnkd_benchmark", *[a for a in args if a != "--quick"], "--epochs", 2,
+                                "--iterations-per-epoch", 2, env=planned["env"])
     assert changed.returncode != 0 and "was trained with {'epochs': 1" in changed.stderr
     assert "'epochs': 2" in changed.stderr and "give another -o" in changed.stderr
     assert {p: p.stat().st_mtime_ns for p in logs} == logs
@@ -74,10 +74,9 @@ def test_quick_benchmark_reports_every_measure_and_resumes(planned, teacher, tmp
     assert all(r["speedup_int8"] > 0 for r in results["runs"])
     assert "## Runtimes" in (out / "report.md").read_text() and "| teacher |" in (out / "report.md").read_text()
     assert (out / "dice_vs_latency.png").stat().st_size > 1000
-    bad = run_cli("nnkd_benchmark", *args[:-1], tmp_path / "never", "--int8", "--no-onnx", env=planned["env"],
-                  check=False)
+    bad = refuse_in_process("nnkd_benchmark", *args[:-1], tmp_path / "never", "--int8", "--no-onnx", env=planned["env"])
     assert bad.returncode != 0 and "--no-onnx turns ONNX off" in bad.stderr and not (tmp_path / "never").exists()
-    bad = run_cli("nnkd_benchmark", *args[:-1], tmp_path / "never", "--jobs", 0, env=planned["env"], check=False)
+    bad = refuse_in_process("nnkd_benchmark", *args[:-1], tmp_path / "never", "--jobs", 0, env=planned["env"])
     assert bad.returncode != 0 and "--jobs 0" in bad.stderr and not (tmp_path / "never").exists()
 
     # a second seed: only its runs train, seed 0's are reused (--cached-only: no online logit run); --jobs 2
@@ -117,9 +116,9 @@ def test_quick_benchmark_reports_every_measure_and_resumes(planned, teacher, tmp
     assert resumed.is_file() and (fold / "validation" / "summary.json").is_file()
     assert (fold / "checkpoint_final.pth").is_file() and not (fold / "checkpoint_latest.pth").is_file()
 
-    bad = run_cli("nnkd_benchmark", *args, "--methods", "none,logit?kd_loss=hinton", env=planned["env"], check=False)
+    bad = refuse_in_process("nnkd_benchmark", *args, "--methods", "none,logit?kd_loss=hinton", env=planned["env"])
     assert bad.returncode != 0 and "kd_loss 'hinton' is unknown" in bad.stderr
-    bad = run_cli("nnkd_benchmark", *args, "--methods", "none,logit?kd_temp=1", env=planned["env"], check=False)
+    bad = refuse_in_process("nnkd_benchmark", *args, "--methods", "none,logit?kd_temp=1", env=planned["env"])
     assert bad.returncode != 0 and "has no hyper-parameter 'kd_temp'" in bad.stderr
 
 

@@ -9,7 +9,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import PLANNED_ID, run_cli, run_clis, selected_params, tree_digest
+from conftest import (PLANNED_ID, run_cli, run_clis, selected_params, tree_digest, refuse_all_in_process,
+                      refuse_in_process)
 from nnkd.plans import network_from_plans
 
 STUDENT = ["-d", str(PLANNED_ID), "-c", "3d_fullres", "--budget", "tiny", "-f", "0"]
@@ -310,9 +311,9 @@ BAD_INPUT = {  # input folder (None: imagesTs; a function: made from a copy of i
 
 @pytest.fixture(scope="module")
 def refusals(request, deployed, tmp_path_factory) -> dict:
-    """The command of every collected refusal case below, each with a folder of its own, run two at a time
-    (run_clis) before any is checked: (group, case) -> (result, its folder, its input folder and that folder's
-    digest before and after all the commands ran)."""
+    """The command of every collected refusal case below, each with a folder of its own, run in this process
+    (refuse_all_in_process) before any is checked: (group, case) -> (result, its folder, its input folder and that
+    folder's digest before and after all the commands ran)."""
     env, cases = deployed["env"], {}
     for case in selected_params(request, "test_predict_bad_input", "case"):
         make_input, extra, _ = BAD_INPUT[case]
@@ -335,7 +336,7 @@ def refusals(request, deployed, tmp_path_factory) -> dict:
                             "-o", tmp / "x"], env))
     inputs = {images for _, images, _ in cases.values() if images}
     before = {images: tree_digest(images) for images in inputs}
-    results = run_clis([call for _, _, call in cases.values()])
+    results = refuse_all_in_process([call for _, _, call in cases.values()])
     after = {images: tree_digest(images) for images in inputs}
     return {key: (result, tmp, images, before.get(images), after.get(images))
             for (key, (tmp, images, _)), result in zip(cases.items(), results)}
@@ -412,8 +413,8 @@ def test_int8_export_quantizes_checks_on_validation_and_predicts(deployed, tmp_p
 
 
 def test_int8_needs_onnx_and_a_calibration_set(deployed, tmp_path, monkeypatch):
-    result = run_cli("nnkd_export", *STUDENT, "--method", "logit", "-o", tmp_path / "m", "--int8",
-                     env=deployed["env"], check=False)
+    result = refuse_in_process("nnkd_export", *STUDENT, "--method", "logit", "-o", tmp_path / "m", "--int8",
+                               env=deployed["env"])
     assert "--int8 quantizes the exported ONNX model" in _error_line(result) and not (tmp_path / "m").exists()
 
     from nnkd.errors import NnkdError

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import PLANNED_ID, SMALL, run_cli, run_clis, selected_params, tree_digest
+from conftest import PLANNED_ID, SMALL, selected_params, tree_digest, refuse_all_in_process, refuse_in_process
 
 
 def _one_error_line(result, *fragments):
@@ -34,8 +34,9 @@ BAD_PLANNING = {  # nnkd_plan_and_preprocess arguments (with --no_pp), fragments
 
 @pytest.fixture(scope="module")
 def refusals(request, planned) -> dict:
-    """The command of every collected case below, run two at a time (run_clis) before any is checked; the
-    preprocessed dataset is digested before and after them all. (group, case) -> result, and both digests."""
+    """The command of every collected case below, run in this process (refuse_all_in_process) before any is
+    checked; the preprocessed dataset is digested before and after them all. (group, case) -> result, and both
+    digests."""
     calls = {}
     for case in selected_params(request, "test_plan_and_preprocess_bad_input", "case"):
         calls["plan", case] = [*BAD_PLANNING[case][0], "--no_pp"]
@@ -45,9 +46,9 @@ def refusals(request, planned) -> dict:
         calls["verbose", None] = ["-d", "123", "--budget", "tiny", "--verbose"]
     before = tree_digest(planned["preprocessed"])
     env = planned["env"]
-    results = run_clis([("nnkd_plan_and_preprocess", args,
-                         {k: v for k, v in env.items() if k != key[1]} if key[0] == "unset" else env)
-                        for key, args in calls.items()])
+    results = refuse_all_in_process([("nnkd_plan_and_preprocess", args,
+                                      {k: v for k, v in env.items() if k != key[1]} if key[0] == "unset" else env)
+                                     for key, args in calls.items()])
     return {"runs": dict(zip(calls, results)), "before": before, "after": tree_digest(planned["preprocessed"])}
 
 
@@ -64,7 +65,7 @@ def test_nnunet_variables_unset(refusals, unset):
 
 def test_make_synthetic_without_nnunet_raw(nnunet_env):
     env = {k: v for k, v in nnunet_env.items() if k != "nnUNet_raw"}
-    _one_error_line(run_cli("nnkd_make_synthetic", "-d", 990, *SMALL, env=env, check=False), "nnUNet_raw is not set")
+    _one_error_line(refuse_in_process("nnkd_make_synthetic", "-d", 990, *SMALL, env=env), "nnUNet_raw is not set")
 
 
 def test_verbose_shows_the_traceback(refusals):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PLANNED_ID, error_line, QUICK_TRAINING, run_cli, run_clis, selected_params, tree_digest
+from conftest import (PLANNED_ID, error_line, QUICK_TRAINING, run_cli, selected_params, tree_digest,
+                      refuse_all_in_process, refuse_in_process)
 from nnkd.errors import NnkdError
 from nnkd.outputs import (MANIFEST, OutputLock, carry_foreign, check_output, check_replaceable, check_sibling,
                           write_manifest)
@@ -210,8 +211,8 @@ def _guarded_call(command: str, out: Path, env: dict, teacher: dict) -> tuple:
 
 @pytest.fixture(scope="module")
 def misdirected(request, teacher, trained):
-    """Every collected (command, target) below run two at a time; nnU-Net's three folders digested (sha256 and
-    mtime of every file) before and after them all."""
+    """Every collected (command, target) below, run in this process (refuse_all_in_process); nnU-Net's three
+    folders digested (sha256 and mtime of every file) before and after them all."""
     env = teacher["env"]
     targets = _targets(env, teacher, trained)
     cases = [(c, t) for c, t in zip(selected_params(request, "test_no_command_writes_where_it_must_not", "command"),
@@ -219,7 +220,7 @@ def misdirected(request, teacher, trained):
     roots = [Path(env[n]) for n in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")]
     before = [tree_digest(r) for r in roots]
     listing = {r: sorted(p for p in r.rglob("*")) for r in roots}
-    results = run_clis([_guarded_call(c, targets[t], env, teacher) for c, t in cases])
+    results = refuse_all_in_process([_guarded_call(c, targets[t], env, teacher) for c, t in cases])
     return {"runs": dict(zip(cases, results)), "unchanged": [tree_digest(r) for r in roots] == before,
             "same_paths": all(sorted(r.rglob("*")) == listing[r] for r in roots)}
 
@@ -241,9 +242,9 @@ def test_the_benchmark_writes_neither_into_nnunets_folders_nor_into_a_model(teac
     targets = _targets(env, teacher, trained)
     roots = [Path(env[n]) for n in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")]
     before = [tree_digest(r) for r in roots]
-    results = run_clis([("nnkd_benchmark", ["--quick", "-d", PLANNED_ID, "--teacher", teacher["spec"], "-o",
-                                            targets[t]], env) for t in ("raw-dataset", "teacher-model",
-                                                                        "results-dataset")])
+    results = refuse_all_in_process([("nnkd_benchmark", ["--quick", "-d", PLANNED_ID, "--teacher", teacher["spec"],
+                                                         "-o", targets[t]], env)
+                                     for t in ("raw-dataset", "teacher-model", "results-dataset")])
     for result, where in zip(results, ("is inside nnUNet_raw", "is the trained model folder", "was not written by")):
         assert where in error_line(result)
     assert [tree_digest(r) for r in roots] == before
@@ -261,7 +262,7 @@ def test_export_overwrite_replaces_only_its_own_files(trained, teacher, tmp_path
     (out / "figures").mkdir()
     (out / "figures" / "dice.png").write_bytes(b"png")
     (out / "fold_0" / "my_eval.csv").write_text("case,dice\n")
-    refused = run_cli("nnkd_export", *STUDENT, "-o", out, env=env, check=False)
+    refused = refuse_in_process("nnkd_export", *STUDENT, "-o", out, env=env)
     assert "pass --overwrite" in error_line(refused)
     run_cli("nnkd_export", *STUDENT, "-o", out, "--overwrite", "--zip", env=env)
     assert (out / "notes.txt").read_text() == "keep me" and (out / "figures" / "dice.png").is_file()
@@ -279,14 +280,14 @@ def test_export_overwrite_replaces_only_its_own_files(trained, teacher, tmp_path
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
     before = tree_digest(foreign)
-    refused = run_cli("nnkd_export", *STUDENT, "-o", foreign, "--overwrite", env=env, check=False)
+    refused = refuse_in_process("nnkd_export", *STUDENT, "-o", foreign, "--overwrite", env=env)
     assert "was not written by nnkd_export" in error_line(refused)
     assert tree_digest(foreign) == before
 
 
 def test_export_zip_onto_a_folder_is_refused_before_anything_is_written(trained, teacher, tmp_path):
     (tmp_path / "model.zip").mkdir()
-    result = run_cli("nnkd_export", *STUDENT, "-o", tmp_path / "model", "--zip", env=teacher["env"], check=False)
+    result = refuse_in_process("nnkd_export", *STUDENT, "-o", tmp_path / "model", "--zip", env=teacher["env"])
     assert "model.zip exists and is not a file" in error_line(result)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zip"]
 
@@ -298,7 +299,7 @@ def test_predict_never_replaces_a_file_it_did_not_write(trained, teacher, tmp_pa
     out = tmp_path / "preds"
     out.mkdir()
     (out / case).write_bytes(b"ground truth the user keeps here")
-    result = run_cli("nnkd_predict", "-i", images, "-o", out, *STUDENT, *FAST, env=env, check=False)
+    result = refuse_in_process("nnkd_predict", "-i", images, "-o", out, *STUDENT, *FAST, env=env)
     assert f"already holds {case}, which nnkd_predict did not write" in error_line(result)
     assert sorted(p.name for p in out.iterdir()) == [case]
 
@@ -376,7 +377,7 @@ def numbers(request, teacher, tmp_path_factory):
             filled.append(arg)
         calls.append((command, filled, env))
     before = [tree_digest(r) for r in roots]
-    results = run_clis(calls)
+    results = refuse_all_in_process(calls)
     return {"runs": dict(zip(folders, results)), "folders": folders,
             "unchanged": [tree_digest(r) for r in roots] == before}
 

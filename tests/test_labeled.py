@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, run_fold, training_env
+from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, run_fold, training_env, refuse_in_process
 from nnkd.trainers.labeled import choose_labeled_cases
 
 
@@ -26,6 +26,6 @@ def test_labeled_2_trains_on_two_cases_and_records_them(planned, tmp_path):
     assert json.loads((fold / "teacher.json").read_text())["labeled"] == 2
     validation = json.loads((fold / "validation" / "summary.json").read_text())
     assert len(validation["metric_per_case"]) == len(splits[0]["val"])  # validation cases are not reduced
-    refused = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "none",
-                      "--labeled", "0", *QUICK_TRAINING, env=env, check=False)
+    refused = refuse_in_process("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "none",
+                                "--labeled", "0", *QUICK_TRAINING, env=env)
     assert refused.returncode != 0 and "keeps no labelled case" in refused.stderr

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, run_fold, training_env
+from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, run_fold, training_env, refuse_in_process
 from helpers.tiny_teachers import save_sam_checkpoint, tiny_sam_encoder
 from nnkd.distill.multi_teacher import FeatureStandardizer, LossBalancer, TeacherAdaptor, adaptor_loss
 from nnkd.plans import network_from_plans
@@ -192,11 +192,11 @@ def test_fixed_weights_and_two_teachers_and_clear_errors(planned, three_teachers
     env = training_env({**planned["env"], "nnUNet_results": str(tmp_path / "results")})
     args = ["nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny"]
     two = ["--teacher", three_teachers[0], "--teacher", three_teachers[1]]
-    refused = run_cli(*args, "--method", "logit", *two, *QUICK_TRAINING, env=env, check=False)
+    refused = refuse_in_process(*args, "--method", "logit", *two, *QUICK_TRAINING, env=env)
     assert refused.returncode != 0 and "distils one teacher, 2 --teacher were given" in refused.stderr
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("teacher.json"))
-    bad = run_cli(*args, "--method", "multiteacher", *two, "--hp", "teacher_weights=1,2,3", *QUICK_TRAINING,
-                  env=env, check=False)
+    bad = refuse_in_process(*args, "--method", "multiteacher", *two, "--hp", "teacher_weights=1,2,3", *QUICK_TRAINING,
+                            env=env)
     assert bad.returncode != 0 and "teacher_weights has 3 value(s) for 2 teacher(s)" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "results").exists()  # refused before writing
 

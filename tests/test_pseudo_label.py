@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import PLANNED_ID, make_env, run_cli, tree_digest
+from conftest import PLANNED_ID, make_env, run_cli, tree_digest, refuse_in_process
 
 SOURCE_ID, TARGET_ID = 981, 982
 
@@ -107,8 +107,8 @@ def test_bad_requests_stop_with_one_line_and_write_nothing(source, args, message
 
 
 def test_a_missing_image_folder_is_named(source, tmp_path):
-    result = run_cli("nnkd_pseudo_label", "-d", TARGET_ID + 2, "-i", tmp_path / "nowhere", "--teacher",
-                     source["teacher"], env=source["env"], check=False)
+    result = refuse_in_process("nnkd_pseudo_label", "-d", TARGET_ID + 2, "-i", tmp_path / "nowhere", "--teacher",
+                               source["teacher"], env=source["env"])
     assert result.returncode != 0 and "nowhere not found" in result.stderr
 
 

@@ -20,7 +20,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import BIN, PLANNED_ID, error_line, QUICK_TRAINING, run_cli, run_clis, selected_params, tree_digest
+from conftest import (BIN, PLANNED_ID, error_line, QUICK_TRAINING, run_cli, selected_params, tree_digest,
+                      refuse_all_in_process)
 from nnkd.run_names import derived_run_name, run_trainer_name
 from nnkd.checkpoints import load_checkpoint
 
@@ -159,9 +160,9 @@ def _catalogue_call(case: str, trained: dict, teacher: dict, tmp: Path) -> tuple
 
 @pytest.fixture(scope="module")
 def refusals(request, trained, teacher, tmp_path_factory):
-    """The commands of every collected case of the refusal tests below, each in a folder of its own, run two at
-    a time (run_clis) before any is checked; the session's nnUNet_results is digested before and after them all.
-    Returns (test, case) -> (result, folder, fragment) and both digests."""
+    """The commands of every collected case of the refusal tests below, each in a folder of its own, run in this
+    process (refuse_all_in_process) before any is checked; the session's nnUNet_results is digested before and
+    after them all. Returns (test, case) -> (result, folder, fragment) and both digests."""
     cases = {}
     for case in selected_params(request, "test_bad_input_gives_one_error_line", "case"):
         tmp = tmp_path_factory.mktemp(case)
@@ -177,7 +178,7 @@ def refusals(request, trained, teacher, tmp_path_factory):
                                   None)
     results = Path(teacher["env"]["nnUNet_results"])
     before = tree_digest(results)
-    outputs = run_clis([call for _, call, _ in cases.values()])
+    outputs = refuse_all_in_process([call for _, call, _ in cases.values()])
     return {"runs": {key: (output, tmp, fragment) for (key, (tmp, _, fragment)), output in zip(cases.items(), outputs)},
             "results_before": before, "results_after": tree_digest(results)}
 

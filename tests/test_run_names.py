@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, training_env
+from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, training_env, refuse_in_process
 from nnkd.run_names import derived_run_name, run_name_problem, split_run_trainer_name, trainer_run_folders
 
 
@@ -43,15 +43,15 @@ def test_two_runs_that_differ_in_hp_both_survive_and_are_found_by_name(teacher, 
     assert len(runs) == 2 and all((r / "fold_0" / "checkpoint_final.pth").is_file() for r in runs)
     assert sorted(n.rsplit("=", 1)[1] for n in names) == ["1", "4"]
 
-    again = run_cli("nnkd_train", *student, "--hp", "kd_temperature=4", *QUICK_TRAINING, env=env, check=False)
+    again = refuse_in_process("nnkd_train", *student, "--hp", "kd_temperature=4", *QUICK_TRAINING, env=env)
     assert again.returncode != 0 and "already has checkpoints" in again.stderr  # never overwritten
     resumed = run_cli("nnkd_train", *student[:7], "--val", "--device", "cpu", env=env, check=False)
     assert resumed.returncode != 0 and "several runs of nnKDTrainer_Logit" in resumed.stderr
     assert all(n in resumed.stderr for n in names)
 
     exported = [PLANNED_ID, "3d_fullres", "--budget", "tiny", "--method", "logit"]
-    ambiguous = run_cli("nnkd_export", "-d", *exported[:1], "-c", *exported[1:], "-o", tmp_path / "x", env=env,
-                        check=False)
+    ambiguous = refuse_in_process("nnkd_export", "-d", *exported[:1], "-c", *exported[1:], "-o", tmp_path / "x",
+                                  env=env)
     assert ambiguous.returncode != 0 and "several trained students match" in ambiguous.stderr
     run_cli("nnkd_export", "-d", PLANNED_ID, "-c", "3d_fullres", "--budget", "tiny", "--method", "logit",
             "--run-name", names[0], "-o", tmp_path / "model", env=env)

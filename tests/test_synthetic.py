@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import SMALL, run_cli, tree_digest
+from conftest import SMALL, run_cli, tree_digest, refuse_in_process
 from nnkd.datasets.synthetic import LABELS, SyntheticSpec, write_synthetic_dataset
 from nnkd.errors import NnkdError
 
@@ -62,7 +62,7 @@ def test_refuses_to_overwrite_unless_asked(nnunet_env, tmp_path):
     run_cli("nnkd_make_synthetic", "-d", 990, *SMALL, env=nnunet_env)
     folder = tmp_path / "nnUNet_raw" / "Dataset990_Synthetic"
     before = tree_digest(folder)
-    result = run_cli("nnkd_make_synthetic", "-d", 990, *SMALL, "--seed", "1", env=nnunet_env, check=False)
+    result = refuse_in_process("nnkd_make_synthetic", "-d", 990, *SMALL, "--seed", "1", env=nnunet_env)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("nnkd: error:") and "--overwrite" in result.stderr
@@ -74,7 +74,7 @@ def test_refuses_to_overwrite_unless_asked(nnunet_env, tmp_path):
 
 def test_refuses_an_id_used_by_another_dataset(nnunet_env, tmp_path):
     (tmp_path / "nnUNet_raw" / "Dataset990_Other").mkdir(parents=True)
-    result = run_cli("nnkd_make_synthetic", "-d", 990, *SMALL, "--overwrite", env=nnunet_env, check=False)
+    result = refuse_in_process("nnkd_make_synthetic", "-d", 990, *SMALL, "--overwrite", env=nnunet_env)
     assert result.returncode != 0 and "Dataset990_Other" in result.stderr
 
 
@@ -98,7 +98,7 @@ def test_two_dimensional_multichannel_dataset(tmp_path):
     (["--name", "bad__name"], "invalid"),
 ])
 def test_bad_arguments_give_one_error_line(nnunet_env, args, message):
-    result = run_cli("nnkd_make_synthetic", "-d", 990, *args, env=nnunet_env, check=False)
+    result = refuse_in_process("nnkd_make_synthetic", "-d", 990, *args, env=nnunet_env)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
 

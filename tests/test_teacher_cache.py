@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, run_clis, run_fold
+from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, run_clis, run_fold, refuse_in_process
 from nnkd.cache.store import CacheSettings, TeacherCache, cache_folder
 from nnkd.distill.logits import kd_kl_loss, logits_from_probabilities
 from nnkd.checkpoints import load_checkpoint
@@ -244,8 +244,8 @@ def test_training_from_the_cache_never_builds_the_teacher(cached, tmp_path, meth
 
 def test_feature_methods_refuse_the_cache(cached, tmp_path):
     env = {**cached["env"], "nnUNet_results": str(tmp_path / "results")}
-    result = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "feature",
-                     "--teacher", cached["spec"], "--teacher-cache", *QUICK_TRAINING, env=env, check=False)
+    result = refuse_in_process("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "feature",
+                               "--teacher", cached["spec"], "--teacher-cache", *QUICK_TRAINING, env=env)
     assert result.returncode != 0 and "method feature needs live teacher features" in result.stderr
 
 
@@ -274,9 +274,9 @@ def test_tskd_distils_the_unlabelled_rest_of_the_fold_from_the_cache(cached, tmp
 ])
 def test_tskd_uses_the_cache_only_where_it_can(cached, tmp_path, extra, message):
     env = {**cached["env"], "nnUNet_results": str(tmp_path / "results")}
-    result = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "tskd",
-                     "--labeled", "2", "--teacher", cached["spec"], "--teacher-cache", *extra, *QUICK_TRAINING,
-                     env=env, check=False)
+    result = refuse_in_process("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "tskd",
+                               "--labeled", "2", "--teacher", cached["spec"], "--teacher-cache", *extra,
+                               *QUICK_TRAINING, env=env)
     assert result.returncode != 0 and message in result.stderr and result.stderr.count("nnkd: error:") == 1
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("teacher.json"))
 

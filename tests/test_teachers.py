@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import fake_teacher, run_cli
+from conftest import fake_teacher, run_cli, refuse_in_process
 from helpers.teacher_checks import check_teacher_and_kd_step
 from nnkd.errors import NnkdError
 from nnkd.teachers.base import Teacher, TeacherOutput
@@ -184,7 +184,7 @@ def test_nnkd_teachers_lists_and_describes(nnunet_env):
     assert info["forward_seconds"] > 0 and info["feature_shapes"][0] == [16, 8, 8, 8]
     table = run_cli("nnkd_teachers", "describe", "deepbet", "--patch", "32,32,32", env=nnunet_env).stdout
     assert "logits       yes: background, brain" in table and "2.13 M" in table
-    bad = run_cli("nnkd_teachers", "describe", "deepbet", "--patch", "32,32", env=nnunet_env, check=False)
+    bad = refuse_in_process("nnkd_teachers", "describe", "deepbet", "--patch", "32,32", env=nnunet_env)
     assert bad.returncode != 0 and bad.stderr.startswith("nnkd: error: the teacher takes 3D patches")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PLANNED_ID, QUICK_TRAINING, fake_teacher, run_cli, run_clis, selected_params
+from conftest import PLANNED_ID, QUICK_TRAINING, fake_teacher, run_cli, selected_params, refuse_all_in_process
 
 TRAIN = [str(PLANNED_ID), "3d_fullres", "0"]
 
@@ -120,8 +120,8 @@ def test_resuming_with_another_teacher_or_seed_is_refused(refusals):
 
 @pytest.fixture(scope="module")
 def refusals(request, trained, teacher, tmp_path_factory) -> dict:
-    """The nnkd_train command of every collected case above, each with a folder of its own, run two at a time
-    (run_clis) before any is checked; (group, case) -> its result."""
+    """The nnkd_train command of every collected case above, each with a folder of its own, run in this process
+    (refuse_all_in_process) before any is checked; (group, case) -> its result."""
     env = teacher["env"]
     calls = {}
     for case in selected_params(request, "test_teacher_that_cannot_teach_this_student", "case"):
@@ -146,7 +146,7 @@ def refusals(request, trained, teacher, tmp_path_factory) -> dict:
                                             "--c", "--device", "cpu"]
         calls["resume", "other-seed"] = [*TRAIN, "--budget", "tiny", "--method", "logit", "--seed", "7", "--c",
                                          "--device", "cpu"]
-    results = run_clis([("nnkd_train", args, env) for args in calls.values()])
+    results = refuse_all_in_process([("nnkd_train", args, env) for args in calls.values()])
     return dict(zip(calls, results))
 
 

@@ -11,7 +11,7 @@ import pytest
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class, nnUNetDatasetBlosc2
 
-from conftest import PLANNED_ID, make_env, run_cli, tree_digest
+from conftest import PLANNED_ID, make_env, run_cli, tree_digest, refuse_in_process
 from nnkd.datasets.synthesis import SynthesisRequest, synthesize
 from nnkd.datasets.transfer import PreprocessedConfiguration, TransferSet, add_unlabeled, list_transfer_sets
 from nnkd.errors import NnkdError
@@ -163,8 +163,8 @@ def test_checkpoint_trained_otherwise_is_not_silently_reused(in_process, synthet
 
 
 def test_synthesize_refuses_bad_input_in_one_line(in_process):
-    result = run_cli("nnkd_synthesize", *QUICK_SYNTHESIS, "-n", 1, "--size", "15", "16", "16", "--name", "odd",
-                     env=in_process, check=False)
+    result = refuse_in_process("nnkd_synthesize", *QUICK_SYNTHESIS, "-n", 1, "--size", "15", "16", "16", "--name",
+                               "odd", env=in_process)
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "nnkd: error: --size 15 16 16 is not divisible" in result.stderr
     assert not (preprocessed(in_process) / SETS / "odd").exists()

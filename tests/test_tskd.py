@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, run_fold, training_env
+from conftest import PLANNED_ID, QUICK_TRAINING, run_cli, run_fold, training_env, refuse_in_process
 from helpers.tiny_teachers import save_sam_checkpoint, tiny_sam_encoder
 from nnkd.teachers.registry import create_teacher
 from nnkd.teachers.tuned import SegmentationHead, TunedSegmenter, add_lora
@@ -100,8 +100,8 @@ def test_tune_then_tuned_teacher_has_logits_then_tskd_trains_on_labelled_and_tra
     assert transfer[1] == str(synthetic) and "nnkd_transfer" in transfer[0]
     assert sorted(p.name for p in Path(transfer[0]).glob("*.pkl")) == ["more_002.pkl", "more_003.pkl"]
 
-    refused = run_cli("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "logit",
-                      "--teacher", f"tuned:{fold}", "--synthetic", synthetic, *QUICK_TRAINING, env=env, check=False)
+    refused = refuse_in_process("nnkd_train", PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", "logit",
+                                "--teacher", f"tuned:{fold}", "--synthetic", synthetic, *QUICK_TRAINING, env=env)
     assert refused.returncode != 0 and "--method tskd" in refused.stderr
 
 
