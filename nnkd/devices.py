@@ -107,6 +107,20 @@ def cpu_bf16(device: torch.device) -> bool:
     return asked == "1" or (asked == "auto" and cpu_computes_bf16())
 
 
+VALIDATION_MIRRORING_ENV = "nnkd_val_mirroring"
+
+
+def validation_mirroring() -> bool:
+    """Whether a training's final validation mirrors each case as nnU-Net's does (its test-time augmentation:
+    8 passes per window in 3D, 4 in 2D): yes, unless `nnkd_val_mirroring=0` — for short or exploratory CPU runs,
+    whose validation is mostly those passes. Saved checkpoints keep nnU-Net's mirroring axes either way."""
+    asked = os.environ.get(VALIDATION_MIRRORING_ENV, "1")
+    if asked not in ("0", "1"):
+        raise NnkdError(f"{VALIDATION_MIRRORING_ENV}={asked} is not 0 or 1",
+                        f"unset {VALIDATION_MIRRORING_ENV} or set it to 0 or 1")
+    return asked == "1"
+
+
 def cpu_count() -> int:
     """The machine's CPU cores, as nnkd counts them everywhere (threads per job, machine records)."""
     return multiprocessing.cpu_count()

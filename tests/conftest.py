@@ -105,7 +105,9 @@ def make_env(root: Path) -> dict:
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (root / name).mkdir(parents=True, exist_ok=True)
         env[name] = str(root / name)
-    env.update(nnUNet_n_proc_DA="1", OMP_NUM_THREADS="2", nnUNet_def_n_proc="1")
+    # nnkd_val_mirroring=0: a final validation of one window per patch instead of nnU-Net's 8 mirrored ones (the
+    # session's "none" student keeps them: test_training checks both)
+    env.update(nnUNet_n_proc_DA="1", OMP_NUM_THREADS="2", nnUNet_def_n_proc="1", nnkd_val_mirroring="0")
     return env
 
 
@@ -152,9 +154,11 @@ def teacher(planned):
 def trained(teacher):
     """The tiny student trained once with each built-in method; method -> (fold folder, stdout). The three
     trainings are independent (each its own trainer folder) and run side by side; none in float32, feature in bf16
-    (nnkd_cpu_bf16 0 and 1, whatever the CPU), logit as this CPU chooses."""
+    (nnkd_cpu_bf16 0 and 1, whatever the CPU), logit as this CPU chooses; none validates with nnU-Net's mirroring,
+    the others without (nnkd_val_mirroring)."""
     methods = ("none", "logit", "feature")
-    precision = {"none": {"nnkd_cpu_bf16": "0"}, "logit": {}, "feature": {"nnkd_cpu_bf16": "1"}}
+    precision = {"none": {"nnkd_cpu_bf16": "0", "nnkd_val_mirroring": "1"}, "logit": {},
+                 "feature": {"nnkd_cpu_bf16": "1"}}
     calls = [("nnkd_train", [PLANNED_ID, "3d_fullres", "0", "--budget", "tiny", "--method", method,
                              *([] if method == "none" else ["--teacher", teacher["spec"]]), *QUICK_TRAINING],
               {**teacher["env"], **precision[method]}) for method in methods]

@@ -84,6 +84,9 @@ CATALOGUE = {
     "train-corrupt-run-record": (
         "nnkd_train", [*TRAIN, "--method", "none", "--c"], _corrupt_run_record, "teacher.json is corrupt"),
     "train-bad-epochs": ("nnkd_train", [*TRAIN, "--method", "none", "--epochs", "0"], None, "must be at least 1"),
+    "train-bad-validation-mirroring": (
+        "nnkd_train", [*TRAIN, "--method", "none", "--run-name", "mirroring"],
+        lambda env, tmp: {**env, "nnkd_val_mirroring": "no"}, "nnkd_val_mirroring=no is not 0 or 1"),
     "predict-results-unset": (
         "nnkd_predict", ["-i", "{img}", "-o", "{tmp}/out", *STUDENT, "--method", "logit"],
         lambda env, tmp: _without(env, "nnUNet_results"), "nnUNet_results is not set"),

@@ -37,6 +37,11 @@ def test_each_method_trains_through_nnunets_pipeline(trained, teacher, method, t
     assert "seg_loss" in line and (term is None or term in line)
     if method != "logit":  # the fixture trains none in float32 and feature in bf16 (student and teacher)
         assert ("training in bf16 autocast on this CPU" in log) == (method == "feature")
+    # none validated with nnU-Net's mirroring, the others with nnkd_val_mirroring=0; every checkpoint keeps the
+    # mirroring axes, so predictions from the model folder mirror as nnU-Net's do
+    assert ("final validation without mirroring (nnkd_val_mirroring=0)" in log) == (method != "none")
+    checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["inference_allowed_mirroring_axes"] == (0, 1, 2)
 
     record = json.loads((folder / "teacher.json").read_text())
     assert record["method"] == method and record["schedule"]["num_iterations_per_epoch"] == 2

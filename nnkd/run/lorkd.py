@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnkd.devices import resolve_device
+from nnkd.devices import resolve_device, validation_mirroring
 from nnkd.errors import NnkdError
 from nnkd.method_table import LORKD_METHOD, LORKD_TRAINER
 from nnkd.models.lorkd import DEFAULT_ALPHA, DEFAULT_RANK, TASK_FOLDER, LoRKDTask, LoRKDTasks, TaskPlans, check_task_fits
@@ -124,6 +124,7 @@ def train_lorkd(request: LoRKDRequest) -> Path:
     configs = task_configurations(request, names, plans_name)
     teachers = teacher_specs(request, names)
     device = resolve_device(request.device)
+    validation_mirroring()  # a bad nnkd_val_mirroring stops before anything is written
     folder = fold_folder(paths["nnUNet_results"], names[0], LORKD_TRAINER, plans_name, request.configuration, fold)
     check_other_folds(folder, names)
     with OutputLock(folder, "nnkd_train_lorkd"):  # one command at a time trains a run's fold

@@ -4,7 +4,7 @@ nnU-Net's own `run_training` (single process or DDP, `--c`, `--val`, `--npz`, fi
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nnkd.devices import resolve_device
+from nnkd.devices import resolve_device, validation_mirroring
 from nnkd.errors import NnkdError
 from nnkd.method_table import LORKD_METHOD, LORKD_TRAINER
 from nnkd.nnunet_env import parse_fold, require_env
@@ -281,6 +281,7 @@ def new_run_folder(request: TrainRequest) -> Path:
 def train(request: TrainRequest) -> Path:
     """Train (or resume, or validate) one fold; return its output folder."""
     results, fold, plans, config, cls, given = _resolved(request)
+    validation_mirroring()  # a bad nnkd_val_mirroring stops before anything is written
     trainer, folder = locate_run(results, config.dataset_name, cls, plans, request, fold, given)
     existing = RunConfig.load(folder) if request.resuming else None
     teachers = len(request.teachers) or (len(existing.teacher_entries) if existing else 0)

@@ -23,7 +23,7 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnkd.atomic import remove_stale_temporaries, write_json_atomic
 from nnkd.cache.loading import CachedTeacherDataset, SoftLabelAugmentation, split_soft_labels
 from nnkd.cache.store import TeacherCache
-from nnkd.devices import CPU_BF16_ENV, cpu_bf16
+from nnkd.devices import CPU_BF16_ENV, VALIDATION_MIRRORING_ENV, cpu_bf16, validation_mirroring
 from nnkd.distill.feature import pair_stages_by_resolution
 from nnkd.distill.logits import logits_from_probabilities
 from nnkd.errors import NnkdError
@@ -391,7 +391,16 @@ class nnKDTrainer(nnUNetTrainer):
         if self.stopping_early:
             self.print_to_log_file("nnkd: no final validation before the schedule's end")
             return None
-        return super().perform_actual_validation(*args, **kwargs)
+        if validation_mirroring():
+            return super().perform_actual_validation(*args, **kwargs)
+        # nnU-Net's validation predictor mirrors along the trainer's axes; without them it runs each window once.
+        # The checkpoints (written before) keep the axes, so predictions from the model folder still mirror.
+        self.print_to_log_file(f"nnkd: final validation without mirroring ({VALIDATION_MIRRORING_ENV}=0)")
+        axes, self.inference_allowed_mirroring_axes = self.inference_allowed_mirroring_axes, None
+        try:
+            return super().perform_actual_validation(*args, **kwargs)
+        finally:
+            self.inference_allowed_mirroring_axes = axes
 
     # ------------------------------------------------------- logging, plots
     def on_train_epoch_end(self, train_outputs: list[dict]):
