@@ -16,6 +16,7 @@ lock that keeps two commands out of it.
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -172,6 +173,8 @@ def carry_foreign(old: Path, new: Path, own: set[str], prefix: str = "") -> list
 
 # ------------------------------------------------------------------------------------------------ the lock
 _HELD: dict[Path, int] = {}  # lock file -> nesting depth, in this process
+HEARTBEAT_SECONDS = 60  # a holder touches its lock file this often
+STALE_AFTER_SECONDS = 600  # a lock of another host untouched this long is stale (its holder died or lost the host)
 
 
 def _alive(pid: int) -> bool:
@@ -184,10 +187,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class _Heartbeat(threading.Thread):
+    """Touches a held lock file every HEARTBEAT_SECONDS, so that another host can tell a live holder from a dead
+    one by the file's age (a pid means nothing there)."""
+
+    def __init__(self, path: Path):
+        super().__init__(daemon=True, name=f"nnkd-lock-heartbeat {path.name}")
+        self.path, self.stopped = path, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_SECONDS):
+            try:
+                os.utime(self.path)
+            except OSError:  # removed by hand: nothing left to keep alive
+                return
+
+
 class OutputLock:
     """`with OutputLock(folder, command):` — one command at a time writes `folder`. The lock file,
     `.<name>.nnkd-lock` beside the folder, is created with O_EXCL semantics (a complete file hard-linked into
-    place) and holds the holder's pid, host and command. Re-entrant within one process."""
+    place) and holds the holder's pid, host and command; while held it is touched every HEARTBEAT_SECONDS. A lock
+    is stale — and taken over — when its holder's pid is gone (same host), or when it has not been touched for
+    STALE_AFTER_SECONDS (another host, e.g. a cluster node sharing the folder). Re-entrant within one process."""
 
     def __init__(self, folder: Path, command: str):
         folder = Path(folder).expanduser().resolve()
@@ -203,13 +224,18 @@ class OutputLock:
         except (OSError, ValueError):
             return {}
 
+    def _untouched_seconds(self) -> float:
+        try:
+            return time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return float("inf")
+
     def _stale(self, holder: dict) -> bool:
         if not holder:  # unreadable: stale once it is old (a complete lock is linked in place, never partial)
-            try:
-                return time.time() - self.path.stat().st_mtime > 60
-            except FileNotFoundError:
-                return True
-        return holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", 0)))
+            return self._untouched_seconds() > 60
+        if holder.get("host") == socket.gethostname():
+            return not _alive(int(holder.get("pid", 0)))
+        return self._untouched_seconds() > STALE_AFTER_SECONDS
 
     def acquire(self) -> None:
         if _HELD.get(self.path):
@@ -226,6 +252,8 @@ class OutputLock:
                 try:
                     os.link(draft, self.path)  # fails when the lock exists: exclusive, and never half-written
                     _HELD[self.path] = 1
+                    self._heartbeat = _Heartbeat(self.path)
+                    self._heartbeat.start()
                     return
                 except FileExistsError:
                     pass
@@ -235,9 +263,11 @@ class OutputLock:
                 if not self._stale(holder):
                     who = (f"{holder.get('command', 'another command')} (pid {holder.get('pid')} on "
                            f"{holder.get('host')}, since {holder.get('since')})" if holder else "another command")
+                    elsewhere = holder and holder.get("host") != socket.gethostname()
                     raise NnkdError(f"{self.folder} is being written by {who}",
                                     f"wait for it to finish, or choose another folder; if it is no longer running, "
-                                    f"remove {self.path}")
+                                    f"remove {self.path}" + (f" (it is taken over by itself once untouched for "
+                                                             f"{STALE_AFTER_SECONDS // 60} min)" if elsewhere else ""))
                 aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
                 try:
                     os.rename(self.path, aside)
@@ -251,8 +281,10 @@ class OutputLock:
                         pass
                 aside.unlink(missing_ok=True)
                 if holder:
+                    why = "no longer running" if holder.get("host") == socket.gethostname() else \
+                        f"on {holder.get('host')}, untouched for more than {STALE_AFTER_SECONDS // 60} min"
                     print(f"nnkd: note: took over the stale lock of {holder.get('command')} (pid {holder.get('pid')}, "
-                          "no longer running)")
+                          f"{why})")
             raise NnkdError(f"could not lock {self.folder}", f"retry; if it persists, remove {self.path}")
         except BaseException:
             draft.unlink(missing_ok=True)
@@ -275,6 +307,9 @@ class OutputLock:
             _HELD[self.path] = depth - 1
             return
         _HELD.pop(self.path, None)
+        heartbeat = getattr(self, "_heartbeat", None)
+        if heartbeat is not None:
+            heartbeat.stopped.set()
         holder = self._holder()
         if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
             self.path.unlink(missing_ok=True)

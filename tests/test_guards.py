@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -162,11 +163,39 @@ def test_a_second_holder_is_refused_naming_the_first_and_a_stale_lock_is_taken_o
     assert not taken.path.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_a_lock_on_another_host_is_never_taken_over(tmp_path):
+def test_a_lock_on_another_host_is_taken_over_only_once_its_heartbeat_stopped(tmp_path, capsys):
+    """Another host's pid cannot be checked: its lock is live while touched (every HEARTBEAT_SECONDS by the
+    holder), stale once untouched for STALE_AFTER_SECONDS."""
+    from nnkd import outputs
+
     lock = OutputLock(tmp_path / "out", "nnkd_distill")
     lock.path.write_text(json.dumps({"pid": 1, "host": "elsewhere", "command": "nnkd_distill", "since": "now"}))
-    with pytest.raises(NnkdError, match="on elsewhere"):
-        OutputLock(tmp_path / "out", "nnkd_distill").acquire()
+    with pytest.raises(NnkdError, match="on elsewhere") as refused:
+        OutputLock(tmp_path / "out", "nnkd_export").acquire()
+    assert "taken over by itself once untouched for 10 min" in str(refused.value)
+    old = time.time() - outputs.STALE_AFTER_SECONDS - 5
+    os.utime(lock.path, (old, old))
+    with OutputLock(tmp_path / "out", "nnkd_export") as taken:
+        assert json.loads(taken.path.read_text())["host"] == socket.gethostname()
+    assert "took over the stale lock of nnkd_distill (pid 1, on elsewhere, untouched for more than 10 min)" in \
+        capsys.readouterr().out
+    assert not lock.path.exists()
+
+
+def test_a_held_lock_is_touched_until_it_is_released(tmp_path, monkeypatch):
+    from nnkd import outputs
+
+    monkeypatch.setattr(outputs, "HEARTBEAT_SECONDS", 0.02)
+    lock = OutputLock(tmp_path / "out", "nnkd_distill")
+    with lock:
+        old = time.time() - 3600
+        os.utime(lock.path, (old, old))
+        deadline = time.time() + 10
+        while lock.path.stat().st_mtime < old + 60 and time.time() < deadline:
+            time.sleep(0.02)
+        assert lock.path.stat().st_mtime > old + 60  # touched again by the heartbeat
+    lock._heartbeat.join(timeout=5)
+    assert not lock._heartbeat.is_alive() and not lock.path.exists()
 
 
 # ------------------------------------------------------------------------------------------------- permissions
