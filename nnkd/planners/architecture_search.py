@@ -16,6 +16,7 @@ broken by GFLOPs then width, so the result is deterministic.
 """
 
 import copy
+import json
 from dataclasses import dataclass
 
 from nnkd.errors import NnkdError
@@ -54,6 +55,9 @@ def _capped(depths, k: int) -> tuple[int, ...]:
     return tuple(min(d, k) for d in depths)
 
 
+_COUNTS: dict[tuple, tuple[dict[tuple, int], dict[tuple, float]]] = {}  # see StudentSearch.__init__
+
+
 class StudentSearch:
     """Finds the student for one configuration; counts each candidate on the network nnU-Net builds."""
 
@@ -71,8 +75,11 @@ class StudentSearch:
         self.teacher_widths = tuple(kwargs["features_per_stage"])
         self.teacher_encoder_depth = tuple(kwargs[self.encoder_key])
         self.teacher_decoder_depth = tuple(kwargs[DECODER_DEPTH_KEY])
-        self._params: dict[tuple, int] = {}
-        self._gflops: dict[tuple, float] = {}
+        # counts by (widths, encoder depths, decoder depths), shared by every search of this teacher, input and patch
+        # in the process: a latency plan or several budgets search the same candidates again
+        teacher_key = (json.dumps(teacher_architecture, sort_keys=True, default=str), input_channels, num_classes,
+                       self.patch_size)
+        self._params, self._gflops = _COUNTS.setdefault(teacher_key, ({}, {}))
 
     def teacher_cost(self) -> NetworkCost:
         return measure(self.teacher, self.input_channels, self.num_classes, self.patch_size)
