@@ -363,6 +363,9 @@ NUMBERS = {  # (command, arguments; "{t}" the teacher spec, "{tmp}" a fresh fold
     "plan-max-params-above-teacher": ("nnkd_plan_and_preprocess", ["-d", str(PLANNED_ID), "-c", "3d_fullres",
                                                                    "--max-params", "100000000000000000000", "--no_pp"],
                                       "the student would be the teacher"),
+    "plan-max-params-above-teacher-default-configurations": (
+        "nnkd_plan_and_preprocess", ["-d", str(PLANNED_ID), "--max-params", "100000000000000000000", "--no_pp"],
+        "the student would be the teacher"),
     "distill-max-gflops-above-teacher": ("nnkd_distill", ["-d", str(PLANNED_ID), "--teacher", "{t}", "-o",
                                                           "{tmp}/out", "--max-gflops", "1e9"],
                                          "the student would be the teacher"),

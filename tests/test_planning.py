@@ -132,6 +132,26 @@ def test_absolute_budgets_and_the_chosen_student_is_the_widest_that_fits(planned
         assert search._fits(wider, max_params, max_gflops) is None
 
 
+def test_absolute_limits_that_would_not_shrink_the_teacher_are_refused_by_the_planner(planned):
+    # the planner's own check, which also covers a dataset whose teacher plans the same command has just made
+    teacher = {c.name: c.teacher for c in nnKDStudentPlanner(planned["preprocessed"], Budget(preset="tiny")).plan()[1]}
+    at_teacher = Budget(max_params=teacher["3d_fullres"].params)
+    with pytest.raises(NnkdError, match="the student would be the teacher"):
+        nnKDStudentPlanner(planned["preprocessed"], at_teacher).plan(required=["3d_fullres"])
+    # a limit the teacher exceeds in one of the two is a real budget
+    below = Budget(max_params=10**20, max_gflops=teacher["3d_fullres"].gflops / 4)
+    _, configurations = nnKDStudentPlanner(planned["preprocessed"], below).plan(required=["3d_fullres"])
+    assert configurations[0].student.cost.gflops <= teacher["3d_fullres"].gflops / 4
+    # a configuration nobody asked for is left out with a note rather than planned as the teacher
+    small, large = sorted(("2d", "3d_fullres"), key=lambda name: teacher[name].params)
+    assert teacher[small].params < teacher[large].params
+    between = Budget(max_params=(teacher[small].params + teacher[large].params) // 2)
+    _, configurations = nnKDStudentPlanner(planned["preprocessed"], between).plan(required=[large])
+    assert [c.name for c in configurations] == [large]
+    with pytest.raises(NnkdError, match=f"configuration {small}: .*the student would be the teacher"):
+        nnKDStudentPlanner(planned["preprocessed"], between).plan(required=[small])
+
+
 def test_resenc_teacher_plans_give_a_resenc_student(planned):
     env = planned["env"]
     run_cli("nnkd_plan_and_preprocess", "-d", PLANNED_ID, "-c", "3d_fullres", "--budget", "small",

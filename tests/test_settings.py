@@ -62,6 +62,10 @@ def test_every_default_passes_and_every_rule_names_a_hyperparameter(cls):
     ("multiteacher", {"teacher_weights": "1,2,3"}, 2, "teacher_weights has 3 value(s) for 2 teacher(s)"),
     ("multiteacher", {"balance": "greedy"}, 2, "balance 'greedy' is unknown"),
     ("multiteacher", {"standardization_batches": "0"}, 2, "standardization_batches 0 must be at least 1"),
+    # finiteness is part of the one check, so the trainer refuses it too when started without nnkd's launchers
+    ("logit", {"kd_weight": "inf"}, 1, "kd_weight=inf is not a finite number"),
+    ("multiteacher", {"teacher_weights": "1,nan"}, 2, "teacher_weights=(1, nan) is not a finite number"),
+    ("cka", {"cka_weights": "1,-inf,1,1"}, 1, "is not a finite number"),
 ])
 def test_a_value_outside_the_rules_is_refused(method, given, teachers, fragment):
     cls = METHODS[method]

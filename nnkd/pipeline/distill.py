@@ -147,7 +147,6 @@ def checked_teachers(spec: str, folds: list[str], dataset_json: dict, needs_logi
 def check_training_request(request: DistillRequest, cls, cached: bool) -> None:
     """What nnkd_train checks before writing (the request, --hp names, types, rules and finiteness, --seed,
     --run-name), here before the student is planned and the teacher cached, which can take hours."""
-    from nnkd.run.common import check_finite_settings
     from nnkd.run.train import TrainRequest, check_request, requested_run_name
 
     base = TrainRequest(dataset=request.dataset, configuration=request.configuration, fold="0", method=request.method,
@@ -155,7 +154,6 @@ def check_training_request(request: DistillRequest, cls, cached: bool) -> None:
                         seed=request.seed, run_name=request.run_name)
     check_request(base, cls)
     given = cls.coerce_settings(request.hyperparameters)
-    check_finite_settings(given)
     cls.check_settings(cls.default_settings() | given, 1)
     requested_run_name(base, cls, given)
 
@@ -187,25 +185,24 @@ def teacher_plan_cost(dataset_name: str, teacher_plans: str, configuration: str,
 
 
 def check_budget_shrinks(dataset_name: str, budget: Budget, teacher_plans: str, configurations) -> None:
-    """Absolute limits (--max-params, --max-gflops) at or above the teacher's size in a configuration would plan
-    the teacher itself as the student (1.00×): refused where the teacher plans exist already (nnkd_distill and
-    nnkd_plan_and_preprocess -c), before anything is planned."""
-    if budget.preset or budget.max_latency_ms is not None or not configurations:
+    """The planner's refusal of absolute limits that would not shrink the teacher (Budget.shrink_problem), made
+    early where the teacher plans exist already (nnkd_distill and nnkd_plan_and_preprocess, before the
+    fingerprint, the planning or the teacher's cache); `configurations` None: every configuration planned."""
+    if budget.preset or budget.max_latency_ms is not None:
         return
+    if configurations is None:
+        folder = require_env("nnUNet_preprocessed")["nnUNet_preprocessed"] / dataset_name
+        try:
+            available = json.loads((folder / f"{teacher_plans}.json").read_text())["configurations"]
+        except (OSError, ValueError, KeyError):
+            return  # no teacher plans yet: the planner refuses after planning them
+        from nnkd.planners.plan_and_preprocess import resolve_configurations
+        configurations = resolve_configurations(None, list(available))
     for name in configurations:
         facts = teacher_plan_cost(dataset_name, teacher_plans, name)
-        if facts is None:
-            continue
-        teacher = facts[0]
-        limits = {"--max-params": (budget.max_params, teacher.params, "parameters"),
-                  "--max-gflops": (budget.max_gflops, teacher.gflops, "GFLOPs per patch")}
-        given = {flag: v for flag, v in limits.items() if v[0] is not None}
-        if given and all(limit >= size for limit, size, _ in given.values()):
-            shown = ", ".join(f"{flag} {limit:g} ≥ the teacher's {size:g} {unit}"
-                              for flag, (limit, size, unit) in given.items())
-            raise NnkdError(f"{shown} ({teacher_plans} {name}): the student would be the teacher",
-                            f"give a limit below the teacher's (e.g. --max-params {teacher.params // 16}) or a preset "
-                            "(--budget tiny)")
+        problem = None if facts is None else budget.shrink_problem(facts[0])
+        if problem is not None:
+            raise NnkdError(f"{problem.problem} ({teacher_plans} {name})", problem.remedy)
 
 
 # ------------------------------------------------------------------ the steps

@@ -123,6 +123,23 @@ class Budget:
         return (float(self.max_params) if self.max_params is not None else float("inf"),
                 float(self.max_gflops) if self.max_gflops is not None else float("inf"))
 
+    def shrink_problem(self, teacher: "NetworkCost") -> NnkdError | None:
+        """Absolute limits (--max-params, --max-gflops) at or above the teacher's size would plan the teacher
+        itself as the student (1.00×): the refusal, or None where the budget shrinks it (presets and 1/N always
+        do; a latency budget is judged by measurement)."""
+        if self.preset or self.max_latency_ms is not None:
+            return None
+        given = {flag: v for flag, v in {"--max-params": (self.max_params, teacher.params, "parameters"),
+                                         "--max-gflops": (self.max_gflops, teacher.gflops, "GFLOPs per patch")}.items()
+                 if v[0] is not None}
+        if not given or any(limit < size for limit, size, _ in given.values()):
+            return None
+        shown = ", ".join(f"{flag} {limit:g} ≥ the teacher's {size:g} {unit}"
+                          for flag, (limit, size, unit) in given.items())
+        return NnkdError(f"{shown}: the student would be the teacher",
+                         f"give a limit below the teacher's (e.g. --max-params {teacher.params // 16}) or a preset "
+                         "(--budget tiny)")
+
     def to_json(self) -> dict:
         return {"name": self.name, "preset": self.preset, "fraction_of_teacher": preset_fraction(self.preset),
                 "max_params": self.max_params, "max_gflops": self.max_gflops, "max_latency_ms": self.max_latency_ms,

@@ -97,6 +97,9 @@ class nnKDStudentPlanner:
             param_limit, gflop_limit = self.budget.limits(teacher)
             latency = None
             try:
+                problem = self.budget.shrink_problem(teacher)
+                if problem is not None:
+                    raise problem
                 if self.budget.max_latency_ms is not None:
                     student, latency = self._fit_latency(search, param_limit, gflop_limit)
                 else:

@@ -49,18 +49,6 @@ def check_seed(seed: int | None) -> None:
         raise NnkdError(f"--seed {seed} is outside 0…{SEED_MAX}", f"give a seed from 0 to {SEED_MAX}")
 
 
-def check_finite_settings(settings: dict) -> None:
-    """Every number among hyper-parameter values (coerced, by name) is finite: `--hp kd_weight=inf` or `=nan`
-    would train on a NaN loss from the first step."""
-    import math
-
-    for name, value in settings.items():
-        items = value if isinstance(value, (tuple, list)) else [value]
-        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
-            raise NnkdError(f"hyper-parameter {name}={value} is not a finite number",
-                            f"give a finite value, e.g. --hp {name}=1")
-
-
 def check_resume(started: dict, given: dict, what: str = "run", exact: bool = False, remedy: str | None = None) -> None:
     """The one resume check: an option given again on `--c` must have the value the run was started with.
     `given` maps option names to values (None or empty: not given); a flag (bool) only needs to match.

@@ -12,7 +12,7 @@ from nnkd.outputs import OutputLock
 from nnkd.planners.student_planner import resolve_student_plans
 from nnkd.plans import DEFAULT_TEACHER_PLANS
 from nnkd.plans import PreprocessedConfiguration
-from nnkd.run.common import (CHECKPOINTS, ScheduledRequest, check_finite_settings, check_resume, check_seed,
+from nnkd.run.common import (CHECKPOINTS, ScheduledRequest, check_resume, check_seed,
                              checked_teacher_record, fold_folder,
                              require_checkpoint, run_nnunet_training, use_nnkd_trainers, validation_dice)
 from nnkd.records import software_versions
@@ -266,7 +266,6 @@ def _resolved(request: TrainRequest):
     cls = resolve_trainer_class(request.method, request.trainer)
     check_request(request, cls)
     given = cls.coerce_settings(request.hyperparameters)
-    check_finite_settings(given)
     return paths["nnUNet_results"], fold, plans, config, cls, given
 
 

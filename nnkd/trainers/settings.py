@@ -2,6 +2,7 @@
 them, coerced from `--hp` text and checked in one place before a run writes anything (as peft's typed configs
 are validated when they are built)."""
 
+import math
 from dataclasses import dataclass
 
 from nnkd.errors import NnkdError
@@ -53,7 +54,13 @@ def collect_rules(cls) -> dict[str, Rule]:
 
 
 def check_settings(cls, settings: dict, teachers: int, stage_count: int | None = None) -> None:
-    """Every declared rule of the class on `settings` (all hyper-parameters, by name)."""
+    """Every number among the values finite (`--hp kd_weight=inf` or `=nan` would train on a NaN loss from the
+    first step), then every declared rule of the class on `settings` (all hyper-parameters, by name)."""
+    for name, value in settings.items():
+        items = value if isinstance(value, (tuple, list)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise NnkdError(f"hyper-parameter {name}={value} is not a finite number",
+                            f"give a finite value, e.g. --hp {name}=1")
     for name, rule in collect_rules(cls).items():
         if name in cls.hyperparameters:
             rule.check(name, settings.get(name), teachers, stage_count, settings)
