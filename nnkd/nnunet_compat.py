@@ -39,6 +39,37 @@ def sample_foreground_locations(seg: np.ndarray, keys: list) -> dict:
     return DefaultPreprocessor._sample_foreground_locations(seg, keys)
 
 
+def training_loader(trainer, dataset, batch_size: int, oversample_foreground_percent: float):
+    """nnU-Net's training pipeline of `trainer` (its patch size, augmentation with the trainer's own transform
+    overrides, deep-supervision targets, worker processes) over another dataset with another batch size: the
+    training half of nnUNetTrainer.get_dataloaders, which reads the trainer's private
+    `_get_deep_supervision_scales`."""
+    from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+    from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+    labels = trainer.label_manager
+    patch_size = trainer.configuration_manager.patch_size
+    rotation, dummy_2d, initial_patch_size, mirror_axes = \
+        trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    transforms = trainer.get_training_transforms(
+        patch_size, rotation, trainer._get_deep_supervision_scales(), mirror_axes, dummy_2d,
+        use_mask_for_norm=trainer.configuration_manager.use_mask_for_norm, is_cascaded=trainer.is_cascaded,
+        foreground_labels=labels.foreground_labels,
+        regions=labels.foreground_regions if labels.has_regions else None, ignore_label=labels.ignore_label)
+    loader = nnUNetDataLoader(dataset, batch_size, initial_patch_size, patch_size, labels,
+                              oversample_foreground_percent=oversample_foreground_percent,
+                              sampling_probabilities=None, pad_sides=None, transforms=transforms,
+                              probabilistic_oversampling=trainer.probabilistic_oversampling)
+    processes = get_allowed_n_proc_DA()
+    if processes == 0:
+        return SingleThreadedAugmenter(loader, None)
+    return NonDetMultiThreadedAugmenter(data_loader=loader, transform=None, num_processes=processes,
+                                        num_cached=max(6, processes // 2), seeds=None,
+                                        pin_memory=trainer.device.type == "cuda", wait_time=0.002)
+
+
 def finish_loader(loader) -> None:
     """Stop a batchgenerators augmenter's worker processes (its private `_finish`); plain loaders have none."""
     if hasattr(loader, "_finish"):

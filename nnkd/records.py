@@ -12,8 +12,11 @@ class JsonRecord:
     """A dataclass kept as JSON in a fold folder: written atomically, read back when a run resumes."""
     FILE: str
 
+    def to_json(self) -> dict:
+        return asdict(self)
+
     def save(self, fold_folder: Path) -> None:
-        write_json_atomic(Path(fold_folder) / self.FILE, asdict(self))
+        write_json_atomic(Path(fold_folder) / self.FILE, self.to_json())
 
     @classmethod
     def from_json(cls, data: dict):

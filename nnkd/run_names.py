@@ -11,6 +11,8 @@ set, --hp, --seed); a run with none of these (the no-KD baseline, unseeded) keep
 import hashlib
 from pathlib import Path
 
+from nnkd.teacher_spec import TeacherSpec
+
 RUN_SEPARATOR = "@"
 RUN_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._=,+-")
 MAX_RUN_NAME = 100
@@ -56,14 +58,9 @@ def _value(value) -> str:
 def _teacher_part(specs: list[str]) -> str:
     """Family names and a hash of the specs, the teacher's path resolved (a relative and an absolute path to one
     teacher are one teacher)."""
-    canonical = []
-    for spec in specs:
-        family, sep, rest = spec.partition(":")
-        path, q, query = rest.partition("?")
-        if sep and path and "?" not in family:
-            path = str(Path(path).expanduser().resolve())
-        canonical.append(f"{family}{sep}{path}{q}{query}")
-    families = "+".join(dict.fromkeys(spec.partition(":")[0].partition("?")[0] for spec in specs))
+    parsed = [TeacherSpec.parse(spec) for spec in specs]
+    canonical = [spec.canonical() for spec in parsed]
+    families = "+".join(dict.fromkeys(spec.family for spec in parsed))
     return f"{families}{short_hash(*canonical)}"
 
 

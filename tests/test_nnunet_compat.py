@@ -66,3 +66,17 @@ def test_uncompiled_unwraps_torch_compile():
     module = torch.nn.Linear(2, 2)
     assert nnunet_compat.uncompiled(module) is module
     assert nnunet_compat.uncompiled(torch.compile(module)) is module
+
+
+def test_the_transfer_loader_builds_what_nnunets_get_dataloaders_builds():
+    """training_loader repeats the training half of nnUNetTrainer.get_dataloaders for TS-KD's transfer set: every
+    call it makes must still be in nnU-Net's method, so a change of nnU-Net's pipeline fails here, not silently."""
+    assert callable(getattr(nnUNetTrainer, "_get_deep_supervision_scales", None))
+    theirs = inspect.getsource(nnUNetTrainer.get_dataloaders)
+    ours = inspect.getsource(nnunet_compat.training_loader)
+    for call in ("_get_deep_supervision_scales()", "configure_rotation_dummyDA_mirroring_and_inital_patch_size()",
+                 "get_training_transforms(", "nnUNetDataLoader(", "get_allowed_n_proc_DA()",
+                 "SingleThreadedAugmenter(", "NonDetMultiThreadedAugmenter(", "probabilistic_oversampling",
+                 "use_mask_for_norm", "foreground_regions", "ignore_label", "num_cached=max(6,"):
+        assert call in theirs, f"nnUNetTrainer.get_dataloaders no longer has {call}"
+        assert call in ours, call

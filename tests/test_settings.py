@@ -109,6 +109,31 @@ def test_a_run_record_from_a_newer_nnkd_says_so_and_a_damaged_one_is_corrupt(tmp
     assert TuningConfig.load(tmp_path).seed == 4
 
 
+def test_teacher_entries_are_typed_and_round_trip_as_the_json_they_always_were(tmp_path):
+    import json
+
+    from nnkd.trainers.run_config import RunConfig, TeacherEntry
+
+    cached = RunConfig(method="logit", trainer="nnKDTrainer_Logit",
+                       teacher={"spec": "nnunet:/t", "cache": "/c", "sha256": "ab"})  # a dict is read as an entry
+    assert cached.teacher == TeacherEntry("nnunet:/t", sha256="ab", cache="/c") and cached.reads_cache
+    cached.save(tmp_path)
+    assert json.loads((tmp_path / "teacher.json").read_text())["teacher"] == {"spec": "nnunet:/t", "sha256": "ab",
+                                                                             "cache": "/c"}
+    assert RunConfig.load(tmp_path) == cached
+    several = RunConfig(method="multiteacher", trainer="nnKDTrainer_MultiTeacher",
+                        teachers=[TeacherEntry("nnunet:/a"), TeacherEntry("sam:/b.pth", dataset="Dataset1_X")])
+    several.save(tmp_path)
+    loaded = RunConfig.load(tmp_path)
+    assert loaded.teacher_specs == ["nnunet:/a", "sam:/b.pth"] and not loaded.reads_cache
+    assert loaded.teachers[1].dataset == "Dataset1_X"
+    record = json.loads((tmp_path / "teacher.json").read_text())
+    record["teachers"][0]["colour"] = "red"  # an entry with a field nnkd does not know
+    (tmp_path / "teacher.json").write_text(json.dumps(record))
+    with pytest.raises(NnkdError, match="is corrupt"):
+        RunConfig.load(tmp_path)
+
+
 def test_help_and_the_docs_list_every_method_of_the_table():
     """The method table is the one list: nnkd_train --help prints it, docs/training.md's table covers it."""
     import contextlib

@@ -147,11 +147,10 @@ def started_as_asked(run: Run, request, fold_dir: Path) -> bool:
         return False
     schedule = {"num_epochs": request.epochs, "num_iterations_per_epoch": request.iterations,
                 "num_val_iterations_per_epoch": request.val_iterations}
-    entries = record.teacher_entries
     cls = METHODS[run.method]
     wanted = json.loads(json.dumps(cls.default_settings() | cls.coerce_settings(dict(run.hp))))  # as in teacher.json
-    return (record.schedule == schedule and [e["spec"] for e in entries] == run_teachers(run, request)
-            and bool(entries and entries[0].get("cache")) == run.cached
+    return (record.schedule == schedule and record.teacher_specs == run_teachers(run, request)
+            and record.reads_cache == run.cached
             and {k: record.hyperparameters.get(k) for k in wanted} == wanted)
 
 

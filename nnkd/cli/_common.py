@@ -186,11 +186,11 @@ def check_step_size(value: float, flag: str) -> float:
 
 def schedule_of(args: argparse.Namespace) -> dict:
     """The schedule options given, by nnU-Net trainer attribute name; each must be at least 1."""
+    from nnkd.trainers.run_config import SCHEDULE_FLAGS
+
     schedule = {}
-    for key, name, value in (("num_epochs", "--epochs", args.epochs),
-                             ("num_iterations_per_epoch", "--iterations-per-epoch", args.iterations_per_epoch),
-                             ("num_val_iterations_per_epoch", "--val-iterations-per-epoch",
-                              args.val_iterations_per_epoch)):
+    for key, name in SCHEDULE_FLAGS.items():
+        value = getattr(args, name.lstrip("-").replace("-", "_"))
         if value is not None:
             if value < 1:
                 raise NnkdError(f"{name} {value} must be at least 1", f"give a positive {name}")

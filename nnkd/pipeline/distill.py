@@ -20,7 +20,8 @@ from nnkd.outputs import OutputLock, check_output, write_manifest
 from nnkd.planners.budget import Budget
 from nnkd.plans import DEFAULT_TEACHER_PLANS, PreprocessedConfiguration
 from nnkd.records import software_versions
-from nnkd.teachers.registry import TeacherSpec
+from nnkd.run.common import ScheduledRequest
+from nnkd.teacher_spec import TeacherSpec
 from nnkd.run_names import split_run_trainer_name
 
 RECORD = "distill.json"  # in OUT: what nnkd_distill made there and the table it printed
@@ -28,7 +29,7 @@ COMMAND = "nnkd_distill"
 
 
 @dataclass
-class DistillRequest:
+class DistillRequest(ScheduledRequest):
     dataset: str
     teacher: str
     output: Path
@@ -40,9 +41,6 @@ class DistillRequest:
     online: bool = False  # run the teacher in every step instead of caching its predictions once
     hyperparameters: dict = field(default_factory=dict)
     seed: int | None = None
-    num_epochs: int | None = None
-    num_iterations_per_epoch: int | None = None
-    num_val_iterations_per_epoch: int | None = None
     device: str | None = None
     step_size: float = 0.5
     run_name: str | None = None
@@ -235,9 +233,7 @@ def train_fold(request: DistillRequest, dataset_name: str, plans: str, fold: str
     base = TrainRequest(dataset=dataset_name, configuration=request.configuration, fold=fold, method=request.method,
                         plans=plans, teachers=(request.teacher,), teacher_cache=cached,
                         hyperparameters=dict(request.hyperparameters), seed=request.seed,
-                        num_epochs=request.num_epochs, num_iterations_per_epoch=request.num_iterations_per_epoch,
-                        num_val_iterations_per_epoch=request.num_val_iterations_per_epoch, device=request.device,
-                        run_name=request.run_name)
+                        **request.schedule, device=request.device, run_name=request.run_name)
     folder = new_run_folder(base)
     if (folder / "checkpoint_final.pth").is_file():
         check_reusable(folder, request, fold, cached)
@@ -350,25 +346,20 @@ def format_search(record: dict) -> str:
     return "\n".join(lines)
 
 
-SCHEDULE_FLAGS = {"num_epochs": "--epochs", "num_iterations_per_epoch": "--iterations-per-epoch",
-                  "num_val_iterations_per_epoch": "--val-iterations-per-epoch"}
-
-
 def check_reusable(folder: Path, request: DistillRequest, fold: str, cached: bool) -> None:
     """A fold trained before is reused only when its teacher.json records what this request asks: method,
     teacher (cached or online), hyper-parameters, seed and schedule (run.common.check_resume, exactly)."""
     from nnkd.run.common import check_resume
     from nnkd.trainers.methods import METHODS
-    from nnkd.trainers.run_config import RunConfig
+    from nnkd.trainers.run_config import SCHEDULE_FLAGS, RunConfig
 
     recorded = RunConfig.load(folder)
     if recorded is None:
         raise NnkdError(f"fold {fold}'s run {folder} has a final checkpoint but no teacher.json",
                         f"remove {folder} to retrain it, or give --run-name NAME for a new run")
     cls = METHODS[request.method]
-    teachers = [e["spec"] for e in recorded.teacher_entries]
-    started = {"--method": recorded.method, "--teacher": teachers,
-               "--online": bool(teachers) and not (recorded.teacher or {}).get("cache"),
+    teachers = recorded.teacher_specs
+    started = {"--method": recorded.method, "--teacher": teachers, "--online": bool(teachers) and not recorded.reads_cache,
                "--hp": recorded.hyperparameters, "--seed": recorded.seed,
                **{flag: recorded.schedule.get(key) for key, flag in SCHEDULE_FLAGS.items()}}
     wanted = {"--method": request.method, "--teacher": [request.teacher] if cls.needs_teacher else [],

@@ -38,7 +38,8 @@ from nnkd.inference.inputs import collect_cases
 from nnkd.nnunet_env import find_dataset_name, require_env
 from nnkd.outputs import OutputLock
 from nnkd.teachers.nnunet import DEFAULTS as NNUNET_OPTIONS
-from nnkd.teachers.registry import TeacherSpec, create_teacher, parse_options
+from nnkd.teacher_spec import TeacherSpec
+from nnkd.teachers.registry import create_teacher, parse_options
 
 MANIFEST = "nnkd_pseudo_labels.json"
 PARTIAL = "nnkd_pseudo_labels.partial.json"  # the request an unfinished run was labelling for

@@ -2,6 +2,7 @@
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from nnkd.errors import NnkdError
@@ -12,8 +13,13 @@ from nnkd.trainers.run_config import SCHEDULE_KEYS
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
 
 
+@dataclass(kw_only=True)
 class ScheduledRequest:
-    """Base of a launcher's request dataclass with nnU-Net's schedule fields (SCHEDULE_KEYS)."""
+    """Base of every launcher's request dataclass (nnkd_train, nnkd_train_lorkd, nnkd_distill): nnU-Net's schedule
+    fields (SCHEDULE_KEYS), declared once, keyword-only; None keeps the trainer's own value."""
+    num_epochs: int | None = None
+    num_iterations_per_epoch: int | None = None
+    num_val_iterations_per_epoch: int | None = None
 
     @property
     def schedule(self) -> dict:
@@ -88,14 +94,16 @@ def _shown(value) -> str:
     return str(value)
 
 
-def checked_teacher_record(spec: str, config, fold, needs_logits: bool, user: str) -> dict:
+def checked_teacher_record(spec: str, config, fold, needs_logits: bool, user: str, dataset: str | None = None):
     """Load the teacher once on the CPU and check it fits the preprocessed configuration `config`
     (nnkd.plans.PreprocessedConfiguration), before anything is written for the run; the teacher.json entry."""
     from nnkd.teachers.registry import create_teacher
 
     teacher = create_teacher(spec, fold=fold, device="cpu")
     check_teacher_fits(teacher, config.plans_manager, config.configuration, config.dataset_json, needs_logits, user)
-    return {"spec": spec, "checkpoint": teacher.checkpoint_path, "sha256": teacher.checkpoint_sha256}
+    from nnkd.trainers.run_config import TeacherEntry
+
+    return TeacherEntry(spec, teacher.checkpoint_path, teacher.checkpoint_sha256, dataset=dataset)
 
 
 def run_nnunet_training(dataset_name: str, configuration: str, fold, trainer: str, plans: str, **kwargs) -> None:

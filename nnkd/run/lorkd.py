@@ -32,9 +32,6 @@ class LoRKDRequest(ScheduledRequest):
     teachers: tuple[tuple[str, str], ...] = ()  # (dataset ID or name, teacher spec) per --teacher
     rank: int | None = None  # None: DEFAULT_RANK, or the recorded value with --c
     alpha: float | None = None
-    num_epochs: int | None = None
-    num_iterations_per_epoch: int | None = None
-    num_val_iterations_per_epoch: int | None = None
     device: str | None = None
     continue_training: bool = False
     npz: bool = False
@@ -87,7 +84,7 @@ def resume(request: LoRKDRequest, folder: Path, names: list[str], teachers: dict
     if existing.method != LORKD_METHOD:
         raise NnkdError(f"{folder} holds a {existing.method} run, not LoRKD", "start a new run without --c")
     check_resume({"-d": recorded.datasets, "--rank": recorded.rank, "--alpha": recorded.alpha,
-                  "--teacher": {e["dataset"]: e["spec"] for e in existing.teachers or []}},
+                  "--teacher": {e.dataset: e.spec for e in existing.teachers or []}},
                  {"-d": names, "--rank": request.rank, "--alpha": request.alpha, "--teacher": teachers})
     existing.schedule.update(request.schedule)
     existing.save(folder)
@@ -96,8 +93,8 @@ def resume(request: LoRKDRequest, folder: Path, names: list[str], teachers: dict
 def start(request: LoRKDRequest, folder: Path, configs: list[PreprocessedConfiguration], teachers: dict[str, str],
           fold) -> None:
     """tasks.json and teacher.json of a new run, each teacher loaded once on the CPU and checked."""
-    records = [{"dataset": c.dataset_name, **checked_teacher_record(teachers[c.dataset_name], c, fold, True,
-                                                                    f"method {LORKD_METHOD}")}
+    records = [checked_teacher_record(teachers[c.dataset_name], c, fold, True, f"method {LORKD_METHOD}",
+                                      dataset=c.dataset_name)
                for c in configs if c.dataset_name in teachers]
     record = LoRKDTasks(
         tasks=[LoRKDTask(c.dataset_name, dict(c.dataset_json["labels"]), teachers.get(c.dataset_name)) for c in configs],

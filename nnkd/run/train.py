@@ -18,7 +18,7 @@ from nnkd.run.common import (CHECKPOINTS, ScheduledRequest, check_resume, check_
 from nnkd.records import software_versions
 from nnkd.run_names import (derived_run_name, run_name_problem, run_trainer_name, split_run_trainer_name,
                             trainer_run_folders)
-from nnkd.trainers.run_config import RunConfig
+from nnkd.trainers.run_config import RunConfig, TeacherEntry
 
 
 @dataclass
@@ -39,9 +39,6 @@ class TrainRequest(ScheduledRequest):
     synthetic: str | None = None  # a transfer-set folder (nnkd_synthesize)
     hyperparameters: dict = field(default_factory=dict)
     seed: int | None = None
-    num_epochs: int | None = None
-    num_iterations_per_epoch: int | None = None
-    num_val_iterations_per_epoch: int | None = None
     device: str | None = None
     continue_training: bool = False
     validation_only: bool = False
@@ -100,8 +97,8 @@ def cached_teacher_record(spec: str, cls, config: PreprocessedConfiguration, fol
     if cache.manifest["labels"] != labels:
         raise NnkdError(f"the teacher cache in {cache.folder} holds labels {cache.manifest['labels']}, the dataset "
                         f"has {labels}", "cache a teacher of this dataset's labels")
-    return {"spec": spec, "cache": str(cache.folder), "checkpoint": cache.manifest.get("checkpoint"),
-            "sha256": cache.manifest.get("teacher_sha256")}
+    return TeacherEntry(spec, cache.manifest.get("checkpoint"), cache.manifest.get("teacher_sha256"),
+                        cache=str(cache.folder))
 
 
 def _cache_of(spec: str, config: PreprocessedConfiguration, fold, variant: str | None) -> Path:
@@ -176,10 +173,10 @@ def resumed_record(request: TrainRequest, cls, folder: Path, existing: RunConfig
     """teacher.json of the run being resumed (or validated), checked against what the request gives again."""
     require_checkpoint(folder, request.continue_training)
     existing = existing or RunConfig(method=cls.method, trainer=cls.__name__)
-    recorded = [e["spec"] for e in existing.teacher_entries]
+    recorded = existing.teacher_specs
     check_resume({"teacher": recorded, "--seed": existing.seed, "--labeled": existing.labeled,
                   "--unlabeled/--synthetic": bool(existing.transfer),
-                  "--teacher-cache": not recorded or bool((existing.teacher or {}).get("cache"))},
+                  "--teacher-cache": not recorded or existing.reads_cache},
                  {"teacher": list(request.teachers) if recorded else None, "--seed": request.seed,
                   "--labeled": request.labeled, "--unlabeled/--synthetic": bool(request.unlabeled or request.synthetic),
                   "--teacher-cache": request.teacher_cache})

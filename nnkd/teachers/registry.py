@@ -16,14 +16,14 @@ is a TeacherRegistryWarning and the first registration stays.
 
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import import_module
 from importlib.metadata import entry_points
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import parse_qsl
 
 from nnkd.errors import NnkdError
+from nnkd.teacher_spec import TeacherSpec
 from nnkd.teachers.base import Teacher
 
 ENTRY_POINT_GROUP = "nnkd.teachers"
@@ -52,31 +52,6 @@ class TeacherFamily:
 
 _FAMILIES: dict[str, TeacherFamily] = {}
 _PLUGINS_DONE: set[tuple[str, str]] = set()  # entry points (name, value) registered or skipped
-
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    family: str
-    path: str
-    options: dict[str, str] = field(default_factory=dict)
-    text: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> "TeacherSpec":
-        family, sep, rest = text.partition(":")
-        if "?" in family:  # a bare family with options, e.g. deepbet?size=128,128,128
-            family, sep, rest = text.partition("?")
-            rest = "?" + rest
-        if not family or (sep and not rest):
-            raise NnkdError(f"teacher spec '{text}' is not of the form family:PATH[?key=value&…]",
-                            f"e.g. nnunet:/path/to/model_folder; families: {', '.join(list_teachers())}")
-        path, _, query = rest.partition("?")
-        try:
-            options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
-        except ValueError as e:
-            raise NnkdError(f"teacher spec '{text}' has malformed options '{query}'",
-                            "write options as ?key=value&key=value") from e
-        return cls(family, path, options, text)
 
 
 def parse_options(family: str, options: dict[str, str], defaults: dict) -> dict:

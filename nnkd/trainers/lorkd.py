@@ -71,9 +71,9 @@ class nnKDTrainer_LoRKD(MultiDatasetTrainer, nnKDTrainer):
     def setup_teachers(self) -> None:
         """Each teacher.json entry names its task's dataset; it must fit that task's plans and labels."""
         for entry in (self.run_config.teachers if self.run_config else None) or []:
-            task = next((t for t in self.training_tasks if t.name == entry.get("dataset")), None)
+            task = next((t for t in self.training_tasks if t.name == entry.dataset), None)
             if task is None:
-                raise NnkdError(f"teacher.json names a teacher for {entry.get('dataset')}, which is not a task of "
+                raise NnkdError(f"teacher.json names a teacher for {entry.dataset}, which is not a task of "
                                 "this run", "start the run again with nnkd_train_lorkd")
             teacher = self.build_teacher(entry)
             check_teacher_fits(teacher, task.plans_manager, self.configuration_name, task.dataset_json, True,

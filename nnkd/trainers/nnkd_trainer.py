@@ -34,7 +34,7 @@ from nnkd.teachers.fit import check_teacher_fits
 from nnkd.teachers.registry import create_teacher
 from nnkd.trainers.ddp import average_gradients, broadcast_state
 from nnkd.trainers.labeled import LABELED_FILE, choose_labeled_cases
-from nnkd.trainers.run_config import SCHEDULE_KEYS, RunConfig, seed_everything
+from nnkd.trainers.run_config import SCHEDULE_KEYS, RunConfig, TeacherEntry, seed_everything
 from nnkd.trainers.settings import Rule, check_settings, coerce_hyperparameter
 
 # Stop after this many epochs of the run's schedule and keep checkpoint_latest.pth, so that `--c` continues
@@ -122,7 +122,7 @@ class nnKDTrainer(nnUNetTrainer):
             seed_everything(seed + self.local_rank)
             self.print_to_log_file(f"nnkd: random seed {seed}")
         if not self.was_initialized and self.needs_teacher:
-            if (self.run_config.teacher or {}).get("cache") if self.run_config else False:
+            if self.run_config and self.run_config.reads_cache:
                 self.teacher_cache = self.open_teacher_cache()
             else:
                 self.setup_teachers()
@@ -142,22 +142,22 @@ class nnKDTrainer(nnUNetTrainer):
 
     def setup_teachers(self) -> None:
         """Build the live teacher(s) of the run and check they fit; `teach` runs them."""
-        self.teacher = self.build_teacher((self.run_config.teacher if self.run_config else None) or {})
+        self.teacher = self.build_teacher(self.run_config.teacher if self.run_config else None)
         self.check_teacher(self.teacher)
 
-    def build_teacher(self, teacher_entry: dict) -> Teacher:
+    def build_teacher(self, teacher_entry: TeacherEntry | None) -> Teacher:
         """The teacher of one teacher.json entry, its checkpoint checked against the recorded sha256."""
-        if not teacher_entry.get("spec"):
+        if teacher_entry is None or not teacher_entry.spec:
             raise NnkdError(f"{type(self).__name__} needs a teacher but {self.output_folder}/teacher.json names none",
                             "start the run with nnkd_train --teacher SPEC")
-        teacher = create_teacher(teacher_entry["spec"], fold=self.fold, device=self.device)
-        recorded = teacher_entry.get("sha256")
+        teacher = create_teacher(teacher_entry.spec, fold=self.fold, device=self.device)
+        recorded = teacher_entry.sha256
         if recorded and teacher.checkpoint_sha256 and recorded != teacher.checkpoint_sha256:
             raise NnkdError(f"the teacher checkpoint {teacher.checkpoint_path} changed since this run started "
                             f"(sha256 {teacher.checkpoint_sha256[:12]}… ≠ {recorded[:12]}…)",
                             "restore the original teacher or start a new run without --c")
         if not recorded and self.local_rank == 0:
-            teacher_entry.update(checkpoint=teacher.checkpoint_path, sha256=teacher.checkpoint_sha256)
+            teacher_entry.checkpoint, teacher_entry.sha256 = teacher.checkpoint_path, teacher.checkpoint_sha256
             self.run_config.save(self.output_folder)
         self.print_to_log_file(f"Teacher: {teacher.spec} (checkpoint sha256 {teacher.checkpoint_sha256})")
         stages = ", ".join(f"{c}@{'×'.join(map(str, s))}" for c, s in zip(teacher.feature_channels,
@@ -169,10 +169,10 @@ class nnKDTrainer(nnUNetTrainer):
     def open_teacher_cache(self) -> TeacherCache:
         """The stored teacher probabilities of this fold's training cases, checked; the teacher is never built."""
         entry = self.run_config.teacher
-        cache = TeacherCache(Path(entry["cache"]))
+        cache = TeacherCache(Path(entry.cache))
         training_cases, _ = self.do_split()
-        cache.check(list(training_cases), entry["spec"])
-        self.print_to_log_file(f"Teacher: {entry['spec']} from its cache {cache.folder} "
+        cache.check(list(training_cases), entry.spec)
+        self.print_to_log_file(f"Teacher: {entry.spec} from its cache {cache.folder} "
                                f"(settings {cache.manifest['settings']}); the teacher itself is not loaded")
         return cache
 

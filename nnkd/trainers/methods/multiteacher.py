@@ -12,7 +12,7 @@ from nnkd.distill.multi_teacher import (BALANCE_MODES, STANDARDIZATIONS, Feature
                                         stage_index)
 from nnkd.errors import NnkdError
 from nnkd.teachers.base import TeacherOutput
-from nnkd.teachers.registry import TeacherSpec
+from nnkd.teacher_spec import TeacherSpec
 from nnkd.trainers.nnkd_trainer import KDStep, nnKDTrainer
 from nnkd.trainers.settings import Rule
 

@@ -3,11 +3,10 @@
 from pathlib import Path
 
 import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from nnkd.cache.loading import CachedTeacherDataset
-from nnkd.nnunet_compat import finish_loader
+from nnkd.nnunet_compat import training_loader
 from nnkd.trainers.methods.feature import nnKDTrainer_Feature
 from nnkd.trainers.methods.logit import LogitKD
 from nnkd.trainers.nnkd_trainer import KDStep
@@ -46,7 +45,7 @@ class nnKDTrainer_TSKD(LogitKD, nnKDTrainer_Feature):
     def open_teacher_cache(self):
         """The cache must also hold the training cases `--labeled` left unlabelled: they are the transfer set."""
         cache = super().open_teacher_cache()
-        cache.check(self.unlabeled_training_cases(), self.run_config.teacher["spec"])
+        cache.check(self.unlabeled_training_cases(), self.run_config.teacher.spec)
         return cache
 
     def transfer_sources(self) -> list[Path | tuple[Path, list[str]]]:
@@ -56,35 +55,23 @@ class nnKDTrainer_TSKD(LogitKD, nnKDTrainer_Feature):
         remainder = self.unlabeled_training_cases()
         return sources + ([(Path(self.preprocessed_dataset_folder), remainder)] if remainder else [])
 
-    def get_tr_and_val_datasets(self):
-        if getattr(self, "_loading_transfer", False):
-            dataset = TransferDataset(self.transfer_sources())
-            if self.teacher_cache is not None:  # only the fold's own cases: "0/<case>" is <case> in the cache
-                dataset = CachedTeacherDataset(dataset, self.teacher_cache, lambda i: i.split("/", 1)[1])
-            return dataset, dataset
-        return super().get_tr_and_val_datasets()
-
     def get_dataloaders(self):
-        """nnU-Net's loaders, plus a second training loader over the transfer set built by nnU-Net's own
-        get_dataloaders (same patch size and augmentation) with the transfer batch size and no foreground
-        oversampling (transfer cases have no labels)."""
+        """nnU-Net's loaders, plus a training loader over the transfer set: nnU-Net's training pipeline (same
+        patch size and augmentation) with the transfer batch size and no foreground oversampling (transfer cases
+        have no labels)."""
         labeled, validation = super().get_dataloaders()
         sources = self.transfer_sources()
         if not sources or self.transfer_ratio <= 0:
             return labeled, validation
         count = max(1, round(self.batch_size * self.transfer_ratio))
-        saved = self.batch_size, self.oversample_foreground_percent
-        self.batch_size, self.oversample_foreground_percent, self._loading_transfer = count, 0.0, True
-        try:
-            transfer, transfer_validation = nnUNetTrainer.get_dataloaders(self)
-        finally:
-            (self.batch_size, self.oversample_foreground_percent), self._loading_transfer = saved, False
-        finish_loader(transfer_validation)
+        dataset = TransferDataset(sources)
+        if self.teacher_cache is not None:  # only the fold's own cases: "0/<case>" is <case> in the cache
+            dataset = CachedTeacherDataset(dataset, self.teacher_cache, lambda i: i.split("/", 1)[1])
+        transfer = training_loader(self, dataset, count, oversample_foreground_percent=0.0)
         names = [str(s[0]) + f" (the {len(s[1])} training case(s) --labeled left unlabelled)"
                  if isinstance(s, tuple) else str(s) for s in sources]
-        cases = len(TransferDataset(sources).identifiers)
         self.print_to_log_file(f"tskd: each step {self.batch_size} labelled + {count} transfer sample(s); transfer "
-                               f"set: {cases} case(s) in {', '.join(names)}")
+                               f"set: {len(dataset.identifiers)} case(s) in {', '.join(names)}")
         return MixedBatches(labeled, transfer), validation
 
     def segmentation_loss(self, outputs, target, batch: dict) -> torch.Tensor:
