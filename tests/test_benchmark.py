@@ -56,11 +56,14 @@ def test_quick_benchmark_reports_every_measure_and_resumes(planned, teacher, tmp
     assert {p: p.stat().st_mtime_ns for p in logs} == logs
     assert json.loads((out / "results.json").read_text()) == results
 
+    folders = sorted(p.name for p in (out / "runs").iterdir())
     changed = refuse_in_process("nnkd_benchmark", *[a for a in args if a != "--quick"], "--epochs", 2,
                                 "--iterations-per-epoch", 2, env=planned["env"])
     assert changed.returncode != 0 and "was trained with {'epochs': 1" in changed.stderr
     assert "'epochs': 2" in changed.stderr and "give another -o" in changed.stderr
+    # refused before anything is planned, cached or trained: no run of the new seeds was started
     assert {p: p.stat().st_mtime_ns for p in logs} == logs
+    assert sorted(p.name for p in (out / "runs").iterdir()) == folders
 
     # --int8: every model also quantized (nnkd_export's calibration) and measured in ONNX Runtime int8, with its
     # own Dice; nothing retrained

@@ -119,18 +119,29 @@ def run_settings(run: Run, request) -> dict:
             "val_iterations": request.val_iterations}
 
 
+def check_recorded_settings(run: Run, request, output: Path, teacher_known: bool = True) -> None:
+    """A run a previous benchmark finished in `output` must have been trained with the settings this one asks for,
+    else it would be reported as this one's: one line naming both. `teacher_known` False (the quick smoke run's
+    teacher is named only once it is trained) leaves the teachers to the check before the run is reused."""
+    record_file = output / "runs" / run.name / "run.json"
+    if not record_file.is_file():
+        return
+    recorded, wanted = json.loads(record_file.read_text()).get("settings") or {}, run_settings(run, request)
+    if not teacher_known:
+        recorded, wanted = ({k: v for k, v in d.items() if k != "teachers"} for d in (recorded, wanted))
+    if recorded != wanted:
+        raise NnkdError(f"{output / 'runs' / run.name} was trained with {recorded}, this benchmark asks for {wanted}",
+                        "give another -o, or delete that run's folder to train it again")
+
+
 def is_finished(run: Run, plans: str, request, dataset_name: str, output: Path) -> bool:
-    """The run trained to its end and its record was written (a rerun skips it). A finished run of other
-    settings stops the benchmark: it would be reported as this one's."""
+    """The run trained to its end and its record was written (a rerun skips it); one of other settings stops the
+    benchmark (check_recorded_settings)."""
     results = output / "runs" / run.name
     fold_dir = fold_folder(results, dataset_name, run, plans, request.configuration, request.fold)
-    record_file = results / "run.json"
-    if not ((fold_dir / "validation" / "summary.json").is_file() and record_file.is_file()):
+    if not ((fold_dir / "validation" / "summary.json").is_file() and (results / "run.json").is_file()):
         return False
-    recorded, wanted = json.loads(record_file.read_text()).get("settings"), run_settings(run, request)
-    if recorded != wanted:
-        raise NnkdError(f"{results} was trained with {recorded}, this benchmark asks for {wanted}",
-                        "give another -o, or delete that run's folder to train it again")
+    check_recorded_settings(run, request, output)
     return True
 
 

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from nnkd.atomic import write_json_atomic
 from nnkd.evaluation.measure import evaluate_runtimes, measure_model, teacher_network, validation_images
-from nnkd.benchmark.runs import Run, check, is_finished, parse_method, train
+from nnkd.benchmark.runs import Run, check, check_recorded_settings, is_finished, parse_method, train
 from nnkd.benchmark.stats import derived_ratios, summarize
 from nnkd.devices import cpu_count
 from nnkd.errors import NnkdError
@@ -261,6 +261,10 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
     if request.dataset is None:
         raise NnkdError("no dataset given", "pass -d DATASET_ID (or --quick for the synthetic smoke run)")
     dataset_name = find_dataset_name(request.dataset)
+    # the methods, their settings and every run a previous benchmark finished here, before anything is planned,
+    # cached or trained (a teacher without logits only leaves runs out)
+    for run in _runs(request, teacher_has_logits=True):
+        check_recorded_settings(run, request, output, teacher_known=request.teacher is not None)
 
     steps = tqdm(total=3, desc="benchmark: plan, teacher, runs", unit="step")
     plans = _plan(request, env, output)
