@@ -9,7 +9,7 @@ import nnkd
 PACKAGE = Path(nnkd.__file__).parent
 # Modules every room may import: they import nothing of nnkd beyond each other.
 FOUNDATION = {"errors", "atomic", "outputs", "devices", "nnunet_env", "nnunet_compat", "plans", "records", "method_table",
-              "run_names", "teacher_spec", "metrics", "checkpoints", "folds", "network_runtimes"}
+              "teacher_spec", "run_names", "metrics", "checkpoints", "folds", "network_runtimes"}
 ALLOWED = {
     "teachers": set(),
     "distill": set(),

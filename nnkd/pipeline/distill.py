@@ -359,7 +359,8 @@ def check_reusable(folder: Path, request: DistillRequest, fold: str, cached: boo
                         f"remove {folder} to retrain it, or give --run-name NAME for a new run")
     cls = METHODS[request.method]
     teachers = recorded.teacher_specs
-    started = {"--method": recorded.method, "--teacher": teachers, "--online": bool(teachers) and not recorded.reads_cache,
+    started = {"--method": recorded.method, "--teacher": teachers,
+               "--online": bool(teachers) and not recorded.reads_cache,
                "--hp": recorded.hyperparameters, "--seed": recorded.seed,
                **{flag: recorded.schedule.get(key) for key, flag in SCHEDULE_FLAGS.items()}}
     wanted = {"--method": request.method, "--teacher": [request.teacher] if cls.needs_teacher else [],
