@@ -39,7 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1))
+    """Dice of two brain masks, as nnkd.metrics (nnU-Net's evaluation) counts it."""
+    from nnkd.metrics import dice_per_label
+
+    return dice_per_label(a.astype(np.uint8), b.astype(np.uint8), [1]).get(1, float("nan"))
 
 
 def read_mask(path: Path) -> np.ndarray:
