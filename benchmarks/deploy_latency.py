@@ -201,11 +201,10 @@ def build_model(args, dataset: str, model: str, plans_name: str) -> dict:
 
     from nnkd.inference.onnx_export import export_onnx
     from nnkd.inference.quantize import calibration_patches, quantize_student
-    from nnkd.plans import network_from_plans, num_input_channels
+    from nnkd.plans import PreprocessedConfiguration, network_from_plans, num_input_channels
 
-    folder = Path(os.environ["nnUNet_preprocessed"]) / dataset
-    plans = json.loads((folder / f"{plans_name}.json").read_text())
-    dataset_json = json.loads((folder / "dataset.json").read_text())
+    config = PreprocessedConfiguration.load(dataset, plans_name, CONFIGURATION)
+    plans, dataset_json = config.plans, config.dataset_json
     configuration = plans["configurations"][CONFIGURATION]
     torch.manual_seed(0)
     network = network_from_plans(plans, CONFIGURATION, dataset_json).eval()
@@ -217,7 +216,7 @@ def build_model(args, dataset: str, model: str, plans_name: str) -> dict:
         print(f"{model}: exporting ONNX", flush=True)
         export_onnx(network, channels, configuration["patch_size"], fp32)
     if not int8.is_file():
-        data = folder / configuration["data_identifier"]
+        data = config.data_folder
         cases = sorted(p.stem for p in data.glob("*.pkl"))  # one properties file per preprocessed case
         print(f"{model}: int8 quantization, calibrated on {len(cases)} training case(s)", flush=True)
         quantize_student(fp32, int8, calibration_patches(data, cases, configuration["patch_size"]))
