@@ -268,3 +268,11 @@ def test_a_run_stopped_during_its_final_validation_is_validated_not_retrained(tm
     record = runs.train(runs.Run("tiny", "none", seed=0), "P", request, "Dataset990_Synthetic", {}, tmp_path / "out")
     assert len(commands) == 1 and "--val" in commands[0] and "--c" not in commands[0]
     assert record["dice"] == 0.9
+
+
+def test_a_benchmark_without_a_teacher_is_refused_before_anything_is_written(nnunet_env, tmp_path):
+    """Only --quick trains a teacher of its own; otherwise no -o is made, nothing is planned."""
+    result = refuse_in_process("nnkd_benchmark", "-d", "990", "-o", tmp_path / "out", env=nnunet_env)
+    assert result.returncode != 0 and "no teacher given" in result.stderr
+    assert not (tmp_path / "out").exists()
+    assert not any(Path(nnunet_env["nnUNet_preprocessed"]).iterdir())

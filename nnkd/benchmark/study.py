@@ -231,21 +231,58 @@ def _train_runs(runs: list, plans: dict, request, dataset_name: str, env: dict, 
     return [f.result() for f in futures]
 
 
-def run_benchmark(request: BenchmarkRequest) -> dict:
-    """Plan, train, measure; write results.json, report.md and the plots to request.output."""
-    from nnkd.benchmark.report import write_report
-    from nnkd.devices import resolve_device
-    from nnkd.teachers.registry import create_teacher
-
+def _check_options(request: BenchmarkRequest) -> None:
+    if request.teacher is None and not request.quick:
+        raise NnkdError("no teacher given", "pass --teacher SPEC (nnkd_teachers lists the families)")
     if request.jobs < 1:
         raise NnkdError(f"--jobs {request.jobs}: at least one run has to train at a time", "pass --jobs 1 or more")
-    if request.int8:  # before anything is written
+    if request.int8:
         from nnkd.inference.quantize import require_quantization
 
         if not request.onnx:
             raise NnkdError("--int8 measures an ONNX Runtime int8 model, and --no-onnx turns ONNX off",
                             "drop one of them")
         require_quantization()
+
+
+def _check_finished_runs(request: BenchmarkRequest, output: Path) -> None:
+    """The methods, their settings and every run a previous benchmark finished in `output`, before anything is
+    planned, cached or trained (a teacher without logits only leaves runs out)."""
+    for run in _runs(request, teacher_has_logits=True):
+        check_recorded_settings(run, request, output, teacher_known=request.teacher is not None)
+
+
+def _cache_teacher(runs: list[Run], plans: dict, request: BenchmarkRequest, dataset_name: str, env: dict,
+                   output: Path) -> None:
+    """nnkd_cache_teacher once, when a cached run is still to train (the cache skips what it holds)."""
+    if any(r.cached and not is_finished(r, plans[r.budget], request, dataset_name, output) for r in runs):
+        check(["nnkd_cache_teacher", "-d", dataset_name, "-c", request.configuration, "-f", request.fold,
+               "--teacher", request.teacher, "--device", request.device], env, output / "logs" / "cache.log")
+
+
+def _results(request: BenchmarkRequest, dataset_name: str, dataset_json: dict, cases: list, device, teacher_info: dict,
+             records: list[dict]) -> dict:
+    """results.json: the machine, the schedule, the teacher and every run with its ratios, and the summary."""
+    results = {"machine": f"{platform.processor() or platform.machine()}, {cpu_count()} CPUs, "
+                          f"{torch.get_num_threads()} torch threads, device {device.type}, torch {torch.__version__}",
+               "dataset": dataset_name, "configuration": request.configuration, "fold": request.fold,
+               "labeled": request.labeled, "validation_cases": cases,
+               "schedule": {"epochs": request.epochs, "iterations_per_epoch": request.iterations,
+                            "val_iterations_per_epoch": request.val_iterations},
+               "seeds": request.seeds, "jobs": request.jobs,
+               "labels": {str(v): k for k, v in dataset_json["labels"].items() if k != "background" and k != "ignore"},
+               "teacher": teacher_info, "runs": derived_ratios(records, teacher_info)}
+    results["summary"] = summarize(results["runs"])
+    return results
+
+
+def run_benchmark(request: BenchmarkRequest) -> dict:
+    """Plan, train, measure; write results.json, report.md and the plots to request.output."""
+    from nnkd.benchmark.report import write_report
+    from nnkd.devices import resolve_device
+    from nnkd.teachers.registry import create_teacher
+
+    _check_options(request)  # before anything is written
     paths = require_env("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
     # never nnU-Net's raw or preprocessed data, a trained model, or a folder of another command; a rerun adds to
     # (and resumes from) what it wrote before
@@ -261,17 +298,12 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
     if request.dataset is None:
         raise NnkdError("no dataset given", "pass -d DATASET_ID (or --quick for the synthetic smoke run)")
     dataset_name = find_dataset_name(request.dataset)
-    # the methods, their settings and every run a previous benchmark finished here, before anything is planned,
-    # cached or trained (a teacher without logits only leaves runs out)
-    for run in _runs(request, teacher_has_logits=True):
-        check_recorded_settings(run, request, output, teacher_known=request.teacher is not None)
+    _check_finished_runs(request, output)
 
     steps = tqdm(total=3, desc="benchmark: plan, teacher, runs", unit="step")
     plans = _plan(request, env, output)
     steps.update()
-    if request.teacher is None:
-        if not request.quick:
-            raise NnkdError("no teacher given", "pass --teacher SPEC (nnkd_teachers lists the families)")
+    if request.teacher is None:  # --quick: a briefly trained nnU-Net teacher
         request.teacher = _quick_teacher(request, dataset_name, env, output)
     fold = request.fold if request.fold == "all" else int(request.fold)
     teacher = create_teacher(request.teacher, fold=fold, device=device)
@@ -279,9 +311,7 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
     has_logits = teacher.has_logits and dict(teacher.labels) == dict(dataset_json["labels"])
     runs = _runs(request, has_logits)
-    if any(r.cached and not is_finished(r, plans[r.budget], request, dataset_name, output) for r in runs):
-        check(["nnkd_cache_teacher", "-d", dataset_name, "-c", request.configuration, "-f", request.fold,
-               "--teacher", request.teacher, "--device", request.device], env, output / "logs" / "cache.log")
+    _cache_teacher(runs, plans, request, dataset_name, env, output)
     steps.update()
     records = _train_runs(runs, plans, request, dataset_name, env, output, device)
     steps.update()
@@ -289,9 +319,8 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
 
     cases = split_cases(preprocessed, request.fold, "val")
     images = validation_images(paths["nnUNet_raw"] / dataset_name, cases, dataset_json)
-    models = len(records) + 1
     runtimes = 1 + request.onnx + (request.onnx and request.int8)
-    progress = tqdm(total=models * len(images) * runtimes, desc="validation cases predicted")
+    progress = tqdm(total=(len(records) + 1) * len(images) * runtimes, desc="validation cases predicted")
     teacher_info = _teacher_measurements(teacher, request, dataset_name,
                                          preprocessed / f"{plans[request.budgets[0]]}.json", dataset_json, images,
                                          output, device, progress)
@@ -301,16 +330,7 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
                                         progress)
     progress.close()
 
-    results = {"machine": f"{platform.processor() or platform.machine()}, {cpu_count()} CPUs, "
-                          f"{torch.get_num_threads()} torch threads, device {device.type}, torch {torch.__version__}",
-               "dataset": dataset_name, "configuration": request.configuration, "fold": request.fold,
-               "labeled": request.labeled, "validation_cases": cases,
-               "schedule": {"epochs": request.epochs, "iterations_per_epoch": request.iterations,
-                            "val_iterations_per_epoch": request.val_iterations},
-               "seeds": request.seeds, "jobs": request.jobs,
-               "labels": {str(v): k for k, v in dataset_json["labels"].items() if k != "background" and k != "ignore"},
-               "teacher": teacher_info, "runs": derived_ratios(records, teacher_info)}
-    results["summary"] = summarize(results["runs"])
+    results = _results(request, dataset_name, dataset_json, cases, device, teacher_info, records)
     write_json_atomic(output / "results.json", results)
     write_report(results, output)
     return results

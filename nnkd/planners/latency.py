@@ -131,17 +131,34 @@ def fit_latency(search, param_limit: float, gflop_limit: float, budget, cache: L
     again, and so on. The plan records the fresh measurement."""
     measure = measure or measure_patch_latency
     target = budget.max_latency_ms
-    fits = {}  # every candidate measured within the budget, by architecture
+    fits, tried = {}, []  # every candidate measured within the budget, by architecture; every (GFLOPs, ms)
 
     def timed(student) -> float:
         ms = cache.latency(measure, student.architecture, search.input_channels, search.num_classes,
                            search.patch_size, budget.latency_device, budget.latency_runtime)
+        tried.append((student.cost.gflops, ms))
         if ms <= target:
             fits[json.dumps(student.architecture, sort_keys=True)] = (student, ms)
         return ms
 
+    best = _bisect_gflops(search, param_limit, gflop_limit, target, timed)
+    if best is None:
+        fastest = min(ms for _, ms in tried) if tried else None
+        raise NnkdError(f"no student architecture runs a patch within {target:g} ms on this machine "
+                        f"({budget.latency_device}, {budget.latency_runtime})"
+                        + (f"; the fastest measured takes {fastest:.1f} ms" if fastest is not None else ""),
+                        "raise --max-latency, or plan on the machine (--latency-device) the student will run on")
+    best = _widen(search, best, param_limit, gflop_limit, target, timed)
+    fits.pop(json.dumps(best[0].architecture, sort_keys=True))
+    others = sorted(fits.values(), key=lambda f: (f[0].cost.params, f[0].cost.gflops), reverse=True)
+    student, again, confirmations = _confirm(search, [best, *others], budget, measure)
+    return student, again, tried, confirmations
+
+
+def _bisect_gflops(search, param_limit: float, gflop_limit: float, target: float, timed: Callable):
+    """(student, ms) of the largest student within `target` ms found by bisecting the GFLOPs limit, or None."""
     hi = min(gflop_limit, search.teacher_cost().gflops)
-    lo, best, tried = 0.0, None, []
+    lo, best = 0.0, None
     limit = hi
     for _ in range(BISECTION_STEPS):
         try:
@@ -150,7 +167,6 @@ def fit_latency(search, param_limit: float, gflop_limit: float, budget, cache: L
             lo = limit
         else:
             ms = timed(student)
-            tried.append((student.cost.gflops, ms))
             if ms <= target:
                 if best is None or student.cost.gflops > best[0].cost.gflops:
                     best = (student, ms)
@@ -162,7 +178,13 @@ def fit_latency(search, param_limit: float, gflop_limit: float, budget, cache: L
         if hi <= lo * 1.02:
             break
         limit = (lo + hi) / 2 if lo else hi / 4
-    while best is not None:  # finer steps: the winner made wider, keeping its first k stages, for every k
+    return best
+
+
+def _widen(search, best: tuple, param_limit: float, gflop_limit: float, target: float, timed: Callable) -> tuple:
+    """Finer steps: the winner made wider, keeping its first k stages, for every k, until no family of the plan has a
+    wider member within `target` ms; (student, ms)."""
+    while True:
         improved = False
         for kept in range(len(search.teacher_widths) - 1):
             wider = search.widened(best[0], param_limit, gflop_limit, kept)
@@ -170,7 +192,6 @@ def fit_latency(search, param_limit: float, gflop_limit: float, budget, cache: L
             while lo <= hi:  # latency grows with width along one such family
                 mid = (lo + hi) // 2
                 ms = timed(wider[mid])
-                tried.append((wider[mid].cost.gflops, ms))
                 if ms <= target:
                     lo = mid + 1
                     if (wider[mid].cost.params, wider[mid].cost.gflops) > (best[0].cost.params, best[0].cost.gflops):
@@ -178,23 +199,20 @@ def fit_latency(search, param_limit: float, gflop_limit: float, budget, cache: L
                 else:
                     hi = mid - 1
         if not improved:
-            break  # no family of the plan has a wider member within the budget
-    if best is None:
-        fastest = min(ms for _, ms in tried) if tried else None
-        raise NnkdError(f"no student architecture runs a patch within {target:g} ms on this machine "
-                        f"({budget.latency_device}, {budget.latency_runtime})"
-                        + (f"; the fastest measured takes {fastest:.1f} ms" if fastest is not None else ""),
-                        "raise --max-latency, or plan on the machine (--latency-device) the student will run on")
-    confirmations = []
-    fits.pop(json.dumps(best[0].architecture, sort_keys=True))
-    others = sorted(fits.values(), key=lambda f: (f[0].cost.params, f[0].cost.gflops), reverse=True)
-    for student, ms in [best, *others]:
+            return best
+
+
+def _confirm(search, candidates: list[tuple], budget, measure: Callable) -> tuple:
+    """The first of `candidates` ((student, search ms), largest first) that a fresh measurement keeps within the
+    budget: (student, ms, confirmations); none: one clear error."""
+    target, confirmations = budget.max_latency_ms, []
+    for student, ms in candidates:
         again = round(measure(student.architecture, search.input_channels, search.num_classes, search.patch_size,
                               budget.latency_device, budget.latency_runtime), 4)
         confirmations.append({"params": student.cost.params, "gflops": round(student.cost.gflops, 3),
                               "search_ms": ms, "again_ms": again})
         if again <= target:
-            return student, again, tried, confirmations
+            return student, again, confirmations
     raise NnkdError(f"no student architecture runs a patch within {target:g} ms on this machine "
                     f"({budget.latency_device}, {budget.latency_runtime}) when measured again: "
                     f"{len(confirmations)} candidate(s) that fitted once took "
