@@ -25,7 +25,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 # The committed result folders the table reads (docs/benchmarks/<folder>/results.json), all current in
 # docs/benchmarks/INDEX.md.
 SOURCES = {
-    "frontier": "frontier_multiorgan2d_12000_seed0",
+    "frontier": "frontier_multiorgan2d_12000",
     "all_labels": "synthetic_all_labels",
     "labeled4": "synthetic_labeled4",
     "colin27": "colin27_label_free",
