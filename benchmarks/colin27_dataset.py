@@ -1,7 +1,7 @@
 """A real-data brain-extraction dataset: warped variations of the Colin27 T1 and its brain mask.
 
     python benchmarks/colin27_dataset.py -d 995 [--cases 20] [--test-cases 4] [--seed 0]
-                                         [--deb PATH] [--cache DIR] [--overwrite] [--check-teacher]
+                                         [--deb PATH] [--cache DIR] [--overwrite]
 
 Data. The single real volume comes from Debian's `mricron-data` package (fetched with
 `apt-get download mricron-data`, or given with --deb, and unpacked with `dpkg -x`, or by reading the
@@ -37,13 +37,10 @@ into place at the end; an existing dataset is replaced only with --overwrite.
 
 About 2 s per case on 2 CPU cores (24 cases: ~1 min, ~35 MB).
 
---check-teacher then runs the pretrained `deepbet` teacher through nnkd on three cases (z-scored as
-nnU-Net's ZScoreNormalization would) and prints its Dice against the label for several axis orders of
-the input and sizes (`deepbet`, `?size=128,128,128`, `?size=192,192,192`), which tells how deepbet must
-be fed. Measured with seed 0 (mean of the 3 test cases): deepbet wants the voxel axes in RAS (x, y, z)
-order, i.e. the SimpleITK array transposed (2, 1, 0) here, and a whole head at ~1 mm or finer: size 192³
-gives 0.939 (deepbet's own pipeline on the same files: 0.938), the (z, y, x) array 0.891, LPS 0.913;
-128³ gives 0.85–0.86 in every layout and the native ~1.6 mm grid only 0.59–0.64.
+How deepbet must be fed was measured once with seed 0 (the retired `--check-teacher`, `git show
+636c26a:benchmarks/colin27_dataset.py`): voxel axes in RAS order (the SimpleITK array transposed (2, 1, 0))
+and a whole head at ~1 mm: size 192³ gives 0.939 against BET (deepbet's own pipeline 0.938), the (z, y, x)
+array 0.891, LPS 0.913; 128³ gives 0.85–0.86 and the native ~1.6 mm grid 0.59–0.64.
 """
 
 import argparse
@@ -88,8 +85,6 @@ SCANNER_SCALE = (400.0, 2500.0)
 BIAS = (0.2, 0.3)
 BIAS_CONTROL = 4
 NOISE = (0.01, 0.04)
-CHECK_SPECS = ("deepbet", "deepbet?size=128,128,128", "deepbet?size=192,192,192")
-CHECK_LAYOUTS = ("zyx", "xyz", "ras", "lps")
 AXIS_NAMES = ("axial", "coronal", "sagittal")  # thick array axis 0, 1, 2 (z=S, y=A, x=R voxel axes)
 
 
@@ -396,67 +391,6 @@ def write_dataset(args, src: Colin27, raw_root: Path, record: dict) -> Path:
     return target
 
 
-# --------------------------------------------------------------------------------------- teacher check
-
-def orient(array: np.ndarray, variant: str, direction: np.ndarray) -> np.ndarray:
-    """The SimpleITK (z, y, x) array laid out as `variant`: zyx (as nnU-Net reads it), xyz (axes reversed),
-    ras / lps (x y z voxel axes reordered and flipped to point to R, A, S or L, P, S, from the header)."""
-    if variant == "zyx":
-        return array
-    xyz = array.transpose(2, 1, 0)
-    if variant == "xyz":
-        return xyz
-    target = {"ras": np.array([-1, -1, 1]), "lps": np.array([1, 1, 1])}[variant]  # in ITK's LPS frame
-    world_axis = np.abs(direction).argmax(0)  # which LPS axis each voxel axis x y z runs along
-    sign = np.sign(direction[world_axis, np.arange(3)])
-    order = np.argsort(world_axis)  # voxel axis that runs along L-R, P-A, S-I
-    out = xyz.transpose(order)
-    flips = [a for a in range(3) if sign[order[a]] != target[a]]
-    return np.flip(out, flips) if flips else out
-
-
-def check_teacher(target: Path, n: int = 3) -> None:
-    import torch
-
-    from nnkd.teachers.registry import create_teacher
-
-    cases = sorted((target / "imagesTs").glob("*_0000.nii.gz"))[:n]
-    cases += sorted((target / "imagesTr").glob("*_0000.nii.gz"))[:n - len(cases)]
-    teachers = {spec: create_teacher(spec) for spec in CHECK_SPECS}
-    print(f"deepbet Dice vs label on {len(cases)} cases (each image z-scored like nnU-Net's ZScoreNormalization, "
-          "laid out as zyx = SimpleITK/nnU-Net array, xyz = axes reversed, ras / lps = reoriented by the header):")
-    results = {}
-    for path in cases:
-        image = sitk.ReadImage(str(path))
-        labels_dir = path.parent.parent / path.parent.name.replace("images", "labels")
-        label = sitk.GetArrayFromImage(sitk.ReadImage(str(labels_dir / path.name.replace("_0000", "")))) > 0
-        array = sitk.GetArrayFromImage(image).astype(np.float32)
-        array = (array - array.mean()) / max(float(array.std()), 1e-8)
-        direction = np.array(image.GetDirection()).reshape(3, 3)
-        seen = {}
-        for variant in CHECK_LAYOUTS:
-            x = np.ascontiguousarray(orient(array, variant, direction))
-            same = next((v for v, other in seen.items() if other.shape == x.shape and np.array_equal(other, x)), None)
-            if same is not None:
-                print(f"  {path.name[:-12]:<20} {variant:<4} is the same array as {same}")
-                for spec in teachers:
-                    results.setdefault((variant, spec), []).append(results[(same, spec)][-1])
-                continue
-            seen[variant] = x
-            y = np.ascontiguousarray(orient(label, variant, direction))
-            for spec, teacher in teachers.items():
-                started = time.time()
-                with torch.no_grad():
-                    pred = teacher(torch.from_numpy(x)[None, None]).logits.argmax(1)[0].numpy() > 0
-                dice = 2 * (pred & y).sum() / max(int(pred.sum() + y.sum()), 1)
-                results.setdefault((variant, spec), []).append(dice)
-                print(f"  {path.name[:-12]:<20} {variant:<4} {spec:<26} Dice {dice:.4f} "
-                      f"(input {'×'.join(map(str, x.shape))}, {time.time() - started:.1f} s)", flush=True)
-    print("mean Dice per input layout and teacher option:")
-    for (variant, spec), dices in results.items():
-        print(f"  {variant:<4} {spec:<26} {np.mean(dices):.4f}")
-
-
 # -------------------------------------------------------------------------------------------------- main
 
 def main() -> None:
@@ -471,8 +405,6 @@ def main() -> None:
     parser.add_argument("--cache", type=Path,
                         help=f"where the two source files are kept (default $nnUNet_raw/../nnkd_sources/{PACKAGE})")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that ID and name")
-    parser.add_argument("--check-teacher", action="store_true",
-                        help="afterwards, print deepbet's Dice on three cases for several input layouts")
     args = parser.parse_args()
     try:
         if not 0 < args.dataset_id < 1000:
@@ -493,8 +425,6 @@ def main() -> None:
         shapes = np.array([c["shape_zyx"] for c in cases.values()])
         print(f"wrote {target} in {time.time() - started:.0f} s: {args.cases} training + {args.test_cases} test "
               f"cases, shapes (z y x) from {shapes.min(0).tolist()} to {shapes.max(0).tolist()}")
-        if args.check_teacher:
-            check_teacher(target)
     except NnkdError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

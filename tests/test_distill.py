@@ -232,7 +232,7 @@ def test_combined_kd_loss_is_the_sum_of_its_parts():
 
 def test_balanced_kl_makes_false_organ_cheap_and_the_plain_kl_term_restores_its_cost():
     """Why class-balanced KD students over-segment the organ (3D screen: organ FP 173-581 voxels per case against
-    the teacher's 33, most on the organ's unlabelled look-alike neighbour, benchmarks/false_positives.py): their
+    the teacher's 33, most on the organ's unlabelled look-alike neighbour, docs/benchmarks/false_organ_3d): their
     background voxels weigh n_organ / n_background of an organ voxel, so false organ outside costs a fraction of
     missing the same voxels inside. Adding the plain KL narrows that; kl_balanced_fp removes it."""
     teacher = torch.full((1, 2, 32, 32, 32), -6.0)
