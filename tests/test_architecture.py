@@ -139,3 +139,24 @@ def test_nnunet_finds_every_method_trainer_and_named_runs_in_nnkds_trainer_folde
     assert issubclass(recursive_find_python_class(EXT_TRAINER_FOLDER, "nnKDTrainer_Logit@my-run",
                                                   "nnkd.trainers.nnunet_ext"),
                       recursive_find_python_class(EXT_TRAINER_FOLDER, "nnKDTrainer_Logit", "nnkd.trainers.nnunet_ext"))
+
+
+MAX_FUNCTION_LINES = 60  # issue 45: a function that does not fit a screen is split where its steps part
+
+
+def long_functions(root: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    found.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_no_function_in_nnkd_is_longer_than_a_screen(tmp_path):
+    assert long_functions(PACKAGE) == []
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
+    assert long_functions(tmp_path / "pkg") == ["pkg/m.py:1 f (61 lines)"]

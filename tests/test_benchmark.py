@@ -66,12 +66,15 @@ def test_quick_benchmark_reports_every_measure_and_resumes(planned, teacher, tmp
     assert sorted(p.name for p in (out / "runs").iterdir()) == folders
 
     # --int8: every model also quantized (nnkd_export's calibration) and measured in ONNX Runtime int8, with its
-    # own Dice; nothing retrained
+    # own Dice; nothing retrained, and the runtimes measured before are kept, not timed again
+    before = results
     run_cli("nnkd_benchmark", *args, "--int8", env=planned["env"])
     assert {p: p.stat().st_mtime_ns for p in logs} == logs
     results = json.loads((out / "results.json").read_text())
-    for model in [results["teacher"], *results["runs"]]:
+    for model, earlier in zip([results["teacher"], *results["runs"]], [before["teacher"], *before["runs"]]):
         assert model["seconds_per_case_int8"] > 0 and 0 <= model["dice_int8"] <= 1
+        for runtime in ("torch", "onnx"):
+            assert model[f"seconds_per_case_{runtime}"] == earlier[f"seconds_per_case_{runtime}"]
         assert 0 <= model["dice_onnx"] <= 1 and set(model["dice_per_class_int8"]) == {"1", "2", "3"}
         assert abs(model["dice_onnx"] - model["dice"]) < 0.02  # the same network in ONNX Runtime fp32
     assert all(r["speedup_int8"] > 0 for r in results["runs"])
@@ -263,8 +266,8 @@ def test_a_run_stopped_during_its_final_validation_is_validated_not_retrained(tm
     monkeypatch.setattr(runs, "check", fake_check)
     monkeypatch.setattr(runs, "seconds_per_iteration", lambda *a: 0.1)
     monkeypatch.setattr(runs, "learning_curve", lambda *a: {})
-    request = SimpleNamespace(epochs=2, iterations=2, labeled=None, teacher=None, extra_teachers=[], seed=0,
-                              val_iterations=1, configuration="3d_fullres", fold=0, device="cpu")
+    request = SimpleNamespace(num_epochs=2, num_iterations_per_epoch=2, labeled=None, teacher=None, extra_teachers=[],
+                              seed=0, num_val_iterations_per_epoch=1, configuration="3d_fullres", fold=0, device="cpu")
     record = runs.train(runs.Run("tiny", "none", seed=0), "P", request, "Dataset990_Synthetic", {}, tmp_path / "out")
     assert len(commands) == 1 and "--val" in commands[0] and "--c" not in commands[0]
     assert record["dice"] == 0.9
@@ -276,3 +279,29 @@ def test_a_benchmark_without_a_teacher_is_refused_before_anything_is_written(nnu
     assert result.returncode != 0 and "no teacher given" in result.stderr
     assert not (tmp_path / "out").exists()
     assert not any(Path(nnunet_env["nnUNet_preprocessed"]).iterdir())
+
+
+def test_a_rerun_measures_only_the_runtimes_it_has_not_measured_and_a_new_model_everything(tmp_path):
+    from nnkd.benchmark.study import _measured
+
+    calls = []
+
+    def measure(runtimes):
+        calls.append(runtimes)
+        return {f"seconds_per_case_{r}": 1.0 + len(calls) for r in runtimes}
+
+    def evaluate(new):
+        return {f"dice{'' if r == 'torch' else '_' + r}": 0.5 for r in ("torch", "onnx", "int8")
+                if f"seconds_per_case_{r}" in new}
+
+    done = tmp_path / "measure.json"
+    first = _measured(done, {"sha": "a"}, ("torch", "onnx"), measure, evaluate)
+    assert calls == [("torch", "onnx")] and first["seconds_per_case_int8"] is None and first["dice_onnx"] == 0.5
+    assert _measured(done, {"sha": "a"}, ("torch", "onnx"), measure, evaluate) == first and len(calls) == 1
+    more = _measured(done, {"sha": "a"}, ("torch", "onnx", "int8"), measure, evaluate)  # --int8 added
+    assert calls[-1] == ("int8",) and more["seconds_per_case_int8"] == 3.0 and more["dice_int8"] == 0.5
+    assert more["seconds_per_case_torch"] == first["seconds_per_case_torch"]
+    fewer = _measured(done, {"sha": "a"}, ("torch",), measure, evaluate)  # --no-onnx: reported as asked
+    assert len(calls) == 2 and fewer["seconds_per_case_onnx"] is None and "dice_onnx" not in fewer
+    retrained = _measured(done, {"sha": "b"}, ("torch",), measure, evaluate)  # another checkpoint: all again
+    assert calls[-1] == ("torch",) and retrained["seconds_per_case_torch"] == 4.0

@@ -39,12 +39,13 @@ def test_the_smallest_candidate_within_d_is_chosen_and_the_larger_ones_are_not_t
     assert status == {"frac256": "dropped", "frac64": "outside", "frac16": "within", "frac4": "not needed"}
     assert [e.budget for e in result.entries] == ["frac256", "frac64", "frac16", "frac4"]  # smallest first
     assert (4, EPOCHS) not in calls and (16, EPOCHS) in calls  # the largest never trained to the end
+    assert [e for n, e in calls if n == 4] == [2]  # nor past the first rung: a smaller one answered first
     dropped = next(e for e in result.entries if e.status == "dropped")
     assert dropped.epochs_trained == 8 and "points behind" in dropped.reason  # on course at 1/8, not at 1/2
     record = result.to_json()
     assert record["chosen"] == "frac16" and len(record["candidates"]) == 4
-    # cost: frac256 and frac4 8 epochs (to the second rung), frac64 and frac16 all 16, × their seconds
-    expected = ITERATIONS * (8 / 256 + 16 / 64 + 16 / 16 + 8 / 4)
+    # cost: frac256 8 epochs (to the second rung), frac64 and frac16 all 16, frac4 2 (the first), × their seconds
+    expected = ITERATIONS * (8 / 256 + 16 / 64 + 16 / 16 + 2 / 4)
     assert result.search_seconds == pytest.approx(expected)
     assert result.cost_vs_chosen() == pytest.approx(expected / (ITERATIONS * 16 / 16))
 
@@ -55,6 +56,7 @@ def test_no_candidate_within_d_names_the_best_and_its_loss():
     result = run_search(_candidates(final), train, teacher_dice=0.90, max_dice_loss=1.0, epochs=EPOCHS,
                         iterations_per_epoch=ITERATIONS, teacher_ema=TEACHER_EMA)
     assert result.chosen is None and {e.status for e in result.entries} == {"outside"}
+    assert [e.epochs_trained for e in result.entries] == [EPOCHS, EPOCHS]  # each finished, smallest first
     error = no_candidate_error(result)
     assert "the best, frac4, reached 0.8700 (3.00 points below)" in str(error)
     assert "--max-dice-loss 3.0" in error.remedy
@@ -91,3 +93,21 @@ def test_ladders_step_by_halves_from_a_quarter_to_1_256_of_the_teacher():
         ladder("dice", teacher_params=10)
     with pytest.raises(NnkdError, match="latency"):
         ladder("latency")
+
+
+def test_only_the_first_rung_is_side_by_side_later_rungs_go_one_candidate_at_a_time():
+    """Candidates train past the first rung one at a time from the smallest; a larger one is trained on only when
+    every smaller one was dropped or ended outside D, and the largest left always finishes (the best found)."""
+    final = {4: 0.896, 16: 0.80, 64: 0.60}
+    train, calls = _stub(final, TEACHER_EMA)
+    result = run_search(_candidates(final), train, teacher_dice=0.90, max_dice_loss=1.0, epochs=EPOCHS,
+                        iterations_per_epoch=ITERATIONS, teacher_ema=TEACHER_EMA)
+    assert calls[:3] == [(64, 2), (16, 2), (4, 2)]  # the first rung: all of them
+    assert calls[3:] == [(64, 8), (16, 8), (4, 8), (4, EPOCHS)]  # frac64 and frac16 dropped at the second rung
+    assert result.chosen == "frac4"
+    worse = {4: 0.70, 16: 0.60}  # the largest is behind the teacher's curve too: it still finishes
+    train, calls = _stub(worse, TEACHER_EMA)
+    result = run_search(_candidates(worse), train, teacher_dice=0.90, max_dice_loss=1.0, epochs=EPOCHS,
+                        iterations_per_epoch=ITERATIONS, teacher_ema=TEACHER_EMA)
+    assert result.chosen is None and (4, EPOCHS) in calls
+    assert "the best, frac4, reached 0.7000" in str(no_candidate_error(result))

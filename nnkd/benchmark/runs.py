@@ -14,6 +14,7 @@ from nnkd.errors import NnkdError
 from nnkd.method_table import METHOD_TRAINERS
 from nnkd.records import software_versions
 from nnkd.run_names import trainer_run_folders
+from nnkd.trainers.run_config import SCHEDULE_FLAGS
 
 BIN = Path(sys.executable).parent
 
@@ -114,9 +115,9 @@ def learning_curve(fold_dir: Path, iterations: int) -> dict:
 
 def run_settings(run: Run, request) -> dict:
     """What a run's result depends on beyond its folder (budget, method, fold, configuration)."""
-    return {"epochs": request.epochs, "iterations": request.iterations, "labeled": request.labeled,
+    return {"epochs": request.num_epochs, "iterations": request.num_iterations_per_epoch, "labeled": request.labeled,
             "teachers": run_teachers(run, request), "seed": run.seed, "hyperparameters": dict(run.hp),
-            "val_iterations": request.val_iterations}
+            "val_iterations": request.num_val_iterations_per_epoch}
 
 
 def check_recorded_settings(run: Run, request, output: Path, teacher_known: bool = True) -> None:
@@ -156,11 +157,9 @@ def started_as_asked(run: Run, request, fold_dir: Path) -> bool:
     record = RunConfig.load(fold_dir)
     if record is None or record.method != run.method or record.seed != run.seed or record.labeled != request.labeled:
         return False
-    schedule = {"num_epochs": request.epochs, "num_iterations_per_epoch": request.iterations,
-                "num_val_iterations_per_epoch": request.val_iterations}
     cls = METHODS[run.method]
     wanted = json.loads(json.dumps(cls.default_settings() | cls.coerce_settings(dict(run.hp))))  # as in teacher.json
-    return (record.schedule == schedule and record.teacher_specs == run_teachers(run, request)
+    return (record.schedule == request.schedule and record.teacher_specs == run_teachers(run, request)
             and record.reads_cache == run.cached
             and {k: record.hyperparameters.get(k) for k in wanted} == wanted)
 
@@ -199,9 +198,9 @@ def train(run: Run, plans: str, request, dataset_name: str, env: dict, output: P
             resume = ["--val"]  # trained to its end, stopped during its final validation: validate only
         log = results / ("train_resumed.log" if resume else "train.log")
         peak = check(["nnkd_train", dataset_name, request.configuration, request.fold, "-p", plans, "--method",
-                      run.method, *teacher_args, *labeled, *hp, "--seed", run.seed, "--epochs", request.epochs,
-                      "--iterations-per-epoch", request.iterations, "--val-iterations-per-epoch",
-                      request.val_iterations, *(["--device", request.device] if request.device else []), *resume],
+                      run.method, *teacher_args, *labeled, *hp, "--seed", run.seed,
+                      *[x for key, flag in SCHEDULE_FLAGS.items() for x in (flag, getattr(request, key))],
+                      *(["--device", request.device] if request.device else []), *resume],
                      {**env, "nnUNet_results": str(results)}, log)
     fold_dir = fold_folder(results, dataset_name, run, plans, request.configuration, request.fold)  # named now
     validation = json.loads((fold_dir / "validation" / "summary.json").read_text())
@@ -210,11 +209,11 @@ def train(run: Run, plans: str, request, dataset_name: str, env: dict, output: P
               "variant": run.variant, "cached": run.cached, "seed": run.seed, "plans": plans,
               "teachers": len(teachers), "settings": run_settings(run, request), "versions": software_versions(),
               "fold_folder": str(fold_dir),
-              "seconds_per_iteration": seconds_per_iteration(fold_dir, request.iterations),
+              "seconds_per_iteration": seconds_per_iteration(fold_dir, request.num_iterations_per_epoch),
               "peak_memory_mb": round(peak, 1) if peak is not None else None,
               "dice": validation["foreground_mean"]["Dice"],
               "dice_per_class": {k: v["Dice"] for k, v in validation["mean"].items()},
-              "learning_curve": learning_curve(fold_dir, request.iterations)}
+              "learning_curve": learning_curve(fold_dir, request.num_iterations_per_epoch)}
 
     write_json_atomic(record_file, record)
     return record

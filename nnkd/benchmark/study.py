@@ -4,14 +4,15 @@ measure the teacher and each student the same way on the fold's validation cases
 import json
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from nnkd.atomic import write_json_atomic
-from nnkd.evaluation.measure import evaluate_runtimes, measure_model, teacher_network, validation_images
+from nnkd.evaluation.measure import (evaluate_runtimes, measure_model, measured_runtimes, only_runtimes,
+                                     teacher_network, validation_images)
 from nnkd.benchmark.runs import Run, check, check_recorded_settings, is_finished, parse_method, train
 from nnkd.benchmark.stats import derived_ratios, summarize
 from nnkd.devices import cpu_count
@@ -22,13 +23,14 @@ from nnkd.method_table import METHOD_TRAINERS
 from nnkd.nnunet_env import find_dataset_name, require_env
 from nnkd.planners.student_planner import STUDENT_KEY
 from nnkd.plans import PreprocessedConfiguration
+from nnkd.run.common import ScheduledRequest
 
 QUICK_DATASET = 999
 COMMAND = "nnkd_benchmark"
 
 
 @dataclass
-class BenchmarkRequest:
+class BenchmarkRequest(ScheduledRequest):
     output: Path
     dataset: str | None = None
     configuration: str = "3d_fullres"
@@ -38,9 +40,11 @@ class BenchmarkRequest:
     budgets: tuple[str, ...] = ("tiny", "small")
     fold: str = "0"
     labeled: int | None = None
-    epochs: int = 100
-    iterations: int = 250
-    val_iterations: int = 1  # nnU-Net's validation iterations per epoch: the learning curves' pseudo Dice
+    # the schedule of every run (ScheduledRequest's fields, with the benchmark's defaults); one validation
+    # iteration per epoch: the learning curves' pseudo Dice
+    num_epochs: int = field(default=100, kw_only=True)
+    num_iterations_per_epoch: int = field(default=250, kw_only=True)
+    num_val_iterations_per_epoch: int = field(default=1, kw_only=True)
     seeds: int = 3  # every run is repeated with seeds 0 … seeds−1
     device: str | None = None  # default: cuda if available, else cpu
     cached: bool = True
@@ -55,7 +59,7 @@ class BenchmarkRequest:
 def _quick_setup(request: BenchmarkRequest, env: dict, output: Path) -> None:
     """A minutes-long smoke run: a small synthetic dataset, a briefly trained nnU-Net teacher, 2 iterations."""
     request.dataset = request.dataset or str(QUICK_DATASET)
-    request.epochs, request.iterations = 1, 2
+    request.num_epochs, request.num_iterations_per_epoch = 1, 2
     request.seeds = request.seeds or 1
     if not any(Path(env["nnUNet_raw"]).glob(f"Dataset{int(request.dataset):03d}_*")):
         check(["nnkd_make_synthetic", "-d", request.dataset, "--cases", 8, "--shape", 32, 32, 32], env,
@@ -133,6 +137,28 @@ def _calibration(request, dataset_name: str, plans: dict, configuration: str) ->
     return calibration_patches(data_folder, train, network_patch_size(plans, configuration))
 
 
+def _runtimes(request, native: bool = True) -> tuple[str, ...]:
+    """The runtimes a model is measured in: torch, and ONNX Runtime fp32 / int8 as asked (an nnU-Net network
+    only: a wrapped teacher runs in torch alone)."""
+    return ("torch", *(("onnx",) if request.onnx and native else ()),
+            *(("int8",) if request.onnx and request.int8 and native else ()))
+
+
+def _measured(done: Path, key: dict, runtimes: tuple, measure, evaluate) -> dict:
+    """A model's measurements in `runtimes`, kept in `done` with `key` (what was measured): a rerun with the same
+    key measures only the runtimes not measured before (adding --int8 times int8 alone; each ratio compares
+    runtimes measured in one run), with another key everything again. `measure(runtimes)` times and writes the
+    predictions, `evaluate(measured)` scores them."""
+    previous = json.loads(done.read_text()) if done.is_file() else {}
+    record = previous.get("result", {}) if previous.get("key") == key else {}
+    missing = tuple(r for r in runtimes if r not in measured_runtimes(record))
+    if missing:
+        new = measure(missing)
+        record = record | new | evaluate(new)
+        write_json_atomic(done, {"key": key, "result": record})
+    return only_runtimes(record, runtimes)
+
+
 def _teacher_measurements(teacher, request, dataset_name, plans_file, dataset_json, images, output, device,
                           progress) -> dict:
     """The teacher measured like a student when it predicts this dataset's labels; its size otherwise."""
@@ -148,47 +174,43 @@ def _teacher_measurements(teacher, request, dataset_name, plans_file, dataset_js
     if not teacher.has_logits or dict(teacher.labels) != dict(dataset_json["labels"]):
         return info
     folder = output / "predictions" / "teacher"
-    done = folder / "measure.json"
-    key = {"spec": request.teacher, "checkpoint_sha256": teacher.checkpoint_sha256, "onnx": request.onnx,
-           "int8": request.int8, "configuration": request.configuration, "cases": [case for case, *_ in images]}
-    if done.is_file():  # a rerun: the same teacher on the same cases was measured before
-        measured = json.loads(done.read_text())
-        if measured.get("key") == key:
-            return info | measured["result"]
+    key = {"spec": request.teacher, "checkpoint_sha256": teacher.checkpoint_sha256,
+           "configuration": request.configuration, "cases": [case for case, *_ in images]}
     raw = Path(os.environ["nnUNet_raw"]) / dataset_name
     run = teacher_network([teacher], json.loads(plans_file.read_text()), request.configuration)
-    native = run.native  # an nnU-Net network: also in ONNX Runtime (and int8); a wrapped teacher in torch only
-    result = measure_model(run.network, run.weights[0], run.plans, run.configuration, dataset_json, images, folder,
-                           device, request.onnx and native, progress,
-                           _calibration(request, dataset_name, run.plans, run.configuration) if native else None)
-    result |= evaluate_runtimes(result, folder, raw, dataset_json, run.plans)
-    write_json_atomic(done, {"key": key, "result": result})
-    return info | result
+
+    def measure(runtimes):
+        calibration = _calibration(request, dataset_name, run.plans, run.configuration) if "int8" in runtimes else None
+        return measure_model(run.network, run.weights[0], run.plans, run.configuration, dataset_json, images, folder,
+                             device, runtimes, progress, calibration)
+
+    return info | _measured(folder / "measure.json", key, _runtimes(request, run.native), measure,
+                            lambda new: evaluate_runtimes(new, folder, raw, dataset_json, run.plans))
 
 
 def _student_measurements(record: dict, request, dataset_name, dataset_json, images, output, device,
                           progress) -> dict:
+    from nnkd.checkpoints import load_checkpoint, sha256_of
     from nnkd.plans import network_from_plans
-    from nnkd.checkpoints import load_checkpoint
 
     folder = output / "predictions" / record["run"]
-    done = folder / "measure.json"
-    if done.is_file():
-        measured = json.loads(done.read_text())
-        if measured.get("int8", False) == request.int8:  # measured before with the same runtimes
-            return measured
     fold_dir = Path(record["fold_folder"])
     plans = json.loads((fold_dir.parent / "plans.json").read_text())
-    network = network_from_plans(plans, request.configuration, dataset_json)
-    weights = load_checkpoint(fold_dir / "checkpoint_final.pth")["network_weights"]
-    result = measure_model(network, weights, plans, request.configuration, dataset_json, images, folder, device,
-                           request.onnx, progress, _calibration(request, dataset_name, plans, request.configuration))
-    result |= evaluate_runtimes(result, folder, Path(os.environ["nnUNet_raw"]) / dataset_name, dataset_json, plans)
-    result["int8"] = request.int8
+    raw = Path(os.environ["nnUNet_raw"]) / dataset_name
+    key = {"checkpoint_sha256": sha256_of(fold_dir / "checkpoint_final.pth"), "configuration": request.configuration,
+           "cases": [case for case, *_ in images]}
+
+    def measure(runtimes):
+        network = network_from_plans(plans, request.configuration, dataset_json)
+        weights = load_checkpoint(fold_dir / "checkpoint_final.pth")["network_weights"]
+        calibration = _calibration(request, dataset_name, plans, request.configuration) if "int8" in runtimes else None
+        return measure_model(network, weights, plans, request.configuration, dataset_json, images, folder, device,
+                             runtimes, progress, calibration)
+
+    result = _measured(folder / "measure.json", key, _runtimes(request), measure,
+                       lambda new: evaluate_runtimes(new, folder, raw, dataset_json, plans))
     student = plans["configurations"][request.configuration].get(STUDENT_KEY, {})
-    result |= {"parameters": student.get("params"), "gflops_per_patch": student.get("gflops_per_patch")}
-    write_json_atomic(done, result)
-    return result
+    return result | {"parameters": student.get("params"), "gflops_per_patch": student.get("gflops_per_patch")}
 
 
 def longest_first(runs: list[Run], student_info: dict[str, dict]) -> list[Run]:
@@ -267,8 +289,8 @@ def _results(request: BenchmarkRequest, dataset_name: str, dataset_json: dict, c
                           f"{torch.get_num_threads()} torch threads, device {device.type}, torch {torch.__version__}",
                "dataset": dataset_name, "configuration": request.configuration, "fold": request.fold,
                "labeled": request.labeled, "validation_cases": cases,
-               "schedule": {"epochs": request.epochs, "iterations_per_epoch": request.iterations,
-                            "val_iterations_per_epoch": request.val_iterations},
+               "schedule": {"epochs": request.num_epochs, "iterations_per_epoch": request.num_iterations_per_epoch,
+                            "val_iterations_per_epoch": request.num_val_iterations_per_epoch},
                "seeds": request.seeds, "jobs": request.jobs,
                "labels": {str(v): k for k, v in dataset_json["labels"].items() if k != "background" and k != "ignore"},
                "teacher": teacher_info, "runs": derived_ratios(records, teacher_info)}
@@ -319,8 +341,8 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
 
     cases = split_cases(preprocessed, request.fold, "val")
     images = validation_images(paths["nnUNet_raw"] / dataset_name, cases, dataset_json)
-    runtimes = 1 + request.onnx + (request.onnx and request.int8)
-    progress = tqdm(total=(len(records) + 1) * len(images) * runtimes, desc="validation cases predicted")
+    progress = tqdm(total=(len(records) + 1) * len(images) * len(_runtimes(request)),
+                    desc="validation cases predicted (runtimes measured before are not again)")
     teacher_info = _teacher_measurements(teacher, request, dataset_name,
                                          preprocessed / f"{plans[request.budgets[0]]}.json", dataset_json, images,
                                          output, device, progress)

@@ -102,11 +102,26 @@ def torch_layers(network: nn.Module, patch: torch.Tensor, repeats: int = 5) -> l
     return layers
 
 
+def _ort_profile(path: Path, patch: torch.Tensor, repeats: int, threads: int | None, prefix: Path) -> list:
+    """ONNX Runtime's own profile (its trace events) of one warm-up run and `repeats` runs of the model at `path`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(prefix)
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"input": patch.numpy()}
+    for _ in range(repeats + 1):
+        session.run(None, feed)
+    return json.loads(Path(session.end_profiling()).read_text())
+
+
 def onnx_layers(network: nn.Module, patch: torch.Tensor, repeats: int = 5, threads: int | None = None) -> list[dict]:
     """One record per ONNX node: op, signature, FLOPs (from ONNX shape inference and the weights' shapes), median
     seconds over `repeats` runs from ONNX Runtime's own profile (after one warm-up run)."""
     import onnx
-    import onnxruntime as ort
 
     from nnkd.inference.onnx_export import export_onnx
 
@@ -123,17 +138,7 @@ def onnx_layers(network: nn.Module, patch: torch.Tensor, repeats: int = 5, threa
         weights = {w.name: list(w.dims) for w in model.graph.initializer}
         nodes = {node.name: node for node in model.graph.node}
         producers = {out: node for node in model.graph.node for out in node.output}
-        options = ort.SessionOptions()
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "profile")
-        if threads:
-            options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feed = {"input": patch.numpy()}
-        session.run(None, feed)
-        for _ in range(repeats):
-            session.run(None, feed)
-        trace = json.loads(Path(session.end_profiling()).read_text())
+        trace = _ort_profile(path, patch, repeats, threads, Path(tmp) / "profile")
     durations = defaultdict(list)
     for event in trace:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):

@@ -114,43 +114,63 @@ def runtime_folder(output: Path, runtime: str) -> Path:
 
 
 def measure_model(network: nn.Module, weights: dict, plans: dict, configuration: str, dataset_json: dict,
-                  images: list[tuple], output: Path, device: torch.device, onnx: bool, progress=None,
+                  images: list[tuple], output: Path, device: torch.device, runtimes=("torch",), progress=None,
                   calibration: list | None = None) -> dict:
-    """Seconds per case in torch, then in ONNX Runtime fp32 (when `onnx`) and int8 (when `calibration` patches
-    are given: nnkd_export's static QDQ quantization calibrated on them); each runtime's predictions are written
-    to runtime_folder(output, runtime) for evaluation."""
+    """Seconds per case in each of `runtimes` (torch; ONNX Runtime fp32 `onnx`; `int8`: nnkd_export's static QDQ
+    quantization calibrated on the `calibration` patches), as `seconds_per_case_<runtime>`; each runtime's
+    predictions are written to runtime_folder(output, runtime) for evaluation."""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
     from nnkd.plans import num_input_channels
 
+    unknown = set(runtimes) - set(RUNTIMES)
+    if unknown or ("int8" in runtimes and not calibration):
+        raise ValueError(f"runtimes {sorted(runtimes)}: unknown, or int8 without calibration patches")
     writer = determine_reader_writer_from_dataset_json(dataset_json, None)()
     ending = dataset_json["file_ending"]
     output.mkdir(parents=True, exist_ok=True)
-    predictor = make_predictor(plans, configuration, dataset_json, [weights], network, None, device,
-                               use_mirroring=False)
-    predictor.allow_tqdm = False
-    result = {"seconds_per_case_torch": predict_and_time(predictor, images, output, writer, ending, progress),
-              "seconds_per_case_onnx": None, "seconds_per_case_int8": None}
-    if onnx:
+    result = {}
+    if "torch" in runtimes:
+        predictor = make_predictor(plans, configuration, dataset_json, [weights], network, None, device,
+                                   use_mirroring=False)
+        predictor.allow_tqdm = False
+        result["seconds_per_case_torch"] = predict_and_time(predictor, images, output, writer, ending, progress)
+    in_onnx = [runtime for runtime in RUNTIMES[1:] if runtime in runtimes]
+    if in_onnx:
         channels = num_input_channels(plans, configuration, dataset_json)
         with tempfile.TemporaryDirectory() as tmp:
             files = {"onnx": Path(tmp) / "model.onnx"}
             export_onnx(network.cpu().eval(), channels, plans["configurations"][configuration]["patch_size"],
                         files["onnx"])
-            if calibration:
+            if "int8" in in_onnx:
                 from nnkd.inference.quantize import quantize_student
 
                 files["int8"] = Path(tmp) / "model.int8.onnx"
                 quantize_student(files["onnx"], files["int8"], calibration)
-            for runtime, file in files.items():
-                predictor = make_predictor(plans, configuration, dataset_json, [{}], OnnxNetwork(file, channels),
-                                           None, torch.device("cpu"), use_mirroring=False)
+            for runtime in in_onnx:
+                predictor = make_predictor(plans, configuration, dataset_json, [{}],
+                                           OnnxNetwork(files[runtime], channels), None, torch.device("cpu"),
+                                           use_mirroring=False)
                 predictor.allow_tqdm = False
                 folder = runtime_folder(output, runtime)
                 folder.mkdir(parents=True, exist_ok=True)
                 result[f"seconds_per_case_{runtime}"] = predict_and_time(predictor, images, folder, writer, ending,
                                                                          progress)
     return result
+
+
+def measured_runtimes(record: dict) -> list[str]:
+    """The runtimes a measurement record (measure_model's result, merged with evaluate_runtimes') holds."""
+    return [runtime for runtime in RUNTIMES if record.get(f"seconds_per_case_{runtime}") is not None]
+
+
+def only_runtimes(record: dict, runtimes) -> dict:
+    """A measurement record as if only `runtimes` had been measured: the others' seconds are None and their Dice
+    left out (a rerun that asks for fewer runtimes reports what it asked for)."""
+    kept = {k: v for k, v in record.items()
+            if not any(k in (f"dice_{r}", f"dice_per_class_{r}") for r in RUNTIMES[1:] if r not in runtimes)}
+    return kept | {f"seconds_per_case_{r}": record.get(f"seconds_per_case_{r}") if r in runtimes else None
+                   for r in RUNTIMES}
 
 
 def evaluate(predictions: Path, raw_dataset: Path, dataset_json: dict, plans: dict, labels: str = "labelsTr") -> dict:
@@ -170,11 +190,11 @@ def evaluate(predictions: Path, raw_dataset: Path, dataset_json: dict, plans: di
 
 
 def evaluate_runtimes(measured: dict, output: Path, raw_dataset: Path, dataset_json: dict, plans: dict) -> dict:
-    """Dice of every runtime that was measured: `dice` / `dice_per_class` for torch, `dice_onnx`, `dice_int8`
+    """Dice of every runtime that `measured` holds: `dice` / `dice_per_class` for torch, `dice_onnx`, `dice_int8`
     (and their `_per_class`) for ONNX Runtime fp32 and int8."""
-    result = evaluate(output, raw_dataset, dataset_json, plans)
-    for runtime in RUNTIMES[1:]:
-        if measured.get(f"seconds_per_case_{runtime}") is not None:
-            scores = evaluate(runtime_folder(output, runtime), raw_dataset, dataset_json, plans)
-            result |= {f"dice_{runtime}": scores["dice"], f"dice_per_class_{runtime}": scores["dice_per_class"]}
+    result = {}
+    for runtime in measured_runtimes(measured):
+        scores = evaluate(runtime_folder(output, runtime), raw_dataset, dataset_json, plans)
+        suffix = "" if runtime == "torch" else f"_{runtime}"
+        result |= {f"dice{suffix}": scores["dice"], f"dice_per_class{suffix}": scores["dice_per_class"]}
     return result

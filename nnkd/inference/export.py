@@ -61,16 +61,7 @@ def export(request: ExportRequest) -> Path:
     the same command is replaced (`overwrite`), files nnkd did not write there are kept (nnkd.outputs)."""
     students = locate_tasks(request.student)
     model_folder = students[0].model_folder
-    output = Path(request.output).expanduser().resolve()
-    if output.exists() and not output.is_dir():
-        raise NnkdError(f"{output} is a file", "give a folder for -o")
-    source = model_folder.resolve()
-    if output == source or source in output.parents or output in source.parents:
-        raise NnkdError(f"{output} is (inside) or holds the trained student's folder {source}",
-                        "export elsewhere: the training results are never modified")
-    output = check_output(output, request.command, inputs=[source], overwrite=request.overwrite)
-    if request.int8 and not request.onnx:
-        raise NnkdError("--int8 quantizes the exported ONNX model", "add --onnx")
+    output = _checked_output(request, model_folder.resolve())
     per_task = request.student.task == "all"
     folders = {s.dataset_name: output / s.dataset_name if per_task else output for s in students}
     zips = [folder.with_suffix(".zip") for folder in folders.values()] if request.zip else []
@@ -111,15 +102,33 @@ def export(request: ExportRequest) -> Path:
             for written, _ in pending:
                 written.unlink(missing_ok=True)
         for student in students:
-            folder = folders[student.dataset_name]
-            task = f" task {student.task}" if student.task else ""
-            print(f"Exported {model_folder.name}{task} folds {', '.join(student.checkpoints)} to {folder} (plans "
-                  f"{exported_plans_name(student)}, trainer {STOCK_TRAINER}); run it with: "
-                  f"nnUNetv2_predict_from_modelfolder -m {folder} -i IN -o OUT")
-            if request.zip:
-                zip_path = folder.with_suffix(".zip")
-                print(f"Wrote {zip_path}; install with nnUNetv2_install_pretrained_model_from_zip {zip_path}")
+            _print_exported(student, model_folder, folders[student.dataset_name], request.zip)
     return output
+
+
+def _checked_output(request: ExportRequest, source: Path) -> Path:
+    """-o, resolved and checked before anything is written: a folder, not the student's own, and nnkd's to
+    (re)write (nnkd.outputs); --int8 only with --onnx."""
+    output = Path(request.output).expanduser().resolve()
+    if output.exists() and not output.is_dir():
+        raise NnkdError(f"{output} is a file", "give a folder for -o")
+    if output == source or source in output.parents or output in source.parents:
+        raise NnkdError(f"{output} is (inside) or holds the trained student's folder {source}",
+                        "export elsewhere: the training results are never modified")
+    output = check_output(output, request.command, inputs=[source], overwrite=request.overwrite)
+    if request.int8 and not request.onnx:
+        raise NnkdError("--int8 quantizes the exported ONNX model", "add --onnx")
+    return output
+
+
+def _print_exported(student: LocatedStudent, model_folder: Path, folder: Path, zipped: bool) -> None:
+    task = f" task {student.task}" if student.task else ""
+    print(f"Exported {model_folder.name}{task} folds {', '.join(student.checkpoints)} to {folder} (plans "
+          f"{exported_plans_name(student)}, trainer {STOCK_TRAINER}); run it with: "
+          f"nnUNetv2_predict_from_modelfolder -m {folder} -i IN -o OUT")
+    if zipped:
+        zip_path = folder.with_suffix(".zip")
+        print(f"Wrote {zip_path}; install with nnUNetv2_install_pretrained_model_from_zip {zip_path}")
 
 
 def exported_plans_name(student: LocatedStudent) -> str:

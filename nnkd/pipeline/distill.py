@@ -266,24 +266,12 @@ def _teacher_curve(spec: str, fold: str, epochs: int) -> list[float] | None:
     return [ema[max(1, round((e + 1) / epochs * len(ema))) - 1] for e in range(epochs)]
 
 
-def search_budget(request: DistillRequest, dataset_name: str, fold: str, cached: bool):
-    """--max-dice-loss: plan the ladder's candidates, search them on `fold` (nnkd.pipeline.search: successive
-    halving, each candidate trained rung by rung with nnkd_stop_after_epoch, resumed with --c) and return the
-    chosen budget with the search record. A rerun resumes: finished candidates are reused, stopped ones continue."""
-    import statistics
-
-    from nnkd.evaluation.convergence import training_curve
-    from nnkd.pipeline.search import (LADDER_FRACTIONS, Candidate, Progress, ladder, no_candidate_error,
-                                      run_search)
+def _plan_candidates(request: DistillRequest, dataset_name: str) -> tuple[list, dict, list]:
+    """The search's ladder planned: its candidates (size from each student plans), each candidate's plans name,
+    and the budgets no architecture fits (with the planner's reason)."""
+    from nnkd.pipeline.search import LADDER_FRACTIONS, Candidate, ladder
     from nnkd.planners.student_planner import STUDENT_KEY
-    from nnkd.run.common import validation_dice
-    from nnkd.trainers.nnkd_trainer import STOP_AFTER_EPOCH_ENV
 
-    teacher_dice = teacher_validation_dice(request.teacher, fold)
-    if teacher_dice is None:
-        raise NnkdError(f"--max-dice-loss compares with the teacher's validation Dice of fold {fold}, and "
-                        f"{request.teacher} has none", "use an nnunet: teacher whose fold was validated by nnU-Net, "
-                        "or choose a budget (--budget, --max-params)")
     if teacher_plan_cost(dataset_name, request.teacher_plans, request.configuration) is None:
         planned_student(dataset_name, replace(request, budget=Budget(preset="tiny")))  # the teacher plans, preprocessed
     latency_device = (request.device or "cpu") if request.objective == "latency" else None
@@ -301,6 +289,26 @@ def search_budget(request: DistillRequest, dataset_name: str, fold: str, cached:
             "configurations"][request.configuration].get(STUDENT_KEY, {})
         candidates.append(Candidate(budget, info.get("params"), info.get("gflops_per_patch"), info.get("latency_ms")))
         plans_of[budget.name] = plans
+    return candidates, plans_of, unplannable
+
+
+def search_budget(request: DistillRequest, dataset_name: str, fold: str, cached: bool):
+    """--max-dice-loss: plan the ladder's candidates, search them on `fold` (nnkd.pipeline.search: successive
+    halving, each candidate trained rung by rung with nnkd_stop_after_epoch, resumed with --c) and return the
+    chosen budget with the search record. A rerun resumes: finished candidates are reused, stopped ones continue."""
+    import statistics
+
+    from nnkd.evaluation.convergence import training_curve
+    from nnkd.pipeline.search import Candidate, Progress, no_candidate_error, run_search
+    from nnkd.run.common import validation_dice
+    from nnkd.trainers.nnkd_trainer import STOP_AFTER_EPOCH_ENV
+
+    teacher_dice = teacher_validation_dice(request.teacher, fold)
+    if teacher_dice is None:
+        raise NnkdError(f"--max-dice-loss compares with the teacher's validation Dice of fold {fold}, and "
+                        f"{request.teacher} has none", "use an nnunet: teacher whose fold was validated by nnU-Net, "
+                        "or choose a budget (--budget, --max-params)")
+    candidates, plans_of, unplannable = _plan_candidates(request, dataset_name)
     epochs = request.num_epochs or NNUNET_EPOCHS
     iterations = request.num_iterations_per_epoch or NNUNET_ITERATIONS
 

@@ -178,6 +178,32 @@ def check_replaced_dataset(target: Path, overwrite: bool, inputs: list) -> None:
                             "copy the images elsewhere first, or pick another -d and --name")
 
 
+def _label_split(staging: Path, split: str, cases: dict, ending: str, predictor, segment, num_processes: int) -> None:
+    """Label one split's cases not labelled by an earlier run: nnU-Net's `predictor` on them all at once, or
+    `segment` case by case; each case's images are copied first and its label moved in last (a case is done when
+    its label is there)."""
+    done = {c for c in cases if _case_done(staging, split, c, len(cases[c]), ending)}
+    if done:
+        print(f"{len(done)} of {len(cases)} {split} case(s) already labelled by an earlier run: skipped")
+    todo = {c: files for c, files in cases.items() if c not in done}
+    targets = {case: staging / f"labels{split}" / f"{case}{ending}" for case in todo}
+    predicted = staging / f".predicted{split}"
+    shutil.rmtree(predicted, ignore_errors=True)
+    if predictor is not None and todo:  # nnU-Net writes its plans and arguments beside the segmentations
+        predictor.predict_from_files([todo[c] for c in todo], [str(predicted / c) for c in todo],
+                                     save_probabilities=False, overwrite=True,
+                                     num_processes_preprocessing=num_processes,
+                                     num_processes_segmentation_export=num_processes)
+    predicted.mkdir(exist_ok=True)
+    for case in tqdm(todo, desc=f"pseudo-labels {split}", unit="case"):
+        for c, file in enumerate(todo[case]):
+            _copy(Path(file), staging / f"images{split}" / f"{case}_{c:04d}{ending}")
+        if predictor is None:
+            segment(todo[case], predicted / targets[case].name)
+        os.replace(predicted / targets[case].name, targets[case])
+    shutil.rmtree(predicted)
+
+
 def pseudo_label(request: PseudoLabelRequest) -> Path:
     """Write $nnUNet_raw/DatasetXXX_<name> with the teacher's segmentations as labels; returns its folder."""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
@@ -188,6 +214,7 @@ def pseudo_label(request: PseudoLabelRequest) -> Path:
     source = _source(request, raw_root)
     spec = TeacherSpec.parse(request.teacher)
     device = resolve_device(request.device)
+    predictor = segment = None
     if spec.family == "nnunet":
         predictor, folds = _nnunet_predictor(spec, request.mirroring, device)
         source.channel_names = source.channel_names or dict(predictor.dataset_json["channel_names"])
@@ -215,26 +242,8 @@ def pseudo_label(request: PseudoLabelRequest) -> Path:
             staged_raw_dataset(raw_root, request.dataset_id, folder_name, request.overwrite, resumable=True) as staging:
         _resume_or_restart(staging, manifest)
         for split, cases in splits.items():
-            done = {c for c in cases if _case_done(staging, split, c, len(cases[c]), source.file_ending)}
-            if done:
-                print(f"{len(done)} of {len(cases)} {split} case(s) already labelled by an earlier run: skipped")
-            todo = {c: files for c, files in cases.items() if c not in done}
-            targets = {case: staging / f"labels{split}" / f"{case}{source.file_ending}" for case in todo}
-            predicted = staging / f".predicted{split}"
-            shutil.rmtree(predicted, ignore_errors=True)
-            if spec.family == "nnunet" and todo:  # nnU-Net writes its plans and arguments beside the segmentations
-                predictor.predict_from_files([todo[c] for c in todo], [str(predicted / c) for c in todo],
-                                             save_probabilities=False, overwrite=True,
-                                             num_processes_preprocessing=request.num_processes,
-                                             num_processes_segmentation_export=request.num_processes)
-            predicted.mkdir(exist_ok=True)
-            for case in tqdm(todo, desc=f"pseudo-labels {split}", unit="case"):
-                for c, file in enumerate(todo[case]):  # images first: a case is done when its label is there
-                    _copy(Path(file), staging / f"images{split}" / f"{case}_{c:04d}{source.file_ending}")
-                if spec.family != "nnunet":
-                    segment(todo[case], predicted / targets[case].name)
-                os.replace(predicted / targets[case].name, targets[case])
-            shutil.rmtree(predicted)
+            _label_split(staging, split, cases, source.file_ending,
+                         predictor if spec.family == "nnunet" else None, segment, request.num_processes)
             for case in cases:
                 segmentation = reader.read_seg(str(staging / f"labels{split}" / f"{case}{source.file_ending}"))[0][0]
                 manifest["cases"][case] = {"split": split, "foreground": {

@@ -5,14 +5,15 @@ Candidates are sorted from the smallest to the largest. Every candidate trains o
 single student would (the same epochs, so the same learning-rate curve); the search only decides how far each
 goes:
 
-1. Rungs: all candidates still in the race train to the first rung (e.g. 1/8 of the schedule), then to the
-   next. After a rung, a candidate whose EMA pseudo Dice (nnU-Net's validation patches) lies more than
-   D + slack points below the teacher's own curve at the same iteration (where the teacher was trained by
-   nnU-Net and its curve is known) or below the leading candidate (never above it, so the leader goes on) is
-   dropped: it is not on course to end within D. The slack halves from rung to rung: students catch up late.
-2. The end: the candidates left finish the schedule one by one from the smallest. The first whose validation
-   Dice is within D of the teacher's on the same fold is the answer, and the larger ones are not trained on:
-   the answer is known.
+1. The first rung, side by side: every candidate trains to the first rung (1/8 of the schedule). One whose EMA
+   pseudo Dice (nnU-Net's validation patches) lies more than D + slack points below the teacher's own curve at
+   the same iteration (where the teacher was trained by nnU-Net and its curve is known) or below the leading
+   candidate (never above it, so the leader goes on) is dropped: it is not on course to end within D.
+2. Then one candidate at a time, from the smallest: it trains on rung by rung (1/2, then the end of the
+   schedule) and is dropped at a rung when it lies more than D + slack below the teacher's curve (the slack
+   halves from rung to rung: students catch up late; the largest candidate left always finishes, so the best
+   one is known). The first whose validation Dice is within D of the teacher's on the same fold is the answer;
+   the larger ones are not trained past the first rung: the answer is known.
 
 `run_search` takes a `train(candidate, epochs) -> Progress` callback, so the logic is tested without training;
 nnkd_distill passes one that resumes nnkd_train up to the given epoch.
@@ -125,7 +126,8 @@ def parse_ladder(text: str) -> tuple[int, ...]:
     for part in filter(None, text.split(",")):
         head, _, tail = part.strip().partition("/")
         if head != "1" or not tail.isdigit() or int(tail) < 2:
-            raise NnkdError(f"--ladder {text}: '{part}' is not a fraction 1/N with N ≥ 2", "e.g. --ladder 1/4,1/16,1/64")
+            raise NnkdError(f"--ladder {text}: '{part}' is not a fraction 1/N with N ≥ 2",
+                            "e.g. --ladder 1/4,1/16,1/64")
         fractions.append(int(tail))
     if not fractions:
         raise NnkdError(f"--ladder '{text}' names no fraction", "e.g. --ladder 1/4,1/16,1/64")
@@ -171,42 +173,62 @@ def run_search(candidates: list[Candidate], train: Callable[[Candidate, int], Pr
         entry.ema_pseudo_dice = progress.ema[-1] if progress.ema else None
         return progress
 
+    later = [e for e in dict.fromkeys(max(1, round(epochs * f)) for f in rungs) if e < epochs]
+    first = later.pop(0) if later else None
     alive = list(ordered)
-    slack = slack_points
-    for fraction in rungs:
-        epoch = max(1, round(epochs * fraction))
-        if epoch >= epochs:
-            break
-        levels = {}
-        for candidate in alive:
-            progress = advance(candidate, epoch)
-            levels[id(candidate)] = progress.ema[-1] if progress.ema else 0.0
-        reference = _reference(teacher_ema, max(levels.values()), epoch)
-        for candidate in list(alive):
-            level = levels[id(candidate)]
-            behind = 100 * (reference - level)
-            if behind > max_dice_loss + slack:
-                entry = entries[id(candidate)]
-                entry.status = "dropped"
-                entry.reason = (f"at iteration {epoch * iterations_per_epoch}: EMA pseudo Dice {level:.3f}, "
-                                f"{behind:.1f} points behind {reference:.3f} (the teacher's curve or the leading "
-                                f"candidate; more than {max_dice_loss:g} + {slack:g} slack)")
-                alive.remove(candidate)
-        slack /= 2
-    for candidate in alive:
+    if first is not None:  # every candidate to the first rung, side by side: a cheap look at all of them
+        levels = {id(c): _level(advance(c, first)) for c in alive}
+        reference = _reference(teacher_ema, max(levels.values()), first)
+        alive = [c for c in alive if not _dropped(entries[id(c)], levels[id(c)], reference,
+                                                   first * iterations_per_epoch, max_dice_loss, slack_points)]
+    for candidate in alive:  # then one at a time, smallest first, only until the answer is known
         entry = entries[id(candidate)]
-        if result.chosen is not None:
-            entry.status, entry.reason = "not needed", f"{result.chosen} is smaller and within {max_dice_loss:g} points"
-            continue
-        progress = advance(candidate, epochs)
-        entry.dice = progress.dice
-        loss = 100 * (teacher_dice - (progress.dice or 0.0))
-        if progress.dice is not None and progress.dice >= target:
-            entry.status, entry.reason = "within", f"validation Dice {progress.dice:.4f}: {loss:.2f} points below the teacher"
-            result.chosen = entry.budget
+        slack = slack_points
+        for epoch in later if result.chosen is None else ():
+            slack /= 2
+            level = _level(advance(candidate, epoch))
+            # against the teacher's curve alone (the larger candidates have not trained this far); the largest
+            # candidate left always finishes, so that the best one found is known
+            if teacher_ema and candidate is not alive[-1] and _dropped(
+                    entry, level, teacher_ema[min(epoch, len(teacher_ema)) - 1], epoch * iterations_per_epoch,
+                    max_dice_loss, slack):
+                break
         else:
-            entry.status, entry.reason = "outside", f"validation Dice {progress.dice or 0:.4f}: {loss:.2f} points below the teacher"
+            _finish(entry, lambda: advance(candidate, epochs), result, target)
     return result
+
+
+def _level(progress: Progress) -> float:
+    return progress.ema[-1] if progress.ema else 0.0
+
+
+def _dropped(entry: Entry, level: float, reference: float, iteration: int, max_dice_loss: float,
+             slack: float) -> bool:
+    """Drop a candidate whose EMA pseudo Dice is more than D + slack points below `reference` at `iteration`."""
+    behind = 100 * (reference - level)
+    if behind <= max_dice_loss + slack:
+        return False
+    entry.status = "dropped"
+    entry.reason = (f"at iteration {iteration}: EMA pseudo Dice {level:.3f}, {behind:.1f} points behind "
+                    f"{reference:.3f} (the teacher's curve or the leading candidate; more than {max_dice_loss:g} + "
+                    f"{slack:g} slack)")
+    return True
+
+
+def _finish(entry: Entry, train_to_end: Callable[[], Progress], result: SearchResult, target: float) -> None:
+    """The last stage for one candidate left, smallest first: not trained on once a smaller one is within D;
+    otherwise trained to the end of its schedule and judged by its validation Dice."""
+    if result.chosen is not None:
+        entry.status = "not needed"
+        entry.reason = f"{result.chosen} is smaller and within {result.max_dice_loss:g} points"
+        return
+    progress = train_to_end()
+    entry.dice = progress.dice
+    loss = 100 * (result.teacher_dice - (progress.dice or 0.0))
+    entry.status = "within" if progress.dice is not None and progress.dice >= target else "outside"
+    entry.reason = f"validation Dice {progress.dice or 0:.4f}: {loss:.2f} points below the teacher"
+    if entry.status == "within":
+        result.chosen = entry.budget
 
 
 def no_candidate_error(result: SearchResult) -> NnkdError:

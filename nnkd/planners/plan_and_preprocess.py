@@ -176,6 +176,24 @@ def _transferred_plans(plans: dict, target: str, raw_dataset: Path, source: str)
     return transferred
 
 
+def _check_targets(raw_root: Path, source_name: str, others: list[str], expected: list[str]) -> None:
+    """Every target of a plan transfer, before any is written: its raw data there, and input channels normalized
+    as the source's."""
+    for name in others:
+        raw = raw_root / name
+        if not (raw / "dataset.json").is_file():
+            raise NnkdError(f"{name} is not in {raw_root}",
+                            "the plan transfer extracts the target's fingerprint and preprocesses it: put the raw "
+                            "dataset there first")
+        found = _channel_normalizations(json.loads((raw / "dataset.json").read_text()))
+        if len(found) != len(expected):
+            raise NnkdError(f"{name} has {len(found)} input channel(s), {source_name} has {len(expected)}",
+                            "--plans-from needs datasets with the same input channels")
+        if found != expected:
+            raise NnkdError(f"the channels of {name} are normalized as {', '.join(found)}, those of {source_name} "
+                            f"as {', '.join(expected)}", "--plans-from needs channels of the same kind (CT with CT)")
+
+
 def plan_from(source, targets, budget: Budget, configurations=None, teacher_plans: str = DEFAULT_TEACHER_PLANS,
               num_processes: int = 4, verify_integrity: bool = False, preprocess: bool = True) -> list[Path]:
     """Give each target dataset the source dataset's teacher and student plans (nnU-Net's plan transfer), so
@@ -192,21 +210,9 @@ def plan_from(source, targets, budget: Budget, configurations=None, teacher_plan
         paths["nnUNet_preprocessed"] / source_name / "dataset.json"
     if not source_json_file.is_file():
         raise NnkdError(f"{source_name} has no dataset.json", "plan the source dataset first")
-    expected = _channel_normalizations(json.loads(source_json_file.read_text()))
     others = [name for name in target_names if name != source_name]
-    for name in others:
-        raw = paths["nnUNet_raw"] / name
-        if not (raw / "dataset.json").is_file():
-            raise NnkdError(f"{name} is not in {paths['nnUNet_raw']}",
-                            "the plan transfer extracts the target's fingerprint and preprocesses it: put the raw "
-                            "dataset there first")
-        found = _channel_normalizations(json.loads((raw / "dataset.json").read_text()))
-        if len(found) != len(expected):
-            raise NnkdError(f"{name} has {len(found)} input channel(s), {source_name} has {len(expected)}",
-                            "--plans-from needs datasets with the same input channels")
-        if found != expected:
-            raise NnkdError(f"the channels of {name} are normalized as {', '.join(found)}, those of {source_name} "
-                            f"as {', '.join(expected)}", "--plans-from needs channels of the same kind (CT with CT)")
+    _check_targets(paths["nnUNet_raw"], source_name, others,
+                   _channel_normalizations(json.loads(source_json_file.read_text())))
 
     if source_name in target_names:
         plan_and_preprocess(source_name, budget, configurations, teacher_plans, num_processes, verify_integrity,
