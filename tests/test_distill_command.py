@@ -166,8 +166,9 @@ def test_bad_input_stops_with_one_line_before_anything_is_written(two_fold_setup
 
 
 def test_max_dice_loss_searches_the_ladder_and_distils_the_smallest_student_within_it(two_fold_setup, tmp_path):
-    """Two candidates, 4 epochs: both train to the first rungs (epochs 1 and 2, stopped with their latest
-    checkpoint), the smaller finishes and is within D (D = 100 points admits any), the larger is not trained on."""
+    """Two candidates, 4 epochs: both train to the first rung (epoch 1, stopped with their latest checkpoint); then
+    the smaller goes on alone (to the second rung, epoch 2, and the end) and is within D (D = 100 points admits
+    any), so the larger is not trained on."""
     out = tmp_path / "student"
     result = run_cli("nnkd_distill", "-d", "991", "--teacher", two_fold_setup["spec"], "-o", out, "-f", "0",
                      "--max-dice-loss", "100", "--ladder", "1/4,1/16", "--epochs", "4", "--iterations-per-epoch", "2",
@@ -178,7 +179,7 @@ def test_max_dice_loss_searches_the_ladder_and_distils_the_smallest_student_with
     small, large = search["candidates"]
     assert small["parameters"] < large["parameters"] and search["chosen"] == small["budget"]
     assert (small["status"], small["epochs_trained"]) == ("within", 4) and small["dice"] is not None
-    assert (large["status"], large["epochs_trained"]) == ("not needed", 2)
+    assert (large["status"], large["epochs_trained"]) == ("not needed", 1)
     assert record["plans"] == f"nnKDPlans_{small['budget']}" and record["search"]["objective"] == "params"
     assert record["search"]["cost_vs_chosen_alone"] > 1  # the larger candidate's rungs come on top
     assert "chosen: " + small["budget"] in result.stdout
@@ -192,5 +193,7 @@ def test_max_dice_loss_searches_the_ladder_and_distils_the_smallest_student_with
     stopped = next(results.glob(f"*__nnKDPlans_{large['budget']}__3d_fullres")) / "fold_0"
     assert (stopped / "checkpoint_latest.pth").is_file() and not (stopped / "checkpoint_final.pth").exists()
     log = "".join(p.read_text() for p in stopped.glob("training_log_*.txt"))
-    assert "stopping after epoch 1 of 4" in log and "stopping after epoch 2 of 4" in log
+    assert "stopping after epoch 1 of 4" in log and "stopping after epoch 2 of 4" not in log
+    chosen = next(results.glob(f"*__nnKDPlans_{small['budget']}__3d_fullres")) / "fold_0"
+    assert "stopping after epoch 2 of 4" in "".join(p.read_text() for p in chosen.glob("training_log_*.txt"))
     assert json.loads((out / "plans.json").read_text())["plans_name"].startswith(f"nnKDPlans_{small['budget']}-")
