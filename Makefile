@@ -25,7 +25,8 @@ demo: setup
 	BIN=$(BIN) bash scripts/demo.sh
 
 # pytest's exit code 5 (no tests collected) counts as a failure. Two pytest-xdist workers, each taking whole test
-# modules (--dist loadfile: a module's fixtures are built once): much of a test's time is a console script importing
+# modules (--dist loadfile: a module's fixtures are built once; the modules that use the session's trained students
+# go to one worker together, tests/conftest.py TRAINED_GROUP): much of a test's time is a console script importing
 # torch and nnU-Net on one core, so two modules run side by side on 2 cores in little more than the time of one.
 test: setup
 	$(BIN)/python -m pytest tests -n 2 --dist loadfile --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc

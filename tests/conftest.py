@@ -111,6 +111,26 @@ def make_env(root: Path) -> dict:
     return env
 
 
+# Test modules that use the session's trained students (`trained`, ~2 minutes to build): with --dist loadfile (make
+# test) they go to one xdist worker as one unit, so the students are trained once, not once per worker; every other
+# module is its own unit, as loadfile has it. (xdist's --dist loadgroup would do this with marks, but it stopped
+# grouping with pytest 9.2: pytest-dev/pytest-xdist#1386.)
+TRAINED_GROUP = {"test_deploy", "test_guards", "test_reliability", "test_training", "test_training_errors"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModulesAndTrainedGroup(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return "trained students" if Path(module).stem in TRAINED_GROUP else module
+
+    return ModulesAndTrainedGroup(config, log)
+
+
 @pytest.fixture
 def nnunet_env(tmp_path) -> dict:
     """Empty nnU-Net folders of this test only."""

@@ -160,3 +160,15 @@ def test_no_function_in_nnkd_is_longer_than_a_screen(tmp_path):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "m.py").write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
     assert long_functions(tmp_path / "pkg") == ["pkg/m.py:1 f (61 lines)"]
+
+
+def test_the_trained_group_names_every_module_that_uses_the_trained_students():
+    """A module that starts using `trained` must join TRAINED_GROUP, or its worker trains the students again."""
+    from conftest import TRAINED_GROUP
+
+    users = set()
+    for path in Path(__file__).parent.glob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and any(a.arg == "trained" for a in node.args.args):
+                users.add(path.stem)
+    assert users == TRAINED_GROUP
