@@ -8,7 +8,7 @@ export nnUNet_raw ?= $(DEMO_DATA)/nnUNet_raw
 export nnUNet_preprocessed ?= $(DEMO_DATA)/nnUNet_preprocessed
 export nnUNet_results ?= $(DEMO_DATA)/nnUNet_results
 
-.PHONY: setup demo test
+.PHONY: setup demo test coverage
 
 setup: $(VENV)/.installed
 
@@ -30,3 +30,7 @@ demo: setup
 # torch and nnU-Net on one core, so two modules run side by side on 2 cores in little more than the time of one.
 test: setup
 	$(BIN)/python -m pytest tests -n 2 --dist loadfile --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+
+# make test with line coverage of nnkd (pyproject's [tool.coverage.run]: the console scripts the tests start count too)
+coverage: setup
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile --cov=nnkd --cov-report=term; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
