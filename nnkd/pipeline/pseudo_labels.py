@@ -242,8 +242,7 @@ def pseudo_label(request: PseudoLabelRequest) -> Path:
             staged_raw_dataset(raw_root, request.dataset_id, folder_name, request.overwrite, resumable=True) as staging:
         _resume_or_restart(staging, manifest)
         for split, cases in splits.items():
-            _label_split(staging, split, cases, source.file_ending,
-                         predictor if spec.family == "nnunet" else None, segment, request.num_processes)
+            _label_split(staging, split, cases, source.file_ending, predictor, segment, request.num_processes)
             for case in cases:
                 segmentation = reader.read_seg(str(staging / f"labels{split}" / f"{case}{source.file_ending}"))[0][0]
                 manifest["cases"][case] = {"split": split, "foreground": {

@@ -137,9 +137,12 @@ def parse_ladder(text: str) -> tuple[int, ...]:
 def _reference(teacher_ema: list[float] | None, leader: float, epoch: int) -> float:
     """The level a candidate is compared with at a rung: the teacher's own EMA pseudo Dice at that epoch when
     its curve is known, but never above the leading candidate's (so the leader always goes on)."""
-    if teacher_ema:
-        return min(teacher_ema[min(epoch, len(teacher_ema)) - 1], leader)
-    return leader
+    return min(_teacher_at(teacher_ema, epoch), leader) if teacher_ema else leader
+
+
+def _teacher_at(teacher_ema: list[float], epoch: int) -> float:
+    """The teacher's EMA pseudo Dice after `epoch` epochs (its last value past the end of its curve)."""
+    return teacher_ema[min(epoch, len(teacher_ema)) - 1]
 
 
 def check_max_dice_loss(value: float) -> None:
@@ -190,7 +193,7 @@ def run_search(candidates: list[Candidate], train: Callable[[Candidate, int], Pr
             # against the teacher's curve alone (the larger candidates have not trained this far); the largest
             # candidate left always finishes, so that the best one found is known
             if teacher_ema and candidate is not alive[-1] and _dropped(
-                    entry, level, teacher_ema[min(epoch, len(teacher_ema)) - 1], epoch * iterations_per_epoch,
+                    entry, level, _teacher_at(teacher_ema, epoch), epoch * iterations_per_epoch,
                     max_dice_loss, slack):
                 break
         else:
