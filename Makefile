@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -e ".[dev]"
+	# nnkd is installed editable, so pip compiled every package's bytecode but nnkd's: compile it once here, or each of
+	# the many short console-script processes of make test compiles it again (Python never writes it where
+	# PYTHONDONTWRITEBYTECODE is set, as on these machines)
+	$(BIN)/python -m compileall -q nnkd
 	touch $@
 
 # The main job on the embedded default: a synthetic 2D dataset, plans, a teacher that learns every class, a

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, QUICK_TRAINING, make_env, run_cli, training_env, tree_digest
+from conftest import BIN, QUICK_TRAINING, make_env, refuse_in_process, run_cli, training_env, tree_digest
 
 DATASET = "Dataset991_Synthetic"
 
@@ -154,7 +154,7 @@ def test_bad_input_stops_with_one_line_before_anything_is_written(two_fold_setup
     roots = [Path(two_fold_setup["env"][n]) for n in ("nnUNet_preprocessed", "nnUNet_results")]
     before = [tree_digest(r) for r in roots]
     try:
-        result = run_cli("nnkd_distill", "-d", "991", *args, env=two_fold_setup["env"], check=False)
+        result = refuse_in_process("nnkd_distill", "-d", "991", *args, env=two_fold_setup["env"])
     finally:
         for holder in two_fold_setup["holders"]:
             holder.kill()

@@ -397,3 +397,23 @@ def test_a_latency_measured_on_another_cpu_is_not_reused(monkeypatch):
     assert keys[0] != keys[1] and keys[0] == keys[2]
     # measured as nnkd_predict runs: with its malloc setting (nnkd.devices.keep_freed_memory), recorded
     assert latency.machine()["keep_freed_memory"] is (__import__("sys").platform == "linux")
+
+
+def test_the_search_counts_the_flops_flopcountermode_counts_in_2d_3d_and_resenc_networks(planned):
+    """count_conv_gflops (the architecture search's fast count) against FlopCounterMode on the network nnU-Net builds:
+    plain 3D and 2D teachers and a student, and a residual-encoder network (strided 1×1 skips, transposed convs)."""
+    from nnkd.planners.network_cost import build_network, count_conv_gflops, count_gflops
+
+    plans = _plans(planned, "nnUNetPlans")["configurations"]
+    teacher_3d = plans["3d_fullres"]
+    resenc = json.loads(json.dumps(teacher_3d["architecture"]))
+    resenc["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    kwargs = resenc["arch_kwargs"]
+    kwargs["n_blocks_per_stage"] = [1, 2, 2, 2, 2][:len(kwargs.pop("n_conv_per_stage"))]
+    cases = [(teacher_3d["architecture"], teacher_3d["patch_size"]), (resenc, teacher_3d["patch_size"]),
+             (plans["2d"]["architecture"], plans["2d"]["patch_size"]),
+             (StudentSearch(teacher_3d["architecture"], 1, 4, teacher_3d["patch_size"]).search(50_000, float("inf"))
+              .architecture, teacher_3d["patch_size"])]
+    for architecture, patch in cases:
+        network = build_network(architecture, 1, 4)
+        assert count_conv_gflops(network, 1, patch) == pytest.approx(count_gflops(network, 1, patch), rel=1e-12)

@@ -1,6 +1,7 @@
 """One benchmark: plan every budget, train every method on it (and logit KD from a cached teacher), then
 measure the teacher and each student the same way on the fold's validation cases."""
 
+import contextlib
 import json
 import os
 import platform
@@ -66,20 +67,18 @@ def _quick_setup(request: BenchmarkRequest, env: dict, output: Path) -> None:
               output / "logs" / "make_synthetic.log")
 
 
-def _plan(request: BenchmarkRequest, env: dict, output: Path) -> dict[str, str]:
-    """Student plans per budget (planned and preprocessed once; nnkd skips what is done)."""
+def _plan(request: BenchmarkRequest, dataset_name: str, output: Path) -> dict[str, str]:
+    """Student plans per budget, planned and preprocessed unless they are there (ensure_planned: a rerun plans
+    nothing again); nnU-Net's planning output goes to OUT/logs/plan_<budget>.log."""
     from nnkd.planners.budget import Budget
-    from nnkd.planners.student_planner import student_plans_identifier
+    from nnkd.planners.plan_and_preprocess import ensure_planned
 
     plans = {}
+    (output / "logs").mkdir(parents=True, exist_ok=True)
     for budget in request.budgets:
-        parsed = Budget.from_name(budget)
-        limits = ["--budget", budget] if parsed.preset else (
-            (["--max-params", parsed.max_params] if parsed.max_params else []) +
-            (["--max-gflops", parsed.max_gflops] if parsed.max_gflops else []))
-        check(["nnkd_plan_and_preprocess", "-d", request.dataset, "-c", request.configuration, *limits, "-np",
-               request.num_processes], env, output / "logs" / f"plan_{budget}.log")
-        plans[budget] = student_plans_identifier(parsed)
+        with open(output / "logs" / f"plan_{budget}.log", "a") as log, contextlib.redirect_stdout(log):
+            plans[budget] = ensure_planned(dataset_name, Budget.from_name(budget), request.configuration,
+                                           num_processes=request.num_processes, command=COMMAND)
     return plans
 
 
@@ -323,7 +322,7 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
     _check_finished_runs(request, output)
 
     steps = tqdm(total=3, desc="benchmark: plan, teacher, runs", unit="step")
-    plans = _plan(request, env, output)
+    plans = _plan(request, dataset_name, output)
     steps.update()
     if request.teacher is None:  # --quick: a briefly trained nnU-Net teacher
         request.teacher = _quick_teacher(request, dataset_name, env, output)

@@ -16,9 +16,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
+
+from nnkd.planners.network_cost import conv_flops
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TRANSPOSED_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -26,14 +27,6 @@ TRANSPOSED_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 # large enough for the fast kernels; the fastest of them is the reference rate
 REFERENCE = {2: [(64, (256, 256)), (128, (64, 64)), (256, (32, 32))],
              3: [(32, (64, 64, 64)), (64, (32, 32, 32)), (128, (16, 16, 16))]}
-
-
-def conv_flops(kind: str, in_channels: int, out_channels: int, kernel, groups: int, out_shape, in_shape) -> int:
-    """2 × multiply-adds of a (transposed) convolution from its shapes."""
-    taps = int(np.prod(kernel)) * in_channels // groups
-    if kind == "ConvTranspose":  # every input voxel scatters into kernel × out_channels outputs
-        return 2 * int(np.prod(in_shape[2:])) * int(np.prod(kernel)) * out_channels * in_channels // groups
-    return 2 * int(np.prod(out_shape[2:])) * out_channels * taps
 
 
 def _signature(kind: str, shape_out, kernel=None, in_channels=None, out_channels=None) -> str:

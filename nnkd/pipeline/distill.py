@@ -206,23 +206,10 @@ def check_budget_shrinks(dataset_name: str, budget: Budget, teacher_plans: str, 
 # ------------------------------------------------------------------ the steps
 def planned_student(dataset_name: str, request: DistillRequest) -> str:
     """The student plans name, planning and preprocessing first when they are not there."""
-    from nnkd.planners.student_planner import student_plans_identifier
+    from nnkd.planners.plan_and_preprocess import ensure_planned
 
-    plans = student_plans_identifier(request.budget, request.teacher_plans)
-    try:
-        PreprocessedConfiguration.load(dataset_name, plans, request.configuration, need_data=True)
-        print(f"nnkd_distill: {plans} {request.configuration} is planned and preprocessed, skipping planning")
-    except NnkdError:
-        from nnkd.planners.plan_and_preprocess import plan_and_preprocess
-
-        if request.num_processes is None:
-            from nnunetv2.configuration import default_num_processes
-            processes = default_num_processes
-        else:
-            processes = request.num_processes
-        plan_and_preprocess(dataset_name, request.budget, configurations=[request.configuration],
-                            teacher_plans=request.teacher_plans, num_processes=processes)
-    return plans
+    return ensure_planned(dataset_name, request.budget, request.configuration, request.teacher_plans,
+                          request.num_processes, command="nnkd_distill")
 
 
 def train_fold(request: DistillRequest, dataset_name: str, plans: str, fold: str, cached: bool) -> Path:

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 
 from nnkd.errors import NnkdError
-from nnkd.planners.network_cost import NetworkCost, build_network, count_gflops, count_params, measure
+from nnkd.planners.network_cost import NetworkCost, build_network, count_conv_gflops, count_params, measure
 
 ENCODER_DEPTH_KEY = {
     "dynamic_network_architectures.architectures.unet.PlainConvUNet": "n_conv_per_stage",
@@ -110,7 +110,7 @@ class StudentSearch:
             return None
         if key not in self._gflops:
             network = network or build_network(arch, self.input_channels, self.num_classes)
-            self._gflops[key] = count_gflops(network, self.input_channels, self.patch_size)
+            self._gflops[key] = count_conv_gflops(network, self.input_channels, self.patch_size)
         cost = NetworkCost(self._params[key], self._gflops[key])
         return cost if cost.gflops <= gflop_limit else None
 

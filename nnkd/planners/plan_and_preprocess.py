@@ -13,7 +13,7 @@ from nnkd.atomic import write_bytes_atomic, write_json_atomic
 from nnkd.errors import NnkdError
 from nnkd.nnunet_env import find_dataset_name, require_env
 from nnkd.planners.budget import Budget
-from nnkd.plans import DEFAULT_TEACHER_PLANS
+from nnkd.plans import DEFAULT_TEACHER_PLANS, PreprocessedConfiguration
 from nnkd.planners.student_planner import (PlannedConfiguration, format_table,
                                            nnKDStudentPlanner, student_plans_identifier)
 
@@ -118,6 +118,24 @@ def plan_and_preprocess(dataset, budget: Budget, configurations=None, teacher_pl
                             "preprocessing needs the raw dataset; pass --no_pp to plan only")
         preprocess_missing(dataset_name, student_planner.teacher_plans, teacher_plans, chosen, num_processes)
     return plans_file, planned
+
+
+def ensure_planned(dataset_name: str, budget: Budget, configuration: str, teacher_plans: str = DEFAULT_TEACHER_PLANS,
+                   num_processes: int | None = None, command: str = "nnkd") -> str:
+    """The student plans of `budget` for one configuration, planned and preprocessed first (plan_and_preprocess, in
+    this process) unless both are there: the one "is it planned?" check of the commands that plan for the user
+    (nnkd_distill, nnkd_benchmark), so that their reruns plan nothing again. Returns the plans identifier."""
+    plans = student_plans_identifier(budget, teacher_plans)
+    try:
+        PreprocessedConfiguration.load(dataset_name, plans, configuration, need_data=True)
+        print(f"{command}: {plans} {configuration} is planned and preprocessed, skipping planning")
+    except NnkdError:
+        if num_processes is None:
+            from nnunetv2.configuration import default_num_processes
+            num_processes = default_num_processes
+        plan_and_preprocess(dataset_name, budget, configurations=[configuration], teacher_plans=teacher_plans,
+                            num_processes=num_processes)
+    return plans
 
 
 def speed_note(budget: Budget, planned: list[PlannedConfiguration]) -> str | None:
