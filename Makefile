@@ -12,14 +12,14 @@ export nnUNet_results ?= $(DEMO_DATA)/nnUNet_results
 
 setup: $(VENV)/.installed
 
+# nnkd is installed editable, so pip compiles every package's bytecode but nnkd's: compileall does it once, or each of
+# the many short console-script processes of make test compiles nnkd again (Python never writes bytecode where
+# PYTHONDONTWRITEBYTECODE is set, as on these machines)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -e ".[dev]"
-	# nnkd is installed editable, so pip compiled every package's bytecode but nnkd's: compile it once here, or each of
-	# the many short console-script processes of make test compiles it again (Python never writes it where
-	# PYTHONDONTWRITEBYTECODE is set, as on these machines)
 	$(BIN)/python -m compileall -q nnkd
 	touch $@
 

@@ -21,7 +21,7 @@ CPUs with AVX512-BF16 or AMX.
 
 Each measurement is nnU-Net's whole per-case prediction from the NIfTI file to the written label map, the five
 steps timed by `nnkd_predict --profile`'s code (read, preprocess, network = sliding window with or without
-mirroring, resample, write), after one warm-up patch through the network; the median of --repeats runs in each of
+mirroring, resample, write; nnkd.evaluation.case_latency), after one warm-up patch through the network; the median of --repeats runs in each of
 --rounds rounds of every model × runtime side by side (docs/deploy.md's table: 3 rounds).
 Measurements are kept in WORK/measurements.json as they finish, so an interrupted run resumes where it stopped
 and several calls (e.g. one per runtime) build one report. Writes OUT/report.md, results.json and latency.png.
@@ -42,12 +42,9 @@ from pathlib import Path
 import numpy as np
 
 from nnkd.atomic import write_json_atomic
-from nnkd.evaluation.runtimes import RUNTIME_LABELS as BENCHMARK_RUNTIME_LABELS
+from nnkd.evaluation.runtimes import DEPLOY_RUNTIME_LABELS as RUNTIME_LABELS, RUNTIMES as DEFAULT_RUNTIMES, runtime_label
 
-# nnkd_benchmark's runtimes, nnkd_predict --bf16, and nnkd_predict's default fast path (nnkd.inference.fast)
-RUNTIME_LABELS = {**BENCHMARK_RUNTIME_LABELS, "bf16": "torch bf16", "fast": "nnkd_predict fast path"}
 RUNTIMES = tuple(RUNTIME_LABELS)
-DEFAULT_RUNTIMES = tuple(BENCHMARK_RUNTIME_LABELS)
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = {"ct": 996, "colin27": 997, "synthetic": 990}
@@ -232,76 +229,6 @@ def build_model(args, dataset: str, model: str, plans_name: str) -> dict:
             "latency_ms_planned": student.get("latency_ms")}
 
 
-def measure(args, built: dict, runtime: str, mirroring: bool, cases: list[Path]) -> dict:
-    """nnU-Net's per-case prediction of `cases`, each step timed; the median over cases × repeats."""
-    import torch
-    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
-
-    from nnkd.devices import resolve_device
-    from nnkd.inference.onnx_export import OnnxNetwork
-    from nnkd.inference.predict import make_predictor
-    from nnkd.inference.profile import predict_profiled
-
-    in_torch = runtime in ("torch", "bf16", "fast")
-    network = built["network"] if in_torch else OnnxNetwork(built["onnx"][runtime], built["channels"])
-    weights = [built["network"].state_dict()] if in_torch else [{}]
-    fast = None
-    if runtime == "fast":  # chosen once per process, as nnkd_predict chooses it (its seconds: fast_choice_seconds)
-        from nnkd.inference.fast import choose_for_plans
-
-        fast = choose_for_plans(built["network"], weights, built["plans"], CONFIGURATION, built["channels"])
-        network = fast.network
-    predictor = make_predictor(built["plans"], CONFIGURATION, built["dataset_json"], weights, network, (0, 1, 2),
-                               resolve_device("cpu"), use_mirroring=mirroring,  # threads, memory: as nnkd_predict
-                               bf16=runtime == "bf16")
-    predictor.allow_tqdm = False
-    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=runtime == "bf16"):
-        network(torch.zeros(1, built["channels"], *built["patch_size"]))  # warm-up: kernels, ONNX Runtime's arenas
-    runs = []
-    with tempfile.TemporaryDirectory() as out:
-        for _ in range(args.repeats):
-            record = predict_profiled(predictor, {c.name[: -len("_0000.nii.gz")]: [str(c)] for c in cases}, Path(out),
-                                      False)
-            runs.extend(record["cases"].values())
-    shape = runs[0]["preprocessed_shape"]
-    patches = int(np.prod([len(s) for s in compute_steps_for_sliding_window(shape, built["patch_size"], 0.5)]))
-    return {"runs": [{"total": r["total"], "seconds": r["seconds"]} for r in runs], "patches": patches,
-            "original_shape": runs[0]["original_shape"], "preprocessed_shape": shape,
-            **({"fast_path": fast.record()} if fast else {})}
-
-
-def summarize(rounds: list[dict], mirroring: bool) -> dict:
-    """One measurement's figures from its rounds (each measure()'s record): the median and min over every run of
-    every round, each step's median, and the rounds' own medians."""
-    from nnkd.inference.profile import STEPS
-
-    runs = [r for one in rounds for r in one["runs"]]
-    seconds = {step: statistics.median(r["seconds"][step] for r in runs) for step in STEPS}
-    total = statistics.median(r["total"] for r in runs)
-    last = rounds[-1]
-    return {"seconds_per_case": round(total, 3), "seconds_per_case_min": round(min(r["total"] for r in runs), 3),
-            "seconds_per_case_each_round": [round(statistics.median(r["total"] for r in one["runs"]), 3)
-                                            for one in rounds],
-            "steps": {k: round(v, 3) for k, v in seconds.items()},
-            "network_share": round(seconds["network"] / total, 3), "patches": last["patches"],
-            "network_seconds_per_patch": round(seconds["network"] / last["patches"] / (8 if mirroring else 1), 4),
-            "original_shape": last["original_shape"], "preprocessed_shape": last["preprocessed_shape"],
-            "runs": len(runs), "rounds": rounds,
-            **({"fast_path": last["fast_path"], "fast_path_each_round": [one["fast_path"]["runtime"] for one in rounds]}
-               if "fast_path" in last else {})}
-
-
-def runtime_label(row: dict) -> str:
-    """The runtime's name in reports; the fast path's with what it chose."""
-    label = RUNTIME_LABELS[row["runtime"]]
-    if not row.get("fast_path"):
-        return label
-    chosen = row.get("fast_path_each_round") or [row["fast_path"]["runtime"]]
-    if len(set(chosen)) == 1:
-        return f"{label} ({chosen[0]})"
-    return f"{label} ({', '.join(f'{name} ×{chosen.count(name)}' for name in sorted(set(chosen)))})"
-
-
 def _fresh_processes(each: list | None) -> str:
     return f" (median of {len(each)} fresh processes: {', '.join(f'{x:.0f}' for x in each)})" if each else ""
 
@@ -429,6 +356,7 @@ def main() -> None:
         Path(os.environ[name]).mkdir(parents=True, exist_ok=True)
     import onnxruntime
 
+    from nnkd.evaluation.case_latency import pool_rounds, time_cases
     from nnkd.planners.latency import machine
 
     dataset, cases = prepare_case(args)
@@ -471,8 +399,9 @@ def main() -> None:
                         continue  # measured already (a measurement of an earlier version has no rounds: kept)
                     started = time.time()
                     print(f"measuring {key}, round {round_number + 1} of {args.rounds} ...", flush=True)
-                    rounds = rounds + [measure(args, built, runtime, mirroring == "on", cases)]
-                    record["measurements"][key] = summarize(rounds, mirroring == "on")
+                    rounds = rounds + [time_cases(built, CONFIGURATION, runtime, mirroring == "on", cases,
+                                                  args.repeats)]
+                    record["measurements"][key] = pool_rounds(rounds, mirroring == "on")
                     print(f"  {record['measurements'][key]['seconds_per_case_each_round'][-1]:.2f} s per case "
                           f"({time.time() - started:.0f} s)", flush=True)
                     write_json_atomic(path, record)

@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import traceback
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,16 +139,49 @@ def nnunet_env(tmp_path) -> dict:
     return make_env(tmp_path)
 
 
-@pytest.fixture(scope="session")
-def planned(tmp_path_factory):
-    """Dataset 991 (8 cases of ~32³) planned with a tiny budget and preprocessed for 3d_fullres."""
-    env = make_env(tmp_path_factory.mktemp("planned"))
+def built_once(tmp_path_factory, name: str, build) -> tuple[Path, dict]:
+    """`build(folder) -> record` run once per test session however many xdist workers ask for it: the first builds
+    into a folder beside the workers' own, under a file lock (the others wait), and every worker works on its own
+    copy (tests write into their nnU-Net folders; copy2 keeps the files' times, which tree_digest compares).
+    (this worker's folder, the record)."""
+    own = tmp_path_factory.mktemp(name)
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return own, build(own)
+    shared = tmp_path_factory.getbasetemp().parent / f"shared_{name}"
+    record = shared.with_suffix(".json")
+    with FileLock(f"{shared}.lock"):
+        if not record.is_file():
+            shutil.rmtree(shared, ignore_errors=True)
+            record.write_text(json.dumps(build(shared)))
+    shutil.copytree(shared, own, dirs_exist_ok=True)
+    return own, json.loads(record.read_text())
+
+
+def _plan_and_train_teacher(root: Path) -> dict:
+    """Dataset 991 (8 cases of ~32³) planned with a tiny budget and preprocessed for 3d_fullres, and a real nnU-Net
+    teacher for it: stock nnUNetv2_train with a 2-iteration trainer nnkd never imports."""
+    env = make_env(root)
     run_cli("nnkd_make_synthetic", "-d", PLANNED_ID, *SMALL, env=env)
-    raw = Path(env["nnUNet_raw"])
-    before = tree_digest(raw)
+    before = tree_digest(Path(env["nnUNet_raw"]))
     result = run_cli("nnkd_plan_and_preprocess", "-d", PLANNED_ID, "-c", "3d_fullres", "--budget", "tiny",
                      "-np", "1", "--verify_dataset_integrity", env=env)
-    return {"env": env, "raw_before": before, "stdout": result.stdout,
+    run_cli("nnUNetv2_train", PLANNED_ID, "3d_fullres", "0", "-tr", "nnUNetTrainer_Tiny", "-device", "cpu",
+            env={**training_env(env), "nnUNet_extTrainer": str(ROOT / "tests" / "ext_trainers")})
+    return {"raw_before": before, "stdout": result.stdout}
+
+
+@pytest.fixture(scope="session")
+def planned_and_teacher(tmp_path_factory):
+    """_plan_and_train_teacher's folders, built once per test session (built_once): this worker's copy."""
+    root, record = built_once(tmp_path_factory, "planned", _plan_and_train_teacher)
+    return make_env(root), {k: tuple(v) for k, v in record["raw_before"].items()}, record["stdout"]
+
+
+@pytest.fixture(scope="session")
+def planned(planned_and_teacher):
+    """Dataset 991 (8 cases of ~32³) planned with a tiny budget and preprocessed for 3d_fullres."""
+    env, before, stdout = planned_and_teacher
+    return {"env": env, "raw_before": before, "stdout": stdout,
             "preprocessed": Path(env["nnUNet_preprocessed"]) / "Dataset991_Synthetic"}
 
 
@@ -162,10 +197,9 @@ def training_env(env: dict, **extra) -> dict:
 
 @pytest.fixture(scope="session")
 def teacher(planned):
-    """A real nnU-Net teacher: stock nnUNetv2_train with a 2-iteration trainer nnkd never imports."""
+    """A real nnU-Net teacher of the planned dataset: stock nnUNetv2_train with a 2-iteration trainer nnkd never
+    imports (trained with the plans, in _plan_and_train_teacher)."""
     env = training_env(planned["env"])
-    run_cli("nnUNetv2_train", PLANNED_ID, "3d_fullres", "0", "-tr", "nnUNetTrainer_Tiny", "-device", "cpu",
-            env={**env, "nnUNet_extTrainer": str(ROOT / "tests" / "ext_trainers")})
     folder = Path(env["nnUNet_results"]) / "Dataset991_Synthetic" / "nnUNetTrainer_Tiny__nnUNetPlans__3d_fullres"
     return {"env": env, "folder": folder, "spec": f"nnunet:{folder}"}
 

@@ -72,8 +72,12 @@ def fake_run(runs: Path, name: str, method: str, seed: int, dice: float, lesion_
 
 def test_deploy_latency_pools_its_rounds_and_names_each_fast_path_choice(tmp_path):
     """deploy_latency.py --rounds: every model × runtime is measured once per round, side by side; a row's
-    figures pool all rounds' runs, keep each round's median, and say what the fast path chose in each."""
+    figures pool all rounds' runs (nnkd.evaluation.case_latency), keep each round's median, and say what the fast
+    path chose in each."""
     from argparse import Namespace
+
+    from nnkd.evaluation.case_latency import pool_rounds
+    from nnkd.evaluation.runtimes import runtime_label
 
     module = load("deploy_latency")
 
@@ -83,14 +87,14 @@ def test_deploy_latency_pools_its_rounds_and_names_each_fast_path_choice(tmp_pat
         return {"runs": runs, "patches": 4, "original_shape": [10, 20, 20], "preprocessed_shape": [10, 20, 20],
                 **({"fast_path": {"runtime": chosen}} if chosen else {})}
 
-    teacher = module.summarize([one_round([10.0, 12.0]), one_round([11.0, 15.0])], mirroring=False)
+    teacher = pool_rounds([one_round([10.0, 12.0]), one_round([11.0, 15.0])], mirroring=False)
     assert teacher["seconds_per_case"] == 11.5 and teacher["seconds_per_case_min"] == 10.0
     assert teacher["seconds_per_case_each_round"] == [11.0, 13.0] and teacher["runs"] == 4
     assert teacher["steps"]["network"] == 11.0 and teacher["network_seconds_per_patch"] == 2.75
-    fast = module.summarize([one_round([2.0], "onnxruntime"), one_round([3.0], "torch"),
+    fast = pool_rounds([one_round([2.0], "onnxruntime"), one_round([3.0], "torch"),
                              one_round([2.5], "onnxruntime")], mirroring=False)
     assert fast["fast_path_each_round"] == ["onnxruntime", "torch", "onnxruntime"]
-    assert module.runtime_label({"runtime": "fast", **fast}) == "nnkd_predict fast path (onnxruntime ×2, torch ×1)"
+    assert runtime_label({"runtime": "fast", **fast}) == "nnkd_predict fast path (onnxruntime ×2, torch ×1)"
     record = {"machine": {"cpu": "a CPU", "processor": "", "machine": "x86_64", "cpus": 2, "torch_threads": 2,
                           "torch": "2", "onnxruntime": "1"},
               "models": {"teacher": {"params": 2e6, "gflops_per_patch": 16.0},

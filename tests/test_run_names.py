@@ -45,7 +45,7 @@ def test_two_runs_that_differ_in_hp_both_survive_and_are_found_by_name(teacher, 
 
     again = refuse_in_process("nnkd_train", *student, "--hp", "kd_temperature=4", *QUICK_TRAINING, env=env)
     assert again.returncode != 0 and "already has checkpoints" in again.stderr  # never overwritten
-    resumed = run_cli("nnkd_train", *student[:7], "--val", "--device", "cpu", env=env, check=False)
+    resumed = refuse_in_process("nnkd_train", *student[:7], "--val", "--device", "cpu", env=env)
     assert resumed.returncode != 0 and "several runs of nnKDTrainer_Logit" in resumed.stderr
     assert all(n in resumed.stderr for n in names)
 
