@@ -273,12 +273,15 @@ def _check_finished_runs(request: BenchmarkRequest, output: Path) -> None:
         check_recorded_settings(run, request, output, teacher_known=request.teacher is not None)
 
 
-def _cache_teacher(runs: list[Run], plans: dict, request: BenchmarkRequest, dataset_name: str, env: dict,
-                   output: Path) -> None:
-    """nnkd_cache_teacher once, when a cached run is still to train (the cache skips what it holds)."""
+def _cache_teacher(runs: list[Run], plans: dict, request: BenchmarkRequest, dataset_name: str, output: Path) -> None:
+    """The teacher cached once, as nnkd_cache_teacher caches it (in this process; its output in OUT/logs/cache.log),
+    when a cached run is still to train (the cache skips what it holds)."""
     if any(r.cached and not is_finished(r, plans[r.budget], request, dataset_name, output) for r in runs):
-        check(["nnkd_cache_teacher", "-d", dataset_name, "-c", request.configuration, "-f", request.fold,
-               "--teacher", request.teacher, "--device", request.device], env, output / "logs" / "cache.log")
+        from nnkd.cache.compute import CacheRequest, cache_teacher
+
+        with open(output / "logs" / "cache.log", "a") as log, contextlib.redirect_stdout(log):
+            cache_teacher(CacheRequest(dataset=dataset_name, configuration=request.configuration,
+                                       fold=str(request.fold), teacher=request.teacher, device=request.device))
 
 
 def _results(request: BenchmarkRequest, dataset_name: str, dataset_json: dict, cases: list, device, teacher_info: dict,
@@ -332,7 +335,7 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
     has_logits = teacher.has_logits and dict(teacher.labels) == dict(dataset_json["labels"])
     runs = _runs(request, has_logits)
-    _cache_teacher(runs, plans, request, dataset_name, env, output)
+    _cache_teacher(runs, plans, request, dataset_name, output)
     steps.update()
     records = _train_runs(runs, plans, request, dataset_name, env, output, device)
     steps.update()
