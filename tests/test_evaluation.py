@@ -75,3 +75,27 @@ def test_layer_rates_count_every_flop_in_both_runtimes_and_time_every_layer():
                                  if r["kind"] in ("Conv", "ConvTranspose"))
                  for runtime, summary in rates.items()}
         assert convs["torch"] == convs["onnx"] and len(convs["torch"]) == 13  # 6 + 4 convs, 2 transposed, the head
+
+
+def test_case_latency_times_every_step_of_a_case_and_pools_the_rounds(planned, monkeypatch):
+    """nnkd.evaluation.case_latency (deploy_latency.py's measurement) on a test case of the planned dataset, in
+    torch with random weights: every step timed, the patches counted, and two rounds pooled."""
+    from nnkd.evaluation.case_latency import pool_rounds, time_cases
+    from nnkd.inference.profile import STEPS
+    from nnkd.plans import PreprocessedConfiguration, network_from_plans, num_input_channels
+
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, planned["env"][name])
+    config = PreprocessedConfiguration.load("Dataset991_Synthetic", "nnKDPlans_tiny", "3d_fullres")
+    plans, dataset_json = config.plans, config.dataset_json
+    model = {"plans": plans, "dataset_json": dataset_json, "onnx": {},
+             "network": network_from_plans(plans, "3d_fullres", dataset_json).eval(),
+             "channels": num_input_channels(plans, "3d_fullres", dataset_json),
+             "patch_size": plans["configurations"]["3d_fullres"]["patch_size"]}
+    case = sorted((Path(planned["env"]["nnUNet_raw"]) / "Dataset991_Synthetic" / "imagesTs").glob("*_0000.nii.gz"))[:1]
+    rounds = [time_cases(model, "3d_fullres", "torch", False, case, repeats=1) for _ in range(2)]
+    assert all(len(r["runs"]) == 1 and set(r["runs"][0]["seconds"]) == set(STEPS) for r in rounds)
+    assert rounds[0]["patches"] >= 1 and len(rounds[0]["original_shape"]) == 3
+    pooled = pool_rounds(rounds, mirroring=False)
+    assert pooled["runs"] == 2 and len(pooled["seconds_per_case_each_round"]) == 2
+    assert 0 < pooled["seconds_per_case_min"] <= pooled["seconds_per_case"] and 0 < pooled["network_share"] < 1
