@@ -67,6 +67,15 @@ def _quick_setup(request: BenchmarkRequest, env: dict, output: Path) -> None:
               output / "logs" / "make_synthetic.log")
 
 
+@contextlib.contextmanager
+def _logged(output: Path, name: str):
+    """What this process prints during one step, appended to OUT/logs/<name>.log (as the steps run in processes of
+    their own log theirs)."""
+    (output / "logs").mkdir(parents=True, exist_ok=True)
+    with open(output / "logs" / f"{name}.log", "a") as log, contextlib.redirect_stdout(log):
+        yield
+
+
 def _plan(request: BenchmarkRequest, dataset_name: str, output: Path) -> dict[str, str]:
     """Student plans per budget, planned and preprocessed unless they are there (ensure_planned: a rerun plans
     nothing again); nnU-Net's planning output goes to OUT/logs/plan_<budget>.log."""
@@ -74,9 +83,8 @@ def _plan(request: BenchmarkRequest, dataset_name: str, output: Path) -> dict[st
     from nnkd.planners.plan_and_preprocess import ensure_planned
 
     plans = {}
-    (output / "logs").mkdir(parents=True, exist_ok=True)
     for budget in request.budgets:
-        with open(output / "logs" / f"plan_{budget}.log", "a") as log, contextlib.redirect_stdout(log):
+        with _logged(output, f"plan_{budget}"):
             plans[budget] = ensure_planned(dataset_name, Budget.from_name(budget), request.configuration,
                                            num_processes=request.num_processes, command=COMMAND)
     return plans
@@ -279,7 +287,7 @@ def _cache_teacher(runs: list[Run], plans: dict, request: BenchmarkRequest, data
     if any(r.cached and not is_finished(r, plans[r.budget], request, dataset_name, output) for r in runs):
         from nnkd.cache.compute import CacheRequest, cache_teacher
 
-        with open(output / "logs" / "cache.log", "a") as log, contextlib.redirect_stdout(log):
+        with _logged(output, "cache"):
             cache_teacher(CacheRequest(dataset=dataset_name, configuration=request.configuration,
                                        fold=str(request.fold), teacher=request.teacher, device=request.device))
 
