@@ -1,21 +1,23 @@
 """The accuracy–size frontier against a converged teacher, as one resumable command.
 
     python benchmarks/frontier.py -o OUT -d 980 --preset multiorgan --dim 2 --shape 128 128 -c 2d
-        [--cases 50] [--test-cases 12] [--teacher-epochs 120] [--iterations 50] [--val-iterations 4]
+        [--cases 50] [--test-cases 12] [--name Synthetic] [--teacher-epochs 120] [--iterations 50]
+        [--val-iterations 4]
         [--budgets 1/4,1/16,1/64,1/256] [--methods none,logit] [--seeds 3] [--jobs 1] [--device cpu|cuda]
         [--allow-unconverged] [--teacher-only]
 
-1. Dataset: `nnkd_make_synthetic -d ID --preset P --dim D` unless `$nnUNet_raw` has it (an existing dataset,
-   e.g. 990, is used as it is).
+1. Dataset: nnkd_make_synthetic's dataset (`-d ID --preset P --dim D --shape … --name N`) unless `$nnUNet_raw` has
+   that ID (an existing dataset, e.g. 990, is used as it is), planned unless it is: nnU-Net's default plans, which
+   the teacher trains on, and the tiny student (`nnkd_plan_and_preprocess --budget tiny`).
 2. Teacher: nnU-Net's default plans for -c (`-p nnUNetPlans`), trained without distillation by nnU-Net's loop
    (`nnkd_train --method none --seed 0`) for --teacher-epochs × --iterations on fold 0 into
    `$nnUNet_results/<dataset>/nnKDTrainer_NoKD@s0__nnUNetPlans__<c>`; continued when it stopped.
 3. Convergence: the teacher's EMA pseudo Dice must gain < --plateau-gain points over the last
    --plateau-share of its epochs (nnkd.evaluation.convergence); otherwise the study stops (train the teacher
    longer) unless --allow-unconverged. Its curve is drawn to OUT/teacher_curve.png and the verdict, schedule and
-   nnU-Net's validation Dice written to OUT/teacher.json (--teacher-only stops there, and skips planning).
-4. Students: `nnkd_benchmark --budgets params<P/N>,… --methods <methods> --cached-only`, one budget per
-   --budgets fraction 1/N of the teacher's parameters (an absolute --max-params limit each: GFLOPs are left
+   nnU-Net's validation Dice written to OUT/teacher.json (--teacher-only stops there).
+4. Students: nnkd_benchmark (in this process) `--budgets params<P/N>,… --methods <methods> --cached-only`, one
+   budget per --budgets fraction 1/N of the teacher's parameters (an absolute --max-params limit each: GFLOPs are left
    free, so the smallest fractions stay plannable; the plots show both axes), with the teacher's own schedule (--teacher-epochs × --iterations: the same number of iterations), --seeds seeds,
    into OUT/benchmark; logit-only methods learn from the cached teacher.
 5. OUT/results.json (teacher: spec, iterations, Dice, plateau; one record per run: budget, method, seed, Dice;
@@ -34,32 +36,13 @@ from nnkd.atomic import write_json_atomic
 from nnkd.devices import cpu_identity
 from nnkd.evaluation.convergence import PLATEAU_GAIN, PLATEAU_SHARE, plateau, training_curve
 from nnkd.benchmark.frontier import frontier, plot_teacher_curve, write_frontier
-from nnkd.benchmark.runs import check
+from nnkd.benchmark.runs import TEACHER_SEED, train_study_teacher
+from nnkd.benchmark.study import BenchmarkRequest, run_benchmark, study_dataset
+from nnkd.datasets.synthetic import SyntheticSpec
 from nnkd.planners.budget import Budget
 from nnkd.planners.student_planner import STUDENT_KEY
 from nnkd.plans import PreprocessedConfiguration
 from nnkd.run.common import validation_dice
-from nnkd.run_names import derived_run_name, run_trainer_name
-
-TEACHER_SEED = 0
-
-
-def teacher_folder(results: Path, dataset: str, configuration: str) -> Path:
-    trainer = run_trainer_name("nnKDTrainer_NoKD", derived_run_name([], seed=TEACHER_SEED))
-    return results / dataset / f"{trainer}__nnUNetPlans__{configuration}"
-
-
-def train_teacher(args, env: dict, dataset: str, logs: Path) -> Path:
-    folder = teacher_folder(Path(env["nnUNet_results"]), dataset, args.c)
-    fold = folder / "fold_0"
-    if not (fold / "checkpoint_final.pth").is_file():
-        print(f"training the teacher ({args.teacher_epochs} × {args.iterations} iterations) into {folder}")
-        resume = ["--c"] if (fold / "checkpoint_latest.pth").is_file() else []
-        check(["nnkd_train", dataset, args.c, 0, "-p", "nnUNetPlans", "--method", "none", "--epochs",
-               args.teacher_epochs, "--iterations-per-epoch", args.iterations, "--val-iterations-per-epoch",
-               args.val_iterations, "--device", args.device, "--seed", TEACHER_SEED, *resume], env,
-              logs / "teacher.log")
-    return folder
 
 
 def teacher_record(args, folder: Path, benchmark: dict) -> dict:
@@ -86,6 +69,7 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs="+", default=(128, 128), help="nnkd_make_synthetic --shape")
     parser.add_argument("--cases", type=int, default=50)
     parser.add_argument("--test-cases", type=int, default=12)
+    parser.add_argument("--name", default="Synthetic", help="nnkd_make_synthetic --name, when it makes the data")
     parser.add_argument("--teacher-epochs", type=int, default=120, help="teacher epochs; students get as many")
     parser.add_argument("--iterations", type=int, default=50, help="iterations per epoch (teacher and students)")
     parser.add_argument("--val-iterations", type=int, default=4, help="validation batches per epoch (curves)")
@@ -110,18 +94,14 @@ def main() -> None:
     fractions = [Budget.from_name(b).to_json()["fraction_of_teacher"] for b in args.budgets.split(",") if b]
     if None in fractions:
         parser.error(f"--budgets {args.budgets}: give fractions 1/N of the teacher's parameters")
-    env = {**os.environ, "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", str(args.np))}
-    logs = args.o / "logs"
-    raw = Path(env["nnUNet_raw"])
-    if not any(raw.glob(f"Dataset{args.d:03d}_*")):
-        check(["nnkd_make_synthetic", "-d", args.d, "--preset", args.preset, "--dim", args.dim, "--shape",
-               *args.shape, "--cases", args.cases, "--test-cases", args.test_cases], env, logs / "make_synthetic.log")
-    dataset = next(raw.glob(f"Dataset{args.d:03d}_*")).name
-    if not args.teacher_only:
-        check(["nnkd_plan_and_preprocess", "-d", args.d, "-c", args.c, "--budget", "tiny", "-np", args.np], env,
-              logs / "plan.log")
-
-    folder = train_teacher(args, env, dataset, logs)
+    os.environ.setdefault("nnUNet_n_proc_DA", str(args.np))  # the teacher's and every student's augmentation
+    spec = SyntheticSpec(dataset_id=args.d, cases=args.cases, dim=args.dim, shape=tuple(args.shape), name=args.name,
+                         test_cases=args.test_cases, preset=args.preset)
+    dataset = study_dataset(spec, args.c, args.np, args.o, "frontier")
+    schedule = {"num_epochs": args.teacher_epochs, "num_iterations_per_epoch": args.iterations,
+                "num_val_iterations_per_epoch": args.val_iterations}
+    folder = train_study_teacher(dataset, args.c, schedule, args.device, dict(os.environ),
+                                 args.o / "logs" / "teacher.log")
     curve = training_curve(folder / "fold_0")
     judged = plateau(curve["ema_fg_dice"], args.plateau_share, args.plateau_gain)
     args.o.mkdir(parents=True, exist_ok=True)
@@ -143,13 +123,10 @@ def main() -> None:
     tiny = PreprocessedConfiguration.load(dataset, "nnKDPlans_tiny", args.c).plans["configurations"][args.c]
     teacher_params = tiny[STUDENT_KEY]["teacher_params"]
     budgets = {f"params{int(teacher_params * f)}": f for f in fractions}
-    benchmark = args.o / "benchmark"
-    check(["nnkd_benchmark", "-d", args.d, "-c", args.c, "--teacher", f"nnunet:{folder}", "--methods", args.methods,
-           "--budgets", ",".join(budgets), "--epochs", args.teacher_epochs, "--iterations-per-epoch", args.iterations,
-           "--val-iterations-per-epoch", args.val_iterations, "--seeds", args.seeds, "--cached-only", "--no-onnx",
-           "-np", args.np, "--jobs", args.jobs, "--device", args.device, "-o", benchmark], env,
-          logs / "benchmark.log")
-    results = json.loads((benchmark / "results.json").read_text())
+    results = run_benchmark(BenchmarkRequest(
+        output=args.o / "benchmark", dataset=str(args.d), configuration=args.c, teacher=f"nnunet:{folder}",
+        methods=tuple(args.methods.split(",")), budgets=tuple(budgets), **schedule, seeds=args.seeds,
+        cached_only=True, onnx=False, num_processes=args.np, jobs=args.jobs, device=args.device))
     teacher = teacher_record(args, folder, results)
     runs = [{"budget": r["budget"], "fraction_of_teacher_params": budgets.get(r["budget"]), "method": r["method"],
              "label": r["label"], "cached": r["cached"], "seed": r["seed"], "dice": r["dice"],

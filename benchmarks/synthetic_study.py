@@ -6,14 +6,15 @@
         [--all-label-methods none,logit,feature,cka,drd] [--low-label-methods 'none,logit,tskd?feature_weight=0']
         [--budgets tiny,small] [-np 2] [--jobs 1] [--device cpu|cuda] [--teacher-only]
 
-1. Dataset: `nnkd_make_synthetic` (multi-class: organ, lesion, vessel; --cases training + 4 test cases of
-   about --shape voxels), unless `$nnUNet_raw` has it already.
-2. Plans: `nnkd_plan_and_preprocess --budget tiny` (nnU-Net's default plans, preprocessed, and a student).
+1. Dataset: nnkd_make_synthetic's (multi-class: organ, lesion, vessel; --cases training + 4 test cases of
+   about --shape voxels), unless `$nnUNet_raw` has that ID already.
+2. Plans: as `nnkd_plan_and_preprocess --budget tiny` (nnU-Net's default plans, preprocessed, and a student),
+   unless planned.
 3. Teacher: nnU-Net's default 3d_fullres network (`-p nnUNetPlans`) trained by nnU-Net's loop without
    distillation (`nnkd_train --method none --seed 0`) for --teacher-epochs × --teacher-iterations on fold 0,
    into `$nnUNet_results/<dataset>/nnKDTrainer_NoKD@s0__nnUNetPlans__3d_fullres` (nnkd's run name of a seeded
    run); skipped when its checkpoint_final.pth exists, continued when it stopped. --teacher-only stops here.
-4. Low-label regime: `nnkd_benchmark --labeled N --methods <--low-label-methods> --budgets tiny` into
+4. Low-label regime: nnkd_benchmark (in this process) `--labeled N --methods <--low-label-methods> --budgets tiny` into
    OUT/labeled<N>: every run keeps N labelled training cases; tskd also distils on the fold's other training
    images (their labels unread), which is what a teacher trained elsewhere offers a student with few labels.
 5. All labels: `nnkd_benchmark --methods <--all-label-methods> --budgets <--budgets>` into OUT/all_labels.
@@ -31,16 +32,9 @@ import argparse
 import os
 from pathlib import Path
 
-from nnkd.benchmark.runs import check
-from nnkd.run_names import derived_run_name, run_trainer_name
-
-TEACHER_SEED = 0
-
-
-def teacher_folder(results: Path, dataset: str) -> Path:
-    """Where `nnkd_train --method none --seed TEACHER_SEED -p nnUNetPlans` files the teacher (nnkd's run names)."""
-    trainer = run_trainer_name("nnKDTrainer_NoKD", derived_run_name([], seed=TEACHER_SEED))
-    return results / dataset / f"{trainer}__nnUNetPlans__3d_fullres"
+from nnkd.benchmark.runs import train_study_teacher
+from nnkd.benchmark.study import BenchmarkRequest, run_benchmark, study_dataset
+from nnkd.datasets.synthetic import SyntheticSpec
 
 
 def main() -> None:
@@ -70,40 +64,27 @@ def main() -> None:
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         if name not in os.environ:
             parser.error(f"set {name} (nnU-Net's folders) first")
-    env = {**os.environ, "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", str(args.np))}
-    logs = args.o / "logs"
-    raw = Path(env["nnUNet_raw"])
-    if not any(raw.glob(f"Dataset{args.d:03d}_*")):
-        check(["nnkd_make_synthetic", "-d", args.d, "--cases", args.cases, "--test-cases", 4, "--shape", *args.shape],
-              env, logs / "make_synthetic.log")
-    dataset = next(raw.glob(f"Dataset{args.d:03d}_*")).name
-    check(["nnkd_plan_and_preprocess", "-d", args.d, "-c", "3d_fullres", "--budget", "tiny", "-np", args.np], env,
-          logs / "plan.log")
-
-    teacher = teacher_folder(Path(env["nnUNet_results"]), dataset)
-    fold = teacher / "fold_0"
-    if not (fold / "checkpoint_final.pth").is_file():
-        print(f"training the teacher ({args.teacher_epochs} × {args.teacher_iterations} iterations) into {teacher}")
-        resume = ["--c"] if (fold / "checkpoint_latest.pth").is_file() else []  # a stopped teacher continues
-        check(["nnkd_train", dataset, "3d_fullres", 0, "-p", "nnUNetPlans", "--method", "none", "--epochs",
-               args.teacher_epochs, "--iterations-per-epoch", args.teacher_iterations, "--val-iterations-per-epoch",
-               2, "--device", args.device, "--seed", TEACHER_SEED, *resume], env, logs / "teacher.log")
-    if not (fold / "checkpoint_final.pth").is_file():
-        raise SystemExit(f"synthetic_study: error: no {fold / 'checkpoint_final.pth'} after training the teacher")
+    os.environ.setdefault("nnUNet_n_proc_DA", str(args.np))  # the teacher's and every student's augmentation
+    spec = SyntheticSpec(dataset_id=args.d, cases=args.cases, test_cases=4, shape=tuple(args.shape))
+    dataset = study_dataset(spec, "3d_fullres", args.np, args.o, "synthetic_study")
+    schedule = {"num_epochs": args.teacher_epochs, "num_iterations_per_epoch": args.teacher_iterations,
+                "num_val_iterations_per_epoch": 2}
+    teacher = train_study_teacher(dataset, "3d_fullres", schedule, args.device, dict(os.environ),
+                            args.o / "logs" / "teacher.log")
     print(f"teacher: {teacher}")
     if args.teacher_only:
         return
 
-    schedule = ["--iterations-per-epoch", args.iterations, "--val-iterations-per-epoch", args.val_iterations,
-                "--seeds", args.seeds, "--cached-only", "-np", args.np, "--jobs", args.jobs, "--device", args.device]
-    studies = {f"labeled{args.labeled}": ["--labeled", args.labeled, "--methods", args.low_label_methods,
-                                          "--budgets", "tiny", "--epochs", args.low_label_epochs],
-               "all_labels": ["--methods", args.all_label_methods, "--budgets", args.budgets, "--epochs",
-                              args.epochs]}
+    studies = {f"labeled{args.labeled}": dict(labeled=args.labeled, methods=args.low_label_methods, budgets="tiny",
+                                              num_epochs=args.low_label_epochs),
+               "all_labels": dict(methods=args.all_label_methods, budgets=args.budgets, num_epochs=args.epochs)}
     for name, options in studies.items():
         print(f"benchmark {name} → {args.o / name}")
-        check(["nnkd_benchmark", "-d", args.d, "-c", "3d_fullres", "--teacher", f"nnunet:{teacher}", *options,
-               *schedule, "-o", args.o / name], env, logs / f"benchmark_{name}.log")
+        run_benchmark(BenchmarkRequest(
+            output=args.o / name, dataset=str(args.d), configuration="3d_fullres", teacher=f"nnunet:{teacher}",
+            **options | {k: tuple(options[k].split(",")) for k in ("methods", "budgets")},
+            num_iterations_per_epoch=args.iterations, num_val_iterations_per_epoch=args.val_iterations,
+            seeds=args.seeds, cached_only=True, num_processes=args.np, jobs=args.jobs, device=args.device))
         print((args.o / name / "report.md").read_text())
 
 

@@ -244,8 +244,8 @@ def test_seed_summary_pairs_each_run_with_the_no_kd_run_of_its_seed():
 
 def test_a_run_stopped_during_its_final_validation_is_validated_not_retrained(tmp_path, monkeypatch):
     """nnU-Net removes checkpoint_latest.pth once checkpoint_final.pth is written: a benchmark killed during the
-    final validation must resume that run with `nnkd_train --val` (validate only), not start it again (which
-    nnkd_train refuses) nor train it on."""
+    final validation must resume that run validating only (nnkd_train --val), not start it again (which nnkd_train
+    refuses) nor train it on. The run's TrainRequest reaches its training process as JSON, intact."""
     from types import SimpleNamespace
 
     from nnkd.benchmark import runs
@@ -253,10 +253,10 @@ def test_a_run_stopped_during_its_final_validation_is_validated_not_retrained(tm
     fold = tmp_path / "out" / "runs" / "tiny-none-s0" / "Dataset990_Synthetic" / "T__P__3d_fullres" / "fold_0"
     fold.mkdir(parents=True)
     (fold / "checkpoint_final.pth").write_bytes(b"")
-    commands = []
+    requests = []
 
-    def fake_check(args, env, log):
-        commands.append([str(a) for a in args])
+    def fake_train(request, env, log):
+        requests.append(runs.TrainRequest.from_json(json.loads(json.dumps(request.to_json()))))
         (fold / "validation").mkdir()
         (fold / "validation" / "summary.json").write_text(json.dumps(
             {"foreground_mean": {"Dice": 0.9}, "mean": {"1": {"Dice": 0.9}}}))
@@ -264,13 +264,17 @@ def test_a_run_stopped_during_its_final_validation_is_validated_not_retrained(tm
 
     monkeypatch.setattr(runs, "fold_folder", lambda *a: fold)
     monkeypatch.setattr(runs, "started_as_asked", lambda *a: True)
-    monkeypatch.setattr(runs, "check", fake_check)
+    monkeypatch.setattr(runs, "train_in_process", fake_train)
     monkeypatch.setattr(runs, "seconds_per_iteration", lambda *a: 0.1)
     monkeypatch.setattr(runs, "learning_curve", lambda *a: {})
     request = SimpleNamespace(num_epochs=2, num_iterations_per_epoch=2, labeled=None, teacher=None, extra_teachers=[],
-                              seed=0, num_val_iterations_per_epoch=1, configuration="3d_fullres", fold=0, device="cpu")
+                              seed=0, num_val_iterations_per_epoch=1, configuration="3d_fullres", fold=0, device="cpu",
+                              schedule={"num_epochs": 2, "num_iterations_per_epoch": 2})
     record = runs.train(runs.Run("tiny", "none", seed=0), "P", request, "Dataset990_Synthetic", {}, tmp_path / "out")
-    assert len(commands) == 1 and "--val" in commands[0] and "--c" not in commands[0]
+    assert len(requests) == 1 and requests[0].validation_only and not requests[0].continue_training
+    assert requests[0] == runs.TrainRequest(dataset="Dataset990_Synthetic", configuration="3d_fullres", fold="0",
+                                            plans="P", method="none", seed=0, device="cpu", validation_only=True,
+                                            num_epochs=2, num_iterations_per_epoch=2)
     assert record["dice"] == 0.9
 
 

@@ -137,21 +137,77 @@ def test_runs_report_pairs_each_run_with_no_kd_of_its_own_budget(tmp_path):
     assert (tmp_path / "out" / "learning_curves.png").stat().st_size > 1000
 
 
-def test_synthetic_study_trains_its_teacher_where_its_benchmarks_look_for_it(nnunet_env, tmp_path):
-    """The study trains the teacher with a seed, so nnkd_train files it under a run name; the study must look
-    there (it once looked in the unnamed folder and stopped after the teacher had trained)."""
+STUDY_TEACHERS = {  # a study script with --teacher-only on a tiny dataset, and the dataset and configuration it plans
+    "synthetic_study": (["--cases", "8", "--shape", "32", "32", "32", "--teacher-epochs", "1",
+                         "--teacher-iterations", "2"], "Dataset990_Synthetic", "3d_fullres"),
+    "frontier": (["-d", "980", "-c", "2d", "--preset", "default", "--dim", "2", "--shape", "32", "32", "--cases", "8",
+                  "--test-cases", "2", "--teacher-epochs", "1", "--iterations", "2", "--val-iterations", "1"],
+                 "Dataset980_Synthetic", "2d"),
+}
+
+
+@pytest.mark.parametrize("script", STUDY_TEACHERS)
+def test_study_scripts_make_plan_and_train_their_teacher_where_their_benchmarks_look_for_it(nnunet_env, tmp_path,
+                                                                                           script):
+    """From empty nnU-Net folders, --teacher-only writes the dataset, plans it and trains the teacher (the frontier
+    once skipped planning there, and its teacher found no plans); the teacher is trained with a seed, so nnkd_train
+    files it under a run name, where the study must look (it once looked in the unnamed folder). A rerun trains
+    nothing again."""
     import subprocess
     import sys
 
-    module = load("synthetic_study")
-    command = [sys.executable, str(ROOT / "benchmarks" / "synthetic_study.py"), "-o", str(tmp_path / "out"),
-               "--cases", "8", "--shape", "32", "32", "32", "--teacher-epochs", "1", "--teacher-iterations", "2",
+    from nnkd.benchmark.runs import study_teacher_folder
+
+    options, dataset, configuration = STUDY_TEACHERS[script]
+    command = [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "-o", str(tmp_path / "out"), *options,
                "-np", "1", "--teacher-only"]
-    env = nnunet_env
-    first = subprocess.run(command, env=env, capture_output=True, text=True)
+    first = subprocess.run(command, env=nnunet_env, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    folder = module.teacher_folder(Path(env["nnUNet_results"]), "Dataset990_Synthetic")
+    folder = study_teacher_folder(Path(nnunet_env["nnUNet_results"]), dataset, configuration)
     assert "@s0__" in folder.name and (folder / "fold_0" / "checkpoint_final.pth").is_file()
-    assert "training the teacher" in first.stdout and f"teacher: {folder}" in first.stdout
-    again = subprocess.run(command, env=env, capture_output=True, text=True)
-    assert again.returncode == 0 and "training the teacher" not in again.stdout and f"teacher: {folder}" in again.stdout
+    assert "training the teacher" in first.stdout and str(folder) in first.stdout
+    assert (tmp_path / "out" / "logs" / "teacher.request.json").is_file()  # the request, not CLI arguments
+    again = subprocess.run(command, env=nnunet_env, capture_output=True, text=True)
+    assert again.returncode == 0 and "training the teacher" not in again.stdout and str(folder) in again.stdout
+
+
+def test_search_report_counts_choices_within_d_on_test_and_ladder_steps_from_the_frontier(tmp_path, monkeypatch):
+    """Issue 47's measured example is computed from the searches' distill.json files: a choice counts as within D
+    by its test-case Dice against the teacher's, and its distance from the frontier's answer in ladder steps."""
+    module = load("search_report")
+    ladder = {"params5000": 5000, "params1250": 1250, "params312": 312}
+
+    def search(seed: int, chosen: str, test_student: float, seconds: dict) -> Path:
+        candidates = [{"budget": b, "parameters": p, "gflops_per_patch": p / 1e4, "latency_ms": None,
+                       "epochs_trained": 8, "ema_pseudo_dice": 0.9, "dice": 0.95 if b == chosen else None,
+                       "status": "within" if b == chosen else "not needed", "reason": "", "seconds": seconds[b]}
+                      for b, p in ladder.items()]
+        total = sum(seconds.values())
+        record = {"dataset": "Dataset980_X", "configuration": "2d", "teacher": "nnunet:/t", "seed": seed,
+                  "search": {"chosen": chosen, "teacher_dice": 0.96, "max_dice_loss": 1.0, "epochs": 8,
+                             "iterations_per_epoch": 5, "search_seconds": total,
+                             "cost_vs_chosen_alone": total / seconds[chosen], "candidates": candidates},
+                  "test": {"cases": ["test_000"], "teacher_dice": 0.97, "student_dice": test_student}}
+        folder = tmp_path / f"s{seed}"
+        folder.mkdir()
+        (folder / "distill.json").write_text(json.dumps(record))
+        return folder
+
+    folders = [search(0, "params1250", 0.965, {"params5000": 10, "params1250": 40, "params312": 30}),
+               search(1, "params312", 0.95, {"params5000": 10, "params1250": 10, "params312": 40}),
+               search(2, "params5000", 0.969, {"params5000": 40, "params1250": 10, "params312": 10})]
+    frontier = tmp_path / "frontier.json"
+    frontier.write_text(json.dumps({"frontier": {"default_method": "logit (cached)", "smallest_within_points": {
+        "1": {"logit (cached)": {"budget": "params1250", "parameters": 1250, "dice": 0.95}}}}}))
+    out = tmp_path / "report"
+    monkeypatch.setattr("sys.argv", ["search_report.py", "-o", str(out), "--frontier", str(frontier),
+                                     "--machine", "test CPU", *map(str, folders)])
+    module.main()
+    result = json.loads((out / "results.json").read_text())
+    assert [r["within_on_test"] for r in result["seeds"]] == [True, False, True]  # 0.5, 2.0, 0.1 points below
+    summary = result["summary"]
+    assert summary["ladder"] == ["params5000", "params1250", "params312"] and summary["within_on_test"] == 2
+    assert summary["frontier_answer"] == "params1250" and summary["steps_from_frontier"] == [0, 1, 1]
+    assert summary["cost_vs_chosen_alone"] == {"mean": pytest.approx(5 / 3), "min": 1.5, "max": 2.0}  # 80/40, 60/40
+    text = (out / "report.md").read_text()
+    assert "2 of 3 seeds" in text and "| 1 | params312 | 312 |" in text and "+2.00 | no |" in text

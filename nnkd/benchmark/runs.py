@@ -1,5 +1,6 @@
-"""Training runs of a benchmark: one nnkd_train process per (budget, method), each in its own results
-folder under the benchmark's output, skipped when already finished (so a benchmark resumes)."""
+"""Training runs of a benchmark or study: each trains in a process of its own (`nnkd.cli.train_worker`, handed the
+run's TrainRequest), in its own results folder under the benchmark's output, skipped when already finished (so a
+benchmark resumes); the studies' teacher is trained the same way."""
 
 import json
 import os
@@ -11,12 +12,14 @@ from pathlib import Path
 
 from nnkd.atomic import write_json_atomic
 from nnkd.errors import NnkdError
-from nnkd.method_table import METHOD_TRAINERS
+from nnkd.method_table import BASELINE, METHOD_TRAINERS
+from nnkd.plans import DEFAULT_TEACHER_PLANS
 from nnkd.records import software_versions
-from nnkd.run_names import trainer_run_folders
-from nnkd.trainers.run_config import SCHEDULE_FLAGS
+from nnkd.run.train import TrainRequest
+from nnkd.run_names import derived_run_name, run_trainer_name, trainer_run_folders
 
 BIN = Path(sys.executable).parent
+TEACHER_SEED = 0  # the studies' teacher: nnU-Net's default plans trained without distillation, seeded
 
 
 @dataclass(frozen=True)
@@ -63,25 +66,60 @@ def parse_method(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return method, tuple(pairs)
 
 
-def run_command(args: list, env: dict, log: Path) -> tuple[int, float]:
-    """Run a console script with its output in `log`; (exit code, peak resident memory in MB)."""
+def run_command(argv: list, env: dict, log: Path) -> tuple[int, float]:
+    """Run `argv` with its output in `log`; (exit code, peak resident memory in MB)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
-        process = subprocess.Popen([str(BIN / args[0]), *map(str, args[1:])], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(list(map(str, argv)), env=env, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
     return process.returncode, usage.ru_maxrss / 1024  # Linux reports kB
 
 
-def check(args: list, env: dict, log: Path) -> float:
-    code, peak = run_command(args, env, log)
+def _checked(argv: list, what: str, env: dict, log: Path) -> float:
+    code, peak = run_command(argv, env, log)
     if code != 0:
         tail = log.read_text()[-1500:]
         line = next((x for x in reversed(tail.splitlines()) if x.startswith("nnkd: error:")), tail)
-        raise NnkdError(f"{args[0]} failed during the benchmark ({log}): {line.removeprefix('nnkd: error: ')}",
+        raise NnkdError(f"{what} failed during the benchmark ({log}): {line.removeprefix('nnkd: error: ')}",
                         "fix the cause and rerun nnkd_benchmark; finished runs are kept")
     return peak
+
+
+def check(args: list, env: dict, log: Path) -> float:
+    """Run nnkd's console script `args[0]` with arguments `args[1:]`; its peak memory in MB, or one error line."""
+    return _checked([BIN / args[0], *args[1:]], args[0], env, log)
+
+
+def train_in_process(request: TrainRequest, env: dict, log: Path) -> float:
+    """Train `request` as nnkd_train would, in a process of its own (its peak memory, in MB, is the run's alone):
+    the request goes to `nnkd.cli.train_worker` as JSON beside the log, not as command-line arguments."""
+    handed = log.with_name(f"{log.stem}.request.json")
+    write_json_atomic(handed, request.to_json())
+    return _checked([sys.executable, "-m", "nnkd.cli.train_worker", handed], "training", env, log)
+
+
+def study_teacher_folder(results: Path, dataset_name: str, configuration: str,
+                         seed: int | None = TEACHER_SEED) -> Path:
+    """Where nnkd_train files nnU-Net's default network trained without distillation (a seeded run is filed under
+    nnkd's run name, `nnKDTrainer_NoKD@s0`)."""
+    trainer = run_trainer_name(METHOD_TRAINERS[BASELINE], derived_run_name([], seed=seed))
+    return results / dataset_name / f"{trainer}__{DEFAULT_TEACHER_PLANS}__{configuration}"
+
+
+def train_study_teacher(dataset_name: str, configuration: str, schedule: dict, device: str | None, env: dict,
+                        log: Path, fold: str = "0", seed: int | None = TEACHER_SEED) -> Path:
+    """The studies' teacher: nnU-Net's default plans trained without distillation on `schedule` (SCHEDULE_KEYS) into
+    env's nnUNet_results, in a process of its own; skipped when finished, continued when it stopped. Its folder."""
+    folder = study_teacher_folder(Path(env["nnUNet_results"]), dataset_name, configuration, seed)
+    fold_dir = folder / f"fold_{fold}"
+    if not (fold_dir / "checkpoint_final.pth").is_file():
+        print(f"training the teacher ({' × '.join(str(v) for v in schedule.values())}) into {folder}")
+        train_in_process(TrainRequest(dataset=dataset_name, configuration=configuration, fold=str(fold),
+                                      plans=DEFAULT_TEACHER_PLANS, method=BASELINE, seed=seed, device=device,
+                                      continue_training=(fold_dir / "checkpoint_latest.pth").is_file(), **schedule),
+                         env, log)
+    return folder
 
 
 def fold_folder(results: Path, dataset_name: str, run: Run, plans: str, configuration: str, fold) -> Path:
@@ -183,25 +221,19 @@ def train(run: Run, plans: str, request, dataset_name: str, env: dict, output: P
     if is_finished(run, plans, request, dataset_name, output):
         return json.loads(record_file.read_text())
     teachers = run_teachers(run, request)
-    teacher_args = [arg for spec in teachers for arg in ("--teacher", spec)]
-    teacher_args += ["--teacher-cache"] if run.cached else []
-    labeled = ["--labeled", request.labeled] if request.labeled else []
-    hp = [arg for name, value in run.hp for arg in ("--hp", f"{name}={value}")]
     started = started_as_asked(run, request, fold_dir)
     if started and (fold_dir / "validation" / "summary.json").is_file() and (fold_dir / "checkpoint_final.pth").is_file():
         peak = None  # trained by nnkd_train in this folder before (the benchmark was not watching its memory)
     else:
-        resume = []
-        if started and (fold_dir / "checkpoint_latest.pth").is_file():
-            resume = ["--c"]
-        elif started and (fold_dir / "checkpoint_final.pth").is_file():
-            resume = ["--val"]  # trained to its end, stopped during its final validation: validate only
-        log = results / ("train_resumed.log" if resume else "train.log")
-        peak = check(["nnkd_train", dataset_name, request.configuration, request.fold, "-p", plans, "--method",
-                      run.method, *teacher_args, *labeled, *hp, "--seed", run.seed,
-                      *[x for key, flag in SCHEDULE_FLAGS.items() for x in (flag, getattr(request, key))],
-                      *(["--device", request.device] if request.device else []), *resume],
-                     {**env, "nnUNet_results": str(results)}, log)
+        resume = started and (fold_dir / "checkpoint_latest.pth").is_file()
+        validate = not resume and started and (fold_dir / "checkpoint_final.pth").is_file()  # stopped validating
+        training = TrainRequest(dataset=dataset_name, configuration=request.configuration, fold=str(request.fold),
+                                plans=plans, method=run.method, teachers=tuple(teachers), teacher_cache=run.cached,
+                                labeled=request.labeled, hyperparameters=dict(run.hp), seed=run.seed,
+                                device=request.device, continue_training=resume, validation_only=validate,
+                                **request.schedule)
+        log = results / ("train_resumed.log" if resume or validate else "train.log")
+        peak = train_in_process(training, {**env, "nnUNet_results": str(results)}, log)
     fold_dir = fold_folder(results, dataset_name, run, plans, request.configuration, request.fold)  # named now
     validation = json.loads((fold_dir / "validation" / "summary.json").read_text())
 

@@ -14,14 +14,15 @@ from tqdm import tqdm
 from nnkd.atomic import write_json_atomic
 from nnkd.evaluation.measure import (evaluate_runtimes, measure_model, measured_runtimes, only_runtimes,
                                      teacher_network, validation_images)
-from nnkd.benchmark.runs import Run, check, check_recorded_settings, is_finished, parse_method, train
+from nnkd.benchmark.runs import (Run, check_recorded_settings, is_finished, parse_method, train,
+                                 train_study_teacher)
 from nnkd.benchmark.stats import derived_ratios, summarize
 from nnkd.devices import cpu_count
 from nnkd.errors import NnkdError
 from nnkd.folds import split_cases
 from nnkd.outputs import check_output, read_manifest, write_manifest
 from nnkd.method_table import METHOD_TRAINERS
-from nnkd.nnunet_env import find_dataset_name, require_env
+from nnkd.nnunet_env import datasets_with_id, find_dataset_name, require_env
 from nnkd.planners.student_planner import STUDENT_KEY
 from nnkd.plans import PreprocessedConfiguration
 from nnkd.run.common import ScheduledRequest
@@ -54,17 +55,41 @@ class BenchmarkRequest(ScheduledRequest):
     int8: bool = False  # also ONNX Runtime int8 (nnkd_export --int8's quantization): its Dice and latency
     quick: bool = False
     num_processes: int = 2
-    jobs: int = 1  # runs trained at once (each its own nnkd_train process)
+    jobs: int = 1  # runs trained at once (each in a training process of its own)
 
 
-def _quick_setup(request: BenchmarkRequest, env: dict, output: Path) -> None:
+def _quick_setup(request: BenchmarkRequest, output: Path) -> None:
     """A minutes-long smoke run: a small synthetic dataset, a briefly trained nnU-Net teacher, 2 iterations."""
+    from nnkd.datasets.synthetic import SyntheticSpec
+
     request.dataset = request.dataset or str(QUICK_DATASET)
     request.num_epochs, request.num_iterations_per_epoch = 1, 2
     request.seeds = request.seeds or 1
-    if not any(Path(env["nnUNet_raw"]).glob(f"Dataset{int(request.dataset):03d}_*")):
-        check(["nnkd_make_synthetic", "-d", request.dataset, "--cases", 8, "--shape", 32, 32, 32], env,
-              output / "logs" / "make_synthetic.log")
+    synthetic_dataset(SyntheticSpec(dataset_id=int(request.dataset), cases=8, shape=(32, 32, 32)), output)
+
+
+def synthetic_dataset(spec, output: Path) -> str:
+    """The dataset of `spec`'s ID, written from `spec` (a SyntheticSpec) unless $nnUNet_raw has that ID already (an
+    existing dataset, e.g. a converted real one, is used as it is); its name."""
+    from nnkd.datasets.synthetic import write_synthetic_dataset
+
+    raw = require_env("nnUNet_raw")["nnUNet_raw"]
+    if not datasets_with_id(raw, spec.dataset_id):
+        with _logged(output, "make_synthetic"):
+            write_synthetic_dataset(spec, raw)
+    return find_dataset_name(spec.dataset_id)
+
+
+def study_dataset(spec, configuration: str, num_processes: int, output: Path, command: str) -> str:
+    """A study script's dataset (synthetic_dataset), planned unless it is: nnU-Net's default plans preprocessed, which
+    its teacher trains on, and the tiny student (ensure_planned; nnU-Net's output in OUT/logs/plan.log)."""
+    from nnkd.planners.budget import Budget
+    from nnkd.planners.plan_and_preprocess import ensure_planned
+
+    name = synthetic_dataset(spec, output)
+    with _logged(output, "plan"):
+        ensure_planned(name, Budget.from_name("tiny"), configuration, num_processes=num_processes, command=command)
+    return name
 
 
 @contextlib.contextmanager
@@ -91,12 +116,10 @@ def _plan(request: BenchmarkRequest, dataset_name: str, output: Path) -> dict[st
 
 
 def _quick_teacher(request: BenchmarkRequest, dataset_name: str, env: dict, output: Path) -> str:
-    results = output / "runs" / "teacher"
-    folder = results / dataset_name / f"nnKDTrainer_NoKD__nnUNetPlans__{request.configuration}"
-    if not (folder / f"fold_{request.fold}" / "checkpoint_final.pth").is_file():
-        check(["nnkd_train", dataset_name, request.configuration, request.fold, "-p", "nnUNetPlans", "--method",
-               "none", "--epochs", 1, "--iterations-per-epoch", 4, "--val-iterations-per-epoch", 1, "--device",
-               request.device], {**env, "nnUNet_results": str(results)}, output / "logs" / "teacher.log")
+    schedule = {"num_epochs": 1, "num_iterations_per_epoch": 4, "num_val_iterations_per_epoch": 1}
+    folder = train_study_teacher(dataset_name, request.configuration, schedule, request.device,
+                           {**env, "nnUNet_results": str(output / "runs" / "teacher")}, output / "logs" / "teacher.log",
+                           fold=str(request.fold), seed=None)
     return f"nnunet:{folder}"
 
 
@@ -326,7 +349,7 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
     device = resolve_device(request.device)
     request.device = device.type
     if request.quick:
-        _quick_setup(request, env, output)
+        _quick_setup(request, output)
     if request.dataset is None:
         raise NnkdError("no dataset given", "pass -d DATASET_ID (or --quick for the synthetic smoke run)")
     dataset_name = find_dataset_name(request.dataset)

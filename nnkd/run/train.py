@@ -1,7 +1,7 @@
 """What nnkd_train does: resolve the student plans and trainer, record teacher.json, then hand over to
 nnU-Net's own `run_training` (single process or DDP, `--c`, `--val`, `--npz`, final validation)."""
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nnkd.devices import resolve_device, validation_mirroring
@@ -49,6 +49,14 @@ class TrainRequest(ScheduledRequest):
     @property
     def resuming(self) -> bool:
         return self.continue_training or self.validation_only
+
+    def to_json(self) -> dict:
+        """The request as JSON, for a training process of its own (`python -m nnkd.cli.train_worker FILE`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict) -> "TrainRequest":
+        return cls(**{**values, "teachers": tuple(values.get("teachers") or ())})
 
 
 def resolve_trainer_class(method: str | None, trainer: str | None):
