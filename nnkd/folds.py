@@ -1,5 +1,5 @@
-"""Folds, the one way: which folds of a model folder are trained, and which cases nnU-Net's split
-(`splits_final.json`) gives a fold for training and validation."""
+"""Model folders and folds, the one way: a model folder's plans and dataset.json, which of its folds are trained,
+and which cases nnU-Net's split (`splits_final.json`) gives a fold for training and validation."""
 
 import json
 from pathlib import Path
@@ -7,6 +7,22 @@ from pathlib import Path
 from nnkd.errors import NnkdError
 
 SPLITS = "splits_final.json"
+
+
+def read_model_folder(model_folder: Path, what: str = "model folder") -> tuple[dict, dict]:
+    """(plans, dataset.json) of an nnU-Net model folder (`<trainer>__<plans>__<configuration>`: plans.json,
+    dataset.json, fold_X/), with one clear line when either is missing or broken; `what` names the folder there."""
+    found = []
+    for name in ("plans.json", "dataset.json"):
+        path = Path(model_folder) / name
+        try:
+            found.append(json.loads(path.read_text()))
+        except FileNotFoundError as e:
+            raise NnkdError(f"{name} missing in {what} {model_folder}",
+                            "give an nnU-Net model folder (with plans.json, dataset.json, fold_X/)") from e
+        except ValueError as e:
+            raise NnkdError(f"{path} is not valid JSON", "restore the folder from its source") from e
+    return found[0], found[1]
 
 
 def trained_folds(model_folder: Path, checkpoint: str = "checkpoint_final.pth") -> list[str]:

@@ -1,5 +1,6 @@
 """nnU-Net's folder variables and dataset lookup, checked up front with clear errors."""
 
+import json
 import os
 import re
 from pathlib import Path
@@ -31,6 +32,18 @@ def datasets_with_id(root: Path, dataset_id: int) -> list[str]:
         if match and int(match.group(1)) == dataset_id and (root / entry).is_dir():
             found.append(entry)
     return found
+
+
+def raw_dataset_json(raw_dataset: Path) -> dict:
+    """A raw dataset's dataset.json ($nnUNet_raw/DatasetXXX_Name), or one clear line when it is missing or broken."""
+    path = Path(raw_dataset) / "dataset.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise NnkdError(f"{Path(raw_dataset).name} has no dataset.json in {Path(raw_dataset).parent}",
+                        "put the raw dataset there (nnU-Net's layout: dataset.json, imagesTr, labelsTr)") from e
+    except ValueError as e:
+        raise NnkdError(f"{path} is not valid JSON", "fix the raw dataset's dataset.json") from e
 
 
 def parse_fold(fold: str | int):

@@ -19,7 +19,7 @@ from nnkd.benchmark.runs import (Run, check_recorded_settings, is_finished, pars
 from nnkd.benchmark.stats import derived_ratios, summarize
 from nnkd.devices import cpu_count
 from nnkd.errors import NnkdError
-from nnkd.folds import split_cases
+from nnkd.folds import read_model_folder, split_cases
 from nnkd.outputs import check_output, read_manifest, write_manifest
 from nnkd.method_table import METHOD_TRAINERS
 from nnkd.nnunet_env import datasets_with_id, find_dataset_name, require_env
@@ -189,12 +189,12 @@ def _measured(done: Path, key: dict, runtimes: tuple, measure, evaluate) -> dict
     return only_runtimes(record, runtimes)
 
 
-def _teacher_measurements(teacher, request, dataset_name, plans_file, dataset_json, images, output, device,
+def _teacher_measurements(teacher, request, dataset_name, plans: dict, dataset_json, images, output, device,
                           progress) -> dict:
     """The teacher measured like a student when it predicts this dataset's labels; its size otherwise."""
     from nnkd.planners.network_cost import count_gflops
 
-    patch = json.loads(plans_file.read_text())["configurations"][request.configuration]["patch_size"]
+    patch = plans["configurations"][request.configuration]["patch_size"]
     try:
         gflops = count_gflops(teacher, teacher.in_channels, patch)
     except Exception:  # some scripted or foreign models hide their operations from FlopCounterMode
@@ -207,7 +207,7 @@ def _teacher_measurements(teacher, request, dataset_name, plans_file, dataset_js
     key = {"spec": request.teacher, "checkpoint_sha256": teacher.checkpoint_sha256,
            "configuration": request.configuration, "cases": [case for case, *_ in images]}
     raw = Path(os.environ["nnUNet_raw"]) / dataset_name
-    run = teacher_network([teacher], json.loads(plans_file.read_text()), request.configuration)
+    run = teacher_network([teacher], plans, request.configuration)
 
     def measure(runtimes):
         calibration = _calibration(request, dataset_name, run.plans, run.configuration) if "int8" in runtimes else None
@@ -225,7 +225,7 @@ def _student_measurements(record: dict, request, dataset_name, dataset_json, ima
 
     folder = output / "predictions" / record["run"]
     fold_dir = Path(record["fold_folder"])
-    plans = json.loads((fold_dir.parent / "plans.json").read_text())
+    plans, _ = read_model_folder(fold_dir.parent)
     raw = Path(os.environ["nnUNet_raw"]) / dataset_name
     key = {"checkpoint_sha256": sha256_of(fold_dir / "checkpoint_final.pth"), "configuration": request.configuration,
            "cases": [case for case, *_ in images]}
@@ -363,7 +363,8 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
     fold = request.fold if request.fold == "all" else int(request.fold)
     teacher = create_teacher(request.teacher, fold=fold, device=device)
     preprocessed = paths["nnUNet_preprocessed"] / dataset_name
-    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    first = PreprocessedConfiguration.load(dataset_name, plans[request.budgets[0]], None)  # plans and dataset.json
+    dataset_json = first.dataset_json
     has_logits = teacher.has_logits and dict(teacher.labels) == dict(dataset_json["labels"])
     runs = _runs(request, has_logits)
     _cache_teacher(runs, plans, request, dataset_name, output)
@@ -376,9 +377,8 @@ def run_benchmark(request: BenchmarkRequest) -> dict:
     images = validation_images(paths["nnUNet_raw"] / dataset_name, cases, dataset_json)
     progress = tqdm(total=(len(records) + 1) * len(images) * len(_runtimes(request)),
                     desc="validation cases predicted (runtimes measured before are not again)")
-    teacher_info = _teacher_measurements(teacher, request, dataset_name,
-                                         preprocessed / f"{plans[request.budgets[0]]}.json", dataset_json, images,
-                                         output, device, progress)
+    teacher_info = _teacher_measurements(teacher, request, dataset_name, first.plans, dataset_json, images, output,
+                                         device, progress)
     del teacher
     for record in records:
         record |= _student_measurements(record, request, dataset_name, dataset_json, images, output, device,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnkd.errors import NnkdError
-from nnkd.folds import numbered_or_all, trained_folds
+from nnkd.folds import numbered_or_all, read_model_folder, trained_folds
 from nnkd.nnunet_env import find_dataset_name, require_env
 from nnkd.planners.student_planner import resolve_student_plans
 from nnkd.plans import DEFAULT_TEACHER_PLANS
@@ -61,12 +61,6 @@ def fold_checkpoints(model_folder: Path, folds, checkpoint_name: str = "checkpoi
                             "finish that fold's training or choose other folds with -f")
         paths[str(fold)] = path
     return paths
-
-
-def read_model_folder(model_folder: Path) -> tuple[dict, dict]:
-    """(plans, dataset.json) of a model folder."""
-    return (json.loads((model_folder / "plans.json").read_text()),
-            json.loads((model_folder / "dataset.json").read_text()))
 
 
 def run_method(model_folder: Path) -> str:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from nnkd.atomic import write_json_atomic
 from nnkd.errors import NnkdError
-from nnkd.folds import numbered_or_all, split_cases, trained_folds
+from nnkd.folds import numbered_or_all, read_model_folder, split_cases, trained_folds
 from nnkd.method_table import METHOD_TABLE
-from nnkd.nnunet_env import find_dataset_name, parse_fold, require_env
+from nnkd.nnunet_env import find_dataset_name, parse_fold, raw_dataset_json, require_env
 from nnkd.outputs import OutputLock, check_output, write_manifest
 from nnkd.planners.budget import Budget
 from nnkd.plans import DEFAULT_TEACHER_PLANS, PreprocessedConfiguration
@@ -162,11 +162,11 @@ def teacher_plan_cost(dataset_name: str, teacher_plans: str, configuration: str,
     from nnkd.planners.architecture_search import StudentSearch
     from nnkd.plans import num_input_channels, num_segmentation_heads
 
-    folder = require_env("nnUNet_preprocessed")["nnUNet_preprocessed"] / dataset_name
-    if not (folder / f"{teacher_plans}.json").is_file() or not (folder / "dataset.json").is_file():
+    try:
+        loaded = PreprocessedConfiguration.load(dataset_name, teacher_plans, None)
+    except NnkdError:  # not planned yet
         return None
-    plans = json.loads((folder / f"{teacher_plans}.json").read_text())
-    dataset_json = json.loads((folder / "dataset.json").read_text())
+    plans, dataset_json = loaded.plans, loaded.dataset_json
     plan = plans["configurations"].get(configuration, {})
     if "architecture" not in plan:
         return None
@@ -189,10 +189,9 @@ def check_budget_shrinks(dataset_name: str, budget: Budget, teacher_plans: str, 
     if budget.preset or budget.max_latency_ms is not None:
         return
     if configurations is None:
-        folder = require_env("nnUNet_preprocessed")["nnUNet_preprocessed"] / dataset_name
         try:
-            available = json.loads((folder / f"{teacher_plans}.json").read_text())["configurations"]
-        except (OSError, ValueError, KeyError):
+            available = PreprocessedConfiguration.load(dataset_name, teacher_plans, None).plans["configurations"]
+        except (NnkdError, OSError, ValueError, KeyError):
             return  # no teacher plans yet: the planner refuses after planning them
         from nnkd.planners.plan_and_preprocess import resolve_configurations
         configurations = resolve_configurations(None, list(available))
@@ -411,7 +410,7 @@ def seconds_per_case(request: DistillRequest, dataset_name: str, teacher, studen
     paths = require_env("nnUNet_raw", "nnUNet_preprocessed")
     fold = student_folder.name.removeprefix("fold_")
     cases = split_cases(paths["nnUNet_preprocessed"] / dataset_name, fold, "val")
-    dataset_json = json.loads((student_folder.parent / "dataset.json").read_text())
+    student_plans, dataset_json = read_model_folder(student_folder.parent)
     images = validation_images(paths["nnUNet_raw"] / dataset_name, cases[:request.timing_cases], dataset_json)
     device = resolve_device(request.device)
 
@@ -421,7 +420,6 @@ def seconds_per_case(request: DistillRequest, dataset_name: str, teacher, studen
         predictor.allow_tqdm = False
         return predict_and_time(predictor, images, None, None, dataset_json["file_ending"])
 
-    student_plans = json.loads((student_folder.parent / "plans.json").read_text())
     network = network_from_plans(student_plans, request.configuration, dataset_json)
     weights = load_checkpoint(student_folder / "checkpoint_final.pth")["network_weights"]
     result = {"student": timed(network, weights, student_plans, request.configuration)}
@@ -443,11 +441,10 @@ def test_dice(request: DistillRequest, dataset_name: str, folds: list[str], trai
 
     paths = require_env("nnUNet_raw", "nnUNet_preprocessed")
     raw = paths["nnUNet_raw"] / dataset_name
-    dataset_json = json.loads((trained[folds[0]].parent / "dataset.json").read_text())
+    student_plans, dataset_json = read_model_folder(trained[folds[0]].parent)
     cases = labelled_test_cases(raw, dataset_json)
     images = validation_images(raw, cases, dataset_json, images="imagesTs")
     device = resolve_device(request.device)
-    student_plans = json.loads((trained[folds[0]].parent / "plans.json").read_text())
     student = predict_and_evaluate(
         network_from_plans(student_plans, request.configuration, dataset_json),
         [load_checkpoint(trained[f] / "checkpoint_final.pth")["network_weights"] for f in folds],
@@ -538,8 +535,7 @@ def distill(request: DistillRequest) -> dict:
     check_training_request(request, cls, cached)
     dataset_name = find_dataset_name(request.dataset)
     raw = paths["nnUNet_raw"] / dataset_name
-    if not (raw / "dataset.json").is_file():
-        raise NnkdError(f"{dataset_name} has no dataset.json in {paths['nnUNet_raw']}", "put the raw dataset there")
+    dataset_json = raw_dataset_json(raw)
     output = checked_output(request.output, request)
     if request.max_dice_loss is not None:
         from nnkd.pipeline.search import OBJECTIVES, check_max_dice_loss
@@ -552,7 +548,6 @@ def distill(request: DistillRequest) -> dict:
                             "has none on the first fold", "use an nnunet: teacher validated by nnU-Net, or a budget")
     else:
         check_budget_shrinks(dataset_name, request.budget, request.teacher_plans, [request.configuration])
-    dataset_json = json.loads((raw / "dataset.json").read_text())
     if request.test:
         check_test_cases(dataset_name, dataset_json)
     folds = teacher_folds(request.teacher, request.folds)
@@ -592,7 +587,7 @@ def _distill(request: DistillRequest, cls, dataset_name: str, output: Path, fold
     export(ExportRequest(StudentRef(dataset=dataset_name, configuration=request.configuration, folds=folds,
                                     plans=plans, method=request.method, run_name=run_name),
                          output=output, zip=request.zip, onnx=request.onnx, overwrite=True, command=COMMAND))
-    student_plans = json.loads((trained[folds[0]].parent / "plans.json").read_text())
+    student_plans, _ = read_model_folder(trained[folds[0]].parent)
     configuration = student_plans["configurations"][request.configuration]
     record = {**identity, "cached": cached, "plans": plans, "run_name": run_name,
               "run_folder": str(trained[folds[0]].parent), "versions": software_versions(),

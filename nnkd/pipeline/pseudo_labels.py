@@ -35,7 +35,7 @@ from nnkd.datasets.raw import staged_raw_dataset
 from nnkd.errors import NnkdError
 from nnkd.folds import numbered_or_all, trained_folds
 from nnkd.inference.inputs import collect_cases
-from nnkd.nnunet_env import find_dataset_name, require_env
+from nnkd.nnunet_env import find_dataset_name, raw_dataset_json, require_env
 from nnkd.outputs import OutputLock
 from nnkd.teachers.nnunet import DEFAULTS as NNUNET_OPTIONS
 from nnkd.teacher_spec import TeacherSpec
@@ -80,7 +80,7 @@ def _source(request: PseudoLabelRequest, raw_root: Path) -> _Source:
             raise NnkdError("test images go with a folder of images (-i)", "a source dataset brings its own imagesTs")
 
         folder = raw_root / find_dataset_name(request.source_dataset)
-        dataset_json = json.loads((folder / "dataset.json").read_text())
+        dataset_json = raw_dataset_json(folder)
         test = folder / "imagesTs"
         return _Source(folder / "imagesTr", test if test.is_dir() and any(test.iterdir()) else None,
                        request.channel_names or dict(dataset_json["channel_names"]), dataset_json["file_ending"],

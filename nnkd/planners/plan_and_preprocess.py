@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nnkd.atomic import write_bytes_atomic, write_json_atomic
 from nnkd.errors import NnkdError
-from nnkd.nnunet_env import find_dataset_name, require_env
+from nnkd.nnunet_env import find_dataset_name, raw_dataset_json, require_env
 from nnkd.planners.budget import Budget
 from nnkd.plans import DEFAULT_TEACHER_PLANS, PreprocessedConfiguration
 from nnkd.planners.student_planner import (PlannedConfiguration, format_table,
@@ -67,7 +67,7 @@ def is_preprocessed(preprocessed: Path, data_identifier: str, raw_dataset: Path)
     folder = preprocessed / data_identifier
     if not folder.is_dir():
         return False
-    dataset_json = json.loads((raw_dataset / "dataset.json").read_text())
+    dataset_json = raw_dataset_json(raw_dataset)
     for case in get_filenames_of_train_images_and_targets(str(raw_dataset), dataset_json):
         has_data = (folder / f"{case}.b2nd").is_file() and (folder / f"{case}_seg.b2nd").is_file() \
             or (folder / f"{case}.npz").is_file()
@@ -179,7 +179,7 @@ def _transferred_plans(plans: dict, target: str, raw_dataset: Path, source: str)
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
-    dataset_json = json.loads((raw_dataset / "dataset.json").read_text())
+    dataset_json = raw_dataset_json(raw_dataset)
     cases = get_filenames_of_train_images_and_targets(str(raw_dataset), dataset_json)
     if not cases:
         raise NnkdError(f"{raw_dataset} has no training cases", "add the training cases to the raw dataset")
@@ -203,7 +203,7 @@ def _check_targets(raw_root: Path, source_name: str, others: list[str], expected
             raise NnkdError(f"{name} is not in {raw_root}",
                             "the plan transfer extracts the target's fingerprint and preprocesses it: put the raw "
                             "dataset there first")
-        found = _channel_normalizations(json.loads((raw / "dataset.json").read_text()))
+        found = _channel_normalizations(raw_dataset_json(raw))
         if len(found) != len(expected):
             raise NnkdError(f"{name} has {len(found)} input channel(s), {source_name} has {len(expected)}",
                             "--plans-from needs datasets with the same input channels")

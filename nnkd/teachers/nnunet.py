@@ -8,29 +8,19 @@ each fold learns its own feature space), `checkpoint` (default checkpoint_final.
 (default: from the folder name Trainer__Plans__config).
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from nnkd.errors import NnkdError
+from nnkd.folds import read_model_folder
 from nnkd.teachers.base import Teacher, TeacherOutput
 from nnkd.teachers.bridge import crop_to_input, pad_to_multiple
 from nnkd.checkpoints import load_checkpoint
 from nnkd.teachers.registry import register_teacher
 
 DEFAULTS = {"fold": "", "folds": (), "checkpoint": "checkpoint_final.pth", "configuration": ""}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise NnkdError(f"{path.name} missing in teacher folder {path.parent}",
-                        "point --teacher to an nnU-Net model folder (with plans.json, dataset.json, fold_X/)") from e
-    except ValueError as e:
-        raise NnkdError(f"{path} is not valid JSON", "restore the teacher folder from its source") from e
 
 
 def _choose_fold_folder(folder: Path, fold, student_fold) -> Path:
@@ -108,8 +98,7 @@ def nnunet_teacher(path: str, options: dict, fold=None, device="cpu", **_) -> Nn
     if not path or not folder.is_dir():
         raise NnkdError(f"teacher folder {folder} not found", "give the nnU-Net model folder, e.g. "
                         "$nnUNet_results/DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__3d_fullres")
-    plans = _read_json(folder / "plans.json")
-    dataset_json = _read_json(folder / "dataset.json")
+    plans, dataset_json = read_model_folder(folder, "teacher folder")
     if options["folds"]:
         fold_folders = [_choose_fold_folder(folder, f, fold) for f in options["folds"]]
     else:
