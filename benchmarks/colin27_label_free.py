@@ -4,7 +4,7 @@
         --students 2d:nnKDPlans_gflops0.08 3d_fullres:nnKDPlans_gflops2.4-nnUNetPlans_3.2mm [--labels bet deepbet] \
         [--teacher "deepbet?axes=2,1,0&size=192,192,192"] [--no-timing] -o OUT
 
-Expects (the commands are in docs/benchmarks.md): the Colin27 dataset (`colin27_dataset.py -d 995`), its copy
+Expects (the commands are in docs/studies/colin27.md): the Colin27 dataset (`colin27_dataset.py -d 995`), its copy
 labelled by deepbet (`nnkd_pseudo_label -d 996 --from-dataset 995 --teacher …`), the student plans on both, and
 the students `nnkd_train D CONFIG 0 -p PLANS --method none --seed S` on each dataset. For every student
 (CONFIG:PLANS), every seed and each dataset of --labels (bet: 995's BET labels, deepbet: 996's masks) it then

@@ -35,11 +35,11 @@ SOURCES = {
 
 # Facts no results.json records, each from the page that states it.
 FACTS = {
-    # docs/benchmarks.md, "The full synthetic study as one command: the low-label half (2026-12-04)": "the teacher —
+    # docs/studies/synthetic_study.md, "The full synthetic study as one command: the low-label half (2026-12-04)": "the teacher —
     # nnU-Net's default network, 48 × 20 iterations"; docs/benchmarks/INDEX.md: "nnU-Net 3d, 960 (48 × 20)". The
     # all-label half (synthetic_all_labels) reused that teacher (same section).
     "synthetic_teacher_iterations": 48 * 20,
-    # docs/benchmarks.md, "Colin27 without annotation: deepbet's masks as the only labels": the students were trained
+    # docs/studies/colin27.md, "Colin27 without annotation: deepbet's masks as the only labels": the students were trained
     # with `--epochs 40 --iterations-per-epoch 20`; docs/benchmarks/INDEX.md: "800 (40 × 20, from benchmarks.md)".
     "colin27_student_iterations": 40 * 20,
     # docs/results.md, section (d): "time per case in torch on one thread, against deepbet timed in the same run;

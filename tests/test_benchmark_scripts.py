@@ -1,4 +1,4 @@
-"""The benchmark scripts' reports: the numbers docs/benchmarks.md quotes are computed, not typed."""
+"""The benchmark scripts' reports: the numbers docs/studies/ quotes are computed, not typed."""
 
 import importlib.util
 import json

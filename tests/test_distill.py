@@ -204,7 +204,7 @@ def test_drd_alpha_and_beta_decay_linearly_to_zero(epoch, expected):
 
 
 def test_default_logit_kd_pushes_a_small_class_like_a_large_one():
-    """The guard on the cause found in docs/benchmarks.md: nnkd's default logit KD must not leave a 0.3 % class to
+    """The guard on the cause found in docs/studies/small_classes.md: nnkd's default logit KD must not leave a 0.3 % class to
     nnU-Net's Dice term, which stops pushing once the student is sure the class is absent."""
     from nnkd.trainers.methods import nnKDTrainer_Logit, nnKDTrainer_TSKD
 

@@ -1,4 +1,4 @@
-"""The README's and docs/' relative links lead somewhere: the file exists and, for a #anchor into a Markdown
+"""The README's, docs/' and docs/studies/' relative links lead somewhere: the file exists and, for a #anchor into a Markdown
 file, a heading of that file makes that anchor (GitHub's rule: lower case, punctuation dropped, spaces to
 hyphens, -1, -2 … for repeats). A renamed heading otherwise breaks its links silently."""
 
@@ -30,14 +30,16 @@ def test_anchor_rule_matches_githubs():
 
 def test_every_relative_link_in_the_docs_resolves():
     broken = []
-    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+    docs = ROOT / "docs"
+    for page in [ROOT / "README.md", *sorted(docs.glob("*.md")), *sorted(docs.glob("studies/*.md")),
+                 docs / "benchmarks" / "INDEX.md"]:
         for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
             if target.startswith(("http://", "https://", "mailto:")):
                 continue
             path, _, anchor = target.partition("#")
             linked = (page.parent / path).resolve() if path else page
             if not linked.exists():
-                broken.append(f"{page.name}: {target} (no such file)")
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
             elif anchor and linked.suffix == ".md" and anchor not in anchors(linked.read_text()):
-                broken.append(f"{page.name}: {target} (no such heading)")
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
     assert not broken, broken
