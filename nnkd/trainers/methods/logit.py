@@ -15,7 +15,8 @@ class LogitKD:
     """Logit distillation settings and term shared by `logit` and `tskd` (nnkd.distill.logits.kd_loss)."""
 
     # Class-balanced KL at T = 1: the voxel-mean KL at T = 3 (Hinton's, nnkd's default before 2026-11-29) gave
-    # a 0.3 %-of-voxels class a third of the organ's push and kept students from finding it (docs/studies/small_classes.md)
+    # a 0.3 %-of-voxels class a third of the organ's push and kept students from finding it
+    # (docs/studies/small_classes.md)
     kd_temperature = 1.0
     kd_weight = 1.0
     kd_loss = "kl_balanced"  # one of nnkd.distill.logits.KD_LOSSES
