@@ -40,6 +40,7 @@ METHOD_TABLE = {
                    transfer_set=True),
 }
 BASELINE = "none"  # the student alone: every report's comparison
+DEFAULT_METHOD = "logit"  # nnkd_distill's default, class-balanced logit KD: what the studies measure as "KD"
 METHOD_TRAINERS = {name: method.trainer for name, method in METHOD_TABLE.items()}
 # every method, LoRKD (nnkd_train_lorkd, several datasets at once) included
 ALL_METHOD_TRAINERS = METHOD_TRAINERS | {LORKD_METHOD: LORKD_TRAINER}

@@ -12,9 +12,8 @@ from pathlib import Path
 
 from nnkd.atomic import write_json_atomic
 from nnkd.benchmark.report import MARKERS, _difference, _mean_std
-from nnkd.method_table import BASELINE
+from nnkd.method_table import BASELINE, DEFAULT_METHOD
 
-DEFAULT_METHOD = "logit"  # nnkd_distill's default: class-balanced logit KD (from the cache in studies)
 GAP_POINTS = 3.0  # a budget "has a gap" when no KD is at least this many Dice points below the teacher
 WITHIN_POINTS = (1.0, 3.0)  # the "smallest student within D points of the teacher" answers
 BEST_MARGIN = 0.005  # the default method should be the best, or within 0.5 points of the best, everywhere

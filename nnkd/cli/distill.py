@@ -7,7 +7,7 @@ from nnkd.cli._common import (ArgumentParser, add_budget_arguments, add_schedule
                               budget_of, check_step_size, count_value, run, schedule_of, seed_value)
 from nnkd.cli.train import hyperparameters_of
 from nnkd.errors import NnkdError
-from nnkd.method_table import METHOD_TABLE
+from nnkd.method_table import DEFAULT_METHOD, METHOD_TABLE
 
 
 def build_parser() -> ArgumentParser:
@@ -46,8 +46,8 @@ def build_parser() -> ArgumentParser:
                         help="the candidates as fractions of the teacher (default 1/4,1/8,…,1/256)")
     p.add_argument("--teacher-plans", default="nnUNetPlans",
                    help="the dataset's teacher plans the student pairs with (default nnUNetPlans)")
-    p.add_argument("--method", default="logit",
-                   help=f"distillation method (default logit): {', '.join(m for m, r in METHOD_TABLE.items() if r.one_step)}"
+    p.add_argument("--method", default=DEFAULT_METHOD,
+                   help=f"distillation method (default {DEFAULT_METHOD}): {', '.join(m for m, r in METHOD_TABLE.items() if r.one_step)}"
                         f" ({', '.join(m for m, r in METHOD_TABLE.items() if not r.one_step)} and lorkd: nnkd_train / "
                         "nnkd_train_lorkd)")
     p.add_argument("--online", action="store_true",

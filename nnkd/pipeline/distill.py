@@ -14,7 +14,7 @@ from pathlib import Path
 from nnkd.atomic import write_json_atomic
 from nnkd.errors import NnkdError
 from nnkd.folds import numbered_or_all, read_model_folder, split_cases, trained_folds
-from nnkd.method_table import METHOD_TABLE
+from nnkd.method_table import DEFAULT_METHOD, METHOD_TABLE
 from nnkd.nnunet_env import find_dataset_name, parse_fold, raw_dataset_json, require_env
 from nnkd.outputs import OutputLock, check_output, write_manifest
 from nnkd.planners.budget import Budget
@@ -37,7 +37,7 @@ class DistillRequest(ScheduledRequest):
     folds: tuple[str, ...] = ()  # empty: the teacher's trained folds (nnunet: teachers), else 0 1 2 3 4
     budget: Budget = field(default_factory=lambda: Budget(preset="tiny"))
     teacher_plans: str = DEFAULT_TEACHER_PLANS
-    method: str = "logit"
+    method: str = DEFAULT_METHOD
     online: bool = False  # run the teacher in every step instead of caching its predictions once
     hyperparameters: dict = field(default_factory=dict)
     seed: int | None = None
