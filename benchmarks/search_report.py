@@ -1,13 +1,14 @@
 """The `nnkd_distill --max-dice-loss D` search measured over seeds, against the frontier's answer (issue 47).
 
     python benchmarks/search_report.py -o docs/benchmarks/search_multiorgan2d_6000 \
-        --frontier docs/benchmarks/frontier_multiorgan2d_6000_seed0/results.json OUT_s0 OUT_s1 OUT_s2
+        --frontier docs/benchmarks/frontier_multiorgan2d_6000_seed0/results.json [more frontiers …] \
+        --searches OUT_s0 OUT_s1 OUT_s2
 
 Each OUT is an `nnkd_distill --max-dice-loss D --test` output of one seed (its distill.json: the search's
 candidates, the chosen student, its validation and test Dice, the teacher's). Writes OUT/results.json (per seed:
 the choice, its Dice on validation and on the test cases against the teacher's, within D or not, the search's
-training time against the chosen student's alone; the frontier's answer and how many ladder steps each choice is
-from it) and OUT/report.md.
+training time against the chosen student's alone; each frontier's answer — the smallest budget whose default-KD
+student is within D of that frontier's teacher — and how many ladder steps each choice is from it) and OUT/report.md.
 """
 
 import argparse
@@ -31,15 +32,18 @@ def seed_row(distill: dict) -> dict:
             "candidates": search["candidates"]}
 
 
-def summary(rows: list[dict], frontier: dict, max_dice_loss: float) -> dict:
+def summary(rows: list[dict], frontiers: dict[str, dict], max_dice_loss: float) -> dict:
     ladder = sorted({c["budget"] for r in rows for c in r["candidates"]},
                     key=lambda b: -next(c["parameters"] for r in rows for c in r["candidates"] if c["budget"] == b))
-    answer = (frontier["frontier"]["smallest_within_points"].get(f"{max_dice_loss:g}") or {}).get(
-        frontier["frontier"]["default_method"])
-    steps = [abs(ladder.index(r["chosen"]) - ladder.index(answer["budget"]))
-             if answer and r["chosen"] in ladder and answer["budget"] in ladder else None for r in rows]
+    answers = {}
+    for name, frontier in frontiers.items():
+        answer = (frontier["frontier"]["smallest_within_points"].get(f"{max_dice_loss:g}") or {}).get(
+            frontier["frontier"]["default_method"])
+        answers[name] = {"answer": answer and answer["budget"], "steps": [
+            abs(ladder.index(r["chosen"]) - ladder.index(answer["budget"]))
+            if answer and r["chosen"] in ladder and answer["budget"] in ladder else None for r in rows]}
     costs = [r["cost_vs_chosen_alone"] for r in rows if r["cost_vs_chosen_alone"]]
-    return {"ladder": ladder, "frontier_answer": answer and answer["budget"], "steps_from_frontier": steps,
+    return {"ladder": ladder, "frontiers": answers,
             "within_on_test": sum(r["within_on_test"] for r in rows), "seeds": len(rows),
             "cost_vs_chosen_alone": {"mean": statistics.mean(costs), "min": min(costs), "max": max(costs)}
             if costs else None}
@@ -60,8 +64,8 @@ def report(result: dict) -> str:
     cost = s["cost_vs_chosen_alone"]
     lines += ["", f"- Within {d:g} point(s) of the teacher on the test cases: {s['within_on_test']} of {s['seeds']} "
               "seeds (target ≥ 2 of 3).",
-              f"- The frontier's answer ({result['frontier']}): {s['frontier_answer']}; ladder steps from it per seed: "
-              f"{', '.join(str(x) for x in s['steps_from_frontier'])} (target: 0 or 1).",
+              *[f"- The frontier's answer ({name}): {f['answer']}; ladder steps from it per seed: "
+                f"{', '.join(str(x) for x in f['steps'])} (target: 0 or 1)." for name, f in s["frontiers"].items()],
               f"- The search's training time over the chosen student's alone: mean {cost['mean']:.2f}× "
               f"(min {cost['min']:.2f}, max {cost['max']:.2f}; target ≤ 3×).", "", "## Candidates per seed", "",
               "| seed | budget | params | epochs trained | EMA pseudo Dice | val Dice | status | why | seconds |",
@@ -79,9 +83,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("-o", required=True, type=Path, help="the report's folder")
-    parser.add_argument("--frontier", required=True, type=Path, help="the frontier study's results.json")
+    parser.add_argument("--frontier", required=True, type=Path, nargs="+", help="frontier studies' results.json")
     parser.add_argument("--machine", default=None, help="the CPU or GPU the searches ran on")
-    parser.add_argument("searches", nargs="+", type=Path, help="nnkd_distill outputs, one per seed")
+    parser.add_argument("--searches", required=True, nargs="+", type=Path, help="nnkd_distill outputs, one per seed")
     args = parser.parse_args()
     records = [json.loads((folder / "distill.json").read_text()) for folder in args.searches]
     rows = [seed_row(r) for r in records]
@@ -90,9 +94,10 @@ def main() -> None:
     result = {"dataset": first["dataset"], "configuration": first["configuration"], "teacher": first["teacher"],
               "max_dice_loss": search["max_dice_loss"], "objective": search.get("objective", "params"),
               "epochs": search["epochs"], "iterations_per_epoch": search["iterations_per_epoch"],
-              "machine": args.machine or "not recorded", "frontier": str(args.frontier), "test_cases":
+              "machine": args.machine or "not recorded", "test_cases":
               (first.get("test") or {}).get("cases"), "seeds": rows}
-    result["summary"] = summary(rows, json.loads(args.frontier.read_text()), search["max_dice_loss"])
+    frontiers = {path.parent.name: json.loads(path.read_text()) for path in args.frontier}
+    result["summary"] = summary(rows, frontiers, search["max_dice_loss"])
     args.o.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.o / "results.json", result)
     (args.o / "report.md").write_text(report(result))

@@ -196,18 +196,19 @@ def test_search_report_counts_choices_within_d_on_test_and_ladder_steps_from_the
     folders = [search(0, "params1250", 0.965, {"params5000": 10, "params1250": 40, "params312": 30}),
                search(1, "params312", 0.95, {"params5000": 10, "params1250": 10, "params312": 40}),
                search(2, "params5000", 0.969, {"params5000": 40, "params1250": 10, "params312": 10})]
-    frontier = tmp_path / "frontier.json"
+    frontier = tmp_path / "frontier_x" / "results.json"
+    frontier.parent.mkdir()
     frontier.write_text(json.dumps({"frontier": {"default_method": "logit (cached)", "smallest_within_points": {
         "1": {"logit (cached)": {"budget": "params1250", "parameters": 1250, "dice": 0.95}}}}}))
     out = tmp_path / "report"
     monkeypatch.setattr("sys.argv", ["search_report.py", "-o", str(out), "--frontier", str(frontier),
-                                     "--machine", "test CPU", *map(str, folders)])
+                                     "--machine", "test CPU", "--searches", *map(str, folders)])
     module.main()
     result = json.loads((out / "results.json").read_text())
     assert [r["within_on_test"] for r in result["seeds"]] == [True, False, True]  # 0.5, 2.0, 0.1 points below
     summary = result["summary"]
     assert summary["ladder"] == ["params5000", "params1250", "params312"] and summary["within_on_test"] == 2
-    assert summary["frontier_answer"] == "params1250" and summary["steps_from_frontier"] == [0, 1, 1]
+    assert summary["frontiers"] == {"frontier_x": {"answer": "params1250", "steps": [0, 1, 1]}}
     assert summary["cost_vs_chosen_alone"] == {"mean": pytest.approx(5 / 3), "min": 1.5, "max": 2.0}  # 80/40, 60/40
     text = (out / "report.md").read_text()
     assert "2 of 3 seeds" in text and "| 1 | params312 | 312 |" in text and "+2.00 | no |" in text
