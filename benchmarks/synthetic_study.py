@@ -70,7 +70,7 @@ def main() -> None:
     schedule = {"num_epochs": args.teacher_epochs, "num_iterations_per_epoch": args.teacher_iterations,
                 "num_val_iterations_per_epoch": 2}
     teacher = train_study_teacher(dataset, "3d_fullres", schedule, args.device, dict(os.environ),
-                            args.o / "logs" / "teacher.log")
+                                  args.o / "logs" / "teacher.log")
     print(f"teacher: {teacher}")
     if args.teacher_only:
         return

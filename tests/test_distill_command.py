@@ -3,6 +3,7 @@ one table at the end; bad input stops with one line before anything is written."
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -168,12 +169,13 @@ def test_bad_input_stops_with_one_line_before_anything_is_written(two_fold_setup
 def test_max_dice_loss_searches_the_ladder_and_distils_the_smallest_student_within_it(two_fold_setup, tmp_path):
     """Two candidates, 4 epochs: both train to the first rung (epoch 1, stopped with their latest checkpoint); then
     the smaller goes on alone (to the second rung, epoch 2, and the end) and is within D (D = 100 points admits
-    any), so the larger is not trained on."""
+    any), so the larger is not trained on. The same command again resumes the finished search: it is accepted as
+    the same request (the search's result in distill.json once hid the request it answered) and trains nothing."""
     out = tmp_path / "student"
-    result = run_cli("nnkd_distill", "-d", "991", "--teacher", two_fold_setup["spec"], "-o", out, "-f", "0",
-                     "--max-dice-loss", "100", "--ladder", "1/4,1/16", "--epochs", "4", "--iterations-per-epoch", "2",
-                     "--val-iterations-per-epoch", "1", "--device", "cpu", "-np", "1", "--no-timing", "--test",
-                     env=two_fold_setup["env"])
+    command = ["nnkd_distill", "-d", "991", "--teacher", two_fold_setup["spec"], "-o", out, "-f", "0",
+               "--max-dice-loss", "100", "--ladder", "1/4,1/16", "--epochs", "4", "--iterations-per-epoch", "2",
+               "--val-iterations-per-epoch", "1", "--device", "cpu", "-np", "1", "--no-timing", "--test"]
+    result = run_cli(*command, env=two_fold_setup["env"])
     record = json.loads((out / "distill.json").read_text())
     search = record["search"]
     small, large = search["candidates"]
@@ -196,4 +198,11 @@ def test_max_dice_loss_searches_the_ladder_and_distils_the_smallest_student_with
     assert "stopping after epoch 1 of 4" in log and "stopping after epoch 2 of 4" not in log
     chosen = next(results.glob(f"*__nnKDPlans_{small['budget']}__3d_fullres")) / "fold_0"
     assert "stopping after epoch 2 of 4" in "".join(p.read_text() for p in chosen.glob("training_log_*.txt"))
+    assert record["search_request"] == {"max_dice_loss": 100.0, "objective": "params", "ladder": [4, 16]}
+    logs = set(results.rglob("training_log_*.txt"))
+    again = run_cli(*command, env=two_fold_setup["env"])
+    assert "chosen: " + small["budget"] in again.stdout
+    # nothing trained again: a stopped candidate is reopened at its rung and stops there, before any epoch
+    assert not [p for p in set(results.rglob("training_log_*.txt")) - logs if re.search(r": Epoch \d+", p.read_text())]
+    assert json.loads((out / "distill.json").read_text())["search"]["chosen"] == small["budget"]
     assert json.loads((out / "plans.json").read_text())["plans_name"].startswith(f"nnKDPlans_{small['budget']}-")

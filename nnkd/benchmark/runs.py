@@ -18,7 +18,6 @@ from nnkd.records import software_versions
 from nnkd.run.train import TrainRequest
 from nnkd.run_names import derived_run_name, run_trainer_name, trainer_run_folders
 
-BIN = Path(sys.executable).parent
 TEACHER_SEED = 0  # the studies' teacher: nnU-Net's default plans trained without distillation, seeded
 
 
@@ -76,27 +75,19 @@ def run_command(argv: list, env: dict, log: Path) -> tuple[int, float]:
     return process.returncode, usage.ru_maxrss / 1024  # Linux reports kB
 
 
-def _checked(argv: list, what: str, env: dict, log: Path) -> float:
-    code, peak = run_command(argv, env, log)
+def train_in_process(request: TrainRequest, env: dict, log: Path) -> float:
+    """Train `request` as nnkd_train would, in a process of its own (its peak memory, in MB, is the run's alone):
+    the request goes to `nnkd.cli.train_worker` as JSON beside the log, not as command-line arguments. A failed
+    training stops with its own error line."""
+    handed = log.with_name(f"{log.stem}.request.json")
+    write_json_atomic(handed, request.to_json())
+    code, peak = run_command([sys.executable, "-m", "nnkd.cli.train_worker", handed], env, log)
     if code != 0:
         tail = log.read_text()[-1500:]
         line = next((x for x in reversed(tail.splitlines()) if x.startswith("nnkd: error:")), tail)
-        raise NnkdError(f"{what} failed during the benchmark ({log}): {line.removeprefix('nnkd: error: ')}",
+        raise NnkdError(f"training failed during the benchmark ({log}): {line.removeprefix('nnkd: error: ')}",
                         "fix the cause and rerun nnkd_benchmark; finished runs are kept")
     return peak
-
-
-def check(args: list, env: dict, log: Path) -> float:
-    """Run nnkd's console script `args[0]` with arguments `args[1:]`; its peak memory in MB, or one error line."""
-    return _checked([BIN / args[0], *args[1:]], args[0], env, log)
-
-
-def train_in_process(request: TrainRequest, env: dict, log: Path) -> float:
-    """Train `request` as nnkd_train would, in a process of its own (its peak memory, in MB, is the run's alone):
-    the request goes to `nnkd.cli.train_worker` as JSON beside the log, not as command-line arguments."""
-    handed = log.with_name(f"{log.stem}.request.json")
-    write_json_atomic(handed, request.to_json())
-    return _checked([sys.executable, "-m", "nnkd.cli.train_worker", handed], "training", env, log)
 
 
 def study_teacher_folder(results: Path, dataset_name: str, configuration: str,
@@ -114,7 +105,8 @@ def train_study_teacher(dataset_name: str, configuration: str, schedule: dict, d
     folder = study_teacher_folder(Path(env["nnUNet_results"]), dataset_name, configuration, seed)
     fold_dir = folder / f"fold_{fold}"
     if not (fold_dir / "checkpoint_final.pth").is_file():
-        print(f"training the teacher ({' × '.join(str(v) for v in schedule.values())}) into {folder}")
+        print(f"training the teacher ({schedule.get('num_epochs')} × {schedule.get('num_iterations_per_epoch')} "
+              f"iterations) into {folder}")
         train_in_process(TrainRequest(dataset=dataset_name, configuration=configuration, fold=str(fold),
                                       plans=DEFAULT_TEACHER_PLANS, method=BASELINE, seed=seed, device=device,
                                       continue_training=(fold_dir / "checkpoint_latest.pth").is_file(), **schedule),

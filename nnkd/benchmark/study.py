@@ -118,8 +118,8 @@ def _plan(request: BenchmarkRequest, dataset_name: str, output: Path) -> dict[st
 def _quick_teacher(request: BenchmarkRequest, dataset_name: str, env: dict, output: Path) -> str:
     schedule = {"num_epochs": 1, "num_iterations_per_epoch": 4, "num_val_iterations_per_epoch": 1}
     folder = train_study_teacher(dataset_name, request.configuration, schedule, request.device,
-                           {**env, "nnUNet_results": str(output / "runs" / "teacher")}, output / "logs" / "teacher.log",
-                           fold=str(request.fold), seed=None)
+                                 {**env, "nnUNet_results": str(output / "runs" / "teacher")},
+                                 output / "logs" / "teacher.log", fold=str(request.fold), seed=None)
     return f"nnunet:{folder}"
 
 

@@ -82,8 +82,9 @@ def request_identity(request: DistillRequest) -> dict:
     from nnkd.planners.student_planner import student_plans_identifier
     from nnkd.trainers.methods import METHODS
 
-    searched = {"search": {"max_dice_loss": request.max_dice_loss, "objective": request.objective,
-                           "ladder": list(request.ladder)}} if request.max_dice_loss is not None else \
+    # the search asked for, under its own key: distill.json's `search` is the search's result (SearchResult)
+    searched = {"search_request": {"max_dice_loss": request.max_dice_loss, "objective": request.objective,
+                                   "ladder": list(request.ladder)}} if request.max_dice_loss is not None else \
         {"plans": student_plans_identifier(request.budget, request.teacher_plans)}
     return {"dataset": find_dataset_name(request.dataset), "teacher": request.teacher,
             "configuration": request.configuration, "method": request.method, **searched,
